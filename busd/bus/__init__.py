@@ -1,0 +1,1 @@
+"""Bus semantics: peers, names, match rules, routing, the driver."""

@@ -1,0 +1,1 @@
+"""dbus-daemon XML configuration, read into pydantic models."""

@@ -1,0 +1,1 @@
+"""The D-Bus wire protocol: pure code, no I/O (bytes in, values and verdicts out)."""

@@ -1,0 +1,1 @@
+"""Introspection XML for the interfaces busd defines or serves (the single source of truth)."""
