@@ -1,0 +1,516 @@
+"""Marshal and unmarshal D-Bus values, and validate bodies without building values.
+
+Python representation of D-Bus types:
+
+    y n q i u x t h   int            (h is an index into the message's fd list)
+    b                 bool
+    d                 float
+    s o g             str
+    a<T>              list
+    a{KV}             dict
+    (...)             tuple
+    v                 Variant(signature, value)
+
+Every signature is compiled once into closures (a writer, a reader and a checker)
+and cached per byte order, so the per-message cost is the walk over the data only.
+Positions are absolute offsets into the message, whose body starts 8-aligned, so
+alignment computed from them is the alignment the specification means.
+"""
+
+from __future__ import annotations
+
+import struct
+from functools import lru_cache
+from typing import Any, Callable, NamedTuple
+
+from .errors import MarshalError, ProtocolError, SignatureError
+from .names import is_valid_object_path
+from .signature import TypeNode, parse_signature, parse_single_type
+
+MAX_ARRAY_LENGTH = 1 << 26  # bytes, per the specification
+MAX_NESTING_DEPTH = 64  # containers, variants included, as libdbus counts them
+
+LITTLE = ord("l")
+BIG = ord("B")
+_PREFIX = {LITTLE: "<", BIG: ">"}
+_FIXED_FORMATS = {"y": "B", "b": "I", "n": "h", "q": "H", "i": "i", "u": "I",
+                  "x": "q", "t": "Q", "d": "d", "h": "I"}
+_FIXED_SIZES = {"y": 1, "b": 4, "n": 2, "q": 2, "i": 4, "u": 4, "x": 8, "t": 8, "d": 8, "h": 4}
+_PAD = b"\0" * 8
+
+class Variant(NamedTuple):
+    """A value together with its D-Bus type signature (one complete type)."""
+
+    signature: str
+    value: Any
+
+
+# ---------------------------------------------------------------- writers
+
+Writer = Callable[[bytearray, Any], None]
+
+
+def _pad(out: bytearray, alignment: int) -> None:
+    gap = -len(out) % alignment
+    if gap:
+        out += _PAD[:gap]
+
+
+def _writer(node: TypeNode, prefix: str) -> Writer:
+    code = node.code
+    if code in _FIXED_FORMATS:
+        st = struct.Struct(prefix + _FIXED_FORMATS[code])
+        size = _FIXED_SIZES[code]
+        pack = st.pack
+
+        def write_fixed(out: bytearray, value: Any) -> None:
+            gap = -len(out) % size
+            if gap:
+                out += _PAD[:gap]
+            try:
+                out += pack(value)
+            except struct.error as exc:
+                raise MarshalError(f"{value!r} does not fit D-Bus type {code!r}: {exc}") from None
+        if code == "b":
+            def write_bool(out: bytearray, value: Any) -> None:
+                write_fixed(out, 1 if value else 0)
+            return write_bool
+        return write_fixed
+    if code in "so":
+        u32 = struct.Struct(prefix + "I").pack
+        is_path = code == "o"
+
+        def write_string(out: bytearray, value: Any) -> None:
+            if not isinstance(value, str):
+                raise MarshalError(f"{value!r} is not a string (D-Bus type {code!r})")
+            if is_path and not is_valid_object_path(value):
+                raise MarshalError(f"{value!r} is not a valid object path")
+            data = value.encode()
+            if b"\0" in data:
+                raise MarshalError("D-Bus strings may not contain NUL")
+            _pad(out, 4)
+            out += u32(len(data))
+            out += data
+            out.append(0)
+        return write_string
+    if code == "g":
+        def write_signature(out: bytearray, value: Any) -> None:
+            try:
+                parse_signature(value)
+            except (SignatureError, TypeError) as exc:
+                raise MarshalError(str(exc)) from None
+            data = value.encode()
+            out.append(len(data))
+            out += data
+            out.append(0)
+        return write_signature
+    if code == "v":
+        sig_writer = _writer(TypeNode("g", "g"), prefix)
+
+        def write_variant(out: bytearray, value: Any) -> None:
+            if not isinstance(value, Variant):
+                raise MarshalError(f"{value!r} is not a Variant")
+            try:
+                inner = parse_single_type(value.signature)
+            except SignatureError as exc:
+                raise MarshalError(str(exc)) from None
+            sig_writer(out, value.signature)
+            compiled_writer(inner.signature, prefix)(out, value.value)
+        return write_variant
+    if code == "a":
+        elem = node.children[0]
+        u32_into = struct.Struct(prefix + "I").pack_into
+        elem_align = elem.alignment
+        if elem.code == "{":
+            key_writer = _writer(elem.children[0], prefix)
+            value_writer = _writer(elem.children[1], prefix)
+
+            def write_items(out: bytearray, value: Any) -> None:
+                if not isinstance(value, dict):
+                    raise MarshalError(f"{value!r} is not a dict (D-Bus type {node.signature!r})")
+                for k, v in value.items():
+                    _pad(out, 8)
+                    key_writer(out, k)
+                    value_writer(out, v)
+            fill = write_items
+        elif elem.code == "y":
+            def write_bytes(out: bytearray, value: Any) -> None:
+                if not isinstance(value, (bytes, bytearray, memoryview, list, tuple)):
+                    raise MarshalError(f"{value!r} is not a byte array")
+                out += bytes(value)
+            fill = write_bytes
+        else:
+            item_writer = _writer(elem, prefix)
+
+            def write_list(out: bytearray, value: Any) -> None:
+                if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__iter__"):
+                    raise MarshalError(f"{value!r} is not a list (D-Bus type {node.signature!r})")
+                for item in value:
+                    item_writer(out, item)
+            fill = write_list
+
+        def write_array(out: bytearray, value: Any) -> None:
+            _pad(out, 4)
+            length_at = len(out)
+            out += b"\0\0\0\0"
+            _pad(out, elem_align)
+            start = len(out)
+            fill(out, value)
+            length = len(out) - start
+            if length > MAX_ARRAY_LENGTH:
+                raise MarshalError(f"array of {length} bytes exceeds the {MAX_ARRAY_LENGTH}-byte limit")
+            u32_into(out, length_at, length)
+        return write_array
+    if code == "(":
+        field_writers = [_writer(child, prefix) for child in node.children]
+        count = len(field_writers)
+
+        def write_struct(out: bytearray, value: Any) -> None:
+            if not isinstance(value, (tuple, list)) or len(value) != count:
+                raise MarshalError(f"{value!r} is not a {count}-tuple (D-Bus type {node.signature!r})")
+            _pad(out, 8)
+            for w, v in zip(field_writers, value):
+                w(out, v)
+        return write_struct
+    raise MarshalError(f"cannot marshal type {node.signature!r}")
+
+
+@lru_cache(maxsize=512)
+def compiled_writer(signature: str, prefix: str = "<") -> Writer:
+    """A function that appends values of a whole signature (a sequence) to a bytearray."""
+    writers = [_writer(node, prefix) for node in parse_signature(signature)]
+    if len(writers) == 1:
+        return writers[0]
+
+    def write_sequence(out: bytearray, values: Any) -> None:
+        if len(values) != len(writers):
+            raise MarshalError(f"signature {signature!r} needs {len(writers)} values, got {len(values)}")
+        for w, v in zip(writers, values):
+            w(out, v)
+    return write_sequence
+
+
+def marshal_body(signature: str, values: list | tuple, endian: int = LITTLE) -> bytes:
+    """Marshal `values` (one per complete type in `signature`) into a message body."""
+    nodes = parse_signature(signature)
+    if len(values) != len(nodes):
+        raise MarshalError(f"signature {signature!r} needs {len(nodes)} values, got {len(values)}")
+    out = bytearray()
+    prefix = _PREFIX[endian]
+    for node, value in zip(nodes, values):
+        compiled_writer(node.signature, prefix)(out, value)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------- readers
+# Readers trust their input: they run on bodies the checker accepted.
+
+Reader = Callable[[bytes, int], tuple[Any, int]]
+
+
+def _reader(node: TypeNode, prefix: str) -> Reader:
+    code = node.code
+    if code in _FIXED_FORMATS:
+        size = _FIXED_SIZES[code]
+        unpack_from = struct.Struct(prefix + _FIXED_FORMATS[code]).unpack_from
+        mask = size - 1
+        if code == "b":
+            def read_bool(buf: bytes, pos: int) -> tuple[Any, int]:
+                pos = (pos + 3) & ~3
+                return unpack_from(buf, pos)[0] != 0, pos + 4
+            return read_bool
+
+        def read_fixed(buf: bytes, pos: int) -> tuple[Any, int]:
+            pos = (pos + mask) & ~mask
+            return unpack_from(buf, pos)[0], pos + size
+        return read_fixed
+    if code in "so":
+        u32 = struct.Struct(prefix + "I").unpack_from
+
+        def read_string(buf: bytes, pos: int) -> tuple[Any, int]:
+            pos = (pos + 3) & ~3
+            n = u32(buf, pos)[0]
+            start = pos + 4
+            return buf[start:start + n].decode(), start + n + 1
+        return read_string
+    if code == "g":
+        def read_signature(buf: bytes, pos: int) -> tuple[Any, int]:
+            n = buf[pos]
+            return buf[pos + 1:pos + 1 + n].decode("ascii"), pos + n + 2
+        return read_signature
+    if code == "v":
+        def read_variant(buf: bytes, pos: int) -> tuple[Any, int]:
+            n = buf[pos]
+            sig = buf[pos + 1:pos + 1 + n].decode("ascii")
+            value, pos = compiled_reader(sig, prefix)(buf, pos + n + 2)
+            return Variant(sig, value), pos
+        return read_variant
+    if code == "a":
+        elem = node.children[0]
+        u32 = struct.Struct(prefix + "I").unpack_from
+        ea = elem.alignment - 1
+        if elem.code == "y":
+            def read_bytes(buf: bytes, pos: int) -> tuple[Any, int]:
+                pos = (pos + 3) & ~3
+                n = u32(buf, pos)[0]
+                return bytes(buf[pos + 4:pos + 4 + n]), pos + 4 + n
+            return read_bytes
+        if elem.code == "{":
+            key_reader = _reader(elem.children[0], prefix)
+            value_reader = _reader(elem.children[1], prefix)
+
+            def read_dict(buf: bytes, pos: int) -> tuple[Any, int]:
+                pos = (pos + 3) & ~3
+                n = u32(buf, pos)[0]
+                pos = (pos + 4 + 7) & ~7
+                end = pos + n
+                result = {}
+                while pos < end:
+                    pos = (pos + 7) & ~7
+                    k, pos = key_reader(buf, pos)
+                    v, pos = value_reader(buf, pos)
+                    result[k] = v
+                return result, end
+            return read_dict
+        item_reader = _reader(elem, prefix)
+
+        def read_list(buf: bytes, pos: int) -> tuple[Any, int]:
+            pos = (pos + 3) & ~3
+            n = u32(buf, pos)[0]
+            pos = (pos + 4 + ea) & ~ea
+            end = pos + n
+            result = []
+            while pos < end:
+                item, pos = item_reader(buf, pos)
+                result.append(item)
+            return result, end
+        return read_list
+    if code in "({":
+        field_readers = [_reader(child, prefix) for child in node.children]
+
+        def read_struct(buf: bytes, pos: int) -> tuple[Any, int]:
+            pos = (pos + 7) & ~7
+            values = []
+            for r in field_readers:
+                v, pos = r(buf, pos)
+                values.append(v)
+            return tuple(values), pos
+        return read_struct
+    raise MarshalError(f"cannot unmarshal type {node.signature!r}")
+
+
+@lru_cache(maxsize=512)
+def compiled_reader(single_type: str, prefix: str = "<") -> Reader:
+    return _reader(parse_single_type(single_type), prefix)
+
+
+def unmarshal_body(signature: str, buf: bytes, start: int, endian: int = LITTLE) -> list[Any]:
+    """Read every value of a body that starts at `start` in `buf` (a validated message)."""
+    prefix = _PREFIX[endian]
+    values = []
+    pos = start
+    try:
+        for node in parse_signature(signature):
+            value, pos = compiled_reader(node.signature, prefix)(buf, pos)
+            values.append(value)
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"body does not match signature {signature!r}: {exc}") from None
+    return values
+
+
+# ---------------------------------------------------------------- checkers
+# A checker walks the data of one complete type and returns the position after it,
+# raising ProtocolError on anything the specification forbids. It builds no values.
+
+Checker = Callable[[bytes, int, int, int, int], int]  # (buf, pos, end, depth, nfds) -> pos
+
+
+def _fail(reason: str) -> ProtocolError:
+    return ProtocolError(reason)
+
+
+def _check_padding(buf: bytes, pos: int, aligned: int) -> None:
+    if aligned > pos and buf.count(0, pos, aligned) != aligned - pos:
+        raise _fail(f"non-zero alignment padding at offset {pos}")
+
+
+def check_string_bytes(buf: bytes, start: int, stop: int, what: str = "string") -> str:
+    """Decode a string's bytes, rejecting embedded NUL and invalid UTF-8."""
+    if buf.find(0, start, stop) != -1:
+        raise _fail(f"{what} at offset {start} contains a NUL byte")
+    try:
+        return buf[start:stop].decode()
+    except UnicodeDecodeError:
+        raise _fail(f"{what} at offset {start} is not valid UTF-8") from None
+
+
+def _checker(node: TypeNode, prefix: str) -> Checker:
+    code = node.code
+    if code in _FIXED_FORMATS:
+        size = _FIXED_SIZES[code]
+        mask = size - 1
+        unpack_from = struct.Struct(prefix + _FIXED_FORMATS[code]).unpack_from
+        if code == "b":
+            def check_bool(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+                aligned = (pos + 3) & ~3
+                _check_padding(buf, pos, aligned)
+                if aligned + 4 > end:
+                    raise _fail("boolean runs past the end of its container")
+                if unpack_from(buf, aligned)[0] > 1:
+                    raise _fail(f"boolean at offset {aligned} is neither 0 nor 1")
+                return aligned + 4
+            return check_bool
+        if code == "h":
+            def check_fd(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+                aligned = (pos + 3) & ~3
+                _check_padding(buf, pos, aligned)
+                if aligned + 4 > end:
+                    raise _fail("fd index runs past the end of its container")
+                if unpack_from(buf, aligned)[0] >= nfds:
+                    raise _fail(f"fd index at offset {aligned} is not below UNIX_FDS ({nfds})")
+                return aligned + 4
+            return check_fd
+
+        def check_fixed(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            aligned = (pos + mask) & ~mask
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
+            if aligned + size > end:
+                raise _fail(f"value of type {code!r} runs past the end of its container")
+            return aligned + size
+        return check_fixed
+    if code in "so":
+        u32 = struct.Struct(prefix + "I").unpack_from
+        is_path = code == "o"
+
+        def check_string(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            aligned = (pos + 3) & ~3
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
+            if aligned + 4 > end:
+                raise _fail("string length runs past the end of its container")
+            n = u32(buf, aligned)[0]
+            start = aligned + 4
+            stop = start + n
+            if stop >= end:
+                raise _fail(f"string at offset {aligned} runs past the end of its container")
+            if buf[stop] != 0:
+                raise _fail(f"string at offset {aligned} is not NUL-terminated")
+            text = check_string_bytes(buf, start, stop)
+            if is_path and not is_valid_object_path(text):
+                raise _fail(f"invalid object path {text!r}")
+            return stop + 1
+        return check_string
+    if code == "g":
+        def check_sig(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            read_signature_at(buf, pos, end)
+            return pos + buf[pos] + 2
+        return check_sig
+    if code == "v":
+        def check_variant(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            if depth >= MAX_NESTING_DEPTH:
+                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
+            sig, pos = read_signature_at(buf, pos, end)
+            try:
+                inner = parse_single_type(sig)
+            except SignatureError as exc:
+                raise _fail(f"variant signature: {exc.reason}") from None
+            return compiled_checker(inner.signature, prefix)(buf, pos, end, depth + 1, nfds)
+        return check_variant
+    if code == "a":
+        elem = node.children[0]
+        u32 = struct.Struct(prefix + "I").unpack_from
+        elem_align = elem.alignment
+        ea = elem_align - 1
+        fixed = elem.fixed_size if elem.code not in "bh" else 0
+        item_checker = None if fixed else _checker(elem, prefix)
+
+        def check_array(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            if depth >= MAX_NESTING_DEPTH:
+                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
+            aligned = (pos + 3) & ~3
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
+            if aligned + 4 > end:
+                raise _fail("array length runs past the end of its container")
+            n = u32(buf, aligned)[0]
+            if n > MAX_ARRAY_LENGTH:
+                raise _fail(f"array at offset {aligned} is {n} bytes, the limit is {MAX_ARRAY_LENGTH}")
+            start = (aligned + 4 + ea) & ~ea
+            if start > end:
+                raise _fail("array padding runs past the end of its container")
+            _check_padding(buf, aligned + 4, start)
+            stop = start + n
+            if stop > end:
+                raise _fail(f"array at offset {aligned} runs past the end of its container")
+            if fixed:
+                if n % fixed:
+                    raise _fail(f"array at offset {aligned} is not a whole number of elements")
+                return stop
+            p = start
+            while p < stop:
+                p = item_checker(buf, p, stop, depth + 1, nfds)
+            if p != stop:
+                raise _fail(f"array at offset {aligned} ends inside an element")
+            return stop
+        return check_array
+    if code in "({":
+        field_checkers = [_checker(child, prefix) for child in node.children]
+
+        def check_struct(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
+            if depth >= MAX_NESTING_DEPTH:
+                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
+            aligned = (pos + 7) & ~7
+            if aligned > end:
+                raise _fail("struct padding runs past the end of its container")
+            _check_padding(buf, pos, aligned)
+            pos = aligned
+            for c in field_checkers:
+                pos = c(buf, pos, end, depth + 1, nfds)
+            return pos
+        return check_struct
+    raise SignatureError(f"cannot check type {node.signature!r}")
+
+
+def read_signature_at(buf: bytes, pos: int, end: int) -> tuple[str, int]:
+    """Read a marshalled signature (type 'g'), validating it; returns it and the next position."""
+    if pos >= end:
+        raise _fail("signature runs past the end of its container")
+    n = buf[pos]
+    stop = pos + 1 + n
+    if stop >= end:
+        raise _fail(f"signature at offset {pos} runs past the end of its container")
+    if buf[stop] != 0:
+        raise _fail(f"signature at offset {pos} is not NUL-terminated")
+    try:
+        sig = buf[pos + 1:stop].decode("ascii")
+    except UnicodeDecodeError:
+        raise _fail(f"signature at offset {pos} is not ASCII") from None
+    try:
+        parse_signature(sig)
+    except SignatureError as exc:
+        raise _fail(exc.reason) from None
+    return sig, stop + 1
+
+
+@lru_cache(maxsize=512)
+def compiled_checker(single_type: str, prefix: str = "<") -> Checker:
+    return _checker(parse_single_type(single_type), prefix)
+
+
+@lru_cache(maxsize=512)
+def _body_checkers(signature: str, prefix: str) -> tuple[Checker, ...]:
+    return tuple(compiled_checker(node.signature, prefix) for node in parse_signature(signature))
+
+
+def check_body(signature: str, buf: bytes, start: int, end: int, endian: int = LITTLE, nfds: int = 0) -> None:
+    """Validate that buf[start:end] is exactly one value per complete type of `signature`."""
+    try:
+        checkers = _body_checkers(signature, _PREFIX[endian])
+    except SignatureError as exc:
+        raise ProtocolError(f"invalid body signature: {exc.reason}") from None
+    pos = start
+    for check in checkers:
+        pos = check(buf, pos, end, 0, nfds)
+    if pos != end:
+        raise ProtocolError(f"body has {end - pos} bytes left over after signature {signature!r}")

@@ -1,0 +1,361 @@
+"""D-Bus messages: framing, the header fast path, validation, sender stamping, building.
+
+Theory of the router fast path. A bus forwards messages it does not need to
+understand. For each one it must (1) know its length from the first 16 bytes,
+(2) read the header fields (PATH, INTERFACE, MEMBER, DESTINATION, ...) without
+building the body, (3) validate the message once, and (4) forward the same bytes
+with the SENDER field set to the sender's unique name. Step 4 never re-marshals:
+header fields are 8-aligned structs, so removing one field and appending another
+moves the following bytes by multiples of 8 and leaves their alignment intact.
+The body is passed on as a memoryview of the received buffer.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from . import names
+from .errors import ProtocolError
+from .marshal import (
+    BIG, LITTLE, MAX_ARRAY_LENGTH, Variant, check_body, check_string_bytes,
+    compiled_checker, marshal_body, read_signature_at, unmarshal_body,
+)
+from .signature import SignatureError, parse_signature
+
+# Message types
+METHOD_CALL = 1
+METHOD_RETURN = 2
+ERROR = 3
+SIGNAL = 4
+TYPE_NAMES = {METHOD_CALL: "method_call", METHOD_RETURN: "method_return", ERROR: "error", SIGNAL: "signal"}
+
+# Flags
+NO_REPLY_EXPECTED = 0x1
+NO_AUTO_START = 0x2
+ALLOW_INTERACTIVE_AUTHORIZATION = 0x4
+
+# Header field codes
+PATH = 1
+INTERFACE = 2
+MEMBER = 3
+ERROR_NAME = 4
+REPLY_SERIAL = 5
+DESTINATION = 6
+SENDER = 7
+SIGNATURE = 8
+UNIX_FDS = 9
+FIELD_NAMES = {PATH: "PATH", INTERFACE: "INTERFACE", MEMBER: "MEMBER", ERROR_NAME: "ERROR_NAME",
+               REPLY_SERIAL: "REPLY_SERIAL", DESTINATION: "DESTINATION", SENDER: "SENDER",
+               SIGNATURE: "SIGNATURE", UNIX_FDS: "UNIX_FDS"}
+FIELD_TYPES = {PATH: "o", INTERFACE: "s", MEMBER: "s", ERROR_NAME: "s", REPLY_SERIAL: "u",
+               DESTINATION: "s", SENDER: "s", SIGNATURE: "g", UNIX_FDS: "u"}
+_FIELD_TYPE_BYTES = {code: ord(t) for code, t in FIELD_TYPES.items()}
+
+PROTOCOL_VERSION = 1
+FIXED_HEADER_SIZE = 16
+MAX_MESSAGE_SIZE = 1 << 27  # 128 MiB, the specification's maximum
+MAX_HEADER_FIELDS_LENGTH = MAX_ARRAY_LENGTH
+
+LOCAL_PATH = "/org/freedesktop/DBus/Local"
+LOCAL_INTERFACE = "org.freedesktop.DBus.Local"
+
+_LE3 = struct.Struct("<III")
+_BE3 = struct.Struct(">III")
+_LE1 = struct.Struct("<I")
+_BE1 = struct.Struct(">I")
+_PAD = b"\0" * 8
+
+_REQUIRED_FIELDS = {
+    METHOD_CALL: ((PATH, "path"), (MEMBER, "member")),
+    SIGNAL: ((PATH, "path"), (INTERFACE, "interface"), (MEMBER, "member")),
+    ERROR: ((ERROR_NAME, "error_name"), (REPLY_SERIAL, "reply_serial")),
+    METHOD_RETURN: ((REPLY_SERIAL, "reply_serial"),),
+}
+
+
+def frame_size(buf: bytes | bytearray | memoryview, offset: int = 0,
+               max_message_size: int = MAX_MESSAGE_SIZE) -> int:
+    """Total size of the message starting at `offset`, from its first 16 bytes.
+
+    The caller guarantees 16 bytes are available. Rejects impossible lengths before
+    anything is buffered for them.
+    """
+    endian = buf[offset]
+    if endian == LITTLE:
+        body_len, _serial, fields_len = _LE3.unpack_from(buf, offset + 4)
+    elif endian == BIG:
+        body_len, _serial, fields_len = _BE3.unpack_from(buf, offset + 4)
+    else:
+        raise ProtocolError(f"invalid byte-order mark {endian:#04x}")
+    if buf[offset + 3] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {buf[offset + 3]}")
+    if fields_len > MAX_HEADER_FIELDS_LENGTH:
+        raise ProtocolError(f"header fields array of {fields_len} bytes exceeds {MAX_HEADER_FIELDS_LENGTH}")
+    total = FIXED_HEADER_SIZE + ((fields_len + 7) & ~7) + body_len
+    if total > max_message_size:
+        raise ProtocolError(f"message of {total} bytes exceeds the maximum message size {max_message_size}")
+    return total
+
+
+class Header:
+    """The fixed header and header fields of one message; the body is not read."""
+
+    __slots__ = ("endian", "type", "flags", "body_len", "serial", "fields_len", "body_start",
+                 "path", "interface", "member", "error_name", "reply_serial", "destination",
+                 "sender", "signature", "unix_fds", "sender_span")
+
+    def __init__(self) -> None:
+        self.path = self.interface = self.member = self.error_name = None
+        self.destination = self.sender = None
+        self.signature = ""
+        self.reply_serial = None
+        self.unix_fds = 0
+        self.sender_span = None
+
+    @property
+    def no_reply_expected(self) -> bool:
+        return bool(self.flags & NO_REPLY_EXPECTED)
+
+    @property
+    def no_auto_start(self) -> bool:
+        return bool(self.flags & NO_AUTO_START)
+
+    def describe(self) -> str:
+        """A one-line summary for logs."""
+        parts = [TYPE_NAMES.get(self.type, f"type {self.type}"), f"serial={self.serial}"]
+        for attr in ("sender", "destination", "path", "interface", "member", "error_name", "reply_serial"):
+            value = getattr(self, attr)
+            if value is not None:
+                parts.append(f"{attr}={value}")
+        if self.signature:
+            parts.append(f"signature={self.signature}")
+        return " ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"<Header {self.describe()}>"
+
+
+def _bad_field(code: int, what: str) -> ProtocolError:
+    return ProtocolError(f"header field {FIELD_NAMES.get(code, code)}: {what}")
+
+
+def parse_header(buf: bytes, validate_body: bool = True) -> Header:
+    """Parse and validate the header of the complete message `buf` (exactly one message).
+
+    Checks everything the specification's "Valid messages" section demands of the
+    header and, with `validate_body`, checks the body against SIGNATURE without
+    building values. Raises ProtocolError with a precise reason.
+    """
+    if type(buf) is not bytes:
+        buf = bytes(buf)
+    size = len(buf)
+    if size < FIXED_HEADER_SIZE:
+        raise ProtocolError("message shorter than the fixed header")
+    endian = buf[0]
+    if endian == LITTLE:
+        body_len, serial, fields_len = _LE3.unpack_from(buf, 4)
+        u32 = _LE1.unpack_from
+    elif endian == BIG:
+        body_len, serial, fields_len = _BE3.unpack_from(buf, 4)
+        u32 = _BE1.unpack_from
+    else:
+        raise ProtocolError(f"invalid byte-order mark {endian:#04x}")
+    if buf[3] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {buf[3]}")
+    fields_end = FIXED_HEADER_SIZE + fields_len
+    body_start = (fields_end + 7) & ~7
+    if fields_len > MAX_HEADER_FIELDS_LENGTH or body_start + body_len != size:
+        raise ProtocolError("header lengths do not add up to the message size")
+    if serial == 0:
+        raise ProtocolError("serial number is zero")
+    mtype = buf[1]
+
+    h = Header()
+    h.endian = endian
+    h.type = mtype
+    h.flags = buf[2]
+    h.body_len = body_len
+    h.serial = serial
+    h.fields_len = fields_len
+    h.body_start = body_start
+    seen = 0
+    pos = FIXED_HEADER_SIZE
+    while pos < fields_end:
+        aligned = (pos + 7) & ~7
+        if aligned != pos:
+            if aligned >= fields_end or buf.count(0, pos, aligned) != aligned - pos:
+                raise ProtocolError("bad padding between header fields")
+            pos = aligned
+        if pos + 4 > fields_end:
+            raise ProtocolError("truncated header field")
+        code = buf[pos]
+        if code == 0:
+            raise ProtocolError("header field code 0 is invalid")
+        expected = _FIELD_TYPE_BYTES.get(code)
+        if expected is None:
+            # Unknown fields are accepted and ignored, but must still be well formed.
+            try:
+                pos = compiled_checker("v", "<" if endian == LITTLE else ">")(buf, pos + 1, fields_end, 0, 0)
+            except SignatureError as exc:
+                raise ProtocolError(exc.reason) from None
+            continue
+        bit = 1 << code
+        if seen & bit:
+            raise _bad_field(code, "appears twice")
+        seen |= bit
+        if buf[pos + 1] != 1 or buf[pos + 2] != expected or buf[pos + 3] != 0:
+            raise _bad_field(code, f"must have type {chr(expected)!r}")
+        vpos = pos + 4
+        if expected == 0x75:  # 'u'
+            if vpos + 4 > fields_end:
+                raise _bad_field(code, "truncated")
+            value = u32(buf, vpos)[0]
+            pos = vpos + 4
+            if code == REPLY_SERIAL:
+                if value == 0:
+                    raise _bad_field(code, "is zero")
+                h.reply_serial = value
+            else:
+                h.unix_fds = value
+        elif expected == 0x67:  # 'g'
+            h.signature, pos = read_signature_at(buf, vpos, fields_end)
+        else:
+            if vpos + 4 > fields_end:
+                raise _bad_field(code, "truncated")
+            n = u32(buf, vpos)[0]
+            start = vpos + 4
+            stop = start + n
+            if stop >= fields_end or buf[stop] != 0:
+                raise _bad_field(code, "string runs past the header or is not NUL-terminated")
+            raw = buf[start:stop]
+            pos = stop + 1
+            if code == PATH:
+                value = names.PATHS.lookup(raw)
+                if value is None:
+                    raise _bad_field(code, f"invalid object path {raw!r}")
+                if value == LOCAL_PATH:
+                    raise _bad_field(code, f"{LOCAL_PATH} is reserved")
+                h.path = value
+            elif code == INTERFACE:
+                value = names.INTERFACES.lookup(raw)
+                if value is None:
+                    raise _bad_field(code, f"invalid interface name {raw!r}")
+                if value == LOCAL_INTERFACE:
+                    raise _bad_field(code, f"{LOCAL_INTERFACE} is reserved")
+                h.interface = value
+            elif code == MEMBER:
+                value = names.MEMBERS.lookup(raw)
+                if value is None:
+                    raise _bad_field(code, f"invalid member name {raw!r}")
+                h.member = value
+            elif code == ERROR_NAME:
+                value = names.INTERFACES.lookup(raw)
+                if value is None:
+                    raise _bad_field(code, f"invalid error name {raw!r}")
+                h.error_name = value
+            else:
+                value = names.BUS_NAMES.lookup(raw)
+                if value is None:
+                    raise _bad_field(code, f"invalid bus name {raw!r}")
+                if code == DESTINATION:
+                    h.destination = value
+                else:
+                    h.sender = value
+                    h.sender_span = (vpos - 4, pos)
+    if pos != fields_end:
+        raise ProtocolError("header fields overrun the header array")
+    if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
+        raise ProtocolError("non-zero padding after the header")
+
+    required = _REQUIRED_FIELDS.get(mtype)
+    if required is not None:
+        for code, attr in required:
+            if getattr(h, attr) is None:
+                raise ProtocolError(f"{TYPE_NAMES[mtype]} lacks the required {FIELD_NAMES[code]} field")
+    elif mtype == 0:
+        raise ProtocolError("message type 0 is invalid")
+    if body_len and not h.signature:
+        raise ProtocolError("message has a body but no SIGNATURE")
+    if validate_body and h.signature:
+        check_body(h.signature, buf, body_start, size, endian, h.unix_fds)
+    return h
+
+
+# ---------------------------------------------------------------- sender stamping
+
+def sender_field(unique_name: str, endian: int = LITTLE) -> bytes:
+    """The marshalled SENDER header field for `unique_name`; compute once per connection."""
+    data = unique_name.encode()
+    length = (_LE1 if endian == LITTLE else _BE1).pack(len(data))
+    field = b"\x07\x01s\x00" + length + data + b"\0"
+    return field
+
+
+def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, memoryview]:
+    """The bytes to forward: header with SENDER replaced by `field`, and the untouched body.
+
+    `field` comes from sender_field() in the message's byte order. Returns the new
+    header (fixed part, fields, padding) and a zero-copy view of the body.
+    """
+    fields_end = FIXED_HEADER_SIZE + h.fields_len
+    span = h.sender_span
+    if span is None:
+        kept = buf[FIXED_HEADER_SIZE:fields_end]
+    else:
+        start, stop = span
+        next_field = (stop + 7) & ~7
+        if next_field >= fields_end:
+            kept = buf[FIXED_HEADER_SIZE:start]
+        else:
+            kept = buf[FIXED_HEADER_SIZE:start] + buf[next_field:fields_end]
+    gap = -len(kept) & 7
+    new_fields_len = len(kept) + gap + len(field)
+    tail_pad = -new_fields_len & 7
+    pack = _LE1.pack if h.endian == LITTLE else _BE1.pack
+    head = b"".join((buf[:12], pack(new_fields_len), kept, _PAD[:gap], field, _PAD[:tail_pad]))
+    return head, memoryview(buf)[h.body_start:]
+
+
+# ---------------------------------------------------------------- building
+
+_FIELD_ATTRS = ((PATH, "o"), (INTERFACE, "s"), (MEMBER, "s"), (ERROR_NAME, "s"), (REPLY_SERIAL, "u"),
+                (DESTINATION, "s"), (SENDER, "s"), (SIGNATURE, "g"), (UNIX_FDS, "u"))
+
+
+def build_message(mtype: int, serial: int, *, path: str | None = None, interface: str | None = None,
+                  member: str | None = None, error_name: str | None = None,
+                  reply_serial: int | None = None, destination: str | None = None,
+                  sender: str | None = None, signature: str = "", body: list | tuple = (),
+                  flags: int = 0, unix_fds: int = 0, endian: int = LITTLE) -> bytes:
+    """Marshal a complete message."""
+    values = {PATH: path, INTERFACE: interface, MEMBER: member, ERROR_NAME: error_name,
+              REPLY_SERIAL: reply_serial, DESTINATION: destination, SENDER: sender,
+              SIGNATURE: signature or None, UNIX_FDS: unix_fds or None}
+    fields = [(code, Variant(sig, values[code])) for code, sig in _FIELD_ATTRS if values[code] is not None]
+    body_bytes = marshal_body(signature, body, endian) if signature else b""
+    head = bytearray(marshal_body("yyyyuua(yv)", [endian, mtype, flags, PROTOCOL_VERSION,
+                                                  len(body_bytes), serial, fields], endian))
+    head += _PAD[:-len(head) & 7]
+    return bytes(head) + body_bytes
+
+
+def read_body(buf: bytes, h: Header) -> list[Any]:
+    """The body's values (only for messages the bus itself must understand)."""
+    if not h.signature:
+        return []
+    return unmarshal_body(h.signature, buf, h.body_start, h.endian)
+
+
+def check_signature_text(sig: str) -> None:
+    """Raise ProtocolError if `sig` is not a valid signature."""
+    try:
+        parse_signature(sig)
+    except SignatureError as exc:
+        raise ProtocolError(exc.reason) from None
+
+
+__all__ = [
+    "Header", "frame_size", "parse_header", "sender_field", "stamp_sender", "build_message",
+    "read_body", "check_string_bytes",
+]

@@ -1,0 +1,79 @@
+"""Syntax of D-Bus names: bus names, interfaces, members, error names, object paths.
+
+Validators are cached by the raw bytes seen on the wire, because a bus routes the
+same few names again and again; a hit costs one dict lookup and returns the str.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_NAME_LENGTH = 255
+_CACHE_LIMIT = 8192
+
+_INTERFACE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+_MEMBER_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
+_WELL_KNOWN_RE = re.compile(r"\A[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0-9_-]*)+\Z")
+_UNIQUE_RE = re.compile(r"\A:[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)+\Z")
+_PATH_RE = re.compile(r"\A/\Z|\A(/[A-Za-z0-9_]+)+\Z")
+
+
+def is_valid_interface(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and _INTERFACE_RE.match(name) is not None
+
+
+is_valid_error_name = is_valid_interface
+
+
+def is_valid_member(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and _MEMBER_RE.match(name) is not None
+
+
+def is_valid_bus_name(name: str) -> bool:
+    if len(name) > MAX_NAME_LENGTH:
+        return False
+    pattern = _UNIQUE_RE if name.startswith(":") else _WELL_KNOWN_RE
+    return pattern.match(name) is not None
+
+
+def is_valid_well_known_name(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and _WELL_KNOWN_RE.match(name) is not None
+
+
+def is_valid_unique_name(name: str) -> bool:
+    return len(name) <= MAX_NAME_LENGTH and _UNIQUE_RE.match(name) is not None
+
+
+def is_valid_object_path(path: str) -> bool:
+    return _PATH_RE.match(path) is not None
+
+
+class NameCache:
+    """Raw bytes -> validated str for one kind of name; None when invalid."""
+
+    __slots__ = ("_valid", "_check")
+
+    def __init__(self, check):
+        self._valid: dict[bytes, str] = {}
+        self._check = check
+
+    def lookup(self, raw: bytes) -> str | None:
+        text = self._valid.get(raw)
+        if text is not None:
+            return text
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if not self._check(text):
+            return None
+        if len(self._valid) >= _CACHE_LIMIT:
+            self._valid.clear()
+        self._valid[raw] = text
+        return text
+
+
+PATHS = NameCache(is_valid_object_path)
+INTERFACES = NameCache(is_valid_interface)
+MEMBERS = NameCache(is_valid_member)
+BUS_NAMES = NameCache(is_valid_bus_name)
