@@ -60,7 +60,7 @@ class RunningBus:
 
 def busd_available() -> bool:
     try:
-        import busd.daemon  # noqa: F401
+        import busd.launch  # noqa: F401  (the daemon with its config loader)
     except ImportError:
         return False
     return True

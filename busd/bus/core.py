@@ -1,0 +1,425 @@
+"""The bus: peers, unique names, routing, reply tracking, match rules and monitors.
+
+Theory. `Bus.receive()` is the per-message path. It is handed a validated
+message and its parsed header; it stamps the sender (cached SENDER field bytes
+per peer and byte order), picks the recipients and queues the same bytes on each
+of them. Bodies are never read, except by the driver for its own calls and by
+match rules that filter on arguments. Replies pass only when a call is pending
+for them: `pending` maps (caller, serial) to the callee and its deadline, kept in
+insertion order so expiry is a sweep from the front.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..wire.marshal import LITTLE
+from ..wire.message import (
+    ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message,
+    read_body, sender_field, stamp_sender,
+)
+from . import errors
+from .match import MatchIndex, MatchRule
+from .ownership import NameEvent, NameRegistry
+
+if TYPE_CHECKING:
+    from ..connection import Connection
+
+log = logging.getLogger("busd.bus")
+
+DRIVER_NAME = "org.freedesktop.DBus"
+DRIVER_PATH = "/org/freedesktop/DBus"
+DRIVER_INTERFACE = "org.freedesktop.DBus"
+
+
+@dataclass
+class Limits:
+    """dbus-daemon's <limit> names, with its session-bus defaults (times in ms)."""
+
+    max_incoming_bytes: int = 1_000_000_000
+    max_incoming_unix_fds: int = 250_000_000
+    max_outgoing_bytes: int = 1_000_000_000
+    max_outgoing_unix_fds: int = 250_000_000
+    max_message_size: int = 1 << 27
+    max_message_unix_fds: int = 1024
+    service_start_timeout: int = 120_000
+    auth_timeout: int = 240_000
+    pending_fd_timeout: int = 150_000
+    max_completed_connections: int = 100_000
+    max_incomplete_connections: int = 10_000
+    max_connections_per_user: int = 100_000
+    max_pending_service_starts: int = 10_000
+    max_names_per_connection: int = 50_000
+    max_match_rules_per_connection: int = 50_000
+    max_replies_per_connection: int = 50_000
+    reply_timeout: int = 300_000
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class Peer:
+    """The bus side of one authenticated connection."""
+
+    __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
+                 "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
+                 "match_count", "peak_match_count", "__weakref__")
+
+    def __init__(self, conn: "Connection"):
+        self.conn = conn
+        self.unique_name: str | None = None
+        self.names: set[str] = set()  # unique name + primary-owned well-known names
+        self.sender_fields: dict[int, bytes] = {}
+        self.hello_done = False
+        self.monitor = False
+        self.monitor_rules: list[MatchRule] = []
+        self.expecting: set[tuple[Peer, int]] = set()  # calls this peer must answer
+        self.replies_outstanding = 0  # calls this peer made that await an answer
+        self.credentials = conn.credentials
+        self.serial_in = 0
+        self.match_count = 0
+        self.peak_match_count = 0
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.unique_name or self.conn.label}>"
+
+
+class Bus:
+    """Bus semantics, independent of how bytes reach it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, guid: str, limits: Limits | None = None,
+                 bus_type: str = "session"):
+        self.loop = loop
+        self.guid = guid
+        self.limits = limits or Limits()
+        self.bus_type = bus_type
+        self.peers: dict[str, Peer] = {}
+        self.connections: set["Connection"] = set()
+        self.incomplete_connections = 0
+        self.registry = NameRegistry()
+        self.matches = MatchIndex()
+        self.monitors: list[Peer] = []
+        self.pending: dict[tuple[Peer, int], tuple[Peer, float]] = {}
+        self._next_unique = 0
+        self._driver_serial = 0
+        self._flush_queue: list["Connection"] = []
+        self._driver_fields: dict[int, bytes] = {}
+        self.started = time.monotonic()
+        self.on_reload: Callable[[], None] | None = None
+        from .driver import Driver  # the driver needs Bus; import here to keep the door narrow
+        self.driver = Driver(self)
+        self._sweeper = loop.call_later(1.0, self._sweep_pending)
+
+    # ------------------------------------------------------------ connection lifecycle
+
+    def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer:
+        return Peer(conn)
+
+    def connection_closed(self, conn: "Connection") -> None:
+        self.connections.discard(conn)
+        peer = conn.peer
+        if peer is None:
+            return
+        conn.peer = None
+        if peer.monitor:
+            self.monitors.remove(peer)
+        if peer.unique_name is None:
+            return
+        self.matches.remove_owner(peer, peer.unique_name)
+        if self.peers.get(peer.unique_name) is not peer:
+            return  # a monitor: its unique name was released when it became one
+        del self.peers[peer.unique_name]
+        # Every call the peer was asked and did not answer gets NoReply.
+        for key in list(peer.expecting):
+            entry = self.pending.pop(key, None)
+            if entry is not None:
+                caller, serial = key
+                caller.replies_outstanding -= 1
+                self.send_error(caller, serial, errors.NO_REPLY,
+                                "Message recipient disconnected from message bus without replying")
+        peer.expecting.clear()
+        events = self.registry.remove_peer(peer)
+        events.append(NameEvent("owner_changed", peer.unique_name, peer, None))
+        self.emit_name_events(events)
+
+    def schedule_flush(self, conn: "Connection") -> None:
+        queue = self._flush_queue
+        if not queue:
+            self.loop.call_soon(self._flush_all)
+        queue.append(conn)
+
+    def _flush_all(self) -> None:
+        queue = self._flush_queue
+        self._flush_queue = []
+        for conn in queue:
+            if not conn.closed:
+                conn.flush()
+
+    def output_drained(self, conn: "Connection") -> None:
+        """A connection's queue emptied (hook for back-pressure)."""
+
+    # ------------------------------------------------------------ the per-message path
+
+    def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        if not peer.hello_done:
+            if h.destination == DRIVER_NAME and h.member == "Hello" and h.type == METHOD_CALL:
+                self.driver.hello(peer, h)
+            else:
+                peer.conn.close("sent a message before Hello")
+                _close(fds)
+            return
+        if peer.monitor:
+            peer.conn.close("a monitor may not send messages")
+            _close(fds)
+            return
+        h.sender = peer.unique_name
+        dest = h.destination
+        mtype = h.type
+        if dest is None:
+            if mtype == SIGNAL:
+                self.broadcast(peer, buf, h, fds)
+            elif mtype == METHOD_CALL:
+                # Calls without a destination go to the bus, as dbus-daemon does.
+                self.deliver_to_monitors(peer, buf, h, fds)
+                self.driver.handle(peer, buf, h)
+            else:
+                self.deliver_to_monitors(peer, buf, h, fds)
+                _close(fds)
+            return
+        if dest == DRIVER_NAME:
+            self.deliver_to_monitors(peer, buf, h, fds)
+            self.deliver_eavesdroppers(peer, buf, h, fds, None)
+            if mtype == METHOD_CALL:
+                self.driver.handle(peer, buf, h)
+            _close(fds)
+            return
+        target = self.peers.get(dest) if dest[0] == ":" else self.registry.owner(dest)
+        if target is None:
+            if mtype == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+                if dest[0] == ":":
+                    self.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
+                                    f"The name {dest} was not provided by any .service files")
+                else:
+                    self.driver.name_not_owned(peer, h, buf, fds)
+                    return
+            _close(fds)
+            return
+        if mtype == METHOD_CALL:
+            if not h.flags & NO_REPLY_EXPECTED:
+                if peer.replies_outstanding >= self.limits.max_replies_per_connection:
+                    self.send_error(peer, h.serial, errors.LIMITS_EXCEEDED,
+                                    "The maximum number of pending replies per connection has been reached")
+                    _close(fds)
+                    return
+                key = (peer, h.serial)
+                if key not in self.pending:
+                    peer.replies_outstanding += 1
+                self.pending[key] = (target, time.monotonic() + self.limits.reply_timeout / 1000)
+                target.expecting.add(key)
+        elif mtype == METHOD_RETURN or mtype == ERROR:
+            key = (target, h.reply_serial)
+            entry = self.pending.get(key)
+            if entry is None or entry[0] is not peer:
+                log.debug("dropping unexpected reply from %s to %s (reply_serial=%s)",
+                          peer.unique_name, dest, h.reply_serial)
+                self.deliver_to_monitors(peer, buf, h, fds)
+                _close(fds)
+                return
+            del self.pending[key]
+            peer.expecting.discard(key)
+            target.replies_outstanding -= 1
+        self.deliver(target, peer, buf, h, fds)
+        if self.monitors:
+            self.deliver_to_monitors(peer, buf, h, None)
+        if self.matches._eavesdrop_rules:
+            self.deliver_eavesdroppers(peer, buf, h, None, target)
+
+    def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        conn = target.conn
+        if fds and not conn.unix_fd:
+            # The recipient cannot receive fds: the caller gets an error, as from dbus-daemon.
+            _close(fds)
+            if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+                self.pending.pop((sender, h.serial), None)
+                target.expecting.discard((sender, h.serial))
+                sender.replies_outstanding -= 1
+                self.send_error(sender, h.serial, errors.NOT_SUPPORTED,
+                                "Tried to send message with Unix file descriptors to a client that doesn't support that.")
+            return
+        field = sender.sender_fields.get(h.endian)
+        if field is None:
+            field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
+        head, body = stamp_sender(buf, h, field)
+        conn.queue(head, body, fds)
+
+    def broadcast(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        args_cache: list = []
+
+        def get_args() -> list:
+            if not args_cache:
+                args_cache.append(read_body(buf, h))
+            return args_cache[0]
+
+        recipients = self.matches.recipients(h, sender.names, get_args)
+        field = sender.sender_fields.get(h.endian)
+        if field is None:
+            field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
+        head, body = stamp_sender(buf, h, field)
+        for target in recipients:
+            if target.monitor:
+                continue
+            conn = target.conn
+            if fds:
+                if not conn.unix_fd:
+                    continue
+                conn.queue(head, body, [os.dup(fd) for fd in fds])
+            else:
+                conn.queue(head, body)
+        if self.monitors:
+            self._queue_monitors(head, body, h, sender.names, get_args)
+        _close(fds)
+
+    def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        if self.monitors:
+            field = sender.sender_fields.get(h.endian)
+            if field is None:
+                field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
+            head, body = stamp_sender(buf, h, field)
+            self._queue_monitors(head, body, h, sender.names, lambda: read_body(buf, h))
+
+    def _queue_monitors(self, head: bytes, body: Any, h: Header, sender_names: set[str],
+                        get_args: Callable[[], list]) -> None:
+        for monitor in self.monitors:
+            rules = monitor.monitor_rules
+            if rules and not any(rule.matches(h, sender_names, get_args) for rule in rules):
+                continue
+            monitor.conn.queue(head, body)
+
+    def deliver_eavesdroppers(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
+                              target: Peer | None) -> None:
+        """Deliver a unicast message to peers whose match rules ask to eavesdrop on it."""
+        if not self.matches._eavesdrop_rules:
+            return
+        eavesdroppers = self.matches.recipients(h, sender.names, lambda: read_body(buf, h),
+                                                addressed_recipient=target,
+                                                recipient_names=target.names if target else None)
+        if not eavesdroppers:
+            return
+        field = sender.sender_fields.get(h.endian) or sender_field(sender.unique_name, h.endian)
+        head, body = stamp_sender(buf, h, field)
+        for peer in eavesdroppers:
+            if peer is not target and peer is not sender and not peer.monitor:
+                peer.conn.queue(head, body)
+
+    # ------------------------------------------------------------ messages from the bus itself
+
+    def next_driver_serial(self) -> int:
+        self._driver_serial = serial = (self._driver_serial % 0xFFFFFFFF) + 1
+        return serial
+
+    def send_from_driver(self, target: Peer | None, message: bytes) -> None:
+        """Queue a message the driver built; monitors see it too."""
+        if target is not None and not target.conn.closed:
+            target.conn.queue(message, b"")
+        if self.monitors:
+            from ..wire.message import parse_header
+            h = parse_header(message, validate_body=False)
+            self._queue_monitors(message, b"", h, {DRIVER_NAME}, lambda: read_body(message, h))
+
+    def send_error(self, target: Peer, reply_serial: int, error_name: str, text: str) -> None:
+        if target.conn.closed:
+            return
+        message = build_message(ERROR, self.next_driver_serial(), error_name=error_name,
+                                reply_serial=reply_serial, destination=target.unique_name,
+                                sender=DRIVER_NAME, signature="s", body=[text])
+        self.send_from_driver(target, message)
+
+    def send_reply(self, target: Peer, reply_serial: int, signature: str = "", body: list | tuple = ()) -> None:
+        message = build_message(METHOD_RETURN, self.next_driver_serial(), reply_serial=reply_serial,
+                                destination=target.unique_name, sender=DRIVER_NAME,
+                                signature=signature, body=body)
+        self.send_from_driver(target, message)
+
+    def emit_driver_signal(self, member: str, signature: str, body: list, destination: Peer | None = None) -> None:
+        """A driver signal: unicast to `destination`, or broadcast by match rules."""
+        message = build_message(SIGNAL, self.next_driver_serial(), path=DRIVER_PATH,
+                                interface=DRIVER_INTERFACE, member=member, sender=DRIVER_NAME,
+                                destination=destination.unique_name if destination else None,
+                                signature=signature, body=body)
+        if destination is not None:
+            self.send_from_driver(destination, message)
+            return
+        from ..wire.message import parse_header
+        h = parse_header(message, validate_body=False)
+        names = {DRIVER_NAME}
+        for target in self.matches.recipients(h, names, lambda: body):
+            if not target.monitor and not target.conn.closed:
+                target.conn.queue(message, b"")
+        if self.monitors:
+            self._queue_monitors(message, b"", h, names, lambda: body)
+
+    def emit_name_events(self, events: list[NameEvent]) -> None:
+        for event in events:
+            if event.kind == "owner_changed":
+                old = event.old_owner.unique_name if event.old_owner else ""
+                new = event.new_owner.unique_name if event.new_owner else ""
+                if event.name[0] != ":":
+                    if event.old_owner:
+                        event.old_owner.names.discard(event.name)
+                    if event.new_owner:
+                        event.new_owner.names.add(event.name)
+                self.emit_driver_signal("NameOwnerChanged", "sss", [event.name, old, new])
+            elif event.kind == "lost":
+                if not event.old_owner.conn.closed:
+                    self.emit_driver_signal("NameLost", "s", [event.name], event.old_owner)
+            elif event.kind == "acquired":
+                self.emit_driver_signal("NameAcquired", "s", [event.name], event.new_owner)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def assign_unique_name(self, peer: Peer) -> str:
+        name = f":1.{self._next_unique}"
+        self._next_unique += 1
+        peer.unique_name = name
+        peer.names.add(name)
+        self.peers[name] = peer
+        return name
+
+    def _sweep_pending(self) -> None:
+        now = time.monotonic()
+        pending = self.pending
+        expired = []
+        for key, (callee, deadline) in pending.items():
+            if deadline > now:
+                break
+            expired.append((key, callee))
+        for key, callee in expired:
+            del pending[key]
+            callee.expecting.discard(key)
+            caller, serial = key
+            caller.replies_outstanding -= 1
+            self.send_error(caller, serial, errors.NO_REPLY,
+                            "Did not receive a reply. Possible causes include: the remote application did not "
+                            "send a reply, the message bus security policy blocked the reply, the reply timeout "
+                            "expired, or the network connection was broken.")
+        self._sweeper = self.loop.call_later(1.0, self._sweep_pending)
+
+    def close(self) -> None:
+        self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.close("bus shutting down", level=logging.DEBUG)
+
+
+def _close(fds: list[int] | None) -> None:
+    if fds:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,495 @@
+"""The org.freedesktop.DBus driver: the bus's own object, as a table of methods.
+
+Each row maps (interface, member) to the input signature and a handler. A handler
+returns (output signature, values) or raises DriverError; adding a method is
+adding a row. Interfaces served at every object path follow dbus-daemon: the
+org.freedesktop.DBus interface, Introspectable and Peer everywhere, the rest only
+at /org/freedesktop/DBus.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..wire.marshal import Variant
+from ..wire.message import Header, read_body
+from ..wire.names import is_valid_bus_name
+from ..wire.errors import ProtocolError
+from . import errors
+from .errors import DriverError
+from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
+from .ownership import NameEvent
+
+if TYPE_CHECKING:
+    from .core import Bus, Peer
+
+log = logging.getLogger("busd.driver")
+
+DBUS = "org.freedesktop.DBus"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
+MONITORING = "org.freedesktop.DBus.Monitoring"
+STATS = "org.freedesktop.DBus.Debug.Stats"
+DRIVER_PATH = "/org/freedesktop/DBus"
+EVERYWHERE = {DBUS, INTROSPECTABLE, PEER}
+
+FEATURES = ["ActivatableServicesChanged", "HeaderFiltering"]
+EXTRA_INTERFACES = [MONITORING, STATS]
+
+Handler = Callable[["Peer", Header, list], tuple[str, list]]
+
+
+def _load_introspection() -> str:
+    return resources.files("busd.interfaces").joinpath("org.freedesktop.DBus.xml").read_text()
+
+
+def machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        if len(text) == 32:
+            return text
+    return "0" * 32
+
+
+class Driver:
+    """org.freedesktop.DBus, served by the bus itself."""
+
+    def __init__(self, bus: "Bus"):
+        self.bus = bus
+        self.introspection = _load_introspection()
+        self.machine_id = machine_id()
+        self.activatable: Callable[[], list[str]] = lambda: []
+        self.start_service: Callable[["Peer", Header, str, bytes, Any], bool] | None = None
+        self.activation_environment: dict[str, str] = {}
+        self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
+            (DBUS, "Hello"): ("", self.hello_again),
+            (DBUS, "RequestName"): ("su", self.request_name),
+            (DBUS, "ReleaseName"): ("s", self.release_name),
+            (DBUS, "StartServiceByName"): ("su", self.start_service_by_name),
+            (DBUS, "UpdateActivationEnvironment"): ("a{ss}", self.update_activation_environment),
+            (DBUS, "NameHasOwner"): ("s", self.name_has_owner),
+            (DBUS, "ListNames"): ("", self.list_names),
+            (DBUS, "ListActivatableNames"): ("", self.list_activatable_names),
+            (DBUS, "AddMatch"): ("s", self.add_match),
+            (DBUS, "RemoveMatch"): ("s", self.remove_match),
+            (DBUS, "GetNameOwner"): ("s", self.get_name_owner),
+            (DBUS, "ListQueuedOwners"): ("s", self.list_queued_owners),
+            (DBUS, "GetConnectionUnixUser"): ("s", self.get_connection_unix_user),
+            (DBUS, "GetConnectionUnixProcessID"): ("s", self.get_connection_unix_process_id),
+            (DBUS, "GetAdtAuditSessionData"): ("s", self.get_adt_audit_session_data),
+            (DBUS, "GetConnectionSELinuxSecurityContext"): ("s", self.get_selinux_context),
+            (DBUS, "ReloadConfig"): ("", self.reload_config),
+            (DBUS, "GetId"): ("", self.get_id),
+            (DBUS, "GetConnectionCredentials"): ("s", self.get_connection_credentials),
+            (PROPERTIES, "Get"): ("ss", self.properties_get),
+            (PROPERTIES, "GetAll"): ("s", self.properties_get_all),
+            (PROPERTIES, "Set"): ("ssv", self.properties_set),
+            (INTROSPECTABLE, "Introspect"): ("", self.introspect),
+            (PEER, "Ping"): ("", lambda peer, h, args: ("", [])),
+            (PEER, "GetMachineId"): ("", lambda peer, h, args: ("s", [self.machine_id])),
+            (MONITORING, "BecomeMonitor"): ("asu", self.become_monitor),
+            (STATS, "GetStats"): ("", self.get_stats),
+            (STATS, "GetConnectionStats"): ("s", self.get_connection_stats),
+            (STATS, "GetAllMatchRules"): ("", self.get_all_match_rules),
+        }
+        self._by_member: dict[str, tuple[str, str, Handler]] = {}
+        for (iface, member), (sig, handler) in self.methods.items():
+            self._by_member.setdefault(member, (iface, sig, handler))
+
+    # ------------------------------------------------------------ dispatch
+
+    def hello(self, peer: "Peer", h: Header) -> None:
+        """The first message of every connection."""
+        bus = self.bus
+        name = bus.assign_unique_name(peer)
+        peer.hello_done = True
+        bus.send_reply(peer, h.serial, "s", [name])
+        bus.emit_name_events([NameEvent("owner_changed", name, None, peer),
+                              NameEvent("acquired", name, None, peer)])
+
+    def handle(self, peer: "Peer", buf: bytes, h: Header) -> None:
+        bus = self.bus
+        iface = h.interface
+        member = h.member
+        if iface is None:
+            row = self._by_member.get(member)
+            entry = (row[1], row[2]) if row else None
+            iface = row[0] if row else DBUS
+        else:
+            entry = self.methods.get((iface, member))
+        wants_reply = not h.no_reply_expected
+        try:
+            if iface not in EVERYWHERE and h.path != DRIVER_PATH or (
+                    entry is None and iface not in {i for i, _ in self.methods}):
+                raise DriverError(errors.UNKNOWN_INTERFACE, f"{DBUS} does not understand message {member}")
+            if entry is None:
+                raise DriverError(errors.UNKNOWN_METHOD, f"{DBUS} does not understand message {member}")
+            in_sig, handler = entry
+            if h.signature != in_sig:
+                raise DriverError(errors.INVALID_ARGS,
+                                  f"Call to {member} has wrong args ({h.signature}, expected {in_sig})")
+            args = read_body(buf, h)
+            out_sig, values = handler(peer, h, args)
+        except DriverError as exc:
+            if wants_reply:
+                bus.send_error(peer, h.serial, exc.name, exc.text)
+            return
+        except ProtocolError as exc:
+            if wants_reply:
+                bus.send_error(peer, h.serial, errors.INVALID_ARGS, exc.reason)
+            return
+        if out_sig is None:  # the handler replies later by itself
+            return
+        if wants_reply:
+            bus.send_reply(peer, h.serial, out_sig, values)
+
+    # ------------------------------------------------------------ helpers
+
+    def _peer_of(self, name: str, what: str) -> "Peer":
+        """The connection owning `name`; the bus itself is not a peer."""
+        bus = self.bus
+        target = bus.peers.get(name) if name.startswith(":") else bus.registry.owner(name)
+        if target is None:
+            raise DriverError(errors.NAME_HAS_NO_OWNER, f"Could not get {what} of name '{name}': no such name")
+        return target
+
+    def name_not_owned(self, peer: "Peer", h: Header, buf: bytes, fds: Any) -> None:
+        """A call to a well-known name nobody owns: activate it, or ServiceUnknown."""
+        bus = self.bus
+        if self.start_service is not None and not h.no_auto_start:
+            if self.start_service(peer, h, h.destination, buf, fds):
+                return
+        if fds:
+            for fd in fds:
+                os.close(fd)
+        bus.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
+                       f"The name {h.destination} was not provided by any .service files")
+
+    # ------------------------------------------------------------ org.freedesktop.DBus
+
+    def hello_again(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        raise DriverError(errors.FAILED, "Already handled an Hello message")
+
+    def request_name(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name, flags = args
+        if not is_valid_bus_name(name):
+            raise DriverError(errors.INVALID_ARGS, f'Requested bus name "{name}" is not valid')
+        if name.startswith(":"):
+            raise DriverError(errors.INVALID_ARGS,
+                              f'Cannot acquire a service starting with \':\' such as "{name}"')
+        if name == DBUS:
+            raise DriverError(errors.INVALID_ARGS,
+                              f'Connection "{peer.unique_name}" is not allowed to own the service '
+                              f'"{DBUS}" because it is reserved for D-Bus\' use only')
+        bus = self.bus
+        check = getattr(bus, "check_own", None)
+        if check is not None:
+            check(peer, name)
+        limit = bus.limits.max_names_per_connection
+        if bus.registry.queued_count(peer) >= limit and peer not in bus.registry.queued_owners(name):
+            raise DriverError(errors.LIMITS_EXCEEDED,
+                              f'Connection "{peer.unique_name}" is not allowed to own more services '
+                              f"(increase limits in configuration file if required; "
+                              f"max_names_per_connection={limit})")
+        code, events = bus.registry.request(name, peer, flags)
+        if events:
+            self._emit_after_reply(peer, h, "u", [code], events)
+            return None, []
+        return "u", [code]
+
+    def _emit_after_reply(self, peer: "Peer", h: Header, sig: str, values: list, events: list) -> None:
+        bus = self.bus
+        if not h.no_reply_expected:
+            bus.send_reply(peer, h.serial, sig, values)
+        bus.emit_name_events(events)
+        hook = getattr(bus, "names_changed", None)
+        if hook is not None:
+            hook(events)
+
+    def release_name(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name = args[0]
+        if not is_valid_bus_name(name):
+            raise DriverError(errors.INVALID_ARGS, f'Given bus name "{name}" is not valid')
+        if name.startswith(":"):
+            raise DriverError(errors.INVALID_ARGS,
+                              f'Cannot release a service starting with \':\' such as "{name}"')
+        if name == DBUS:
+            raise DriverError(errors.INVALID_ARGS,
+                              f'Cannot release the {DBUS} service because it is owned by the bus')
+        code, events = self.bus.registry.release(name, peer)
+        if events:
+            self._emit_after_reply(peer, h, "u", [code], events)
+            return None, []
+        return "u", [code]
+
+    def start_service_by_name(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name, _flags = args
+        bus = self.bus
+        if name == DBUS or (name.startswith(":") and name in bus.peers) or bus.registry.owner(name):
+            return "u", [2]  # DBUS_START_REPLY_ALREADY_RUNNING
+        starter = getattr(bus, "start_service_by_name", None)
+        if starter is not None and starter(peer, h, name):
+            return None, []
+        raise DriverError(errors.SERVICE_UNKNOWN, f"The name {name} was not provided by any .service files")
+
+    def update_activation_environment(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        env = args[0]
+        for key in env:
+            if not key or "=" in key:
+                raise DriverError(errors.INVALID_ARGS, f"Invalid environment variable name {key!r}")
+        self.activation_environment.update(env)
+        return "", []
+
+    def name_has_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name = args[0]
+        if not is_valid_bus_name(name):
+            raise DriverError(errors.INVALID_ARGS, f'The name "{name}" is not valid')
+        bus = self.bus
+        owned = name == DBUS or (name in bus.peers if name.startswith(":") else bus.registry.owner(name) is not None)
+        return "b", [owned]
+
+    def list_names(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        bus = self.bus
+        return "as", [[DBUS, *bus.peers.keys(), *bus.registry.names()]]
+
+    def list_activatable_names(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        return "as", [[DBUS, *self.activatable()]]
+
+    def add_match(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        try:
+            rule = MatchRule.parse(args[0])
+        except MatchRuleInvalid as exc:
+            raise DriverError(errors.MATCH_RULE_INVALID, str(exc)) from None
+        bus = self.bus
+        limit = bus.limits.max_match_rules_per_connection
+        if peer.match_count >= limit:
+            raise DriverError(errors.LIMITS_EXCEEDED,
+                              f'Connection "{peer.unique_name}" is not allowed to add more match rules '
+                              f"(increase limits in configuration file if required; "
+                              f"max_match_rules_per_connection={limit})")
+        bus.matches.add(peer, rule)
+        peer.match_count += 1
+        peer.peak_match_count = max(peer.peak_match_count, peer.match_count)
+        hook = getattr(bus, "match_added", None)
+        if hook is not None:
+            hook(peer, rule)
+        return "", []
+
+    def remove_match(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        try:
+            rule = MatchRule.parse(args[0])
+        except MatchRuleInvalid as exc:
+            raise DriverError(errors.MATCH_RULE_INVALID, str(exc)) from None
+        bus = self.bus
+        try:
+            bus.matches.remove(peer, rule)
+        except MatchRuleNotFound:
+            raise DriverError(errors.MATCH_RULE_NOT_FOUND,
+                              "The given match rule wasn't found and can't be removed") from None
+        peer.match_count -= 1
+        hook = getattr(bus, "match_removed", None)
+        if hook is not None:
+            hook(peer, rule)
+        return "", []
+
+    def get_name_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name = args[0]
+        if name == DBUS:
+            return "s", [DBUS]
+        if not is_valid_bus_name(name):
+            raise DriverError(errors.INVALID_ARGS, f'Invalid bus name "{name}"')
+        target = self._peer_of(name, "owner")
+        return "s", [target.unique_name]
+
+    def list_queued_owners(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name = args[0]
+        if name == DBUS:
+            return "as", [[DBUS]]
+        if not is_valid_bus_name(name):
+            raise DriverError(errors.INVALID_ARGS, f'Invalid bus name "{name}"')
+        bus = self.bus
+        if name.startswith(":"):
+            if name in bus.peers:
+                return "as", [[name]]
+            owners = []
+        else:
+            owners = [p.unique_name for p in bus.registry.queued_owners(name)]
+        if not owners:
+            raise DriverError(errors.NAME_HAS_NO_OWNER, f"Could not get owners of name '{name}': no such name")
+        return "as", [owners]
+
+    def _credentials_of(self, name: str, what: str):
+        if name == DBUS:
+            from ..connection import Credentials
+            return Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted(set(os.getgroups()))))
+        return self._peer_of(name, what).credentials
+
+    def get_connection_unix_user(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        creds = self._credentials_of(args[0], "UID")
+        if creds.uid is None:
+            raise DriverError(errors.FAILED, f"Could not determine UID for '{args[0]}'")
+        return "u", [creds.uid]
+
+    def get_connection_unix_process_id(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        creds = self._credentials_of(args[0], "PID")
+        if creds.pid is None:
+            raise DriverError(errors.UNIX_PROCESS_ID_UNKNOWN,
+                              f"Could not determine PID for '{args[0]}'")
+        return "u", [creds.pid]
+
+    def get_adt_audit_session_data(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        self._credentials_of(args[0], "audit session data")
+        raise DriverError(errors.ADT_AUDIT_DATA_UNKNOWN,
+                          f"Could not determine audit session data for '{args[0]}'")
+
+    def get_selinux_context(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        self._credentials_of(args[0], "security context")
+        raise DriverError(errors.SELINUX_SECURITY_CONTEXT_UNKNOWN,
+                          f"Could not determine security context for '{args[0]}'")
+
+    def get_connection_credentials(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        creds = self._credentials_of(args[0], "credentials")
+        result: dict[str, Variant] = {}
+        if creds.uid is not None:
+            result["UnixUserID"] = Variant("u", creds.uid)
+        if creds.groups:
+            result["UnixGroupIDs"] = Variant("au", list(creds.groups))
+        if creds.pid is not None:
+            result["ProcessID"] = Variant("u", creds.pid)
+        return "a{sv}", [result]
+
+    def reload_config(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        reload = self.bus.on_reload
+        if reload is not None:
+            try:
+                reload()
+            except Exception as exc:  # a broken new config keeps the old one
+                raise DriverError(errors.FAILED, f"Reloading the configuration failed: {exc}") from None
+        return "", []
+
+    def get_id(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        return "s", [self.bus.guid]
+
+    # ------------------------------------------------------------ properties and introspection
+
+    def _properties(self) -> dict[str, Variant]:
+        return {"Features": Variant("as", FEATURES), "Interfaces": Variant("as", EXTRA_INTERFACES)}
+
+    def properties_get(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        iface, name = args
+        if iface != DBUS:
+            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {iface!r} has no properties")
+        props = self._properties()
+        if name not in props:
+            raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
+        return "v", [props[name]]
+
+    def properties_get_all(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        if args[0] not in (DBUS, ""):
+            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {args[0]!r} has no properties")
+        return "a{sv}", [self._properties()]
+
+    def properties_set(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        iface, name, _value = args
+        if iface != DBUS or name not in self._properties():
+            raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
+        raise DriverError(errors.PROPERTY_READ_ONLY, f"Property {name!r} is read-only")
+
+    def introspect(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        path = h.path
+        if path == DRIVER_PATH:
+            return "s", [self.introspection]
+        text = self.introspection
+        # Elsewhere only the interfaces served at every path, plus the way to the driver's path.
+        import re
+        kept = []
+        for match in re.finditer(r'  <interface name="([^"]+)">.*?</interface>\n', text, re.S):
+            if match.group(1) in EVERYWHERE:
+                kept.append(match.group(0))
+        head = text[:text.index("<node>") + len("<node>\n")]
+        child = ""
+        if DRIVER_PATH.startswith(path.rstrip("/") + "/"):
+            rest = DRIVER_PATH[len(path.rstrip("/")) + 1:]
+            child = f'  <node name="{rest}"/>\n'
+        return "s", [head + "".join(kept) + child + "</node>\n"]
+
+    # ------------------------------------------------------------ monitoring and stats
+
+    def become_monitor(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        rule_texts, flags = args
+        if flags != 0:
+            raise DriverError(errors.INVALID_ARGS, "BecomeMonitor flags must be 0")
+        rules = []
+        for text in rule_texts:
+            try:
+                rules.append(MatchRule.parse(text))
+            except MatchRuleInvalid as exc:
+                raise DriverError(errors.MATCH_RULE_INVALID, str(exc)) from None
+        bus = self.bus
+        if not h.no_reply_expected:
+            bus.send_reply(peer, h.serial)
+        # A monitor owns no names and has no match rules; it loses its unique name too.
+        events = bus.registry.remove_peer(peer)
+        bus.matches.remove_owner(peer)
+        peer.match_count = 0
+        name = peer.unique_name
+        events.append(NameEvent("lost", name, peer, None))
+        events.append(NameEvent("owner_changed", name, peer, None))
+        bus.emit_name_events(events)
+        del bus.peers[name]
+        peer.monitor = True
+        peer.monitor_rules = rules
+        bus.monitors.append(peer)
+        log.info("%s became a monitor with %d match rules", name, len(rules))
+        return None, []
+
+    def get_stats(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        bus = self.bus
+        match_rules = sum(p.match_count for p in bus.peers.values())
+        stats = {
+            "Serial": Variant("u", bus._driver_serial),
+            "ActiveConnections": Variant("u", len(bus.peers)),
+            "IncompleteConnections": Variant("u", getattr(bus, "incomplete_connections", 0)),
+            "MatchRules": Variant("u", match_rules),
+            "PeakMatchRulesPerConnection": Variant("u", max((p.peak_match_count for p in bus.peers.values()),
+                                                            default=0)),
+            "BusNames": Variant("u", len(bus.registry.names())),
+        }
+        return "a{sv}", [stats]
+
+    def get_connection_stats(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        name = args[0]
+        target = self._peer_of(name, "statistics")
+        conn = target.conn
+        stats = {
+            "Serial": Variant("u", self.bus._driver_serial),
+            "UniqueName": Variant("s", target.unique_name),
+            "IncomingBytes": Variant("u", conn.in_bytes),
+            "IncomingFDs": Variant("u", 0),
+            "OutgoingBytes": Variant("u", conn.out_bytes),
+            "OutgoingFDs": Variant("u", conn.out_fds),
+            "PeakIncomingBytes": Variant("u", conn.peak_in_bytes),
+            "PeakOutgoingBytes": Variant("u", conn.peak_out_bytes),
+            "MatchRules": Variant("u", target.match_count),
+            "PeakMatchRules": Variant("u", target.peak_match_count),
+            "OwnedNames": Variant("u", len(self.bus.registry.owned_by(target))),
+            "PendingReplies": Variant("u", target.replies_outstanding),
+        }
+        return "a{sv}", [stats]
+
+    def get_all_match_rules(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        bus = self.bus
+        result = {}
+        for name, p in bus.peers.items():
+            rules = [str(rule) for rule in bus.matches.rules(p)]
+            if rules:
+                result[name] = rules
+        return "a{sas}", [result]

@@ -1,0 +1,207 @@
+"""The daemon process: settings from the config, listeners, the accept loop, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .bus.core import Bus, Limits
+from .connection import Connection, Credentials
+from .server import Listener, ListenError, listen
+from .wire.sasl import ServerAuthenticator
+
+log = logging.getLogger("busd")
+
+ACCEPT_BATCH = 64
+
+
+@dataclass
+class DaemonSettings:
+    """Everything the daemon takes from its XML config and command line."""
+
+    bus_type: str = "session"
+    listen: list[str] = field(default_factory=lambda: ["unix:tmpdir=/tmp"])
+    auth: list[str] = field(default_factory=lambda: ["EXTERNAL"])
+    allow_anonymous: bool = False
+    user: str | None = None
+    fork: bool = False
+    keep_umask: bool = False
+    pidfile: str | None = None
+    syslog: bool = False
+    servicedirs: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    config: object | None = None  # the parsed BusConfig, for policy and activation
+    config_path: str | None = None
+
+
+class Daemon:
+    """One bus: its listeners and the Bus object behind them."""
+
+    def __init__(self, settings: DaemonSettings, reload_settings: Callable[[], DaemonSettings] | None = None):
+        self.settings = settings
+        self.reload_settings = reload_settings
+        self.guid = uuid.uuid4().hex
+        self.listeners: list[Listener] = []
+        self.bus: Bus | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stopped: asyncio.Future | None = None
+        self._accept_paused: set[int] = set()
+        self._serial = 0
+
+    # ------------------------------------------------------------ before the loop
+
+    def bind(self, addresses: list[str] | None = None) -> None:
+        """Bind every listen address (before forking, so failures reach the caller)."""
+        for text in addresses or self.settings.listen:
+            self.listeners.extend(listen(text))
+
+    def addresses(self) -> str:
+        """The address to print: every listener's, each with the guid, ';'-separated."""
+        return ";".join(f"{l.address},guid={self.guid}" for l in self.listeners if l.address)
+
+    # ------------------------------------------------------------ the loop
+
+    async def serve(self, ready: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self.loop = loop
+        self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
+        self.bus.on_reload = self.reload
+        self._stopped = loop.create_future()
+        for listener in self.listeners:
+            loop.add_reader(listener.sock.fileno(), self._on_accept, listener)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop, signal.Signals(signum).name)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
+        if ready is not None:
+            ready()
+        log.info("busd ready on %s", self.addresses())
+        try:
+            await self._stopped
+        finally:
+            self.shutdown()
+
+    def stop(self, why: str = "stop requested") -> None:
+        log.info("shutting down (%s)", why)
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def shutdown(self) -> None:
+        loop = self.loop
+        for listener in self.listeners:
+            try:
+                loop.remove_reader(listener.sock.fileno())
+            except (ValueError, OSError):
+                pass
+            listener.close()
+        self.listeners = []
+        if self.bus is not None:
+            self.bus.close()
+
+    # ------------------------------------------------------------ accepting
+
+    def _make_authenticator(self, unix: bool) -> Callable[[Credentials], ServerAuthenticator]:
+        settings = self.settings
+
+        def make(creds: Credentials) -> ServerAuthenticator:
+            return ServerAuthenticator(self.guid, mechanisms=tuple(settings.auth) or ("EXTERNAL",),
+                                       peer_uid=creds.uid, allow_anonymous=settings.allow_anonymous,
+                                       unix_fd_possible=unix)
+        return make
+
+    def _on_accept(self, listener: Listener) -> None:
+        bus = self.bus
+        limits = bus.limits
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _addr = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(listener, exc)
+                    return
+                log.warning("accept failed on %s: %s", listener.address, exc)
+                return
+            if bus.incomplete_connections >= limits.max_incomplete_connections:
+                log.warning("refusing a connection on %s: max_incomplete_connections=%d reached",
+                            listener.address, limits.max_incomplete_connections)
+                sock.close()
+                continue
+            if len(bus.connections) - bus.incomplete_connections >= limits.max_completed_connections:
+                log.warning("refusing a connection on %s: max_completed_connections=%d reached",
+                            listener.address, limits.max_completed_connections)
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self._serial += 1
+            try:
+                conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}")
+            except OSError as exc:
+                log.warning("could not set up a connection: %s", exc)
+                sock.close()
+                continue
+            conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.close,
+                                                   f"authentication did not finish within "
+                                                   f"auth_timeout={limits.auth_timeout}ms")
+
+    def _pause_accepting(self, listener: Listener, exc: OSError) -> None:
+        """Out of fds: stop accepting for a moment rather than spin on the listener."""
+        fd = listener.sock.fileno()
+        if fd in self._accept_paused:
+            return
+        log.warning("accept paused on %s for 1s: %s", listener.address, exc.strerror)
+        self._accept_paused.add(fd)
+        self.loop.remove_reader(fd)
+
+        def resume() -> None:
+            self._accept_paused.discard(fd)
+            if listener in self.listeners:
+                self.loop.add_reader(fd, self._on_accept, listener)
+        self.loop.call_later(1.0, resume)
+
+    # ------------------------------------------------------------ reload
+
+    def _reload_from_signal(self) -> None:
+        try:
+            self.reload()
+        except Exception as exc:
+            log.error("reload failed, keeping the old configuration: %s", exc)
+
+    def reload(self) -> None:
+        """Re-read the configuration; every connection stays. Raises if the new one is invalid."""
+        if self.reload_settings is None:
+            return
+        new = self.reload_settings()
+        self.settings.auth = new.auth
+        self.settings.allow_anonymous = new.allow_anonymous
+        self.settings.servicedirs = new.servicedirs
+        self.settings.config = new.config
+        self.bus.limits = new.limits
+        self.settings.limits = new.limits
+        hook = getattr(self.bus, "config_reloaded", None)
+        if hook is not None:
+            hook(new)
+        log.info("configuration reloaded")
+
+
+def run(settings: DaemonSettings, daemon: Daemon, ready: Callable[[], None] | None = None) -> None:
+    """Run the daemon's loop until it is stopped (uvloop when importable)."""
+    try:
+        import uvloop
+    except ImportError:
+        uvloop = None
+    if uvloop is not None:
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    else:
+        runner = asyncio.Runner()
+    with runner:
+        runner.run(daemon.serve(ready))
+
+
+__all__ = ["Daemon", "DaemonSettings", "ListenError", "run"]

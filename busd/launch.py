@@ -1,0 +1,56 @@
+"""From XML configuration to daemon settings: the only place the daemon reads config files."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .bus.core import Limits
+from .config.loader import builtin_session_config, load_config
+from .config.model import BusConfig
+from .daemon import DaemonSettings
+
+log = logging.getLogger("busd")
+
+SYSTEM_CONFIG = "/usr/share/dbus-1/system.conf"
+SESSION_CONFIG = "/usr/share/dbus-1/session.conf"
+
+
+def settings_from_config(config: BusConfig, path: str | None) -> DaemonSettings:
+    limits = Limits(**{name: getattr(config.limits, name) for name in Limits.names()
+                       if hasattr(config.limits, name)})
+    if limits.reply_timeout < 0:
+        limits.reply_timeout = 10 ** 12  # "never", as dbus-daemon treats a negative timeout
+    return DaemonSettings(
+        bus_type=config.type or "session",
+        listen=list(config.listen),
+        auth=list(config.auth) or ["EXTERNAL"],
+        allow_anonymous=config.allow_anonymous,
+        user=config.user,
+        fork=config.fork,
+        keep_umask=config.keep_umask,
+        pidfile=config.pidfile,
+        syslog=config.syslog,
+        servicedirs=[d.path for d in config.servicedirs],
+        limits=limits,
+        config=config,
+        config_path=path,
+    )
+
+
+def load_settings(config_file: str | None, bus_kind: str | None) -> DaemonSettings:
+    """Settings for --config-file, --session or --system (busd's built-in session config by default)."""
+    if config_file:
+        return settings_from_config(load_config(config_file), config_file)
+    if bus_kind == "system":
+        return settings_from_config(load_config(SYSTEM_CONFIG), SYSTEM_CONFIG)
+    if bus_kind == "session" and os.path.exists(SESSION_CONFIG):
+        return settings_from_config(load_config(SESSION_CONFIG), SESSION_CONFIG)
+    return settings_from_config(builtin_session_config(), None)
+
+
+def log_config_notes(config: BusConfig | None) -> None:
+    if config is None:
+        return
+    for note in config.notes:
+        log.info("%s:%d: %s", note.file, note.line, note.message)

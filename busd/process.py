@@ -1,0 +1,158 @@
+"""Process life of the daemon: config, binding, forking, printing the address, privileges."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger("busd")
+
+
+def _fail(message: str) -> int:
+    sys.stderr.write(f"busd: {message}\n")
+    return 1
+
+
+def _fd_number(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value == "":
+        return 1
+    try:
+        fd = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a file descriptor number") from None
+    if fd < 0:
+        raise ValueError(f"{value!r} is not a file descriptor number")
+    return fd
+
+
+def _write_fd(fd: int, text: str) -> None:
+    data = text.encode()
+    while data:
+        n = os.write(fd, data)
+        data = data[n:]
+
+
+def _print_info(address_fd: int | None, pid_fd: int | None, address: str) -> None:
+    """Write the address and pid where asked (the same fd may take both), then close those fds."""
+    if address_fd is not None:
+        _write_fd(address_fd, address + "\n")
+    if pid_fd is not None:
+        _write_fd(pid_fd, f"{os.getpid()}\n")
+    for fd in {address_fd, pid_fd} - {None, 0, 1, 2}:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if 1 in (address_fd, pid_fd):
+        sys.stdout.flush()
+
+
+def _detach_streams() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
+
+
+def _drop_privileges(user: str) -> None:
+    import pwd
+    if os.getuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise RuntimeError(f"<user>{user}</user>: no such user") from None
+    os.initgroups(user, entry.pw_gid)
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)
+    log.info("dropped privileges to %s (uid %d)", user, entry.pw_uid)
+
+
+def start(args: argparse.Namespace) -> int:
+    from .config.loader import ConfigError
+    from .daemon import Daemon, run
+    from .launch import load_settings, log_config_notes
+    from .server import ListenError
+
+    try:
+        address_fd = _fd_number(args.print_address)
+        pid_fd = _fd_number(args.print_pid)
+    except ValueError as exc:
+        return _fail(str(exc))
+    try:
+        settings = load_settings(args.config_file, args.bus_kind)
+    except ConfigError as exc:
+        return _fail(f"invalid configuration: {exc}")
+    except OSError as exc:
+        return _fail(f"cannot read configuration: {exc}")
+    log_config_notes(settings.config)
+    if args.address:
+        settings.listen = [args.address]
+    if not settings.listen:
+        return _fail("no <listen> address in the configuration and no --address given")
+    fork = settings.fork if args.fork is None else args.fork
+    if args.syslog is None and settings.syslog:
+        from .logs import setup_logging
+        setup_logging(args.log_level, args.log_format, "both")
+
+    def reload_settings():
+        return load_settings(args.config_file, args.bus_kind)
+
+    daemon = Daemon(settings, reload_settings if (args.config_file or args.bus_kind) else None)
+    daemon.systemd_activation = args.systemd_activation
+    try:
+        daemon.bind()
+    except ListenError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot listen: {exc}")
+    if settings.user:
+        try:
+            _drop_privileges(settings.user)
+        except (RuntimeError, OSError) as exc:
+            return _fail(str(exc))
+
+    ready_w = None
+    if fork:
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(ready_w)
+            status = os.read(ready_r, 1)
+            return 0 if status == b"1" else 1
+        os.close(ready_r)
+        os.setsid()
+    if not settings.keep_umask and fork:
+        os.umask(0o022)
+    if settings.pidfile and not args.nopidfile:
+        try:
+            with open(settings.pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        except OSError as exc:
+            log.error("cannot write pidfile %s: %s", settings.pidfile, exc)
+
+    def ready() -> None:
+        _print_info(address_fd, pid_fd, daemon.addresses())
+        if ready_w is not None:
+            _detach_streams()
+            os.write(ready_w, b"1")
+            os.close(ready_w)
+        from .notify import notify_ready
+        notify_ready(f"Listening on {daemon.addresses()}")
+
+    try:
+        run(settings, daemon, ready)
+    finally:
+        for listener in daemon.listeners:
+            listener.close()
+        if settings.pidfile and not args.nopidfile:
+            try:
+                os.unlink(settings.pidfile)
+            except OSError:
+                pass
+    return 0
