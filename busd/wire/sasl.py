@@ -265,7 +265,7 @@ class _LineReader:
     def next_line(self) -> str | None:
         end = self._buffer.find(b"\r\n")
         if end < 0:
-            if len(self._buffer) > self.max_line_length:
+            if len(self._buffer) > self.max_line_length + 1:  # + 1: the '\r' of a full-length line
                 raise AuthError(f"authentication line longer than {self.max_line_length} bytes")
             return None
         if end > self.max_line_length:
