@@ -6,6 +6,7 @@ Python representation of D-Bus types:
     b                 bool
     d                 float
     s o g             str
+    ay                bytes (bytes, bytearray, memoryview or a list of ints when marshalling)
     a<T>              list
     a{KV}             dict
     (...)             tuple
@@ -85,7 +86,10 @@ def _writer(node: TypeNode, prefix: str) -> Writer:
                 raise MarshalError(f"{value!r} is not a string (D-Bus type {code!r})")
             if is_path and not is_valid_object_path(value):
                 raise MarshalError(f"{value!r} is not a valid object path")
-            data = value.encode()
+            try:
+                data = value.encode()
+            except UnicodeEncodeError as exc:
+                raise MarshalError(f"{value!r} cannot be encoded as UTF-8: {exc.reason}") from None
             if b"\0" in data:
                 raise MarshalError("D-Bus strings may not contain NUL")
             _pad(out, 4)
@@ -137,7 +141,10 @@ def _writer(node: TypeNode, prefix: str) -> Writer:
             def write_bytes(out: bytearray, value: Any) -> None:
                 if not isinstance(value, (bytes, bytearray, memoryview, list, tuple)):
                     raise MarshalError(f"{value!r} is not a byte array")
-                out += bytes(value)
+                try:
+                    out += bytes(value)
+                except (TypeError, ValueError) as exc:
+                    raise MarshalError(f"{value!r} is not a byte array: {exc}") from None
             fill = write_bytes
         else:
             item_writer = _writer(elem, prefix)
@@ -315,6 +322,9 @@ def unmarshal_body(signature: str, buf: bytes, start: int, endian: int = LITTLE)
             values.append(value)
     except (struct.error, IndexError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"body does not match signature {signature!r}: {exc}") from None
+    except RecursionError:
+        # Only an unchecked body can nest variants this deep; check_body stops at 64.
+        raise ProtocolError(f"body of signature {signature!r} nests variants too deeply") from None
     return values
 
 
@@ -424,10 +434,10 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
         ea = elem_align - 1
         fixed = elem.fixed_size if elem.code not in "bh" else 0
         item_checker = None if fixed else _checker(elem, prefix)
+        # Like libdbus, only elements of variable size count as one level deeper.
+        nests = not elem.fixed_size
 
         def check_array(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            if depth >= MAX_NESTING_DEPTH:
-                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
             aligned = (pos + 3) & ~3
             if aligned != pos:
                 _check_padding(buf, pos, aligned)
@@ -447,6 +457,8 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
                 if n % fixed:
                     raise _fail(f"array at offset {aligned} is not a whole number of elements")
                 return stop
+            if nests and n and depth >= MAX_NESTING_DEPTH:
+                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
             p = start
             while p < stop:
                 p = item_checker(buf, p, stop, depth + 1, nfds)

@@ -4,7 +4,8 @@ Theory of the router fast path. A bus forwards messages it does not need to
 understand. For each one it must (1) know its length from the first 16 bytes,
 (2) read the header fields (PATH, INTERFACE, MEMBER, DESTINATION, ...) without
 building the body, (3) validate the message once, and (4) forward the same bytes
-with the SENDER field set to the sender's unique name. Step 4 never re-marshals:
+with the SENDER field set to the sender's unique name and, as dbus-daemon does,
+without header fields it does not know. Step 4 never re-marshals:
 header fields are 8-aligned structs, so removing one field and appending another
 moves the following bytes by multiples of 8 and leaves their alignment intact.
 The body is passed on as a memoryview of the received buffer.
@@ -65,6 +66,7 @@ _BE3 = struct.Struct(">III")
 _LE1 = struct.Struct("<I")
 _BE1 = struct.Struct(">I")
 _PAD = b"\0" * 8
+_ANY_FD_INDEX = 1 << 32  # an fd count above every possible index
 
 _REQUIRED_FIELDS = {
     METHOD_CALL: ((PATH, "path"), (MEMBER, "member")),
@@ -103,7 +105,7 @@ class Header:
 
     __slots__ = ("endian", "type", "flags", "body_len", "serial", "fields_len", "body_start",
                  "path", "interface", "member", "error_name", "reply_serial", "destination",
-                 "sender", "signature", "unix_fds", "sender_span")
+                 "sender", "signature", "unix_fds", "sender_span", "unknown_spans")
 
     def __init__(self) -> None:
         self.path = self.interface = self.member = self.error_name = None
@@ -112,6 +114,7 @@ class Header:
         self.reply_serial = None
         self.unix_fds = 0
         self.sender_span = None
+        self.unknown_spans = None
 
     @property
     def no_reply_expected(self) -> bool:
@@ -194,11 +197,18 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
             raise ProtocolError("header field code 0 is invalid")
         expected = _FIELD_TYPE_BYTES.get(code)
         if expected is None:
-            # Unknown fields are accepted and ignored, but must still be well formed.
+            # Unknown fields are accepted and ignored (stamp_sender drops them), but
+            # must still be well formed; like libdbus, no fd index is checked in them.
+            start = pos
             try:
-                pos = compiled_checker("v", "<" if endian == LITTLE else ">")(buf, pos + 1, fields_end, 0, 0)
+                pos = compiled_checker("v", "<" if endian == LITTLE else ">")(
+                    buf, pos + 1, fields_end, 0, _ANY_FD_INDEX)
             except SignatureError as exc:
                 raise ProtocolError(exc.reason) from None
+            if h.unknown_spans is None:
+                h.unknown_spans = [(start, pos)]
+            else:
+                h.unknown_spans.append((start, pos))
             continue
         bit = 1 << code
         if seen & bit:
@@ -292,15 +302,32 @@ def sender_field(unique_name: str, endian: int = LITTLE) -> bytes:
     return field
 
 
+def _without_fields(buf: bytes, fields_end: int, spans: list[tuple[int, int]]) -> bytes:
+    """The header fields of `buf` minus the fields at `spans` (sorted), keeping 8-alignment."""
+    pieces = []
+    keep_from = FIXED_HEADER_SIZE
+    for start, stop in spans:
+        pieces.append(buf[keep_from:start])
+        keep_from = (stop + 7) & ~7
+    if keep_from < fields_end:
+        pieces.append(buf[keep_from:fields_end])
+    return b"".join(pieces)
+
+
 def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, memoryview]:
     """The bytes to forward: header with SENDER replaced by `field`, and the untouched body.
 
-    `field` comes from sender_field() in the message's byte order. Returns the new
-    header (fixed part, fields, padding) and a zero-copy view of the body.
+    `field` comes from sender_field() in the message's byte order. Header fields
+    unknown to us are dropped, as dbus-daemon does, so recipients can trust every
+    field the bus passes on. Returns the new header (fixed part, fields, padding)
+    and a zero-copy view of the body.
     """
     fields_end = FIXED_HEADER_SIZE + h.fields_len
     span = h.sender_span
-    if span is None:
+    if h.unknown_spans is not None:
+        spans = h.unknown_spans if span is None else sorted(h.unknown_spans + [span])
+        kept = _without_fields(buf, fields_end, spans)
+    elif span is None:
         kept = buf[FIXED_HEADER_SIZE:fields_end]
     else:
         start, stop = span

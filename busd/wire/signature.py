@@ -88,17 +88,17 @@ class _Parser:
         if code == "{":
             if not in_array:
                 raise self.fail("a dict entry may only appear directly inside an array")
-            if struct_depth >= MAX_STRUCT_DEPTH:
-                raise self.fail(f"structs nested deeper than {MAX_STRUCT_DEPTH}")
+            # Dict entries do not count as structs (libdbus counts them apart); each
+            # follows an 'a', so the array limit already bounds their nesting.
             self.pos += 1
             if self.pos >= len(sig):
                 raise self.fail("dict entry is not closed with '}'")
             if sig[self.pos] not in BASIC_TYPES:
                 raise self.fail("a dict entry key must be a basic type")
-            key = self.parse_one(array_depth, struct_depth + 1, False)
+            key = self.parse_one(array_depth, struct_depth, False)
             if self.pos >= len(sig) or sig[self.pos] == "}":
                 raise self.fail("a dict entry needs a key and a value")
-            value = self.parse_one(array_depth, struct_depth + 1, False)
+            value = self.parse_one(array_depth, struct_depth, False)
             if self.pos >= len(sig) or sig[self.pos] != "}":
                 raise self.fail("a dict entry has exactly two fields and ends with '}'")
             self.pos += 1
