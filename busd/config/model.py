@@ -1,0 +1,224 @@
+"""Pydantic models of a dbus-daemon style bus configuration, as the daemon consumes it."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MessageTypeName = Literal["method_call", "method_return", "error", "signal"]
+RuleKind = Literal["send", "receive", "own", "user", "group"]
+
+MAX_MESSAGE_UNIX_FDS = 1 << 25  # DBUS_MAXIMUM_MESSAGE_UNIX_FDS: the range of max_fds/min_fds
+BUSD_NAMESPACE = "https://busd.dev/config"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Limits(_Frozen):
+    """Resource limits (<limit name="...">); defaults are dbus-daemon's built-in ones.
+
+    Those built-in values are what the system bus runs with; the session bus
+    overrides many of them in its config file (see SESSION_LIMITS). Times are
+    in milliseconds.
+    """
+
+    max_incoming_bytes: int = 127 * 1024 * 1024
+    max_incoming_unix_fds: int = 64
+    max_outgoing_bytes: int = 127 * 1024 * 1024
+    max_outgoing_unix_fds: int = 64
+    max_message_size: int = 32 * 1024 * 1024
+    max_message_unix_fds: int = 16
+    service_start_timeout: int = 25_000
+    auth_timeout: int = 30_000
+    pending_fd_timeout: int = 150_000
+    max_completed_connections: int = 2048
+    max_incomplete_connections: int = 64
+    max_connections_per_user: int = 256
+    max_pending_service_starts: int = 512
+    max_names_per_connection: int = 512
+    max_match_rules_per_connection: int = 512
+    max_replies_per_connection: int = 128
+    reply_timeout: int = -1  # never
+    max_containers: int = 512
+    max_containers_per_user: int = 16
+    max_container_metadata_bytes: int = 4096
+    max_connections_per_container: int = 8
+
+
+# Limits whose values dbus-daemon keeps in a C int; the others are longs.
+INT_LIMITS = frozenset(Limits.model_fields) - {
+    "max_incoming_bytes", "max_incoming_unix_fds", "max_outgoing_bytes", "max_outgoing_unix_fds",
+    "max_message_size", "max_message_unix_fds",
+}
+
+# What dbus-daemon's stock session.conf sets: "essentially infinite" limits.
+SESSION_LIMITS = Limits(
+    max_incoming_bytes=1_000_000_000,
+    max_incoming_unix_fds=250_000_000,
+    max_outgoing_bytes=1_000_000_000,
+    max_outgoing_unix_fds=250_000_000,
+    max_message_size=1_000_000_000,
+    service_start_timeout=120_000,
+    auth_timeout=240_000,
+    pending_fd_timeout=150_000,
+    max_completed_connections=100_000,
+    max_incomplete_connections=10_000,
+    max_connections_per_user=100_000,
+    max_pending_service_starts=10_000,
+    max_names_per_connection=50_000,
+    max_match_rules_per_connection=50_000,
+    max_replies_per_connection=50_000,
+)
+
+
+class PolicyRule(_Frozen):
+    """One <allow> or <deny>. A field left None matches anything (also written "*").
+
+    `kind` says when the rule is consulted: "send"/"receive" for each message,
+    "own" for RequestName, "user"/"group" when a connection is accepted.
+    """
+
+    allow: bool
+    kind: RuleKind
+    send_interface: str | None = None
+    send_member: str | None = None
+    send_error: str | None = None
+    send_destination: str | None = None
+    send_destination_prefix: str | None = None
+    send_path: str | None = None
+    send_type: MessageTypeName | None = None
+    send_broadcast: bool | None = None
+    send_requested_reply: bool | None = None
+    receive_interface: str | None = None
+    receive_member: str | None = None
+    receive_error: str | None = None
+    receive_sender: str | None = None
+    receive_path: str | None = None
+    receive_type: MessageTypeName | None = None
+    receive_requested_reply: bool | None = None
+    eavesdrop: bool = False
+    max_fds: int = MAX_MESSAGE_UNIX_FDS
+    min_fds: int = 0
+    own: str | None = None
+    own_prefix: str | None = None
+    user: str | None = None
+    uid: int | None = None
+    group: str | None = None
+    gid: int | None = None
+    log: bool = False
+    file: str
+    line: int
+
+    @property
+    def requested_reply(self) -> bool:
+        """The effective [send|receive]_requested_reply; dbus-daemon defaults it to `allow`."""
+        given = self.send_requested_reply if self.kind == "send" else self.receive_requested_reply
+        return self.allow if given is None else given
+
+    @property
+    def origin(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class Policy(_Frozen):
+    """One <policy> element: exactly one of context, user, group or at_console is set."""
+
+    context: Literal["default", "mandatory"] | None = None
+    user: str | None = None
+    uid: int | None = None
+    group: str | None = None
+    gid: int | None = None
+    at_console: bool | None = None
+    rules: tuple[PolicyRule, ...] = ()
+    file: str
+    line: int
+
+    @property
+    def applies_to(self) -> Literal["default", "mandatory", "user", "group", "console"]:
+        if self.context is not None:
+            return self.context
+        if self.uid is not None:
+            return "user"
+        if self.gid is not None:
+            return "group"
+        return "console"
+
+
+class ServiceDir(_Frozen):
+    """A directory of .service files for activation.
+
+    `transient` is $XDG_RUNTIME_DIR/dbus-1/services: it is not watched for
+    changes and its files must be named exactly after the bus name.
+    """
+
+    path: str
+    transient: bool = False
+
+
+class ConfigNote(_Frozen):
+    """Something the daemon should log: ignored or unsupported configuration."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class SelinuxAssociation(_Frozen):
+    """<selinux><associate own="..." context="..."/></selinux>; busd does not enforce it."""
+
+    own: str
+    context: str
+    file: str
+    line: int
+
+
+class ExtensionElement(_Frozen):
+    """An element in busd's own XML namespace, kept for the feature that reads it."""
+
+    name: str
+    attributes: dict[str, str] = Field(default_factory=dict)
+    text: str = ""
+    children: tuple[ExtensionElement, ...] = ()
+    file: str
+    line: int
+
+
+class BusConfig(_Frozen):
+    """A whole configuration: the top file with everything it includes, merged."""
+
+    type: str | None = None
+    user: str | None = None
+    fork: bool = False
+    keep_umask: bool = False
+    syslog: bool = False
+    allow_anonymous: bool = False
+    pidfile: str | None = None
+    listen: tuple[str, ...] = ()
+    auth: tuple[str, ...] = ()
+    servicedirs: tuple[ServiceDir, ...] = ()
+    servicehelper: str | None = None
+    includedirs: tuple[str, ...] = ()  # existing <includedir>s: watch them to reload
+    files: tuple[str, ...] = ()  # every file read, the top one first
+    limits: Limits = Limits()
+    policies: tuple[Policy, ...] = ()
+    apparmor_mode: Literal["enabled", "disabled", "required"] | None = None
+    selinux: tuple[SelinuxAssociation, ...] = ()
+    extensions: tuple[ExtensionElement, ...] = ()
+    notes: tuple[ConfigNote, ...] = ()
+
+    def rules(self, applies_to: str) -> list[PolicyRule]:
+        """Rules of every policy of one kind ("default", "mandatory", ...), in file order."""
+        return [rule for policy in self.policies if policy.applies_to == applies_to for rule in policy.rules]
+
+
+__all__ = [
+    "BUSD_NAMESPACE", "BusConfig", "ConfigNote", "ExtensionElement", "INT_LIMITS", "Limits",
+    "MAX_MESSAGE_UNIX_FDS", "MessageTypeName", "Policy", "PolicyRule", "RuleKind", "SESSION_LIMITS",
+    "SelinuxAssociation", "ServiceDir",
+]
