@@ -319,7 +319,11 @@ class Connection:
     backlog: list[bytes] = field(default_factory=list)  # headers read while waiting for a reply
 
     @classmethod
-    def open(cls, address: str, negotiate_unix_fd: bool = False, timeout: float | None = 30.0) -> Connection:
+    def open(cls, address: str, negotiate_unix_fd: bool = False, timeout: float | None = 30.0,
+             sync: bool = True) -> Connection:
+        """Connect, authenticate and say Hello. With `sync`, one more round trip to the bus makes
+        sure the NameAcquired signal that follows Hello has been read (into `backlog`), so that
+        everything read later is traffic the caller asked for."""
         sock = open_socket(address, timeout)
         try:
             guid = authenticate(sock, negotiate_unix_fd)
@@ -336,6 +340,8 @@ class Connection:
             sock.close()
             raise BusError(f"the Hello reply is not addressed to a unique name: {name!r}")
         conn.unique_name = name
+        if sync:
+            conn.bus_call("GetId")
         return conn
 
     def next_serial(self) -> int:

@@ -1,0 +1,768 @@
+"""Benchmark busd against dbus-daemon side by side on the same workloads, and print busd/dbus-daemon.
+
+    python3 benchmarks/bench_bus.py [--buses busd,dbus-daemon] [--quick] [--json] [--only WORKLOAD...]
+
+Every workload runs on a fresh daemon of each kind in turn (busd, then dbus-daemon,
+then the next workload), driven by raw-socket clients (rawclient.py) in separate
+processes. The daemon is pinned to one CPU and the clients to the others, and
+the harness reads the daemon's and the clients' CPU time from /proc, so each
+result says how much CPU the daemon spent per message and shows that the
+clients had headroom (they were not the bottleneck).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import selectors
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from multiprocessing.connection import Connection as Pipe
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
+
+import rawclient as rc  # noqa: E402
+from buses import RunningBus, start_bus  # noqa: E402
+
+# The limits of the stock session.conf: generous, and the same for both daemons. Without
+# them dbus-daemon's built-in defaults (256 connections per user, 128 pending replies per
+# connection) would cut the idle-memory and in-flight workloads short.
+SESSION_LIMITS = """
+  <limit name="max_incoming_bytes">1000000000</limit>
+  <limit name="max_outgoing_bytes">1000000000</limit>
+  <limit name="max_message_size">1000000000</limit>
+  <limit name="max_completed_connections">100000</limit>
+  <limit name="max_incomplete_connections">10000</limit>
+  <limit name="max_connections_per_user">100000</limit>
+  <limit name="max_match_rules_per_connection">50000</limit>
+  <limit name="max_replies_per_connection">50000</limit>
+"""
+
+BENCH_PATH = "/org/busd/Bench"
+BENCH_INTERFACE = "org.busd.Bench"
+SIGNAL_RULE = f"type='signal',interface='{BENCH_INTERFACE}',member='Tick'"
+MATCHES_PER_IDLE_CONNECTION = 10
+IN_FLIGHT = 64
+SIGNAL_BATCH = 64
+MiB = 1024 * 1024
+SATURATED = 90.0  # % of a CPU at which a process counts as the bottleneck
+REPLY_TIMEOUT = 60.0  # seconds a client waits on the bus before it declares the run broken
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much work each workload may do on each bus: whichever of count or time runs out first."""
+
+    seconds: float
+    seq_calls: int = 100_000
+    inflight_calls: int = 1_000_000
+    signal_deliveries: int = 5_000_000
+    payload_bytes: int = 16 * 1024 * MiB
+    churn_connections: int = 100_000
+    idle_connections: int = 1000
+
+
+FULL = Budget(seconds=3.0)
+QUICK = Budget(seconds=0.4, idle_connections=200)
+
+
+class WorkloadError(Exception):
+    """A workload could not produce its figures on one bus."""
+
+
+# --- measuring processes ---------------------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a whole process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime: fields 14 and 15
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise WorkloadError(f"process {pid} reports no VmRSS")
+
+
+class CpuMeter:
+    """CPU time spent by the daemon and by each client process between start() and stop()."""
+
+    def __init__(self, daemon_pid: int, clients: list[Worker]) -> None:
+        self.roles = ["daemon", *(worker.name for worker in clients)]
+        self.pids = [daemon_pid, *(worker.pid for worker in clients)]
+        self.spent: list[float] = []
+        self.wall = 0.0
+
+    def start(self) -> None:
+        self._cpu = [cpu_seconds(pid) for pid in self.pids]
+        self._wall = time.monotonic()
+
+    def stop(self) -> None:
+        self.wall = time.monotonic() - self._wall
+        self.spent = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self._cpu)]
+
+    def split(self) -> str:
+        """How busy each process was, in % of one CPU, and which side limited the run."""
+        busy = [100 * cpu / self.wall for cpu in self.spent]
+        shares = ", ".join(f"{role} {load:.0f}%" for role, load in zip(self.roles, busy))
+        client_cpus = len(os.sched_getaffinity(0))  # the clients run on this process's CPUs
+        if max(busy[1:]) >= SATURATED or sum(busy[1:]) >= SATURATED * client_cpus:
+            verdict = "CLIENTS SATURATED: this figure understates the daemon"
+        elif busy[0] >= SATURATED:
+            verdict = "daemon-bound"
+        else:
+            verdict = "round-trip-bound: no process saturated"
+        return f"{shares}; {verdict}"
+
+    def figures(self, per: str, count: float, scale: float = 1e6) -> dict[str, float]:
+        """Daemon and client CPU per unit of work, and how busy each side was."""
+        unit = "µs" if scale == 1e6 else "ms"
+        daemon, clients = self.spent[0], sum(self.spent[1:])
+        return {
+            f"daemon CPU/{per} ({unit})": daemon / count * scale,
+            f"client CPU/{per} ({unit})": clients / count * scale,
+            "daemon busy (% of a CPU)": 100 * daemon / self.wall,
+            "clients busy (% of a CPU)": 100 * clients / self.wall,
+        }
+
+
+# --- client processes ------------------------------------------------------------------------
+
+_fork = multiprocessing.get_context("fork")
+
+
+class Worker:
+    """A client process: it sets up, says ("ready", info), runs on "go", answers ("done", result)."""
+
+    def __init__(self, name: str, target: Callable[..., None], *args: object) -> None:
+        self.name = name
+        self.pipe, child_end = _fork.Pipe()
+        self.process = _fork.Process(target=_worker_main, args=(child_end, target, args), name=name, daemon=True)
+        self.process.start()
+        child_end.close()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def send(self, message: object) -> None:
+        self.pipe.send(message)
+
+    def receive(self, expected: str, timeout: float = REPLY_TIMEOUT) -> object:
+        if not self.pipe.poll(timeout):
+            raise WorkloadError(f"{self.name} gave no sign of life for {timeout:.0f} s; is the bus stuck?")
+        try:
+            kind, payload = self.pipe.recv()
+        except EOFError:
+            self.process.join(1)
+            raise WorkloadError(f"{self.name} died (exit status {self.process.exitcode})") from None
+        if kind == "error":
+            raise WorkloadError(f"{self.name}: {payload}")
+        if kind != expected:
+            raise WorkloadError(f"{self.name} said {kind!r} where {expected!r} was due")
+        return payload
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.pipe.close()
+
+
+def _worker_main(pipe: Pipe, target: Callable[..., None], args: tuple) -> None:
+    try:
+        target(pipe, *args)
+    except BaseException as exc:  # report anything, the parent decides
+        pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+    else:
+        pipe.recv()  # stay alive (and measurable) until the parent is done with us
+
+
+@contextmanager
+def workers(*started: Worker) -> Iterator[tuple[Worker, ...]]:
+    try:
+        yield started
+    finally:
+        for worker in started:
+            worker.close()
+
+
+def _wait_go(pipe: Pipe) -> None:
+    if pipe.recv() != "go":
+        raise RuntimeError("expected 'go' from the harness")
+
+
+def serve_echo(pipe: Pipe, address: str) -> None:
+    """The method-call service: answer every call with an empty method return, as cheaply as possible."""
+    conn = rc.Connection.open(address, timeout=None)
+    pipe.send(("ready", conn.unique_name))
+    # Calls whose headers match apart from the serial come from the same sender, so the reply
+    # template is looked up by the rest of the header instead of decoding every header.
+    templates: dict[bytes, rc.ReplyTemplate] = {}
+    serial = conn.serial
+    reader, sock = conn.reader, conn.sock
+    while True:
+        out = bytearray()
+        for header in reader.read():
+            if header[1] != rc.METHOD_CALL or header[2] & rc.NO_REPLY_EXPECTED:
+                continue
+            key = header[12:]
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = rc.ReplyTemplate(rc.header_fields(header)[rc.SENDER])
+            serial += 1
+            template.render(out, serial, rc.message_serial(header))
+        if out:
+            sock.sendall(out)
+
+
+def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
+              max_calls: int, seconds: float) -> None:
+    """The caller: `max_calls` calls (or `seconds` of them) to `service`, `window` in flight."""
+    conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
+    if payload:
+        template = rc.method_call(service, BENCH_PATH, BENCH_INTERFACE, "Take", "ay", (bytes(payload),))
+    else:
+        template = rc.method_call(service, BENCH_PATH, BENCH_INTERFACE, "Ping")
+    conn.call(template)  # one warm-up call: the service is reachable and answers
+    reader = conn.reader
+    size = len(template)
+    pipe.send(("ready", None))
+    _wait_go(pipe)
+    latencies: list[int] = []
+    start = time.monotonic()
+    deadline = start + seconds
+    if window == 1:
+        clock = time.perf_counter_ns
+        calls = 0
+        while calls < max_calls and (calls & 15 or time.monotonic() < deadline):
+            rc.set_serial(template, conn.next_serial())
+            sent_at = clock()
+            conn.send(template)
+            while not reader.count():
+                pass
+            latencies.append(clock() - sent_at)
+            calls += 1
+    else:
+        def batch(count: int) -> bytearray:
+            data = template * count
+            for i in range(count):
+                rc.set_serial(data, conn.next_serial(), i * size)
+            return data
+
+        sent = min(window, max_calls)
+        conn.send(batch(sent))
+        calls = 0
+        while calls < sent:
+            done = reader.count()
+            calls += done
+            if done and sent < max_calls and time.monotonic() < deadline:
+                more = min(done, max_calls - sent)
+                conn.send(batch(more))
+                sent += more
+    elapsed = time.monotonic() - start
+    if reader.errors:
+        raise rc.BusError(f"{reader.errors} of {calls} calls came back as errors")
+    result = {"calls": calls, "seconds": elapsed}
+    if latencies:
+        latencies.sort()
+        result["p50_us"] = latencies[len(latencies) // 2] / 1000
+        result["p99_us"] = latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] / 1000
+    pipe.send(("done", result))
+
+
+def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> None:
+    """The emitter: broadcast Tick signals in batches until the count or the time runs out."""
+    conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
+    template = rc.signal(BENCH_PATH, BENCH_INTERFACE, "Tick", "u", (0,))
+    size = len(template)
+    pipe.send(("ready", None))
+    _wait_go(pipe)
+    start = time.monotonic()
+    deadline = start + seconds
+    sent = 0
+    while sent < max_signals and time.monotonic() < deadline:
+        count = min(SIGNAL_BATCH, max_signals - sent)
+        data = template * count
+        for i in range(count):
+            rc.set_serial(data, conn.next_serial(), i * size)
+        conn.send(data)
+        sent += count
+    # A round trip to the bus: every signal has been read (and routed) by the daemon.
+    conn.bus_call("GetId")
+    pipe.send(("done", {"signals": sent, "start": start}))
+
+
+def count_signals(pipe: Pipe, address: str, subscribers: int) -> None:
+    """The subscribers: `subscribers` connections with a match rule each, counting what arrives."""
+    conns = []
+    for _ in range(subscribers):
+        conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
+        conn.add_match(SIGNAL_RULE)
+        conns.append(conn)
+    selector = selectors.DefaultSelector()
+    for index, conn in enumerate(conns):
+        selector.register(conn.sock, selectors.EVENT_READ, index)
+    selector.register(pipe, selectors.EVENT_READ, -1)
+    pipe.send(("ready", None))
+    readers = [conn.reader for conn in conns]
+    counts = [0] * subscribers
+    expected: int | None = None
+    last_arrival = time.monotonic()
+    while expected is None or min(counts) < expected:
+        events = selector.select(REPLY_TIMEOUT)
+        if not events:
+            raise TimeoutError(f"signals stopped arriving: {sum(counts)} delivered, "
+                               f"{expected} expected on each of {subscribers} subscribers")
+        for key, _ in events:
+            if key.data < 0:
+                expected = pipe.recv()
+                continue
+            counts[key.data] += readers[key.data].count()
+        last_arrival = time.monotonic()
+    if max(counts) > expected:
+        raise rc.BusError(f"a subscriber got {max(counts)} signals, {expected} were sent")
+    pipe.send(("done", {"end": last_arrival, "delivered": sum(counts)}))
+
+
+def churn_connections(pipe: Pipe, address: str, max_connections: int, seconds: float) -> None:
+    """Connect, authenticate, Hello, disconnect; again and again."""
+    rc.Connection.open(address).close()
+    pipe.send(("ready", None))
+    _wait_go(pipe)
+    start = time.monotonic()
+    deadline = start + seconds
+    done = 0
+    while done < max_connections and (done & 7 or time.monotonic() < deadline):
+        rc.Connection.open(address, sync=False).close()
+        done += 1
+    pipe.send(("done", {"connections": done, "seconds": time.monotonic() - start}))
+
+
+def hold_idle_connections(pipe: Pipe, address: str, count: int) -> None:
+    """Open `count` connections, each with Hello and distinct match rules, and keep them open."""
+    def idle_connection(index: int | str) -> rc.Connection:
+        conn = rc.Connection.open(address, sync=False)
+        data = bytearray()
+        for rule in range(MATCHES_PER_IDLE_CONNECTION):
+            match = (f"type='signal',interface='{BENCH_INTERFACE}.Idle',member='M{rule}',"
+                     f"path='{BENCH_PATH}/idle/c{index}'")
+            message = rc.method_call(rc.BUS_NAME, rc.BUS_PATH, rc.BUS_NAME, "AddMatch", "s", (match,))
+            rc.set_serial(message, conn.next_serial())
+            data += message
+        conn.send(data)
+        conn.wait_reply(conn.serial)  # replies come in order: the last one means all are in
+        if conn.reader.errors:
+            raise rc.BusError(f"AddMatch failed on idle connection {index}")
+        return conn
+
+    idle_connection("warmup").close()  # warm-up, so that the baseline has seen one connection
+    pipe.send(("ready", None))
+    _wait_go(pipe)
+    held = [idle_connection(index) for index in range(count)]
+    pipe.send(("done", len(held)))
+
+
+# --- workloads -------------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """One workload's figures on one bus, and how busy each process was meanwhile."""
+
+    figures: dict[str, float]
+    cpu_split: str = ""
+
+
+Workload = Callable[[RunningBus, Budget], Outcome]
+
+
+def _call_workload(bus: RunningBus, budget: Budget, window: int, payload: int = 0) -> tuple[dict, CpuMeter]:
+    max_calls = budget.seq_calls if window == 1 else budget.inflight_calls
+    if payload:
+        max_calls = max(2, budget.payload_bytes // payload)
+    with workers(Worker("service", serve_echo, bus.address)) as (service,):
+        name = service.receive("ready")
+        with workers(Worker("caller", call_loop, bus.address, name, window, payload,
+                            max_calls, budget.seconds)) as (caller,):
+            caller.receive("ready")
+            meter = CpuMeter(bus.process.pid, [caller, service])
+            meter.start()
+            caller.send("go")
+            result = caller.receive("done", budget.seconds + REPLY_TIMEOUT)
+            meter.stop()
+    return result, meter
+
+
+def sequential_calls(bus: RunningBus, budget: Budget) -> Outcome:
+    result, meter = _call_workload(bus, budget, window=1)
+    calls = result["calls"]
+    return Outcome({"calls/s": calls / result["seconds"], "p50 latency (µs)": result["p50_us"],
+                    "p99 latency (µs)": result["p99_us"], **meter.figures("call", calls)}, meter.split())
+
+
+def calls_in_flight(bus: RunningBus, budget: Budget) -> Outcome:
+    result, meter = _call_workload(bus, budget, window=IN_FLIGHT)
+    calls = result["calls"]
+    return Outcome({"calls/s": calls / result["seconds"], **meter.figures("call", calls)}, meter.split())
+
+
+def payload_calls(size: int) -> Workload:
+    def run(bus: RunningBus, budget: Budget) -> Outcome:
+        result, meter = _call_workload(bus, budget, window=1, payload=size)
+        mib = result["calls"] * size / MiB
+        return Outcome({"MiB/s": mib / result["seconds"], **meter.figures("MiB", mib, scale=1e3)}, meter.split())
+    return run
+
+
+def signal_fanout(subscribers: int) -> Workload:
+    def run(bus: RunningBus, budget: Budget) -> Outcome:
+        max_signals = max(1, budget.signal_deliveries // subscribers)
+        with workers(Worker("subscribers", count_signals, bus.address, subscribers)) as (sink,):
+            sink.receive("ready")
+            with workers(Worker("emitter", emit_signals, bus.address, max_signals,
+                                budget.seconds)) as (emitter,):
+                emitter.receive("ready")
+                meter = CpuMeter(bus.process.pid, [emitter, sink])
+                meter.start()
+                emitter.send("go")
+                emitted = emitter.receive("done", budget.seconds + REPLY_TIMEOUT)
+                sink.send(emitted["signals"])
+                counted = sink.receive("done", REPLY_TIMEOUT)
+                meter.stop()
+        delivered = counted["delivered"]
+        return Outcome({"deliveries/s": delivered / (counted["end"] - emitted["start"]),
+                        **meter.figures("delivery", delivered)}, meter.split())
+    return run
+
+
+def connection_churn(bus: RunningBus, budget: Budget) -> Outcome:
+    with workers(Worker("churner", churn_connections, bus.address, budget.churn_connections,
+                        budget.seconds)) as (churner,):
+        churner.receive("ready")
+        meter = CpuMeter(bus.process.pid, [churner])
+        meter.start()
+        churner.send("go")
+        result = churner.receive("done", budget.seconds + REPLY_TIMEOUT)
+        meter.stop()
+    connections = result["connections"]
+    return Outcome({"connections/s": connections / result["seconds"],
+                    **meter.figures("connection", connections)}, meter.split())
+
+
+def idle_memory(bus: RunningBus, budget: Budget) -> Outcome:
+    count = budget.idle_connections
+    with workers(Worker("holder", hold_idle_connections, bus.address, count)) as (holder,):
+        holder.receive("ready")
+        before = rss_bytes(bus.process.pid)
+        holder.send("go")
+        holder.receive("done", REPLY_TIMEOUT + count * 0.1)
+        after = rss_bytes(bus.process.pid)
+    return Outcome({"RSS/connection (kB)": (after - before) / count / 1000,
+                    "RSS at start (MiB)": before / MiB, f"RSS with {count} idle (MiB)": after / MiB})
+
+
+# name -> (what it does, how to run it); "group" names in --only pick every workload they prefix.
+WORKLOADS: dict[str, tuple[str, Workload]] = {
+    "seq": ("method calls one at a time", sequential_calls),
+    "inflight": (f"method calls, {IN_FLIGHT} in flight", calls_in_flight),
+    "signal-1": ("one signal to 1 subscriber", signal_fanout(1)),
+    "signal-10": ("one signal to 10 subscribers", signal_fanout(10)),
+    "signal-100": ("one signal to 100 subscribers", signal_fanout(100)),
+    "payload-1MiB": ("1 MiB 'ay' call + empty reply, one at a time", payload_calls(1 * MiB)),
+    "payload-16MiB": ("16 MiB 'ay' call + empty reply, one at a time", payload_calls(16 * MiB)),
+    "churn": ("connect + auth + Hello + disconnect", connection_churn),
+    "idle": (f"idle connections, Hello + {MATCHES_PER_IDLE_CONNECTION} match rules each", idle_memory),
+}
+
+def better(figure: str) -> str:
+    """Which way a figure should go for the bus: "higher", "lower", or "-" for context figures."""
+    if figure.startswith("client") or "busy" in figure:
+        return "-"  # about the load generator and the CPU split, not a merit of the bus
+    if any(word in figure for word in ("latency", "CPU/", "RSS")):
+        return "lower"
+    return "higher"
+
+
+# --- running ---------------------------------------------------------------------------------
+
+@dataclass
+class CpuPlan:
+    """Which CPUs the daemon and the clients run on; None means not pinned."""
+
+    daemon: set[int] | None
+    clients: set[int] | None
+
+    def describe(self) -> str:
+        if self.daemon is None:
+            return "not pinned: the daemon and the client processes share all CPUs"
+        return (f"daemon pinned to CPU {_cpus(self.daemon)}; client processes (one per role: caller and "
+                f"service, emitter and subscribers, churner, holder) pinned to CPU {_cpus(self.clients)}")
+
+
+def _cpus(cpus: set[int] | None) -> str:
+    return ",".join(str(c) for c in sorted(cpus or ()))
+
+
+def plan_cpus(pin: bool) -> CpuPlan:
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return CpuPlan(None, None)
+    return CpuPlan({cpus[0]}, set(cpus[1:]))
+
+
+class Harness:
+    """Starts daemons (pinned, stderr to a log), runs workloads, keeps the figures."""
+
+    def __init__(self, buses: list[str], budget: Budget, plan: CpuPlan, log: Callable[[str], None]) -> None:
+        self.buses = buses
+        self.budget = budget
+        self.plan = plan
+        self.log = log
+        self.logdir = tempfile.mkdtemp(prefix="bench-bus-")
+        self.results: dict[str, dict[str, list[dict[str, float]]]] = {}
+        self.cpu_splits: dict[str, dict[str, list[str]]] = {}
+        self.failures: dict[str, dict[str, str]] = {}
+        self.skipped: dict[str, str] = {}
+        if plan.clients is not None:
+            os.sched_setaffinity(0, plan.clients)  # forked client processes inherit this
+
+    def start(self, kind: str, label: str) -> RunningBus:
+        """Start a daemon on the daemon CPU with its stderr in a log file."""
+        log_path = os.path.join(self.logdir, f"{kind}-{label}.log")
+        saved_stderr = os.dup(2)
+        try:
+            with open(log_path, "w") as log_file:
+                os.dup2(log_file.fileno(), 2)
+            if self.plan.daemon is not None:
+                os.sched_setaffinity(0, self.plan.daemon)
+            return start_bus(kind, extra_config=SESSION_LIMITS)
+        except Exception as exc:
+            raise WorkloadError(f"{kind} did not start: {exc}; {self._log_tail(log_path)}") from None
+        finally:
+            if self.plan.clients is not None:
+                os.sched_setaffinity(0, self.plan.clients)
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+
+    def _log_tail(self, path: str) -> str:
+        try:
+            with open(path) as f:
+                lines = [line.strip() for line in f if line.strip()]
+        except OSError:
+            lines = []
+        return f"its log ({path}) ends: {' | '.join(lines[-3:])}" if lines else "it logged nothing"
+
+    def probe(self) -> None:
+        """Drop, with a clear line, every bus that cannot start at all."""
+        for kind in list(self.buses):
+            try:
+                self.start(kind, "probe").stop()
+            except WorkloadError as exc:
+                self.skipped[kind] = str(exc)
+                self.buses.remove(kind)
+                self.log(f"skipping {kind}: {exc}")
+
+    def run(self, names: list[str], repeat: int) -> None:
+        for round_number in range(repeat):
+            for name in names:
+                for kind in self.buses:  # alternate: each workload on every bus before the next
+                    self.run_one(name, kind, round_number)
+
+    def run_one(self, name: str, kind: str, round_number: int) -> None:
+        _, workload = WORKLOADS[name]
+        try:
+            bus = self.start(kind, name)
+        except WorkloadError as exc:
+            self.failures.setdefault(name, {})[kind] = str(exc)
+            self.log(f"{name} on {kind}: {exc}")
+            return
+        try:
+            outcome = workload(bus, self.budget)
+            if bus.process.poll() is not None:
+                raise WorkloadError(f"{kind} exited (status {bus.process.returncode}) during the workload")
+        except (WorkloadError, OSError) as exc:
+            self.failures.setdefault(name, {})[kind] = str(exc)
+            self.log(f"{name} on {kind} failed: {exc}")
+            return
+        finally:
+            bus.stop()
+        self.results.setdefault(name, {}).setdefault(kind, []).append(outcome.figures)
+        if outcome.cpu_split:
+            self.cpu_splits.setdefault(name, {}).setdefault(kind, []).append(outcome.cpu_split)
+        figure, value = next(iter(outcome.figures.items()))
+        split = f" (busy, % of a CPU: {outcome.cpu_split})" if outcome.cpu_split else ""
+        self.log(f"{name} on {kind}, round {round_number + 1}: {figure} = {value:,.1f}{split}")
+
+    def summary(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Per workload, per bus, per figure: the median over the rounds."""
+        merged: dict[str, dict[str, dict[str, float]]] = {}
+        for name, by_bus in self.results.items():
+            for kind, rounds in by_bus.items():
+                merged.setdefault(name, {})[kind] = {
+                    figure: statistics.median(r[figure] for r in rounds) for figure in rounds[0]}
+        return merged
+
+    def cleanup(self) -> None:
+        if self.failures or self.skipped:
+            self.log(f"daemon logs kept in {self.logdir}")
+        else:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
+
+def format_table(summary: dict, names: list[str], buses: list[str]) -> str:
+    ratio_title = f"{buses[0]}/{buses[1]}" if len(buses) == 2 else ""
+    header = ["workload", "figure", *buses] + ([ratio_title, "better"] if ratio_title else ["better"])
+    rows = [header]
+    for name in names:
+        by_bus = summary.get(name, {})
+        figures = next((by_bus[k] for k in buses if k in by_bus), None)
+        if figures is None:
+            continue
+        for figure in figures:
+            values = [by_bus.get(kind, {}).get(figure) for kind in buses]
+            row = [name, figure, *(_number(v) for v in values)]
+            if ratio_title:
+                first, second = values
+                row.append(f"{first / second:.2f}" if first is not None and second else "-")
+            row.append(better(figure))
+            rows.append(row)
+            name = ""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def machine_description(plan: CpuPlan) -> dict[str, str]:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    try:
+        version = subprocess.run(["dbus-daemon", "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        version = "dbus-daemon not found"
+    return {"cpu": f"{model}, {os.cpu_count()} CPUs", "kernel": platform.release(),
+            "python": platform.python_version(), "dbus-daemon": version, "cpu split": plan.describe()}
+
+
+def raise_fd_limit() -> None:
+    """1,000 idle connections need more descriptors than the usual soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def select_workloads(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(WORKLOADS)
+    def picks(pick: str, name: str) -> bool:
+        return pick in (name, name.partition("-")[0])
+
+    chosen = [name for name in WORKLOADS if any(picks(pick, name) for pick in only)]
+    unknown = [pick for pick in only if not any(picks(pick, name) for name in WORKLOADS)]
+    if unknown:
+        raise SystemExit(f"unknown workload {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    return chosen
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="workloads: " + "; ".join(f"{n}: {d}" for n, (d, _) in WORKLOADS.items()))
+    parser.add_argument("--buses", default="busd,dbus-daemon",
+                        help="comma-separated bus kinds, compared first/second (default: busd,dbus-daemon)")
+    parser.add_argument("--quick", action="store_true", help="short runs: the whole thing in seconds")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
+    parser.add_argument("--only", nargs="+", metavar="WORKLOAD",
+                        help="run only these workloads; a family name picks all of it, e.g. 'signal'")
+    parser.add_argument("--seconds", type=float, help="time budget per workload per bus (default 3, quick 0.4)")
+    parser.add_argument("--idle-connections", type=int, help="connections for the idle workload (default 1000)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds to run; figures are the median (default 1)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin the daemon and the clients to CPUs")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    if args.seconds is not None:
+        budget = replace(budget, seconds=args.seconds)
+    if args.idle_connections is not None:
+        budget = replace(budget, idle_connections=args.idle_connections)
+    names = select_workloads(args.only)
+    buses = [kind.strip() for kind in args.buses.split(",") if kind.strip()]
+    # `python -m busd` must find the package even when the repository is not installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    raise_fd_limit()
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    plan = plan_cpus(not args.no_pin)
+    machine = machine_description(plan)
+    for key, value in machine.items():
+        log(f"{key}: {value}")
+    harness = Harness(buses, budget, plan, log)
+    try:
+        harness.probe()
+        if not harness.buses:
+            log("no bus could start; nothing to measure")
+            return 1
+        harness.run(names, max(1, args.repeat))
+    finally:
+        harness.cleanup()
+    summary = harness.summary()
+    if args.json:
+        print(json.dumps({"machine": machine, "budget": asdict(budget), "buses": harness.buses,
+                          "skipped": harness.skipped, "failures": harness.failures,
+                          "results": summary, "cpu_split": harness.cpu_splits}, indent=2, ensure_ascii=False))
+    else:
+        print(format_table(summary, names, harness.buses))
+        saturated = [f"{name} on {kind}" for name, by_bus in harness.cpu_splits.items()
+                     for kind, splits in by_bus.items() if any("CLIENTS SATURATED" in s for s in splits)]
+        print(f"clients saturated (figure understates the daemon) in: {', '.join(saturated)}" if saturated
+              else f"clients never saturated: no client process, nor the client CPUs together, "
+                   f"reached {SATURATED:.0f}% busy")
+        for name, by_bus in harness.failures.items():
+            for kind, reason in by_bus.items():
+                print(f"{name} on {kind} failed: {reason}")
+        for kind, reason in harness.skipped.items():
+            print(f"{kind} skipped: {reason}")
+    return 1 if harness.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
