@@ -139,6 +139,31 @@ class Header:
         return f"<Header {self.describe()}>"
 
 
+# Validated header fields by their raw bytes: a bus sees the same few headers again and
+# again (only serials differ), so a repeat costs a dict lookup instead of a parse.
+_FIELDS_CACHE: dict[bytes, Header] = {}
+_FIELDS_CACHE_LIMIT = 4096
+_NEW_HEADER = object.__new__
+
+
+def _copy_fields(template: Header) -> Header:
+    h = _NEW_HEADER(Header)
+    h.endian = template.endian
+    h.type = template.type
+    h.path = template.path
+    h.interface = template.interface
+    h.member = template.member
+    h.error_name = template.error_name
+    h.reply_serial = template.reply_serial
+    h.destination = template.destination
+    h.sender = template.sender
+    h.signature = template.signature
+    h.unix_fds = template.unix_fds
+    h.sender_span = template.sender_span
+    h.unknown_spans = template.unknown_spans
+    return h
+
+
 def _bad_field(code: int, what: str) -> ProtocolError:
     return ProtocolError(f"header field {FIELD_NAMES.get(code, code)}: {what}")
 
@@ -174,14 +199,41 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
         raise ProtocolError("serial number is zero")
     mtype = buf[1]
 
+    fields_key = buf[FIXED_HEADER_SIZE:fields_end]
+    template = _FIELDS_CACHE.get(fields_key)
+    if template is not None and template.type == mtype and template.endian == endian:
+        # Same header fields as an earlier message: already validated, copy them.
+        h = _copy_fields(template)
+        h.flags = buf[2]
+        h.body_len = body_len
+        h.serial = serial
+        h.fields_len = fields_len
+        h.body_start = body_start
+    else:
+        h = _parse_fields(buf, endian, mtype, u32, fields_end)
+        h.flags = buf[2]
+        h.body_len = body_len
+        h.serial = serial
+        h.fields_len = fields_len
+        h.body_start = body_start
+        if h.reply_serial is None:  # replies differ in every message: not worth caching
+            if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
+                _FIELDS_CACHE.clear()
+            _FIELDS_CACHE[fields_key] = _copy_fields(h)
+    if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
+        raise ProtocolError("non-zero padding after the header")
+    if body_len and not h.signature:
+        raise ProtocolError("message has a body but no SIGNATURE")
+    if validate_body and h.signature:
+        check_body(h.signature, buf, body_start, size, endian, h.unix_fds)
+    return h
+
+
+def _parse_fields(buf: bytes, endian: int, mtype: int, u32, fields_end: int) -> Header:
+    """Read and validate the header fields array (the slow path, once per distinct header)."""
     h = Header()
     h.endian = endian
     h.type = mtype
-    h.flags = buf[2]
-    h.body_len = body_len
-    h.serial = serial
-    h.fields_len = fields_len
-    h.body_start = body_start
     seen = 0
     pos = FIXED_HEADER_SIZE
     while pos < fields_end:
@@ -275,8 +327,6 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
                     h.sender_span = (vpos - 4, pos)
     if pos != fields_end:
         raise ProtocolError("header fields overrun the header array")
-    if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
-        raise ProtocolError("non-zero padding after the header")
 
     required = _REQUIRED_FIELDS.get(mtype)
     if required is not None:
@@ -285,10 +335,6 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
                 raise ProtocolError(f"{TYPE_NAMES[mtype]} lacks the required {FIELD_NAMES[code]} field")
     elif mtype == 0:
         raise ProtocolError("message type 0 is invalid")
-    if body_len and not h.signature:
-        raise ProtocolError("message has a body but no SIGNATURE")
-    if validate_body and h.signature:
-        check_body(h.signature, buf, body_start, size, endian, h.unix_fds)
     return h
 
 
