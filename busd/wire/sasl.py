@@ -285,14 +285,66 @@ class _LineReader:
 _Handler = Callable[..., None]
 
 
-class ServerAuthenticator:
+class _Conversation:
+    """What both sides share: line framing, dispatch on (state, command), collecting the reply bytes.
+
+    Subclasses provide _HANDLERS: state -> command -> handler, where "*" handles
+    any command not listed and the default for that is 'ERROR "Unknown command"'.
+    """
+
+    _HANDLERS: dict[str, dict[str, _Handler]]
+
+    def __init__(self, state: str, max_line_length: int):
+        self.done = False
+        self.leftover = b""
+        self._state = state
+        self._lines = _LineReader(max_line_length)
+        self._output: list[bytes] = []
+
+    def receive_data(self, data: bytes) -> bytes:
+        """Consume bytes from the peer; return the bytes to send back (possibly b"")."""
+        if self.done:
+            self.leftover += data  # the caller should have switched to message parsing
+            return b""
+        self._lines.feed(self._before_lines(data))
+        self._output = []
+        while not self.done:
+            line = self._lines.next_line()
+            if line is None:
+                break
+            command, args = _split_command(line)
+            handlers = self._HANDLERS[self._state]
+            handler = handlers.get(command) or handlers.get("*") or _Conversation._unknown_command
+            handler(self, args)
+        if self.done:
+            self.leftover = self._lines.take_rest()
+        return b"".join(self._output)
+
+    def _before_lines(self, data: bytes) -> bytes:
+        return data
+
+    def _send(self, line: str) -> None:
+        self._output.append(line.encode("ascii") + b"\r\n")
+
+    def _send_error(self, message: str) -> None:
+        self._send(f'ERROR "{message}"')
+
+    def _unknown_command(self, args: str) -> None:
+        self._send_error("Unknown command")
+
+
+class ServerAuthenticator(_Conversation):
     """The bus side of the handshake for one connection.
 
     Feed received bytes to receive_data() and send what it returns. When `done`
     is true the client has sent BEGIN; `leftover` then holds the bytes that came
     after it (the start of the first message), `uid` the authenticated user
     (None for ANONYMOUS), `mechanism` the mechanism and `unix_fd` whether fd
-    passing was agreed. AuthError means: drop the connection.
+    passing was agreed. AuthError means: drop the connection. `offered` is the
+    list sent with REJECTED; `failures` counts rejections (max_failures is fatal).
+
+    DBUS_COOKIE_SHA1 reads and may write the keyring synchronously; when another
+    process holds the keyring lock this can block for up to 8 s (dbus-daemon's wait).
     """
 
     def __init__(self, guid: str, mechanisms: tuple[str, ...] | list[str] = (EXTERNAL,),
@@ -307,6 +359,7 @@ class ServerAuthenticator:
             raise ValueError(f"unsupported authentication mechanism {unknown[0]!r}; "
                              f"busd supports {', '.join(ALL_MECHANISMS)}")
         validate_cookie_context(cookie_context)
+        super().__init__("auth", max_line_length)
         self.guid = guid
         self.peer_uid = peer_uid
         self.unix_fd_possible = unix_fd_possible
@@ -317,49 +370,21 @@ class ServerAuthenticator:
         self.offered = tuple(name for name in ALL_MECHANISMS
                              if name in mechanisms and (name != ANONYMOUS or allow_anonymous))
         self.failures = 0
-        self.done = False
-        self.leftover = b""
         self.unix_fd = False
         self.uid: int | None = None
         self.mechanism: str | None = None
-        self._lines = _LineReader(max_line_length)
         self._awaiting_nul = True
-        self._state = "auth"
-        self._output: list[bytes] = []
         self._reset_mechanism()
 
     # -- plumbing ---------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Consume bytes from the client; return the bytes to send back (possibly b"")."""
-        if self.done:
-            self.leftover += data  # the caller should have switched to message parsing
-            return b""
-        if self._awaiting_nul:
-            if not data:
-                return b""
+    def _before_lines(self, data: bytes) -> bytes:
+        if self._awaiting_nul and data:
             if data[0] != 0:
                 raise AuthError("the client did not send the initial NUL byte; it is not speaking D-Bus")
             self._awaiting_nul = False
-            data = data[1:]
-        self._lines.feed(data)
-        self._output = []
-        while not self.done:
-            line = self._lines.next_line()
-            if line is None:
-                break
-            command, args = _split_command(line)
-            handler = self._HANDLERS[self._state].get(command, ServerAuthenticator._unknown_command)
-            handler(self, args)
-        if self.done:
-            self.leftover = self._lines.take_rest()
-        return b"".join(self._output)
-
-    def _send(self, line: str) -> None:
-        self._output.append(line.encode("ascii") + b"\r\n")
-
-    def _send_error(self, message: str) -> None:
-        self._send(f'ERROR "{message}"')
+            return data[1:]
+        return data
 
     def _send_data(self, data: bytes) -> None:
         self._send(f"DATA {data.hex()}" if data else "DATA")
@@ -439,9 +464,6 @@ class ServerAuthenticator:
 
     def _data_after_ok(self, args: str) -> None:
         self._send_error("Sent DATA while expecting BEGIN")
-
-    def _unknown_command(self, args: str) -> None:
-        self._send_error("Unknown command")
 
     # state -> command -> handler; commands not listed get 'ERROR "Unknown command"'
     _HANDLERS: dict[str, dict[str, _Handler]] = {
@@ -523,13 +545,15 @@ class ServerAuthenticator:
     }
 
 
-class ClientAuthenticator:
+class ClientAuthenticator(_Conversation):
     """The client side of the handshake.
 
     Send initial_bytes() first, then feed what the server sends to receive_data()
     and send what it returns. Mechanisms are tried in the given order, skipping
     those the server does not offer. When `done` is true BEGIN has been produced;
     `guid` is the server's GUID and `unix_fd` whether fd passing was agreed.
+    AuthError means the server accepted none of our mechanisms (`problems` says why
+    each failed) or broke the protocol.
     """
 
     def __init__(self, uid: int | None = os.getuid(), mechanisms: tuple[str, ...] | list[str] = (EXTERNAL,),
@@ -539,21 +563,17 @@ class ClientAuthenticator:
         if unknown or not mechanisms:
             raise ValueError(f"unsupported authentication mechanism list {list(mechanisms)!r}; "
                              f"choose from {', '.join(ALL_MECHANISMS)}")
+        super().__init__("start", max_line_length)
         self.uid = uid  # None: send no identity with EXTERNAL and let the server use the socket's
         self.mechanisms = tuple(mechanisms)
         self.negotiate_unix_fd = negotiate_unix_fd
         self.keyring_dir = keyring_dir
         self.anonymous_trace = anonymous_trace
-        self.done = False
         self.guid: str | None = None
         self.unix_fd = False
         self.mechanism: str | None = None
-        self.leftover = b""
         self.problems: list[str] = []  # why each mechanism failed, for the final error message
         self._to_try = list(self.mechanisms)
-        self._lines = _LineReader(max_line_length)
-        self._state = "start"
-        self._output: list[bytes] = []
 
     def initial_bytes(self) -> bytes:
         """The NUL byte and the first AUTH command: send these as soon as the socket is connected."""
@@ -563,33 +583,14 @@ class ClientAuthenticator:
         self._start(self._to_try.pop(0))
         return b"\0" + b"".join(self._output)
 
-    def receive_data(self, data: bytes) -> bytes:
-        """Consume bytes from the server; return the bytes to send back (possibly b"")."""
+    def _before_lines(self, data: bytes) -> bytes:
         if self._state == "start":
             raise RuntimeError("send initial_bytes() before feeding server data")
-        if self.done:
-            self.leftover += data
-            return b""
-        self._lines.feed(data)
-        self._output = []
-        while not self.done:
-            line = self._lines.next_line()
-            if line is None:
-                break
-            command, args = _split_command(line)
-            handlers = self._HANDLERS[self._state]
-            handler = handlers.get(command, handlers.get("*", ClientAuthenticator._unknown_command))
-            handler(self, args)
-        if self.done:
-            self.leftover = self._lines.take_rest()
-        return b"".join(self._output)
-
-    def _send(self, line: str) -> None:
-        self._output.append(line.encode("ascii") + b"\r\n")
+        return data
 
     def _send_error(self, message: str) -> None:
         self.problems.append(f"{self.mechanism}: {message}")
-        self._send(f'ERROR "{message}"')
+        super()._send_error(message)
 
     def _start(self, name: str) -> None:
         self.mechanism = name
@@ -643,9 +644,6 @@ class ClientAuthenticator:
             return
         assert self.mechanism is not None
         self._DATA_HANDLERS[self.mechanism](self, challenge)
-
-    def _unknown_command(self, args: str) -> None:
-        self._send_error("Unknown command")
 
     def _protocol_violation(self, args: str) -> None:
         raise AuthError(f"the server sent an unexpected reply while we were in state {self._state!r}")
