@@ -548,29 +548,37 @@ class Harness:
 
     def start(self, kind: str, label: str) -> RunningBus:
         """Start a daemon on the daemon CPU with its stderr in a log file."""
-        log_path = os.path.join(self.logdir, f"{kind}-{label}.log")
+        log_path = self._log_path(kind, label)
         saved_stderr = os.dup(2)
         try:
             with open(log_path, "w") as log_file:
                 os.dup2(log_file.fileno(), 2)
             if self.plan.daemon is not None:
                 os.sched_setaffinity(0, self.plan.daemon)
+            # The bus's own temporary directory goes under ours, so nothing is left behind
+            # even when a daemon fails half-way through starting.
+            tempfile.tempdir = self.logdir
             return start_bus(kind, extra_config=SESSION_LIMITS)
         except Exception as exc:
             raise WorkloadError(f"{kind} did not start: {exc}; {self._log_tail(log_path)}") from None
         finally:
+            tempfile.tempdir = None
             if self.plan.clients is not None:
                 os.sched_setaffinity(0, self.plan.clients)
             os.dup2(saved_stderr, 2)
             os.close(saved_stderr)
 
+    def _log_path(self, kind: str, label: str) -> str:
+        return os.path.join(self.logdir, f"{kind}-{label}.log")
+
     def _log_tail(self, path: str) -> str:
+        """The end of a daemon's log, for error messages (the logs themselves go with the run)."""
         try:
             with open(path) as f:
                 lines = [line.strip() for line in f if line.strip()]
         except OSError:
             lines = []
-        return f"its log ({path}) ends: {' | '.join(lines[-3:])}" if lines else "it logged nothing"
+        return f"its log ends: {' | '.join(lines[-3:])}" if lines else "it logged nothing"
 
     def probe(self) -> None:
         """Drop, with a clear line, every bus that cannot start at all."""
@@ -594,15 +602,16 @@ class Harness:
             bus = self.start(kind, name)
         except WorkloadError as exc:
             self.failures.setdefault(name, {})[kind] = str(exc)
-            self.log(f"{name} on {kind}: {exc}")
+            self.log(f"{name} on {kind} failed: {exc}")
             return
         try:
             outcome = workload(bus, self.budget)
             if bus.process.poll() is not None:
                 raise WorkloadError(f"{kind} exited (status {bus.process.returncode}) during the workload")
         except (WorkloadError, OSError) as exc:
-            self.failures.setdefault(name, {})[kind] = str(exc)
-            self.log(f"{name} on {kind} failed: {exc}")
+            reason = f"{exc}; {kind}'s {self._log_tail(self._log_path(kind, name))}"
+            self.failures.setdefault(name, {})[kind] = reason
+            self.log(f"{name} on {kind} failed: {reason}")
             return
         finally:
             bus.stop()
@@ -623,10 +632,7 @@ class Harness:
         return merged
 
     def cleanup(self) -> None:
-        if self.failures or self.skipped:
-            self.log(f"daemon logs kept in {self.logdir}")
-        else:
-            shutil.rmtree(self.logdir, ignore_errors=True)
+        shutil.rmtree(self.logdir, ignore_errors=True)
 
 
 def format_table(summary: dict, names: list[str], buses: list[str]) -> str:
@@ -753,9 +759,11 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(summary, names, harness.buses))
         saturated = [f"{name} on {kind}" for name, by_bus in harness.cpu_splits.items()
                      for kind, splits in by_bus.items() if any("CLIENTS SATURATED" in s for s in splits)]
-        print(f"clients saturated (figure understates the daemon) in: {', '.join(saturated)}" if saturated
-              else f"clients never saturated: no client process, nor the client CPUs together, "
-                   f"reached {SATURATED:.0f}% busy")
+        if saturated:
+            print(f"clients saturated (the figure understates the daemon) in: {', '.join(saturated)}")
+        elif harness.cpu_splits:
+            print(f"clients never saturated: no client process, nor the client CPUs together, "
+                  f"reached {SATURATED:.0f}% busy")
         for name, by_bus in harness.failures.items():
             for kind, reason in by_bus.items():
                 print(f"{name} on {kind} failed: {reason}")
