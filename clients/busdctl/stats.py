@@ -1,0 +1,169 @@
+"""The `stats` verb: per-connection resource use from org.freedesktop.DBus.Debug.Stats, worst first."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from .connection import BusConnection
+from .context import Context
+from .creds import read_process
+from .errors import EXIT_OK, BusError, CommandError
+from .names import GONE, NOT_SUPPORTED, peer_facts
+from .output import Column
+
+STATS_INTERFACE = "org.freedesktop.DBus.Debug.Stats"
+
+# dbus-daemon's built-in per-connection limits (bus/config-parser.c), which apply whenever the
+# configuration sets no <limit> of its own: 127 MiB queued each way, 4 x 16 fds, 512 rules and names.
+DEFAULT_LIMITS: dict[str, int] = {
+    "IncomingBytes": 127 * 1024 * 1024,
+    "OutgoingBytes": 127 * 1024 * 1024,
+    "IncomingFDs": 64,
+    "OutgoingFDs": 64,
+    "MatchRules": 512,
+    "BusNames": 512,
+}
+RESOURCE_LABELS: dict[str, str] = {
+    "IncomingBytes": "incoming bytes",
+    "OutgoingBytes": "outgoing bytes",
+    "IncomingFDs": "incoming fds",
+    "OutgoingFDs": "outgoing fds",
+    "MatchRules": "match rules",
+    "BusNames": "names",
+}
+# Other spellings of the same counters -> dbus-daemon's key.
+KEY_ALIASES = {"OwnedNames": "BusNames"}
+
+STATS_COLUMNS = (Column("CONNECTION"), Column("PID", right=True), Column("PROCESS"),
+                 Column("QUEUED-IN", right=True), Column("QUEUED-OUT", right=True), Column("FDS", right=True),
+                 Column("MATCHES", right=True), Column("NAMES", right=True), Column("QUOTA"),
+                 Column("WELL-KNOWN NAMES"))
+
+
+@dataclass
+class ConnectionStats:
+    connection: str
+    stats: dict[str, Any]
+    pid: int | None
+    process: str | None
+    names: list[str]
+
+    def counter(self, key: str) -> int:
+        return int(self.stats.get(key, 0))
+
+    @property
+    def quota(self) -> tuple[str, float]:
+        """The resource this connection uses most of, relative to its limit, and that fraction."""
+        used = [(key, self.counter(key) / limit) for key, limit in DEFAULT_LIMITS.items() if key in self.stats]
+        return max(used, key=lambda item: item[1], default=("", 0.0))
+
+
+def _unwrap(stats: dict[str, Any]) -> dict[str, Any]:
+    values = {key: getattr(value, "value", value) for key, value in stats.items()}
+    for alias, key in KEY_ALIASES.items():
+        if alias in values and key not in values:
+            values[key] = values.pop(alias)
+    return values
+
+
+async def _stats_call(bus: BusConnection, member: str, signature: str = "", body: list[Any] = ()) -> dict[str, Any]:
+    try:
+        [stats] = await bus.driver(member, signature, body, interface=STATS_INTERFACE)
+    except BusError as error:
+        if error.error_name in NOT_SUPPORTED:
+            raise CommandError(
+                f"{bus.choice.label[0].upper()}{bus.choice.label[1:]} does not offer {STATS_INTERFACE} "
+                f"({error.error_name}).\nHint: dbus-daemon has it only when built with --enable-stats; "
+                "busd always has it.") from None
+        raise
+    return _unwrap(stats)
+
+
+async def _connection_stats(bus: BusConnection, connection: str,
+                            names_by_owner: dict[str, list[str]]) -> ConnectionStats | None:
+    try:
+        stats, facts = await asyncio.gather(_stats_call(bus, "GetConnectionStats", "s", [connection]),
+                                            peer_facts(bus, connection))
+    except BusError as error:
+        if error.error_name in GONE or "no such name" in error.text.lower():
+            return None  # it left while we were asking
+        raise
+    pid = facts.pid if facts else None
+    process = read_process(pid) if pid else None
+    return ConnectionStats(connection, stats, pid, process.comm if process else None,
+                           sorted(names_by_owner.get(connection, [])))
+
+
+async def _names_by_owner(bus: BusConnection, names: list[str]) -> dict[str, list[str]]:
+    well_known = [n for n in names if not n.startswith(":")]
+    facts = await asyncio.gather(*(peer_facts(bus, n) for n in well_known))
+    owners: dict[str, list[str]] = {}
+    for fact in facts:
+        if fact is not None:
+            owners.setdefault(fact.owner, []).append(fact.name)
+    return owners
+
+
+def _sort_key(entry: ConnectionStats) -> tuple[float, int, str]:
+    _, fraction = entry.quota
+    # Heaviest first; ties by connection number, so :1.10 comes after :1.9.
+    number = entry.connection.rsplit(".", 1)[-1]
+    return (-fraction, int(number) if number.isdigit() else 0, entry.connection)
+
+
+async def stats(ctx: Context, args: list[str]) -> int:
+    bus = ctx.bus
+    bus_stats = await _stats_call(bus, "GetStats")
+    names = (await bus.driver("ListNames"))[0]
+    names_by_owner = await _names_by_owner(bus, names)
+    if args:
+        facts = await asyncio.gather(*(peer_facts(bus, name) for name in args))
+        missing = [name for name, fact in zip(args, facts) if fact is None or not fact.connection]
+        if missing:
+            raise BusError("Failed to get statistics", "org.freedesktop.DBus.Error.NameHasNoOwner",
+                           f"no connection owns {', '.join(missing)}")
+        connections = sorted({fact.owner for fact in facts})
+    else:
+        connections = [name for name in names if name.startswith(":")]
+    entries = await asyncio.gather(*(_connection_stats(bus, c, names_by_owner) for c in connections))
+    ordered = sorted((e for e in entries if e is not None), key=_sort_key)
+    if ctx.output.is_json:
+        ctx.output.json({"bus": bus_stats, "limits": DEFAULT_LIMITS,
+                         "connections": [_entry_json(e) for e in ordered]})
+        return EXIT_OK
+    rows = [_entry_row(e) for e in ordered]
+    with ctx.output.paged():
+        ctx.output.table(STATS_COLUMNS, rows)
+        if ctx.output.legend:
+            ctx.output.line()
+            ctx.output.line(_bus_summary(bus_stats, len(ordered)))
+    return EXIT_OK
+
+
+def _entry_row(entry: ConnectionStats) -> list[str]:
+    resource, fraction = entry.quota
+    quota = f"{fraction * 100:.1f}% {RESOURCE_LABELS[resource]}" if resource else "-"
+    fds = entry.counter("IncomingFDs") + entry.counter("OutgoingFDs")
+    return [entry.connection, str(entry.pid) if entry.pid else "-", entry.process or "-",
+            str(entry.counter("IncomingBytes")), str(entry.counter("OutgoingBytes")), str(fds),
+            str(entry.counter("MatchRules")), str(entry.counter("BusNames")), quota,
+            " ".join(entry.names) or "-"]
+
+
+def _entry_json(entry: ConnectionStats) -> dict[str, Any]:
+    resource, fraction = entry.quota
+    quota = ({"resource": resource, "used": entry.counter(resource), "limit": DEFAULT_LIMITS[resource],
+              "fraction": fraction} if resource else None)
+    return {"connection": entry.connection, "pid": entry.pid, "process": entry.process, "names": entry.names,
+            "stats": entry.stats, "quota": quota}
+
+
+def _bus_summary(bus_stats: dict[str, Any], shown: int) -> str:
+    parts = [f"{bus_stats.get('ActiveConnections', shown)} connections"]
+    if "MatchRules" in bus_stats:
+        parts.append(f"{bus_stats['MatchRules']} match rules (peak {bus_stats.get('PeakMatchRules', '?')})")
+    if "BusNames" in bus_stats:
+        parts.append(f"{bus_stats['BusNames']} names (peak {bus_stats.get('PeakBusNames', '?')})")
+    return "Bus: " + ", ".join(parts) + ". Quota: share of dbus-daemon's default per-connection limit."
