@@ -98,6 +98,9 @@ class Connection:
         self._writing = False
         self._flush_scheduled = False
         self.reading = True
+        self.throttled: set[Connection] = set()  # senders paused until our queue drains
+        self.throttled_by: set[Connection] = set()  # recipients whose full queues paused us
+        self.dropped_broadcasts = 0
         self.auth_timer = None
         bus.loop.add_reader(self.fileno, self._on_readable)
 
@@ -280,11 +283,22 @@ class Connection:
         elif not out and self._writing:
             self._writing = False
             self.bus.loop.remove_writer(self.fileno)
-        if not out:
-            self.bus.output_drained(self)
+        if self.throttled and self.out_bytes <= self.bus.soft_queue_limit // 2:
+            self.bus.release_throttled(self)
+        if not out and self.dropped_broadcasts:
+            log.info("%s caught up; %d broadcasts were dropped while its queue was full",
+                     self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
+            self.dropped_broadcasts = 0
 
     def flush_writable(self) -> None:
         self.flush()
+
+    def note_dropped_broadcast(self, limit: int) -> None:
+        """A broadcast was not queued because this peer's queue is full: log once per episode."""
+        if not self.dropped_broadcasts:
+            log.warning("%s is not reading: dropping broadcasts to it while its queue is over "
+                        "max_outgoing_bytes=%d", self.peer.unique_name if self.peer else self.label, limit)
+        self.dropped_broadcasts += 1
 
     # ------------------------------------------------------------ closing
 
@@ -310,6 +324,11 @@ class Connection:
             if item[1]:
                 close_fds(item[1])
         self._out.clear()
+        if self.throttled:
+            self.bus.release_throttled(self)
+        for target in self.throttled_by:
+            target.throttled.discard(self)
+        self.throttled_by.clear()
         close_fds(self._received_fds)
         self._received_fds.clear()
         try:

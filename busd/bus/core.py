@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..wire.marshal import LITTLE
 from ..wire.message import (
-    ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message,
+    ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, build_message,
     read_body, sender_field, stamp_sender,
 )
 from . import errors
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd.bus")
 
+SOFT_QUEUE_LIMIT = 8 << 20
 DRIVER_NAME = "org.freedesktop.DBus"
 DRIVER_PATH = "/org/freedesktop/DBus"
 DRIVER_INTERFACE = "org.freedesktop.DBus"
@@ -161,8 +162,6 @@ class Bus:
             if not conn.closed:
                 conn.flush()
 
-    def output_drained(self, conn: "Connection") -> None:
-        """A connection's queue emptied (hook for back-pressure)."""
 
     # ------------------------------------------------------------ the per-message path
 
@@ -242,6 +241,9 @@ class Bus:
 
     def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         conn = target.conn
+        if conn.out_bytes + len(buf) > self.limits.max_outgoing_bytes:
+            self._reject_full_queue(target, sender, h, fds)
+            return
         if fds and not conn.unix_fd:
             # The recipient cannot receive fds: the caller gets an error, as from dbus-daemon.
             _close(fds)
@@ -257,6 +259,38 @@ class Bus:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
         conn.queue(head, body, fds)
+        if conn.out_bytes > self.soft_queue_limit and sender.conn is not conn:
+            # Back-pressure: read no more from the sender until the recipient catches up.
+            conn.throttled.add(sender.conn)
+            sender.conn.throttled_by.add(conn)
+            sender.conn.pause_reading()
+
+    def release_throttled(self, conn: "Connection") -> None:
+        """`conn`'s queue drained below the low-water mark: resume the senders it held back."""
+        held = conn.throttled
+        conn.throttled = set()
+        for sender_conn in held:
+            sender_conn.throttled_by.discard(conn)
+            if not sender_conn.throttled_by:
+                sender_conn.resume_reading()
+
+    def _reject_full_queue(self, target: Peer, sender: Peer, h: Header, fds: list[int] | None) -> None:
+        _close(fds)
+        log.warning("rejecting %s from %s to %s: destination queue is over max_outgoing_bytes=%d",
+                    TYPE_NAMES.get(h.type, h.type), sender.unique_name, target.unique_name,
+                    self.limits.max_outgoing_bytes)
+        if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+            key = (sender, h.serial)
+            if self.pending.pop(key, None) is not None:
+                target.expecting.discard(key)
+                sender.replies_outstanding -= 1
+            self.send_error(sender, h.serial, errors.LIMITS_EXCEEDED,
+                            "Rejected: destination has a full message queue")
+
+    @property
+    def soft_queue_limit(self) -> int:
+        """Queue size past which senders to a connection are paused (a quarter of the hard limit)."""
+        return min(self.limits.max_outgoing_bytes // 4, SOFT_QUEUE_LIMIT)
 
     def broadcast(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         args_cache: list = []
@@ -271,10 +305,15 @@ class Bus:
         if field is None:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
+        hard_limit = self.limits.max_outgoing_bytes
         for target in recipients:
             if target.monitor:
                 continue
             conn = target.conn
+            if conn.out_bytes + len(buf) > hard_limit:
+                # A subscriber that does not read loses broadcasts; it never stalls the emitter.
+                conn.note_dropped_broadcast(hard_limit)
+                continue
             if fds:
                 if not conn.unix_fd:
                     continue
