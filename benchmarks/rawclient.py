@@ -219,7 +219,10 @@ class Reader:
         off = 0
         done = 0
         while avail - off >= 16:
-            body_len, fields_len = _LENGTHS[buf[off]].unpack_from(buf, off)
+            lengths = _LENGTHS.get(buf[off])
+            if lengths is None:
+                raise BusError(f"not a D-Bus message: endianness byte {buf[off]!r}; the stream is out of step")
+            body_len, fields_len = lengths.unpack_from(buf, off)
             header_len = 16 + _pad8(fields_len)
             total = header_len + body_len
             if buf[off + 1] == ERROR:
