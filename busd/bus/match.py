@@ -547,11 +547,13 @@ class MatchIndex:
         With `unique_name` (the owner's), also drop other owners' rules whose
         sender or destination is that name: unique names are never reused, so
         dbus-daemon removes those rules too, and a later RemoveMatch of one of
-        them fails with MatchRuleNotFound.
+        them fails with MatchRuleNotFound. Like dbus-daemon, it does so only
+        when the departing owner had match rules of its own.
         """
-        for rule in self._counts.pop(owner, {}):
+        own_rules = self._counts.pop(owner, {})
+        for rule in own_rules:
             self._forget_owner_of(rule, owner)
-        if unique_name is None:
+        if unique_name is None or not own_rules:
             return
         for rule in list(self._by_unique_name.get(unique_name, ())):
             for other in list(self._owners.get(rule, ())):
