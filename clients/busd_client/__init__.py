@@ -1,0 +1,30 @@
+"""busd_client: use D-Bus services from Python as if they were local objects (signals to slots, methods, properties).
+
+    import busd_client
+
+    async with await busd_client.connect() as bus:          # the session bus
+        example = await bus.proxy("dev.busd.Example1", "/dev/busd/Example1")
+        print(await example.Greet("world"))
+        await bus.connect_signal("dev.busd.Example1", "/dev/busd/Example1",
+                                 "dev.busd.Example1", "Tick", on_tick)
+
+Works on any D-Bus bus (busd, dbus-daemon, dbus-broker), on dbus-fast or
+dbus-next.  Scripts without an event loop use `busd_client.connect_blocking()`.
+"""
+
+from .bus import DEFAULT_TIMEOUT, Bus, Subscription, connect, resolve_address, run_coroutine
+from .dbus_types import (Byte, DBusType, Double, Int16, Int32, Int64, MessageInfo, ObjectPath, Signature,
+                         UInt16, UInt32, UInt64, UnixFD, Variant, signature_of)
+from .errors import DBusError
+from .names import NameFlag, NameWatcher, ReleaseNameReply, RequestNameReply
+from .proxy import Proxy
+from .service import Export, Interface, check_interface, dbus_property, method, signal
+from .blocking import BlockingBus, connect_blocking
+
+__all__ = [
+    "Bus", "BlockingBus", "Byte", "DBusError", "DBusType", "DEFAULT_TIMEOUT", "Double", "Export",
+    "Int16", "Int32", "Int64", "Interface", "MessageInfo", "NameFlag", "NameWatcher", "ObjectPath",
+    "Proxy", "ReleaseNameReply", "RequestNameReply", "Signature", "Subscription", "UInt16", "UInt32",
+    "UInt64", "UnixFD", "Variant", "check_interface", "connect", "connect_blocking", "dbus_property",
+    "method", "resolve_address", "run_coroutine", "signal", "signature_of",
+]

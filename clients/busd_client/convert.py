@@ -1,0 +1,323 @@
+"""Convert Python values to and from the bodies the D-Bus library marshals, guided by signature and hints.
+
+Wire side (what dbus-next and dbus-fast marshal): structs are lists, arrays
+are lists (bytes for `ay`), dicts are dicts, variants are the library's
+Variant and `h` values are indexes into the message's fd list.  Python side:
+structs become tuples or the hinted pydantic model / dataclass / NamedTuple,
+variants are unwrapped (or kept as `busd_client.Variant` when hinted so) and
+fds are plain descriptors.  Conversions are compiled once per (signature,
+hint) into small closures; `None` stands for "no conversion needed".
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import typing
+from collections.abc import Sequence
+from typing import Any, Callable
+
+from ._backend import Backend
+from .dbus_types import (Variant, guess_signature, is_struct_class, strip_annotated,
+                         struct_builder, struct_fields, struct_values)
+from .signature import SignatureNode, parse_signature
+
+Encoder = Callable[[Any, list[int]], Any]
+"""(Python value, fds collected so far) -> wire value."""
+Decoder = Callable[[Any, Sequence[int]], Any]
+"""(wire value, the message's fds) -> Python value."""
+
+
+def _element_hints(hint: Any, count: int) -> list[Any]:
+    """The hints of a container's element types, or Nones when the hint says nothing."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        args = args[:1]
+    return list(args[:count]) + [None] * (count - len(args[:count]))
+
+
+class Codec:
+    """Builds and caches the encoders and decoders for one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._encoders: dict[tuple[str, Any], Encoder | None] = {}
+        self._decoders: dict[tuple[str, Any], Decoder | None] = {}
+        self._body_encoders: dict[tuple[str, Any], Callable[[Sequence[Any]], tuple[list[Any], list[int]]]] = {}
+        self._body_decoders: dict[tuple[str, Any], Callable[[list[Any], Sequence[int]], list[Any]] | None] = {}
+
+    # -- single complete types --------------------------------------------
+
+    def encoder(self, node: SignatureNode, hint: Any = None) -> Encoder | None:
+        key = (node.text, hint)
+        try:
+            return self._encoders[key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable hint: build without caching
+            return self._build_encoder(node, hint)
+        encoder = self._encoders[key] = self._build_encoder(node, hint)
+        return encoder
+
+    def decoder(self, node: SignatureNode, hint: Any = None) -> Decoder | None:
+        key = (node.text, hint)
+        try:
+            return self._decoders[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return self._build_decoder(node, hint)
+        decoder = self._decoders[key] = self._build_decoder(node, hint)
+        return decoder
+
+    def _build_encoder(self, node: SignatureNode, hint: Any) -> Encoder | None:
+        base, _ = strip_annotated(hint)
+        code = node.code
+        if code == "h":
+            return _encode_fd
+        if code == "v":
+            return self._encode_variant
+        if code == "a":
+            return self._array_encoder(node.children[0], base)
+        if code == "(":
+            return self._struct_encoder(node, base)
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            return lambda value, fds: value.value if isinstance(value, enum.Enum) else value
+        return None
+
+    def _array_encoder(self, element: SignatureNode, hint: Any) -> Encoder:
+        if element.code == "y":
+            return lambda value, fds: value if type(value) is bytes else bytes(value)
+        if element.code == "{":
+            key_hint, value_hint = _element_hints(hint, 2)
+            encode_key = self.encoder(element.children[0], key_hint)
+            encode_value = self.encoder(element.children[1], value_hint)
+            if encode_key is None and encode_value is None:
+                return lambda value, fds: value if type(value) is dict else dict(value)
+            encode_key = encode_key or _identity
+            encode_value = encode_value or _identity
+            return lambda value, fds: {encode_key(k, fds): encode_value(v, fds) for k, v in value.items()}
+        (element_hint,) = _element_hints(hint, 1)
+        encode_element = self.encoder(element, element_hint)
+        if encode_element is None:
+            return lambda value, fds: value if type(value) is list else list(value)
+        return lambda value, fds: [encode_element(item, fds) for item in value]
+
+    def _struct_encoder(self, node: SignatureNode, hint: Any) -> Encoder:
+        names: list[str] | None = None
+        if is_struct_class(hint):
+            fields = _checked_fields(hint, node)
+            names = [name for name, _ in fields]
+            hints = [field_hint for _, field_hint in fields]
+        else:
+            hints = _element_hints(hint, len(node.children))
+        encoders = [self.encoder(child, child_hint) for child, child_hint in zip(node.children, hints)]
+        arity = len(node.children)
+
+        def encode(value: Any, fds: list[int]) -> list[Any]:
+            if names is not None:
+                values = struct_values(value, names)
+            elif isinstance(value, (tuple, list)):
+                values = list(value)
+            elif is_struct_class(type(value)):
+                values = struct_values(value, [name for name, _ in struct_fields(type(value))])
+            else:
+                raise TypeError(f"D-Bus struct {node.text} needs a tuple or a model, got {value!r}")
+            if len(values) != arity:
+                raise TypeError(f"D-Bus struct {node.text} has {arity} fields, got {len(values)}: {value!r}")
+            return [encode_item(item, fds) if encode_item else item
+                    for encode_item, item in zip(encoders, values)]
+
+        return encode
+
+    def _encode_variant(self, value: Any, fds: list[int]) -> Any:
+        if isinstance(value, Variant):
+            signature, inner = value.signature, value.value
+        elif isinstance(value, self.backend.Variant):
+            return value
+        else:
+            signature, inner = guess_signature(value), value
+        encode = self.encoder(parse_signature(signature)[0], None)
+        return self.backend.Variant(signature, encode(inner, fds) if encode else inner)
+
+    def _build_decoder(self, node: SignatureNode, hint: Any) -> Decoder | None:
+        base, _ = strip_annotated(hint)
+        code = node.code
+        if code == "h":
+            return _decode_fd
+        if code == "v":
+            keep_wrapped = base is Variant
+            return lambda value, fds: self._decode_variant(value, fds, keep_wrapped)
+        if code == "a":
+            return self._array_decoder(node.children[0], base)
+        if code == "(":
+            return self._struct_decoder(node, base)
+        if isinstance(base, type) and issubclass(base, enum.Enum):
+            return lambda value, fds: base(value)
+        return None
+
+    def _array_decoder(self, element: SignatureNode, hint: Any) -> Decoder | None:
+        if element.code == "y":
+            return None
+        if element.code == "{":
+            key_hint, value_hint = _element_hints(hint, 2)
+            decode_key = self.decoder(element.children[0], key_hint)
+            decode_value = self.decoder(element.children[1], value_hint)
+            if decode_key is None and decode_value is None:
+                return None
+            decode_key = decode_key or _identity
+            decode_value = decode_value or _identity
+            return lambda value, fds: {decode_key(k, fds): decode_value(v, fds) for k, v in value.items()}
+        (element_hint,) = _element_hints(hint, 1)
+        decode_element = self.decoder(element, element_hint)
+        if decode_element is None:
+            return None
+        return lambda value, fds: [decode_element(item, fds) for item in value]
+
+    def _struct_decoder(self, node: SignatureNode, hint: Any) -> Decoder:
+        if is_struct_class(hint):
+            hints = [field_hint for _, field_hint in _checked_fields(hint, node)]
+            build: Callable[[list[Any]], Any] = struct_builder(hint)
+        else:
+            hints = _element_hints(hint, len(node.children))
+            build = tuple
+        decoders = [self.decoder(child, child_hint) for child, child_hint in zip(node.children, hints)]
+        if not any(decoders):
+            return lambda value, fds: build(value)
+        return lambda value, fds: build([decode(item, fds) if decode else item
+                                          for decode, item in zip(decoders, value)])
+
+    def _decode_variant(self, value: Any, fds: Sequence[int], keep_wrapped: bool) -> Any:
+        signature = variant_signature(value)
+        decode = self.decoder(parse_signature(signature)[0], None)
+        inner = decode(value.value, fds) if decode else value.value
+        return Variant(signature, inner) if keep_wrapped else inner
+
+    def encode_variant(self, signature: str, value: Any, hint: Any, fds: list[int]) -> Any:
+        """Wrap `value` in the backend's Variant of `signature`, converting it as `hint` says."""
+        encode = self.encoder(parse_signature(signature)[0], hint)
+        return self.backend.Variant(signature, encode(value, fds) if encode else value)
+
+    def decode_value(self, signature: str, value: Any, hint: Any, fds: Sequence[int]) -> Any:
+        """Convert one received value of type `signature` as `hint` says."""
+        decode = self.decoder(parse_signature(signature)[0], hint)
+        return decode(value, fds) if decode else value
+
+    # -- whole message bodies ----------------------------------------------
+
+    def body_encoder(self, signature: str, hints: Sequence[Any] = ()
+                     ) -> Callable[[Sequence[Any]], tuple[list[Any], list[int]]]:
+        """A function turning call arguments into (body, fds) for `signature`."""
+        key = (signature, tuple(hints))
+        try:
+            return self._body_encoders[key]
+        except (KeyError, TypeError):
+            pass
+        nodes = parse_signature(signature)
+        padded = list(hints)[:len(nodes)] + [None] * (len(nodes) - len(hints))
+        encoders = [self.encoder(node, hint) for node, hint in zip(nodes, padded)]
+        arity = len(nodes)
+
+        def check_arity(args: Sequence[Any]) -> None:
+            if len(args) != arity:
+                raise TypeError(
+                    f"signature {signature!r} takes {arity} argument{'s' if arity != 1 else ''}, "
+                    f"got {len(args)}")
+
+        if not any(encoders):
+            def encode(args: Sequence[Any]) -> tuple[list[Any], list[int]]:
+                if len(args) != arity:
+                    check_arity(args)
+                return list(args), []
+        else:
+            def encode(args: Sequence[Any]) -> tuple[list[Any], list[int]]:
+                check_arity(args)
+                fds: list[int] = []
+                try:
+                    body = [encode_arg(arg, fds) if encode_arg else arg
+                            for encode_arg, arg in zip(encoders, args)]
+                except BaseException:
+                    close_fds(fds)
+                    raise
+                return body, fds
+        try:
+            self._body_encoders[key] = encode
+        except TypeError:
+            pass
+        return encode
+
+    def body_decoder(self, signature: str, hints: Sequence[Any] = ()
+                     ) -> Callable[[list[Any], Sequence[int]], list[Any]] | None:
+        """A function turning a received body into Python values, or None if the body is fine as it is."""
+        key = (signature, tuple(hints))
+        try:
+            return self._body_decoders[key]
+        except (KeyError, TypeError):
+            pass
+        nodes = parse_signature(signature)
+        padded = list(hints)[:len(nodes)] + [None] * (len(nodes) - len(hints))
+        decoders = [self.decoder(node, hint) for node, hint in zip(nodes, padded)]
+        decode: Callable[[list[Any], Sequence[int]], list[Any]] | None = None
+        if any(decoders):
+            def decode(body: list[Any], fds: Sequence[int]) -> list[Any]:
+                return [decode_arg(value, fds) if decode_arg else value
+                        for decode_arg, value in zip(decoders, body)]
+        try:
+            self._body_decoders[key] = decode
+        except TypeError:
+            pass
+        return decode
+
+
+def variant_signature(variant: Any) -> str:
+    """The signature of a backend Variant as a string."""
+    signature = variant.signature
+    if not isinstance(signature, str):  # some library versions keep a SignatureTree here
+        signature = signature.signature
+    return signature
+
+
+def _checked_fields(cls: type, node: SignatureNode) -> list[tuple[str, Any]]:
+    fields = struct_fields(cls)
+    if len(fields) != len(node.children):
+        raise TypeError(
+            f"{cls.__name__} has {len(fields)} fields but the D-Bus struct {node.text} "
+            f"has {len(node.children)}")
+    return fields
+
+
+def _identity(value: Any, fds: Any) -> Any:
+    return value
+
+
+def _encode_fd(value: Any, fds: list[int]) -> int:
+    descriptor = value if isinstance(value, int) else value.fileno()
+    # Duplicate so the caller may close its descriptor as soon as the call returns;
+    # the bus closes the duplicate once the message is written.
+    fds.append(os.dup(descriptor))
+    return len(fds) - 1
+
+
+def _decode_fd(value: int, fds: Sequence[int]) -> int:
+    try:
+        return fds[value]
+    except IndexError:
+        raise ValueError(f"message refers to fd #{value} but carries only {len(fds)} fds") from None
+
+
+def close_fds(fds: Sequence[int]) -> None:
+    for descriptor in fds:
+        try:
+            os.close(descriptor)
+        except OSError:
+            pass
+
+
+_codecs: dict[str, Codec] = {}
+
+
+def codec_for(backend: Backend) -> Codec:
+    codec = _codecs.get(backend.name)
+    if codec is None:
+        codec = _codecs[backend.name] = Codec(backend)
+    return codec

@@ -1,0 +1,132 @@
+"""Signal match rules: build the exact rule string for AddMatch, and apply the same rule locally."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+_ARG_KEY = re.compile(r"^arg(\d{1,2})(path|namespace)?$")
+MAX_ARG_INDEX = 63
+DRIVER_NAME = "org.freedesktop.DBus"
+
+
+def _quote(value: str) -> str:
+    # The match rule grammar has no escapes inside quotes; an apostrophe is written '\''.
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _is_unique_name(name: str) -> bool:
+    return name.startswith(":")
+
+
+def _path_matches(arg: str, rule_path: str) -> bool:
+    """argNpath semantics: equal, or one is a '/'-terminated prefix of the other."""
+    if arg == rule_path:
+        return True
+    if rule_path.endswith("/") and arg.startswith(rule_path):
+        return True
+    return arg.endswith("/") and rule_path.startswith(arg)
+
+
+def _namespace_matches(value: str, namespace: str) -> bool:
+    return value == namespace or value.startswith(namespace + ".")
+
+
+@dataclass(frozen=True)
+class MatchRule:
+    """A signal match rule.  `None` fields match anything; `args` holds the argN/argNpath/arg0namespace filters."""
+
+    sender: str | None = None
+    path: str | None = None
+    interface: str | None = None
+    member: str | None = None
+    path_namespace: str | None = None
+    destination: str | None = None
+    args: tuple[tuple[str, str], ...] = field(default=())
+
+    @classmethod
+    def for_signal(cls, sender: str | None, path: str | None, interface: str | None,
+                   member: str | None, **filters: str) -> MatchRule:
+        """Build a rule from connect_signal's arguments; `filters` are argN=..., argNpath=..., arg0namespace=...,
+        path_namespace=... or destination=...."""
+        path_namespace = filters.pop("path_namespace", None)
+        destination = filters.pop("destination", None)
+        if path is not None and path_namespace is not None:
+            raise ValueError("a match rule takes either path or path_namespace, not both")
+        args = []
+        for key, value in filters.items():
+            matched = _ARG_KEY.match(key)
+            if not matched or int(matched.group(1)) > MAX_ARG_INDEX:
+                raise TypeError(
+                    f"unknown signal filter {key}=...; use argN=, argNpath= (N from 0 to "
+                    f"{MAX_ARG_INDEX}), arg0namespace=, path_namespace= or destination=")
+            if matched.group(2) == "namespace" and matched.group(1) != "0":
+                raise TypeError(f"{key}: only arg0namespace exists in D-Bus match rules")
+            if not isinstance(value, str):
+                raise TypeError(f"{key}= must be a string (match rules only compare string arguments)")
+            args.append((key, value))
+        args.sort(key=lambda item: (int(_ARG_KEY.match(item[0]).group(1)), item[0]))
+        return cls(sender=sender, path=path, interface=interface, member=member,
+                   path_namespace=path_namespace, destination=destination, args=tuple(args))
+
+    def to_string(self) -> str:
+        """The rule text for AddMatch/RemoveMatch, with only the keys that were asked for."""
+        parts = ["type='signal'"]
+        for key in ("sender", "interface", "member", "path", "path_namespace", "destination"):
+            value = getattr(self, key)
+            if value is not None:
+                parts.append(f"{key}={_quote(value)}")
+        parts.extend(f"{key}={_quote(value)}" for key, value in self.args)
+        return ",".join(parts)
+
+    @property
+    def sender_is_well_known(self) -> bool:
+        return (self.sender is not None and not _is_unique_name(self.sender)
+                and self.sender != DRIVER_NAME)
+
+    def compile(self, owner_of: Callable[[str], str | None]) -> Callable[[Any], bool]:
+        """A predicate on received signal messages; `owner_of` maps a well-known name to its unique owner."""
+        checks: list[Callable[[Any], bool]] = []
+        sender = self.sender
+        if sender is not None:
+            if self.sender_is_well_known:
+                checks.append(lambda msg: msg.sender == sender or msg.sender == owner_of(sender))
+            else:
+                checks.append(lambda msg: msg.sender == sender)
+        for key in ("path", "interface", "member", "destination"):
+            expected = getattr(self, key)
+            if expected is not None:
+                checks.append(_header_check(key, expected))
+        if self.path_namespace is not None:
+            namespace = self.path_namespace.rstrip("/")
+            checks.append(lambda msg: msg.path == self.path_namespace
+                          or (msg.path or "").startswith(namespace + "/"))
+        for key, expected in self.args:
+            checks.append(_arg_check(key, expected))
+        if not checks:
+            return lambda msg: True
+        if len(checks) == 1:
+            return checks[0]
+        return lambda msg: all(check(msg) for check in checks)
+
+
+def _header_check(key: str, expected: str) -> Callable[[Any], bool]:
+    return lambda msg: getattr(msg, key) == expected
+
+
+def _arg_check(key: str, expected: str) -> Callable[[Any], bool]:
+    matched = _ARG_KEY.match(key)
+    assert matched is not None
+    index, kind = int(matched.group(1)), matched.group(2)
+
+    def argument(msg: Any) -> Any:
+        body = msg.body
+        return body[index] if index < len(body) else None
+
+    if kind == "path":
+        # argNpath also matches object-path arguments, and arrays are not compared.
+        return lambda msg: isinstance(value := argument(msg), str) and _path_matches(value, expected)
+    if kind == "namespace":
+        return lambda msg: isinstance(value := argument(msg), str) and _namespace_matches(value, expected)
+    return lambda msg: isinstance(value := argument(msg), str) and value == expected

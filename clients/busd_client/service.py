@@ -1,0 +1,616 @@
+"""Exporting objects: interface classes with decorated methods, signals and properties, and the object tree that serves them.
+
+    class Example(Interface, name="dev.busd.Example1"):
+        @method()
+        def Greet(self, who: str) -> str:
+            return f"hello {who}"
+
+        @signal()
+        def Tick(self, count: UInt32) -> None: ...
+
+        @dbus_property()
+        def Count(self) -> UInt32:
+            return self._count
+
+    bus.export("/dev/busd/Example1", example)
+    example.Tick(3)          # emitting a signal is calling it
+
+Signatures and introspection XML are derived from the annotations (see
+`dbus_types`); `xml=` checks the class against an XML file at class creation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from .bus import message_info
+from .convert import variant_signature
+from .dbus_types import is_message_info, resolve_hints, return_signature, signature_of
+from .errors import (DBusError, Failed, InvalidArgs, PropertyReadOnly, UnknownInterface, UnknownMethod,
+                     UnknownObject, UnknownProperty)
+from .introspection import (ACCESS_VALUES, EMITS_CHANGED, EMITS_CHANGED_VALUES, NO_REPLY, ArgSpec,
+                            InterfaceSpec, MethodSpec, PropertySpec, SignalSpec, compare_interfaces,
+                            load_interface_file, node_to_xml, standard_interfaces)
+
+if TYPE_CHECKING:
+    from .bus import Bus
+
+log = logging.getLogger("busd_client")
+FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
+PROPERTIES = "org.freedesktop.DBus.Properties"
+
+
+# -- decorators ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _MethodOptions:
+    name: str | None
+    out_names: tuple[str, ...]
+    no_reply: bool
+
+
+def method(name: str | Callable[..., Any] | None = None, *, out_names: Sequence[str] = (),
+           no_reply: bool = False) -> Any:
+    """Mark a (sync or async) function as a D-Bus method.  `name` defaults to the function's name;
+    `out_names` names the out arguments in the introspection data."""
+    if callable(name):  # used bare: @method
+        return method()(name)
+
+    def decorate(function: FunctionT) -> FunctionT:
+        function.__busd_method__ = _MethodOptions(name, tuple(out_names), no_reply)
+        return function
+
+    return decorate
+
+
+class SignalDescriptor:
+    """A D-Bus signal on an interface class; calling it on an instance emits it wherever the instance is exported."""
+
+    def __init__(self, function: Callable[..., Any], name: str | None) -> None:
+        self.function = function
+        self.name = name or function.__name__
+        self.python_name = function.__name__
+        self._parameters = [p for p in list(inspect.signature(function).parameters.values())[1:]]
+        self._binder = inspect.Signature(self._parameters)
+        self.__doc__ = function.__doc__
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.python_name = attribute
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return _BoundSignal(instance, self)
+
+    def values(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        if not kwargs and len(args) == len(self._parameters):
+            return list(args)
+        bound = self._binder.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return list(bound.arguments.values())
+
+
+class _BoundSignal:
+    __slots__ = ("instance", "descriptor")
+
+    def __init__(self, instance: Interface, descriptor: SignalDescriptor) -> None:
+        self.instance = instance
+        self.descriptor = descriptor
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        """Emit the signal with these arguments on every bus and path the object is exported at."""
+        instance = self.instance
+        spec = type(instance).__dbus_interface__.signals[self.descriptor.name]
+        values = self.descriptor.values(args, kwargs)
+        hints = [arg.hint for arg in spec.args]
+        for bus, path in _exports_of(instance):
+            body, fds = bus._codec.body_encoder(spec.signature, hints)(values)
+            bus._emit(path, type(instance).__dbus_interface__.name, spec.name, spec.signature, body, fds)
+
+
+def signal(name: str | Callable[..., Any] | None = None) -> Any:
+    """Mark a function as a D-Bus signal: its annotated parameters are the signal's arguments
+    (its body is not run).  Calling it on an instance emits the signal."""
+    if callable(name):
+        return SignalDescriptor(name, None)
+    return lambda function: SignalDescriptor(function, name)
+
+
+class PropertyDescriptor:
+    """A D-Bus property: a Python property whose changes are announced with PropertiesChanged."""
+
+    def __init__(self, getter: Callable[[Any], Any], name: str | None, access: str | None,
+                 emits_changed: str) -> None:
+        if access is not None and access not in ACCESS_VALUES:
+            raise ValueError(f"access={access!r}; use one of {', '.join(ACCESS_VALUES)}")
+        if emits_changed not in EMITS_CHANGED_VALUES:
+            raise ValueError(f"emits_changed={emits_changed!r}; use one of {', '.join(EMITS_CHANGED_VALUES)}")
+        self.getter = getter
+        self.setter_function: Callable[[Any, Any], None] | None = None
+        self.name = name or getter.__name__
+        self.python_name = getter.__name__
+        self.explicit_access = access
+        self.emits_changed = emits_changed
+        self.__doc__ = getter.__doc__
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        self.python_name = attribute
+
+    def setter(self, function: Callable[[Any, Any], None]) -> PropertyDescriptor:
+        """Decorate the setter, as with Python's `property`."""
+        self.setter_function = function
+        return self
+
+    @property
+    def access(self) -> str:
+        if self.explicit_access is not None:
+            return self.explicit_access
+        return "readwrite" if self.setter_function is not None else "read"
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return self.getter(instance)
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        if self.setter_function is None:
+            raise AttributeError(f"property {self.name} has no setter; decorate one with @{self.python_name}.setter")
+        self.setter_function(instance, value)
+        if self.emits_changed == "true":
+            instance.emit_properties_changed({self.name: self.getter(instance)})
+        elif self.emits_changed == "invalidates":
+            instance.emit_properties_changed({}, [self.name])
+
+
+def dbus_property(name: str | Callable[..., Any] | None = None, *, access: str | None = None,
+                  emits_changed: str = "true") -> Any:
+    """Mark a getter as a D-Bus property (its return annotation is the type).
+
+    Add a setter with `@Prop.setter`.  `access` defaults to "readwrite" when
+    there is a setter, else "read"; a "read" property with a setter can be
+    changed from Python only.  Assigning it announces the change according to
+    `emits_changed` ("true", "invalidates", "const" or "false").
+    """
+    if callable(name):
+        return PropertyDescriptor(name, None, access, emits_changed)
+    return lambda getter: PropertyDescriptor(getter, name, access, emits_changed)
+
+
+# -- interface classes -----------------------------------------------------------
+
+class Interface:
+    """Base class of exported D-Bus interfaces: `class Thing(Interface, name="com.example.Thing")`.
+
+    `xml=` (a path) makes class creation fail unless the class matches the
+    interface described in that XML file.
+    """
+
+    __dbus_interface__: ClassVar[InterfaceSpec]
+    _busd_exports: list[tuple[Bus, str]]
+
+    def __init_subclass__(cls, name: str | None = None, xml: str | os.PathLike[str] | None = None,
+                          **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        inherited = cls.__dict__.get("__dbus_interface__") or getattr(cls, "__dbus_interface__", None)
+        interface_name = name or (inherited.name if inherited is not None else None)
+        if interface_name is None:
+            return  # an abstract base: members only, no interface of its own
+        cls.__dbus_interface__ = build_interface_spec(cls, interface_name)
+        if xml is not None:
+            check_interface(cls, xml)
+
+    def emit_properties_changed(self, changed: Mapping[str, Any] | Iterable[str],
+                                invalidated: Iterable[str] = ()) -> None:
+        """Emit PropertiesChanged: `changed` maps property names to new values (or lists names whose
+        current values are sent); `invalidated` lists properties whose values are not sent."""
+        spec = type(self).__dbus_interface__
+        if not isinstance(changed, Mapping):
+            changed = {name: getattr(self, spec.properties[name].attribute)
+                       for name in changed}
+        for name in list(changed) + list(invalidated):
+            if name not in spec.properties:
+                raise ValueError(f"{spec.name} has no property {name}")
+        for bus, path in _exports_of(self):
+            fds: list[int] = []
+            values = {name: bus._codec.encode_variant(spec.properties[name].signature, value,
+                                                     spec.properties[name].hint, fds)
+                      for name, value in changed.items()}
+            bus._emit(path, PROPERTIES, "PropertiesChanged", "sa{sv}as",
+                      [spec.name, values, list(invalidated)], fds)
+
+    @classmethod
+    def introspection_xml(cls) -> str:
+        """This interface as an introspection XML document (what interfaces/*.xml files hold)."""
+        return cls.__dbus_interface__.to_xml()
+
+    @property
+    def exported_at(self) -> list[tuple[Bus, str]]:
+        """The (bus, path) pairs this object is exported at."""
+        return list(_exports_of(self))
+
+
+def _exports_of(instance: Any) -> list[tuple[Bus, str]]:
+    # Kept in the instance dict so subclasses need not call Interface.__init__.
+    return instance.__dict__.setdefault("_busd_exports", [])
+
+
+def build_interface_spec(cls: type, interface_name: str) -> InterfaceSpec:
+    """Derive the InterfaceSpec of an interface class from its decorated members and annotations."""
+    spec = InterfaceSpec(name=interface_name)
+    members: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        for attribute, value in vars(klass).items():
+            if (isinstance(value, (SignalDescriptor, PropertyDescriptor))
+                    or hasattr(value, "__busd_method__")):
+                members.pop(attribute, None)
+                members[attribute] = value
+    for attribute, value in members.items():
+        where = f"{cls.__name__}.{attribute}"
+        if isinstance(value, SignalDescriptor):
+            spec.signals[value.name] = SignalSpec(value.name, _in_args(value.function, where)[0])
+        elif isinstance(value, PropertyDescriptor):
+            spec.properties[value.name] = _property_spec(value, where)
+        else:
+            spec.methods[value.__busd_method__.name or value.__name__] = _method_spec(value, where)
+    return spec
+
+
+def _in_args(function: Callable[..., Any], where: str) -> tuple[list[ArgSpec], str | None]:
+    hints = resolve_hints(function)
+    args: list[ArgSpec] = []
+    info_parameter = None
+    for parameter in list(inspect.signature(function).parameters.values())[1:]:
+        hint = hints.get(parameter.name, parameter.annotation)
+        if is_message_info(hint):
+            info_parameter = parameter.name
+            continue
+        if parameter.kind not in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD):
+            raise TypeError(f"{where}: D-Bus arguments are positional; *args/**kwargs/keyword-only "
+                            f"parameter {parameter.name!r} cannot be exported")
+        if hint is parameter.empty:
+            raise TypeError(f"{where}: parameter {parameter.name!r} needs a type annotation "
+                            f"(its D-Bus type comes from it)")
+        try:
+            args.append(ArgSpec(parameter.name, signature_of(hint), hint))
+        except TypeError as error:
+            raise TypeError(f"{where}, parameter {parameter.name!r}: {error}") from None
+    return args, info_parameter
+
+
+def _method_spec(function: Callable[..., Any], where: str) -> MethodSpec:
+    options: _MethodOptions = function.__busd_method__
+    in_args, info_parameter = _in_args(function, where)
+    hints = resolve_hints(function)
+    try:
+        out_signature, out_hints = return_signature(hints.get("return"))
+    except TypeError as error:
+        raise TypeError(f"{where}, return value: {error}") from None
+    out_names = list(options.out_names) + [None] * len(out_hints)
+    out_args = [ArgSpec(name, signature_of(hint), hint) for name, hint in zip(out_names, out_hints)]
+    annotations = {NO_REPLY: "true"} if options.no_reply else {}
+    return MethodSpec(options.name or function.__name__, in_args, out_args, annotations,
+                      function=function, info_parameter=info_parameter)
+
+
+def _property_spec(descriptor: PropertyDescriptor, where: str) -> PropertySpec:
+    hint = resolve_hints(descriptor.getter).get("return")
+    if hint is None:
+        raise TypeError(f"{where}: the property getter needs a return annotation (the property's type)")
+    try:
+        signature = signature_of(hint)
+    except TypeError as error:
+        raise TypeError(f"{where}: {error}") from None
+    annotations = {} if descriptor.emits_changed == "true" else {EMITS_CHANGED: descriptor.emits_changed}
+    return PropertySpec(descriptor.name, signature, descriptor.access, hint, annotations,
+                        attribute=descriptor.python_name)
+
+
+def check_interface(cls: type[Interface], xml_path: str | os.PathLike[str]) -> None:
+    """Raise TypeError listing every difference between `cls` and the interface in `xml_path`."""
+    spec = cls.__dbus_interface__
+    expected = load_interface_file(xml_path, spec.name)
+    problems = compare_interfaces(spec, expected)
+    if problems:
+        raise TypeError(f"{cls.__name__} does not match {os.fspath(xml_path)}:\n  " + "\n  ".join(problems))
+
+
+# -- serving exported objects ------------------------------------------------------
+
+class Export:
+    """Handle returned by `Bus.export`; close() (or leaving a `with` block) unexports."""
+
+    def __init__(self, tree: ObjectTree, path: str, obj: Interface) -> None:
+        self.tree = tree
+        self.path = path
+        self.obj = obj
+
+    def close(self) -> None:
+        self.tree.unexport(self.path, self.obj)
+
+    def __enter__(self) -> Export:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
+
+
+def _machine_id() -> str:
+    for path in _MACHINE_ID_FILES:
+        try:
+            with open(path, encoding="ascii") as handle:
+                return handle.read().strip()
+        except OSError:
+            continue
+    raise Failed("this machine has no machine id (/etc/machine-id)")
+
+
+class ObjectTree:
+    """The objects one bus connection exports, and the method-call dispatcher that serves them."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self._objects: dict[str, dict[str, Interface]] = {}
+        standard = {
+            ("org.freedesktop.DBus.Peer", "Ping"): ("", self._ping),
+            ("org.freedesktop.DBus.Peer", "GetMachineId"): ("", self._get_machine_id),
+            ("org.freedesktop.DBus.Introspectable", "Introspect"): ("", self._introspect),
+            (PROPERTIES, "Get"): ("ss", self._get_property),
+            (PROPERTIES, "Set"): ("ssv", self._set_property),
+            (PROPERTIES, "GetAll"): ("s", self._get_all_properties),
+        }
+        self._standard: dict[tuple[str, str], tuple[str, Callable[[Any], Any]]] = standard
+        self._standard_by_member = {member: entry for (_, member), entry in standard.items()}
+
+    # -- exporting -----------------------------------------------------------
+
+    def export(self, path: str, obj: Interface) -> Export:
+        if not isinstance(obj, Interface) or getattr(type(obj), "__dbus_interface__", None) is None:
+            raise TypeError(f"only instances of Interface subclasses with a name can be exported, got {obj!r}")
+        try:
+            parse_path = path.startswith("/") and (path == "/" or (not path.endswith("/") and "//" not in path))
+        except AttributeError:
+            parse_path = False
+        if not parse_path:
+            raise ValueError(f"{path!r} is not a valid object path (e.g. '/com/example/Thing')")
+        interfaces = self._objects.setdefault(path, {})
+        name = type(obj).__dbus_interface__.name
+        if name in interfaces:
+            raise ValueError(f"{path} already exports {name}; unexport it first")
+        interfaces[name] = obj
+        _exports_of(obj).append((self.bus, path))
+        return Export(self, path, obj)
+
+    def unexport(self, path: str, obj: Interface | None = None) -> None:
+        interfaces = self._objects.get(path)
+        if not interfaces:
+            return
+        for name, exported in list(interfaces.items()):
+            if obj is None or exported is obj:
+                del interfaces[name]
+                exports = _exports_of(exported)
+                if (self.bus, path) in exports:
+                    exports.remove((self.bus, path))
+        if not interfaces:
+            del self._objects[path]
+
+    def clear(self) -> None:
+        for path in list(self._objects):
+            self.unexport(path)
+
+    @property
+    def paths(self) -> list[str]:
+        return sorted(self._objects)
+
+    # -- dispatch --------------------------------------------------------------
+
+    def handle_call(self, message: Any) -> None:
+        try:
+            self._dispatch(message)
+        except DBusError as error:
+            self._reply_error(message, error)
+        except Exception as error:
+            log.exception("method %s.%s failed", message.interface, message.member)
+            self._reply_error(message, Failed(f"{type(error).__name__}: {error}"))
+
+    def _dispatch(self, message: Any) -> None:
+        interface, member = message.interface, message.member
+        standard = (self._standard.get((interface, member)) if interface is not None
+                    else self._standard_by_member.get(member))
+        if standard is not None:
+            signature, handler = standard
+            if message.signature != signature:
+                raise InvalidArgs(f"{interface}.{member} takes signature {signature!r}, "
+                                  f"got {message.signature!r}")
+            handler(message)
+            return
+        interfaces = self._objects.get(message.path)
+        if not interfaces:
+            raise UnknownObject(f"no object at path {message.path}")
+        if interface is not None:
+            obj = interfaces.get(interface)
+            if obj is None:
+                raise UnknownInterface(f"object {message.path} has no interface {interface}")
+            method_spec = type(obj).__dbus_interface__.methods.get(member)
+        else:  # the specification allows calls without an interface: first match wins
+            obj, method_spec = next(((o, type(o).__dbus_interface__.methods[member])
+                                     for o in interfaces.values()
+                                     if member in type(o).__dbus_interface__.methods), (None, None))
+        if method_spec is None or obj is None:
+            raise UnknownMethod(f"{interface or 'no interface'} at {message.path} has no method {member}")
+        if message.signature != method_spec.in_signature:
+            raise InvalidArgs(f"{member} takes signature {method_spec.in_signature!r}, "
+                              f"got {message.signature!r}")
+        self._invoke(message, obj, method_spec)
+
+    def _invoke(self, message: Any, obj: Interface, spec: MethodSpec) -> None:
+        codec = self.bus._codec
+        decode = codec.body_decoder(spec.in_signature, [arg.hint for arg in spec.in_args])
+        try:
+            args = decode(message.body, message.unix_fds) if decode else message.body
+        except Exception as error:
+            raise InvalidArgs(f"arguments of {spec.name} are not acceptable: {error}") from error
+        function = spec.function
+        assert function is not None
+        if spec.info_parameter is None:
+            result = function(obj, *args)
+        else:
+            result = function(obj, *args, **{spec.info_parameter: message_info(message)})
+        if inspect.isawaitable(result):
+            self.bus._spawn(self._finish_async(message, spec, result))
+        else:
+            self._reply(message, spec, result)
+
+    async def _finish_async(self, message: Any, spec: MethodSpec, pending: Any) -> None:
+        try:
+            result = await pending
+        except DBusError as error:
+            self._reply_error(message, error)
+        except asyncio.CancelledError:
+            self._reply_error(message, Failed(f"{spec.name} was cancelled"))
+            raise
+        except Exception as error:
+            log.exception("method %s failed", spec.name)
+            self._reply_error(message, Failed(f"{type(error).__name__}: {error}"))
+        else:
+            self._reply(message, spec, result)
+
+    def _expects_reply(self, message: Any) -> bool:
+        return not (message.flags & self.bus._no_reply_flag)
+
+    def _reply(self, message: Any, spec: MethodSpec, result: Any) -> None:
+        if not self._expects_reply(message) or self.bus.closed:
+            return
+        out = spec.out_args
+        if not out:
+            if result is not None:
+                self._reply_error(message, Failed(
+                    f"{spec.name} returned a value but declares no return type; annotate its return"))
+                return
+            values: Sequence[Any] = ()
+        elif len(out) == 1:
+            values = (result,)
+        else:
+            values = tuple(result)
+        try:
+            body, fds = self.bus._codec.body_encoder(spec.out_signature, [a.hint for a in out])(values)
+            self._send_return(message, spec.out_signature, body, fds)
+        except Exception as error:
+            log.exception("cannot send the result of %s", spec.name)
+            self._reply_error(message, Failed(
+                f"{spec.name} returned a value that does not fit its signature "
+                f"{spec.out_signature!r}: {error}"))
+
+    def _send_return(self, message: Any, signature: str, body: list[Any], fds: list[int]) -> None:
+        bus = self.bus
+        reply = bus._new_message(message_type=bus._backend.MessageType.METHOD_RETURN,
+                                 reply_serial=message.serial, destination=message.sender,
+                                 signature=signature, body=body, unix_fds=fds)
+        bus._send(reply, fds)
+
+    def _reply_error(self, message: Any, error: DBusError) -> None:
+        if not self._expects_reply(message) or self.bus.closed:
+            return
+        bus = self.bus
+        reply = bus._new_message(message_type=bus._backend.MessageType.ERROR,
+                                 reply_serial=message.serial, destination=message.sender,
+                                 error_name=error.name, signature="s", body=[error.message])
+        bus._send(reply)
+
+    # -- standard interfaces ------------------------------------------------------
+
+    def _ping(self, message: Any) -> None:
+        if self._expects_reply(message):
+            self._send_return(message, "", [], [])
+
+    def _get_machine_id(self, message: Any) -> None:
+        if self._expects_reply(message):
+            self._send_return(message, "s", [_machine_id()], [])
+
+    def _introspect(self, message: Any) -> None:
+        if self._expects_reply(message):
+            self._send_return(message, "s", [self.introspect(message.path)], [])
+
+    def introspect(self, path: str) -> str:
+        """The introspection XML of `path`: its interfaces and its child nodes."""
+        node = ET.Element("node")
+        interfaces = self._objects.get(path, {})
+        if interfaces:
+            node.extend(standard_interfaces())
+            for obj in interfaces.values():
+                node.append(type(obj).__dbus_interface__.to_element())
+        prefix = path.rstrip("/") + "/"
+        children = sorted({other[len(prefix):].split("/", 1)[0]
+                           for other in self._objects if other.startswith(prefix) and other != path})
+        for child in children:
+            ET.SubElement(node, "node", name=child)
+        return node_to_xml(node)
+
+    def _property_target(self, message: Any, interface_name: str) -> tuple[Interface, InterfaceSpec]:
+        interfaces = self._objects.get(message.path)
+        if not interfaces:
+            raise UnknownObject(f"no object at path {message.path}")
+        obj = interfaces.get(interface_name)
+        if obj is None:
+            raise UnknownInterface(f"object {message.path} has no interface {interface_name!r}")
+        return obj, type(obj).__dbus_interface__
+
+    def _get_property(self, message: Any) -> None:
+        interface_name, name = message.body
+        obj, spec = self._property_target(message, interface_name)
+        prop = spec.properties.get(name)
+        if prop is None or not prop.readable:
+            raise UnknownProperty(f"{interface_name} has no readable property {name!r}")
+        value = getattr(obj, prop.attribute)
+        fds: list[int] = []
+        wrapped = self.bus._codec.encode_variant(prop.signature, value, prop.hint, fds)
+        if self._expects_reply(message):
+            self._send_return(message, "v", [wrapped], fds)
+
+    def _set_property(self, message: Any) -> None:
+        interface_name, name, wire_value = message.body
+        obj, spec = self._property_target(message, interface_name)
+        prop = spec.properties.get(name)
+        if prop is None:
+            raise UnknownProperty(f"{interface_name} has no property {name!r}")
+        if not prop.writable:
+            raise PropertyReadOnly(f"property {name} of {interface_name} is read-only")
+        codec = self.bus._codec
+        signature = variant_signature(wire_value)
+        if signature != prop.signature:
+            raise InvalidArgs(f"property {name} has type {prop.signature!r}, got a value of type {signature!r}")
+        value = codec.decode_value(signature, wire_value.value, prop.hint, message.unix_fds)
+        setattr(obj, prop.attribute, value)
+        if self._expects_reply(message):
+            self._send_return(message, "", [], [])
+
+    def _get_all_properties(self, message: Any) -> None:
+        (interface_name,) = message.body
+        interfaces = self._objects.get(message.path)
+        if not interfaces:
+            raise UnknownObject(f"no object at path {message.path}")
+        if interface_name:
+            targets = [self._property_target(message, interface_name)[0]]
+        else:
+            targets = list(interfaces.values())
+        values: dict[str, Any] = {}
+        fds: list[int] = []
+        codec = self.bus._codec
+        for obj in targets:
+            for prop in type(obj).__dbus_interface__.properties.values():
+                if prop.readable:
+                    value = getattr(obj, prop.attribute)
+                    values[prop.name] = codec.encode_variant(prop.signature, value, prop.hint, fds)
+        if self._expects_reply(message):
+            self._send_return(message, "a{sv}", [values], fds)
+
+
