@@ -26,6 +26,7 @@ from ..wire.message import (
 from . import errors
 from .match import MatchIndex, MatchRule
 from .ownership import NameEvent, NameRegistry
+from .policy import AllowEverything, BusPolicy
 
 if TYPE_CHECKING:
     from ..connection import Connection
@@ -70,7 +71,7 @@ class Peer:
 
     __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
                  "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
-                 "match_count", "peak_match_count", "__weakref__")
+                 "match_count", "peak_match_count", "policy", "__weakref__")
 
     def __init__(self, conn: "Connection"):
         self.conn = conn
@@ -113,6 +114,7 @@ class Bus:
         self._driver_fields: dict[int, bytes] = {}
         self.started = time.monotonic()
         self.on_reload: Callable[[], None] | None = None
+        self.policy: BusPolicy = AllowEverything()
         from .driver import Driver  # the driver needs Bus; import here to keep the door narrow
         self.driver = Driver(self)
         self._sweeper = loop.call_later(1.0, self._sweep_pending)
@@ -120,7 +122,9 @@ class Bus:
     # ------------------------------------------------------------ connection lifecycle
 
     def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer:
-        return Peer(conn)
+        peer = Peer(conn)
+        peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
+        return peer
 
     def connection_closed(self, conn: "Connection") -> None:
         self.connections.discard(conn)
@@ -209,6 +213,19 @@ class Bus:
                     return
             _close(fds)
             return
+        requested_reply = False
+        if mtype == METHOD_RETURN or mtype == ERROR:
+            key = (target, h.reply_serial)
+            entry = self.pending.get(key)
+            if entry is None or entry[0] is not peer:
+                log.debug("dropping unexpected reply from %s to %s (reply_serial=%s)",
+                          peer.unique_name, dest, h.reply_serial)
+                self.deliver_to_monitors(peer, buf, h, fds)
+                _close(fds)
+                return
+            requested_reply = True
+        if self.policy.enforced and not self.policy_allows(peer, target, h, requested_reply, fds):
+            return
         if mtype == METHOD_CALL:
             if not h.flags & NO_REPLY_EXPECTED:
                 if peer.replies_outstanding >= self.limits.max_replies_per_connection:
@@ -221,15 +238,7 @@ class Bus:
                     peer.replies_outstanding += 1
                 self.pending[key] = (target, time.monotonic() + self.limits.reply_timeout / 1000)
                 target.expecting.add(key)
-        elif mtype == METHOD_RETURN or mtype == ERROR:
-            key = (target, h.reply_serial)
-            entry = self.pending.get(key)
-            if entry is None or entry[0] is not peer:
-                log.debug("dropping unexpected reply from %s to %s (reply_serial=%s)",
-                          peer.unique_name, dest, h.reply_serial)
-                self.deliver_to_monitors(peer, buf, h, fds)
-                _close(fds)
-                return
+        elif requested_reply:
             del self.pending[key]
             peer.expecting.discard(key)
             target.replies_outstanding -= 1
@@ -238,6 +247,47 @@ class Bus:
             self.deliver_to_monitors(peer, buf, h, None)
         if self.matches._eavesdrop_rules:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
+
+    def policy_allows(self, sender: Peer, target: Peer, h: Header, requested_reply: bool,
+                      fds: list[int] | None, reply_on_denial: bool = True) -> bool:
+        """Check send rules of the sender and receive rules of the recipient; log and answer a denial."""
+        nfds = len(fds) if fds else 0
+        verdict = sender.policy.can_send(h, target.names, requested_reply, nfds)
+        side = "send"
+        if verdict.allowed:
+            verdict = target.policy.can_receive(h, sender.names, requested_reply, nfds, False)
+            side = "receive"
+        if verdict.allowed:
+            return True
+        log.warning("policy denied %s by %s rule %s: %s (uid %s) -> %s (uid %s)",
+                    h.describe(), side, verdict.rule or "(default deny)", sender.unique_name,
+                    sender.credentials.uid, target.unique_name, target.credentials.uid)
+        if reply_on_denial:
+            _close(fds)
+            if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+                self.send_error(sender, h.serial, errors.ACCESS_DENIED,
+                                f"Rejected send message: {h.describe()} ({side} rule "
+                                f"{verdict.rule or 'default deny'})")
+        return False
+
+    def check_own(self, peer: Peer, name: str) -> None:
+        """Raise the driver's AccessDenied when policy forbids `peer` owning `name`."""
+        verdict = peer.policy.can_own(name)
+        if not verdict.allowed:
+            from .errors import DriverError
+            log.warning("policy denied %s (uid %s) owning %s by rule %s", peer.unique_name,
+                        peer.credentials.uid, name, verdict.rule or "(default deny)")
+            raise DriverError(errors.ACCESS_DENIED,
+                              f'Connection "{peer.unique_name}" is not allowed to own the service "{name}" '
+                              f"due to security policies in the configuration file")
+
+    def set_policy(self, policy: BusPolicy) -> None:
+        """Install a new policy and recompute every connection's rules at once (reload)."""
+        self.policy = policy
+        for conn in self.connections:
+            if conn.peer is not None:
+                creds = conn.peer.credentials
+                conn.peer.policy = policy.for_peer(creds.uid, creds.groups)
 
     def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         conn = target.conn
@@ -306,8 +356,11 @@ class Bus:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
         hard_limit = self.limits.max_outgoing_bytes
+        enforced = self.policy.enforced
         for target in recipients:
             if target.monitor:
+                continue
+            if enforced and not self.policy_allows(sender, target, h, False, fds, reply_on_denial=False):
                 continue
             conn = target.conn
             if conn.out_bytes + len(buf) > hard_limit:
@@ -352,8 +405,14 @@ class Bus:
             return
         field = sender.sender_fields.get(h.endian) or sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
+        enforced = self.policy.enforced
         for peer in eavesdroppers:
             if peer is not target and peer is not sender and not peer.monitor:
+                if enforced:
+                    nfds = len(fds) if fds else 0
+                    if not (sender.policy.can_send(h, peer.names, False, nfds).allowed and
+                            peer.policy.can_receive(h, sender.names, False, nfds, True).allowed):
+                        continue
                 peer.conn.queue(head, body)
 
     # ------------------------------------------------------------ messages from the bus itself
