@@ -84,6 +84,7 @@ class Connection:
         bus.incomplete_connections += 1
         bus.connections.add(self)
         self.peer: "Peer | None" = None
+        self.counted_uid: int | None = None  # counted against max_connections_per_user
         self.unix_fd = False
         self.closed = False
         self._rbuf = bytearray()
@@ -118,6 +119,10 @@ class Connection:
                 if msg_flags & socket.MSG_CTRUNC:
                     self.close("too many unix fds in one read")
                     return
+                if len(self._received_fds) > self.bus.limits.max_incoming_unix_fds:
+                    self.close(f"sent {len(self._received_fds)} unix fds not yet claimed by messages: "
+                               f"max_incoming_unix_fds={self.bus.limits.max_incoming_unix_fds}")
+                    return
             else:
                 data = self.sock.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -149,9 +154,10 @@ class Connection:
                 self.auth_timer.cancel()
                 self.auth_timer = None
             self.unix_fd = bool(auth.unix_fd)
-            self.peer = self.bus.peer_authenticated(self, auth)
-            if self.peer is None:
+            peer = self.bus.peer_authenticated(self, auth)
+            if peer is None:
                 return
+            self.peer = peer
             if auth.leftover:
                 self._feed(bytes(auth.leftover))
 

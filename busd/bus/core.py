@@ -104,6 +104,7 @@ class Bus:
         self.peers: dict[str, Peer] = {}
         self.connections: set["Connection"] = set()
         self.incomplete_connections = 0
+        self.connections_per_uid: dict[int, int] = {}
         self.registry = NameRegistry()
         self.matches = MatchIndex()
         self.monitors: list[Peer] = []
@@ -121,13 +122,30 @@ class Bus:
 
     # ------------------------------------------------------------ connection lifecycle
 
-    def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer:
+    def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer | None:
+        uid = conn.credentials.uid if conn.credentials.uid is not None else auth.uid
+        if uid is not None:
+            count = self.connections_per_uid.get(uid, 0)
+            if count >= self.limits.max_connections_per_user:
+                conn.close(f"uid {uid} already has {count} connections: "
+                           f"max_connections_per_user={self.limits.max_connections_per_user}")
+                return None
+            self.connections_per_uid[uid] = count + 1
+            conn.counted_uid = uid
         peer = Peer(conn)
         peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
         return peer
 
     def connection_closed(self, conn: "Connection") -> None:
         self.connections.discard(conn)
+        uid = conn.counted_uid
+        if uid is not None:
+            conn.counted_uid = None
+            left = self.connections_per_uid[uid] - 1
+            if left:
+                self.connections_per_uid[uid] = left
+            else:
+                del self.connections_per_uid[uid]
         peer = conn.peer
         if peer is None:
             return
@@ -291,7 +309,8 @@ class Bus:
 
     def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         conn = target.conn
-        if conn.out_bytes + len(buf) > self.limits.max_outgoing_bytes:
+        if conn.out_bytes + len(buf) > self.limits.max_outgoing_bytes or (
+                fds and conn.out_fds + len(fds) > self.limits.max_outgoing_unix_fds):
             self._reject_full_queue(target, sender, h, fds)
             return
         if fds and not conn.unix_fd:
@@ -326,9 +345,10 @@ class Bus:
 
     def _reject_full_queue(self, target: Peer, sender: Peer, h: Header, fds: list[int] | None) -> None:
         _close(fds)
-        log.warning("rejecting %s from %s to %s: destination queue is over max_outgoing_bytes=%d",
+        log.warning("rejecting %s from %s to %s: destination queue is full "
+                    "(max_outgoing_bytes=%d, max_outgoing_unix_fds=%d)",
                     TYPE_NAMES.get(h.type, h.type), sender.unique_name, target.unique_name,
-                    self.limits.max_outgoing_bytes)
+                    self.limits.max_outgoing_bytes, self.limits.max_outgoing_unix_fds)
         if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
             key = (sender, h.serial)
             if self.pending.pop(key, None) is not None:
