@@ -381,7 +381,7 @@ class _FileParser:
             data = data.encode("utf-8")
         else:
             parser = expat.ParserCreate(namespace_separator=_NAMESPACE_SEPARATOR)
-        parser.buffer_text = True
+        parser.buffer_text = False  # unbuffered text events carry their own line numbers
         parser.StartElementHandler = self._on_start
         parser.EndElementHandler = self._on_end
         parser.CharacterDataHandler = self._on_text
@@ -432,7 +432,6 @@ class _FileParser:
             _check_attributes(name, attrs)
             self.root_line = line
             return _Frame(name, "busconfig", line)
-        self._check_no_text(parent)
         if parent.kind == "busconfig":
             start = self.busconfig_children.get(name)
             if start is None:
@@ -451,13 +450,12 @@ class _FileParser:
         raise _Reject(f"Element <{name}> is not allowed in this context")
 
     def _on_text(self, text: str) -> None:
-        if self.stack:
-            self.stack[-1].text.append(text)
-
-    def _check_no_text(self, frame: _Frame) -> None:
-        if frame.kind not in ("text", "skip", "extension") and "".join(frame.text).strip():
-            raise _Reject(f"No text content expected inside XML element {frame.name} in configuration file")
-        frame.text.clear()
+        frame = self.stack[-1]
+        if frame.kind in ("text", "extension"):
+            frame.text.append(text)
+        elif frame.kind != "skip" and text.strip():
+            raise ConfigError(self.filename, self._line(),
+                              f"No text content expected inside XML element {frame.name} in configuration file")
 
     def _on_end(self, qualified_name: str) -> None:
         frame = self.stack.pop()
@@ -468,16 +466,14 @@ class _FileParser:
 
     def _end(self, frame: _Frame) -> None:
         if frame.kind == "text":
-            text = "".join(frame.text).strip()
-            if not text:
+            if not frame.text:
                 raise _Reject(f"XML element <{frame.name}> was expected to have content inside it")
-            self.text_handlers[frame.name](text, frame)
+            # Blanks around the value are dropped; dbus-daemon keeps them, which only ever breaks things.
+            self.text_handlers[frame.name]("".join(frame.text).strip(), frame)
         elif frame.kind == "extension":
             self._end_extension(frame)
-        elif frame.kind != "skip":
-            self._check_no_text(frame)
-            if frame.kind == "policy":
-                self._end_policy(frame)
+        elif frame.kind == "policy":
+            self._end_policy(frame)
 
     # <busconfig> children
 

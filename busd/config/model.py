@@ -32,7 +32,7 @@ class Limits(_Frozen):
     max_message_size: int = 32 * 1024 * 1024
     max_message_unix_fds: int = 16
     service_start_timeout: int = 25_000
-    auth_timeout: int = 30_000
+    auth_timeout: int = 5_000
     pending_fd_timeout: int = 150_000
     max_completed_connections: int = 2048
     max_incomplete_connections: int = 64
