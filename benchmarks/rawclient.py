@@ -34,7 +34,8 @@ BUS_PATH = "/org/freedesktop/DBus"
 
 # Offsets in the fixed header: body length @4, serial @8, header-field array length @12.
 SERIAL_OFFSET = 8
-_LENGTHS = {ord("l"): struct.Struct("<4xI4xI"), ord("B"): struct.Struct(">4xI4xI")}
+_LENGTHS_LE = struct.Struct("<4xI4xI")
+_LENGTHS_BE = struct.Struct(">4xI4xI")
 _U32 = {ord("l"): struct.Struct("<I"), ord("B"): struct.Struct(">I")}
 _U32_LE = struct.Struct("<I")
 
@@ -218,12 +219,16 @@ class Reader:
         avail = len(buf)
         off = 0
         done = 0
+        little, big = _LENGTHS_LE, _LENGTHS_BE  # locals: this loop runs once per message
         while avail - off >= 16:
-            lengths = _LENGTHS.get(buf[off])
-            if lengths is None:
-                raise BusError(f"not a D-Bus message: endianness byte {buf[off]!r}; the stream is out of step")
-            body_len, fields_len = lengths.unpack_from(buf, off)
-            header_len = 16 + _pad8(fields_len)
+            endian = buf[off]
+            if endian == 108:  # "l"
+                body_len, fields_len = little.unpack_from(buf, off)
+            elif endian == 66:  # "B"
+                body_len, fields_len = big.unpack_from(buf, off)
+            else:
+                raise BusError(f"not a D-Bus message: endianness byte {endian!r}; the stream is out of step")
+            header_len = 16 + ((fields_len + 7) & ~7)
             total = header_len + body_len
             if buf[off + 1] == ERROR:
                 self.errors += 1
