@@ -363,9 +363,9 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
         if code == "b":
             def check_bool(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
                 aligned = (pos + 3) & ~3
-                _check_padding(buf, pos, aligned)
                 if aligned + 4 > end:
                     raise _fail("boolean runs past the end of its container")
+                _check_padding(buf, pos, aligned)
                 if unpack_from(buf, aligned)[0] > 1:
                     raise _fail(f"boolean at offset {aligned} is neither 0 nor 1")
                 return aligned + 4
@@ -373,9 +373,9 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
         if code == "h":
             def check_fd(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
                 aligned = (pos + 3) & ~3
-                _check_padding(buf, pos, aligned)
                 if aligned + 4 > end:
                     raise _fail("fd index runs past the end of its container")
+                _check_padding(buf, pos, aligned)
                 if unpack_from(buf, aligned)[0] >= nfds:
                     raise _fail(f"fd index at offset {aligned} is not below UNIX_FDS ({nfds})")
                 return aligned + 4
@@ -383,10 +383,10 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
 
         def check_fixed(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
             aligned = (pos + mask) & ~mask
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
             if aligned + size > end:
                 raise _fail(f"value of type {code!r} runs past the end of its container")
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
             return aligned + size
         return check_fixed
     if code in "so":
@@ -395,10 +395,10 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
 
         def check_string(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
             aligned = (pos + 3) & ~3
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
             if aligned + 4 > end:
                 raise _fail("string length runs past the end of its container")
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
             n = u32(buf, aligned)[0]
             start = aligned + 4
             stop = start + n
@@ -439,10 +439,10 @@ def _checker(node: TypeNode, prefix: str) -> Checker:
 
         def check_array(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
             aligned = (pos + 3) & ~3
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
             if aligned + 4 > end:
                 raise _fail("array length runs past the end of its container")
+            if aligned != pos:
+                _check_padding(buf, pos, aligned)
             n = u32(buf, aligned)[0]
             if n > MAX_ARRAY_LENGTH:
                 raise _fail(f"array at offset {aligned} is {n} bytes, the limit is {MAX_ARRAY_LENGTH}")

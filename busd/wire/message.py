@@ -143,6 +143,8 @@ class Header:
 # again (only serials differ), so a repeat costs a dict lookup instead of a parse.
 _FIELDS_CACHE: dict[bytes, Header] = {}
 _FIELDS_CACHE_LIMIT = 4096
+# Only ordinary headers are cached: a peer must not pin 4096 huge ones in memory.
+_CACHEABLE_FIELDS_LENGTH = 1024
 _NEW_HEADER = object.__new__
 
 
@@ -199,8 +201,11 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
         raise ProtocolError("serial number is zero")
     mtype = buf[1]
 
-    fields_key = buf[FIXED_HEADER_SIZE:fields_end]
-    template = _FIELDS_CACHE.get(fields_key)
+    if fields_len <= _CACHEABLE_FIELDS_LENGTH:
+        fields_key = buf[FIXED_HEADER_SIZE:fields_end]
+        template = _FIELDS_CACHE.get(fields_key)
+    else:
+        fields_key = template = None
     if template is not None and template.type == mtype and template.endian == endian:
         # Same header fields as an earlier message: already validated, copy them.
         h = _copy_fields(template)
@@ -216,7 +221,7 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
         h.serial = serial
         h.fields_len = fields_len
         h.body_start = body_start
-        if h.reply_serial is None:  # replies differ in every message: not worth caching
+        if fields_key is not None and h.reply_serial is None:  # replies differ every time: not cached
             if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
                 _FIELDS_CACHE.clear()
             _FIELDS_CACHE[fields_key] = _copy_fields(h)
