@@ -136,11 +136,18 @@ class MatchRule:
     destination: str | None = None
     args: tuple[ArgMatch, ...] = ()
     eavesdrop: bool = False
+    _hash: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.args, key=_arg_index))
         if ordered != self.args:
             object.__setattr__(self, "args", ordered)
+        # Rules are dict keys on every AddMatch/RemoveMatch: hash the fields once.
+        object.__setattr__(self, "_hash", hash((self.type, self.sender, self.interface, self.member, self.path,
+                                                self.path_namespace, self.destination, self.args, self.eavesdrop)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @classmethod
     def parse(cls, text: str) -> MatchRule:
@@ -206,8 +213,15 @@ class MatchRule:
             return False
         if self.member is not None and msg.member != self.member:
             return False
+        if self.path is not None and msg.path != self.path:
+            return False
         if self.sender is not None and self.sender != msg.sender and self.sender not in sender_names:
             return False
+        return self._matches_beyond_header_key(msg, get_args, destination_names)
+
+    def _matches_beyond_header_key(self, msg: Any, get_args: Callable[[], list[Any]],
+                                   destination_names: Collection[str] | None) -> bool:
+        """The checks left once type, interface, member, sender and path are known to match."""
         destination = msg.destination
         if self.destination is not None:
             if destination is None or not self.eavesdrop:
@@ -218,8 +232,6 @@ class MatchRule:
             elif self.destination not in destination_names:
                 return False
         elif destination is not None and not self.eavesdrop:
-            return False
-        if self.path is not None and msg.path != self.path:
             return False
         if self.path_namespace is not None and not _in_path_namespace(msg.path, self.path_namespace):
             return False
@@ -457,10 +469,10 @@ class _ShapeTable:
     __slots__ = ("buckets",)
 
     def __init__(self) -> None:
-        # shape -> (key getter, key -> {rule: needs_full_check})
-        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, bool]]]] = {}
+        # shape -> (key getter, key -> {rule: (needs_full_check, owners)})
+        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, tuple[bool, dict]]]]] = {}
 
-    def insert(self, rule: MatchRule) -> None:
+    def insert(self, rule: MatchRule, owners: dict[Hashable, None]) -> None:
         shape = _shape_of(rule)
         entry = self.buckets.get(shape)
         if entry is None:
@@ -469,7 +481,7 @@ class _ShapeTable:
         key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
         # Only destination, path_namespace and args are left once the bucket key matched.
         needs_check = rule.destination is not None or rule.path_namespace is not None or bool(rule.args)
-        table.setdefault(key, {})[rule] = needs_check
+        table.setdefault(key, {})[rule] = (needs_check, owners)
 
     def discard(self, rule: MatchRule) -> None:
         shape = _shape_of(rule)
@@ -482,7 +494,7 @@ class _ShapeTable:
             if not table:
                 del self.buckets[shape]
 
-    def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, bool]]:
+    def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, tuple[bool, dict]]]:
         """Every rule whose exactly-compared fields equal the message's."""
         first = fields_by_sender[0]
         for shape, (getter, table) in self.buckets.items():
@@ -522,7 +534,7 @@ class MatchIndex:
         owners = self._owners.get(rule)
         if owners is None:
             owners = self._owners[rule] = {}
-            self._table(rule).insert(rule)
+            self._table(rule).insert(rule, owners)
             for name in rule.unique_names():
                 self._by_unique_name.setdefault(name, set()).add(rule)
         owners[owner] = None
@@ -619,11 +631,11 @@ class MatchIndex:
         broadcast = msg.destination is None
         tables = (self._broadcast_rules, self._eavesdrop_rules) if broadcast else (self._eavesdrop_rules,)
         found: set[Hashable] = set()
-        owners_of = self._owners
         for table in tables:
-            for rule, needs_check in table.candidates(fields_by_sender):
-                if (not needs_check and broadcast) or rule.matches(msg, sender_names, args_once, recipient_names):
-                    found.update(owners_of[rule])
+            for rule, (needs_check, owners) in table.candidates(fields_by_sender):
+                if (not needs_check and broadcast) or \
+                        rule._matches_beyond_header_key(msg, args_once, recipient_names):
+                    found.update(owners)
         if addressed_recipient is not None:
             found.discard(addressed_recipient)
         return found
