@@ -311,6 +311,7 @@ def test_index_add_remove_counts():
         index.remove("a", rule)
     assert info.value.error_name == "org.freedesktop.DBus.Error.MatchRuleNotFound"
     assert index.recipients(Msg(), (), list) == {"b"}
+    assert not index.has_eavesdroppers
     index.remove_owner("b")
     assert index.count("b") == 0 and index.rules("b") == []
     assert index.recipients(Msg(), (), list) == set()
@@ -354,6 +355,7 @@ def test_recipients_each_once_and_skips_addressed_recipient():
         calls.append(1)
         return ["x"]
 
+    assert index.has_eavesdroppers
     assert index.recipients(Msg(signature="s"), (), get_args) == {"a", "b"}
     assert calls == [1]
     unicast = Msg(destination=":1.5")

@@ -503,6 +503,9 @@ class _ShapeTable:
                 if rules:
                     yield from rules.items()
 
+    def __bool__(self) -> bool:
+        return bool(self.buckets)
+
     def __len__(self) -> int:
         return sum(len(rules) for _, table in self.buckets.values() for rules in table.values())
 
@@ -595,6 +598,11 @@ class MatchIndex:
     def rules(self, owner: Hashable) -> list[MatchRule]:
         """`owner`'s rules, one entry per AddMatch (Debug.Stats.GetAllMatchRules)."""
         return [rule for rule, count in self._counts.get(owner, {}).items() for _ in range(count)]
+
+    @property
+    def has_eavesdroppers(self) -> bool:
+        """Whether any rule says eavesdrop='true'; if not, a unicast message needs no lookup."""
+        return bool(self._eavesdrop_rules)
 
     def owners(self) -> list[Hashable]:
         return list(self._counts)
