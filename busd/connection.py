@@ -133,10 +133,16 @@ class Connection:
         if not data:
             self.close("peer closed the connection", level=logging.DEBUG)
             return
-        if self.auth is not None:
-            self._feed_auth(data)
-        else:
-            self._feed(data)
+        bus = self.bus
+        bus.reading = True
+        try:
+            if self.auth is not None:
+                self._feed_auth(data)
+            else:
+                self._feed(data)
+        finally:
+            bus.reading = False
+        bus.flush_all()
 
     def _feed_auth(self, data: bytes) -> None:
         auth = self.auth

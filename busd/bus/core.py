@@ -112,6 +112,7 @@ class Bus:
         self._next_unique = 0
         self._driver_serial = 0
         self._flush_queue: list["Connection"] = []
+        self.reading = False  # inside a connection's read: it flushes when done
         self._driver_fields: dict[int, bytes] = {}
         self.started = time.monotonic()
         self.on_reload: Callable[[], None] | None = None
@@ -172,13 +173,16 @@ class Bus:
         self.emit_name_events(events)
 
     def schedule_flush(self, conn: "Connection") -> None:
+        """Write `conn`'s queue soon: at the end of the current read, or on the next loop turn."""
         queue = self._flush_queue
-        if not queue:
-            self.loop.call_soon(self._flush_all)
+        if not queue and not self.reading:
+            self.loop.call_soon(self.flush_all)
         queue.append(conn)
 
-    def _flush_all(self) -> None:
+    def flush_all(self) -> None:
         queue = self._flush_queue
+        if not queue:
+            return
         self._flush_queue = []
         for conn in queue:
             if not conn.closed:
