@@ -362,9 +362,14 @@ class Bus:
                             "Rejected: destination has a full message queue")
 
     @property
-    def soft_queue_limit(self) -> int:
-        """Queue size past which senders to a connection are paused (a quarter of the hard limit)."""
-        return min(self.limits.max_outgoing_bytes // 4, SOFT_QUEUE_LIMIT)
+    def limits(self) -> Limits:
+        return self._limits
+
+    @limits.setter
+    def limits(self, limits: Limits) -> None:
+        self._limits = limits
+        # Queue size past which senders to a connection are paused (a quarter of the hard limit).
+        self.soft_queue_limit = min(limits.max_outgoing_bytes // 4, SOFT_QUEUE_LIMIT)
 
     def broadcast(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         args_cache: list = []
