@@ -194,25 +194,27 @@ class Driver:
         if check is not None:
             check(peer, name)
         limit = bus.limits.max_names_per_connection
-        if bus.registry.queued_count(peer) >= limit and peer not in bus.registry.queued_owners(name):
+        # Like dbus-daemon, count the unique name too, and check before looking at `name`.
+        if 1 + bus.registry.queued_count(peer) >= limit:
             raise DriverError(errors.LIMITS_EXCEEDED,
                               f'Connection "{peer.unique_name}" is not allowed to own more services '
                               f"(increase limits in configuration file if required; "
                               f"max_names_per_connection={limit})")
         code, events = bus.registry.request(name, peer, flags)
         if events:
-            self._emit_after_reply(peer, h, "u", [code], events)
+            self._reply_after_events(peer, h, "u", [code], events)
             return None, []
         return "u", [code]
 
-    def _emit_after_reply(self, peer: "Peer", h: Header, sig: str, values: list, events: list) -> None:
+    def _reply_after_events(self, peer: "Peer", h: Header, sig: str, values: list, events: list) -> None:
+        """Announce name changes, then reply: the caller sees its NameAcquired before the answer, as from dbus-daemon."""
         bus = self.bus
-        if not h.no_reply_expected:
-            bus.send_reply(peer, h.serial, sig, values)
         bus.emit_name_events(events)
         hook = getattr(bus, "names_changed", None)
         if hook is not None:
             hook(events)
+        if not h.no_reply_expected:
+            bus.send_reply(peer, h.serial, sig, values)
 
     def release_name(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         name = args[0]
@@ -226,7 +228,7 @@ class Driver:
                               f'Cannot release the {DBUS} service because it is owned by the bus')
         code, events = self.bus.registry.release(name, peer)
         if events:
-            self._emit_after_reply(peer, h, "u", [code], events)
+            self._reply_after_events(peer, h, "u", [code], events)
             return None, []
         return "u", [code]
 
@@ -433,13 +435,13 @@ class Driver:
         bus = self.bus
         if not h.no_reply_expected:
             bus.send_reply(peer, h.serial)
-        # A monitor owns no names and has no match rules; it loses its unique name too.
-        events = bus.registry.remove_peer(peer)
+        # A monitor owns no names and has no match rules. As from dbus-daemon, it loses its
+        # unique name first, then every well-known name, each with NameLost.
+        name = peer.unique_name
+        events = [NameEvent("lost", name, peer, None), NameEvent("owner_changed", name, peer, None)]
+        events += bus.registry.remove_peer(peer, disconnected=False)
         bus.matches.remove_owner(peer)
         peer.match_count = 0
-        name = peer.unique_name
-        events.append(NameEvent("lost", name, peer, None))
-        events.append(NameEvent("owner_changed", name, peer, None))
         bus.emit_name_events(events)
         del bus.peers[name]
         peer.monitor = True

@@ -3,8 +3,8 @@
 Theory. Every well-known name has a queue of (peer, flags); the head is the
 primary owner. A request by a peer already in the queue updates its flags. The
 registry does no I/O: each operation returns the reply code and a list of
-`NameEvent`s (in the order dbus-daemon emits them) for the bus to turn into
-NameOwnerChanged, NameLost and NameAcquired signals.
+`NameEvent`s for the bus to turn into signals, in dbus-daemon's order: NameLost
+to the old owner, NameOwnerChanged, then NameAcquired to the new owner.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class NameRegistry:
 
     def __init__(self) -> None:
         self._queues: dict[str, list[_Entry]] = {}
-        self._names_of: dict[Hashable, set[str]] = {}
+        # Per peer, the names it owns or waits for, in the order it asked (a dict keeps order).
+        self._names_of: dict[Hashable, dict[str, None]] = {}
 
     def owner(self, name: str) -> Hashable | None:
         queue = self._queues.get(name)
@@ -69,44 +70,56 @@ class NameRegistry:
         return [name for name in self._names_of.get(peer, ()) if self._queues[name][0].peer is peer]
 
     def queued_count(self, peer: Hashable) -> int:
-        """Names `peer` owns or waits for (what max_names_per_connection counts)."""
+        """Well-known names `peer` owns or waits for."""
         return len(self._names_of.get(peer, ()))
 
     def request(self, name: str, peer: Hashable, flags: int) -> tuple[int, list[NameEvent]]:
+        """RequestName, with dbus-daemon's reply codes and queue order."""
         queue = self._queues.get(name)
         if not queue:
             self._queues[name] = [_Entry(peer, flags)]
-            self._names_of.setdefault(peer, set()).add(name)
+            self._names_of.setdefault(peer, {})[name] = None
             return PRIMARY_OWNER, [NameEvent("owner_changed", name, None, peer),
                                    NameEvent("acquired", name, None, peer)]
         primary = queue[0]
         if primary.peer is peer:
             primary.flags = flags
             return ALREADY_OWNER, []
-        mine = next((e for e in queue if e.peer is peer), None)
-        if (flags & REPLACE_EXISTING) and (primary.flags & ALLOW_REPLACEMENT):
-            if mine is not None:
-                queue.remove(mine)
-            queue.insert(0, _Entry(peer, flags))
-            self._names_of.setdefault(peer, set()).add(name)
-            events = [NameEvent("owner_changed", name, primary.peer, peer),
-                      NameEvent("lost", name, primary.peer, peer),
-                      NameEvent("acquired", name, primary.peer, peer)]
-            if primary.flags & DO_NOT_QUEUE:
-                queue.remove(primary)
-                self._forget(primary.peer, name)
-            return PRIMARY_OWNER, events
-        if flags & DO_NOT_QUEUE:
+        replaceable = primary.flags & ALLOW_REPLACEMENT
+        if flags & DO_NOT_QUEUE and not (replaceable and flags & REPLACE_EXISTING):
+            mine = next((e for e in queue if e.peer is peer), None)
             if mine is not None:
                 queue.remove(mine)
                 self._forget(peer, name)
             return EXISTS, []
-        if mine is not None:
-            mine.flags = flags
+        self._enqueue(name, queue, peer, flags)
+        if not (flags & REPLACE_EXISTING and replaceable):
+            return IN_QUEUE, []
+        # Take over: `peer` is now second; the old owner leaves, or waits right behind it.
+        queue.pop(0)
+        if primary.flags & DO_NOT_QUEUE:
+            self._forget(primary.peer, name)
         else:
-            queue.append(_Entry(peer, flags))
-            self._names_of.setdefault(peer, set()).add(name)
-        return IN_QUEUE, []
+            queue.insert(1, primary)
+        return PRIMARY_OWNER, [NameEvent("lost", name, primary.peer, peer),
+                               NameEvent("owner_changed", name, primary.peer, peer),
+                               NameEvent("acquired", name, primary.peer, peer)]
+
+    def _enqueue(self, name: str, queue: list[_Entry], peer: Hashable, flags: int) -> None:
+        """Queue `peer` (or update its flags): at the end, or next in line with REPLACE_EXISTING."""
+        mine = next((e for e in queue if e.peer is peer), None)
+        if mine is None:
+            mine = _Entry(peer, flags)
+            self._names_of.setdefault(peer, {})[name] = None
+        else:
+            mine.flags = flags
+            if not flags & REPLACE_EXISTING:
+                return
+            queue.remove(mine)
+        if flags & REPLACE_EXISTING:
+            queue.insert(1, mine)
+        else:
+            queue.append(mine)
 
     def release(self, name: str, peer: Hashable) -> tuple[int, list[NameEvent]]:
         queue = self._queues.get(name)
@@ -117,13 +130,17 @@ class NameRegistry:
             return NOT_OWNER, []
         return RELEASED, self._remove_at(name, queue, index)
 
-    def remove_peer(self, peer: Hashable) -> list[NameEvent]:
-        """Drop every name and queue place of a disconnected peer."""
+    def remove_peer(self, peer: Hashable, disconnected: bool = True) -> list[NameEvent]:
+        """Drop every name and queue place of a peer that disconnected (or became a monitor).
+
+        Names go in the reverse order of the requests, as dbus-daemon releases them;
+        a peer still connected (`disconnected=False`) also gets NameLost for each.
+        """
         events: list[NameEvent] = []
-        for name in sorted(self._names_of.get(peer, ())):
+        for name in reversed(list(self._names_of.get(peer, ()))):
             queue = self._queues[name]
             index = next(i for i, e in enumerate(queue) if e.peer is peer)
-            events.extend(self._remove_at(name, queue, index, disconnected=True))
+            events.extend(self._remove_at(name, queue, index, disconnected))
         self._names_of.pop(peer, None)
         return events
 
@@ -132,22 +149,18 @@ class NameRegistry:
         self._forget(entry.peer, name)
         if index != 0:
             return []
+        successor = queue[0].peer if queue else None
         if not queue:
             del self._queues[name]
-            events = [NameEvent("owner_changed", name, entry.peer, None)]
-            if not disconnected:
-                events.append(NameEvent("lost", name, entry.peer, None))
-            return events
-        successor = queue[0].peer
-        events = [NameEvent("owner_changed", name, entry.peer, successor)]
-        if not disconnected:
-            events.append(NameEvent("lost", name, entry.peer, successor))
-        events.append(NameEvent("acquired", name, entry.peer, successor))
+        events = [] if disconnected else [NameEvent("lost", name, entry.peer, successor)]
+        events.append(NameEvent("owner_changed", name, entry.peer, successor))
+        if successor is not None:
+            events.append(NameEvent("acquired", name, entry.peer, successor))
         return events
 
     def _forget(self, peer: Hashable, name: str) -> None:
         names = self._names_of.get(peer)
         if names is not None:
-            names.discard(name)
+            names.pop(name, None)
             if not names:
                 del self._names_of[peer]
