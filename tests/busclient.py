@@ -19,8 +19,9 @@ import subprocess
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable, TypeVar
+from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 
 import pytest
 
@@ -541,6 +542,18 @@ def shared_bus(request: pytest.FixtureRequest):
     bus = start_bus(request.param)
     yield bus
     bus.stop()
+
+
+@contextmanager
+def running_bus(kind: str, extra_config: str = "", **options: Any) -> Iterator[RunningBus]:
+    """A bus of `kind` with `extra_config` (e.g. limits) for one block; busd is skipped if not built."""
+    if kind == "busd" and not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    bus = start_bus(kind, extra_config, **options)
+    try:
+        yield bus
+    finally:
+        bus.stop()
 
 
 @pytest.fixture
