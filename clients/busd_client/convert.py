@@ -157,8 +157,8 @@ class Codec:
         return None
 
     def _array_decoder(self, element: SignatureNode, hint: Any) -> Decoder | None:
-        if element.code == "y":
-            return None
+        if element.code == "y":  # bytes, unless the hint asks for a list of numbers
+            return (lambda value, fds: list(value)) if typing.get_origin(hint) is list else None
         if element.code == "{":
             key_hint, value_hint = _element_hints(hint, 2)
             decode_key = self.decoder(element.children[0], key_hint)
