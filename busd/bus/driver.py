@@ -162,7 +162,7 @@ class Driver:
         return target
 
     def name_not_owned(self, peer: "Peer", h: Header, buf: bytes, fds: Any) -> None:
-        """A call to a well-known name nobody owns: activate it, or ServiceUnknown."""
+        """A call to an unowned well-known name: activate it, else ServiceUnknown (NameHasNoOwner if NO_AUTO_START)."""
         bus = self.bus
         if self.start_service is not None and not h.no_auto_start:
             if self.start_service(peer, h, h.destination, buf, fds):
@@ -170,6 +170,9 @@ class Driver:
         if fds:
             for fd in fds:
                 os.close(fd)
+        if h.no_auto_start:  # no activation was asked for: the name just has no owner
+            bus.send_error(peer, h.serial, errors.NAME_HAS_NO_OWNER, f'Name "{h.destination}" does not exist')
+            return
         bus.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
                        f"The name {h.destination} was not provided by any .service files")
 
