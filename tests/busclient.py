@@ -172,7 +172,9 @@ class RawClient:
         self._rbuf += auth.leftover
 
     def hello(self) -> str:
+        """Register; the NameAcquired for the unique name that follows is consumed too."""
         self.unique_name = self.call_driver("Hello").value()
+        self.wait_signal("NameAcquired", body=[self.unique_name])
         return self.unique_name
 
     # ------------------------------------------------------------ sending
@@ -535,11 +537,12 @@ def shared_bus(request: pytest.FixtureRequest):
 
     Starting busd costs a Python start-up, so tests that do not depend on the bus's
     global state (connection counts, first unique names) share one. They use names
-    of their own, so that no test sees another's.
+    of their own, so that no test sees another's. A module may set BUS_CONFIG to
+    extra configuration for its bus.
     """
     if request.param == "busd" and not busd_available():
         pytest.skip("the busd daemon is not built yet")
-    bus = start_bus(request.param)
+    bus = start_bus(request.param, getattr(request.module, "BUS_CONFIG", ""))
     yield bus
     bus.stop()
 

@@ -32,15 +32,16 @@ def machine_id() -> str:
 
 
 def test_hello_assigns_distinct_unique_names_and_announces_them(clients):
-    first = clients()
-    second = clients()
-    assert UNIQUE_NAME.match(first.unique_name) and UNIQUE_NAME.match(second.unique_name)
-    assert first.unique_name != second.unique_name
+    first, second = clients(hello=False), clients()
+    reply = first.reply_to(first.call(DBUS, DBUS_PATH, DBUS, "Hello"))
+    name = reply.value()
+    assert UNIQUE_NAME.match(name) and UNIQUE_NAME.match(second.unique_name)
+    assert name != second.unique_name
     # NameAcquired for the unique name is the first thing after the Hello reply, sent to us alone.
     acquired = first.receive()
     assert acquired.is_signal("NameAcquired", DBUS)
-    assert acquired.body == [first.unique_name]
-    assert acquired.destination == first.unique_name
+    assert acquired.body == [name]
+    assert acquired.destination == name
     assert acquired.sender == DBUS and acquired.path == DBUS_PATH
     assert [m.brief() for m in first.drain()] == []
 
