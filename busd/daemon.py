@@ -11,8 +11,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .bus.activation import Activation, install_activation, servicedirs_of, servicehelper_of
 from .bus.core import Bus, Limits
 from .connection import Connection, Credentials
+from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen
 from .wire.sasl import ServerAuthenticator
 
@@ -53,6 +55,8 @@ class Daemon:
         self._stopped: asyncio.Future | None = None
         self._accept_paused: set[int] = set()
         self._serial = 0
+        self.activation: Activation | None = None  # once serving
+        self.watchdog: Watchdog | None = None  # when systemd asked for keep-alives
 
     # ------------------------------------------------------------ before the loop
 
@@ -72,6 +76,8 @@ class Daemon:
         self.loop = loop
         self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
         self.bus.on_reload = self.reload
+        self.activation = install_activation(self.bus, self.settings, self.addresses(),
+                                             getattr(self, "systemd_activation", False))
         self._stopped = loop.create_future()
         for listener in self.listeners:
             loop.add_reader(listener.sock.fileno(), self._on_accept, listener)
@@ -80,6 +86,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
         if ready is not None:
             ready()
+        self.watchdog = Watchdog.from_environment(loop)
         log.info("busd ready on %s", self.addresses())
         try:
             await self._stopped
@@ -93,6 +100,11 @@ class Daemon:
 
     def shutdown(self) -> None:
         loop = self.loop
+        notify_stopping()
+        if self.watchdog is not None:
+            self.watchdog.stop()
+        if self.activation is not None:
+            self.activation.close()
         for listener in self.listeners:
             try:
                 loop.remove_reader(listener.sock.fileno())
@@ -187,6 +199,8 @@ class Daemon:
         hook = getattr(self.bus, "config_reloaded", None)
         if hook is not None:
             hook(new)
+        if self.activation is not None:
+            self.activation.reload(servicedirs_of(new), servicehelper_of(new))
         log.info("configuration reloaded")
 
 
