@@ -33,7 +33,6 @@ MESSAGE_TYPE_NAMES: dict[int, str] = {number: name for name, number in MESSAGE_T
 MAX_RULE_LENGTH = 1024  # bytes, DBUS_MAXIMUM_MATCH_RULE_LENGTH
 MAX_ARG_INDEX = 63  # DBUS_MAXIMUM_MATCH_RULE_ARG_NUMBER
 MAX_RULE_TOKENS = 16  # dbus-daemon silently ignores key=value pairs after the 16th
-DRIVER_NAME = "org.freedesktop.DBus"
 
 _WHITESPACE = " \t\n\r"
 _ULONG_MAX = (1 << 64) - 1
