@@ -432,7 +432,7 @@ class Driver:
         rules = []
         for text in rule_texts:
             try:
-                rules.append(MatchRule.parse(text))
+                rules.append(MatchRule.parse(text).with_eavesdrop())  # monitors see unicast too
             except MatchRuleInvalid as exc:
                 raise DriverError(exc.error_name, str(exc)) from None
         bus = self.bus
