@@ -661,6 +661,7 @@ class Activation:
         bus = self.bus
         driver = bus.driver
         driver.activatable = self.names
+        driver.is_activatable = self.is_activatable
         driver.start_service = self.auto_start
         bus.start_service_by_name = self.start_by_name
         bus.names_changed = self.names_changed
@@ -687,6 +688,9 @@ class Activation:
 
     def names(self) -> list[str]:
         return self.catalog.names()
+
+    def is_activatable(self, name: str) -> bool:
+        return self._find(name) is not None or self._is_systemd_itself(name)
 
     # ------------------------------------------------------------ configuration
 

@@ -67,6 +67,8 @@ class Driver:
         self.introspection = _load_introspection()
         self.machine_id = machine_id()
         self.activatable: Callable[[], list[str]] = lambda: []
+        # Whether a name has a .service file; activation rescans its directories on a miss, as dbus-daemon.
+        self.is_activatable: Callable[[str], bool] = lambda name: name in self.activatable()
         self.start_service: Callable[["Peer", Header, str, bytes, Any], bool] | None = None
         self.activation_environment: dict[str, str] = {}
         self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -239,7 +241,7 @@ class Driver:
         name, _flags = args
         bus = self.bus
         # As dbus-daemon: only a name with a .service file can be started or "already running".
-        if name in self.activatable():
+        if self.is_activatable(name):
             if bus.registry.owner(name) is not None:
                 return "u", [2]  # DBUS_START_REPLY_ALREADY_RUNNING
             starter = getattr(bus, "start_service_by_name", None)

@@ -8,6 +8,7 @@ waits until the test writes a line into FIFO (so callers can queue up while
 the name is still unowned), requests NAME and serves, on any object path:
 
   Echo(s) -> s             returns its argument and appends it to the log
+  ReadFd(h) -> s           everything readable from the passed file descriptor
   Log() -> as              every Echo argument so far, in arrival order
   Environment() -> a{ss}   this process's environment
   Argv() -> as             this process's argv
@@ -22,15 +23,19 @@ import os
 import sys
 
 from jeepney import DBus, HeaderFields, MessageType, new_error, new_method_return
+from jeepney.fds import FileDescriptor
 from jeepney.io.blocking import open_dbus_connection
 
-INTERFACE = "dev.busd.Test.Activatable"
+
+def _read_all(fd: FileDescriptor) -> str:
+    with fd.to_file("rb") as f:
+        return f.read().decode()
 
 
 def main(argv: list[str]) -> int:
     name = argv[1]
     address = os.environ.get("DBUS_STARTER_ADDRESS") or os.environ["DBUS_SESSION_BUS_ADDRESS"]
-    conn = open_dbus_connection(address)
+    conn = open_dbus_connection(address, enable_fds=True)
     if "--gate" in argv:
         with open(argv[argv.index("--gate") + 1]) as gate:
             gate.readline()
@@ -41,6 +46,7 @@ def main(argv: list[str]) -> int:
     handlers = {
         "Echo": lambda args: ("s", (log.append(args[0]) or args[0],)),
         "Log": lambda args: ("as", (list(log),)),
+        "ReadFd": lambda args: ("s", (_read_all(args[0]),)),
         "Environment": lambda args: ("a{ss}", (dict(os.environ),)),
         "Argv": lambda args: ("as", (list(sys.argv),)),
         "Quit": lambda args: ("", ()),

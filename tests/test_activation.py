@@ -1,0 +1,293 @@
+"""Service activation, live, on busd and on dbus-daemon: real .service files, real processes.
+
+Each test writes its own .service files under a fresh bus name into the bus's
+service directory (both daemons rescan their directories when asked for a name
+they do not know), so one bus per daemon kind serves the whole module. The test
+service (services/activatable.py) waits on a FIFO when told to, which keeps its
+name unowned while callers queue up.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import pytest
+
+from buses import RunningBus, busd_available, start_bus
+from services.support import (
+    DBUS, TEST_INTERFACE, Client, Gate, activation_config, is_signal, service_command,
+    unique_service_name, write_service,
+)
+
+pytestmark = pytest.mark.live
+
+KINDS = ["busd", "dbus-daemon"]
+START_TIMEOUT_MS = 20_000  # generous: a Python service on a loaded machine
+SHORT_TIMEOUT_MS = 400
+ERROR = "org.freedesktop.DBus.Error."
+
+
+@dataclass
+class ServiceBus:
+    """A running bus and the service directory it reads."""
+
+    bus: RunningBus
+    servicedir: str
+
+    @property
+    def address(self) -> str:
+        return self.bus.address
+
+    def add(self, name: str, exec_line: str | None, **options: str) -> str:
+        return write_service(self.servicedir, name, exec_line, **options)
+
+
+def _start(kind: str, servicedir: str, timeout_ms: int, extra: str = "") -> RunningBus:
+    if kind == "busd" and not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    return start_bus(kind, activation_config(servicedir, timeout_ms, extra))
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def service_bus(request, tmp_path_factory) -> Iterator[ServiceBus]:
+    servicedir = str(tmp_path_factory.mktemp("services"))
+    bus = _start(request.param, servicedir, START_TIMEOUT_MS)
+    yield ServiceBus(bus, servicedir)
+    bus.stop()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def impatient_bus(request, tmp_path_factory) -> Iterator[ServiceBus]:
+    """A bus that gives services SHORT_TIMEOUT_MS to appear."""
+    servicedir = str(tmp_path_factory.mktemp("services"))
+    bus = _start(request.param, servicedir, SHORT_TIMEOUT_MS)
+    yield ServiceBus(bus, servicedir)
+    bus.stop()
+
+
+@pytest.fixture
+def gate(tmp_path) -> Iterator[Gate]:
+    gate = Gate(str(tmp_path))
+    yield gate
+    gate.close()
+
+
+# ------------------------------------------------------------ auto-start
+
+def test_auto_start_holds_every_call_and_delivers_them_in_order(service_bus, gate):
+    name = unique_service_name("Ordered")
+    service_bus.add(name, service_command(name, "--gate", gate.path))
+    with Client(service_bus.address) as first, Client(service_bus.address) as second:
+        sent = []
+        for client, word in [(first, "a1"), (second, "b1"), (first, "a2"), (second, "b2"), (first, "a3")]:
+            sent.append((client, client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", (word,)), word))
+            client.call_bus("GetId")  # answered after the bus has read, and held, the call before it
+        assert first.call_bus("NameHasOwner", "s", (name,)) == (False,)
+        gate.open()
+        for client, serial, word in sent:
+            assert client.result(serial) == (word,)
+        assert first.call_service(name, "Log") == (["a1", "b1", "a2", "b2", "a3"],)
+
+
+def test_a_held_call_keeps_its_file_descriptor(service_bus):
+    name = unique_service_name("Fds")
+    service_bus.add(name, service_command(name))
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"passed through activation")
+    os.close(write_end)
+    with Client(service_bus.address, enable_fds=True) as client:
+        serial = client.send_call(name, "/", TEST_INTERFACE, "ReadFd", "h", (read_end,))
+        os.close(read_end)
+        assert client.result(serial) == ("passed through activation",)
+
+
+def test_a_caller_that_left_is_skipped_and_the_others_are_served(service_bus, gate):
+    name = unique_service_name("Leaver")
+    service_bus.add(name, service_command(name, "--gate", gate.path))
+    with Client(service_bus.address) as stayer:
+        with Client(service_bus.address) as leaver:
+            leaver.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("from the leaver",))
+            leaver.call_bus("GetId")
+        serial = stayer.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("from the stayer",))
+        stayer.call_bus("GetId")
+        gate.open()
+        assert stayer.result(serial) == ("from the stayer",)
+        assert stayer.call_service(name, "Log") == (["from the stayer"],)
+
+
+def test_start_service_by_name_then_already_running(service_bus):
+    name = unique_service_name("Started")
+    service_bus.add(name, service_command(name))
+    with Client(service_bus.address) as client:
+        assert client.call_bus("StartServiceByName", "su", (name, 0)) == (1,)  # DBUS_START_REPLY_SUCCESS
+        assert client.call_bus("NameHasOwner", "s", (name,)) == (True,)
+        assert client.call_bus("StartServiceByName", "su", (name, 0)) == (2,)  # ALREADY_RUNNING
+        assert client.call_service(name, "Echo", "s", ("up",)) == ("up",)
+
+
+def test_start_service_by_name_joins_a_start_in_progress(service_bus, gate):
+    name = unique_service_name("Joined")
+    service_bus.add(name, service_command(name, "--gate", gate.path))
+    with Client(service_bus.address) as client:
+        call = client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("first",))
+        start = client.send_call(DBUS, "/org/freedesktop/DBus", DBUS, "StartServiceByName", "su", (name, 0))
+        client.call_bus("GetId")
+        gate.open()
+        assert client.result(call) == ("first",)
+        assert client.result(start) == (1,)
+
+
+def test_unknown_names_are_service_unknown(service_bus):
+    name = unique_service_name("Nobody")
+    with Client(service_bus.address) as client:
+        for serial in (client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("x",)),
+                       client.send_call(DBUS, "/org/freedesktop/DBus", DBUS, "StartServiceByName", "su", (name, 0))):
+            error = client.error_of(serial)
+            assert (error.name, error.text) == (ERROR + "ServiceUnknown",
+                                                f"The name {name} was not provided by any .service files")
+
+
+# ------------------------------------------------------------ failures
+
+FAILURES = {
+    # case: (Exec= line or None for no Exec key, error name, error text with {name})
+    "no Exec key": (None, "ServiceUnknown", "The name {name} was not provided by any .service files"),
+    "program missing": ("/nonexistent/busd-test-program --flag", "Spawn.ExecFailed",
+                        "Failed to execute program {name}: No such file or directory"),
+    "relative program": ("sh -c true", "Spawn.ExecFailed",
+                         "Failed to execute program {name}: No such file or directory"),
+    "exits before owning the name": ("/bin/sh -c 'exit 3'", "Spawn.ChildExited",
+                                     "Process {name} exited with status 3"),
+    "killed before owning the name": ("/bin/sh -c 'kill -9 $$'", "Spawn.ChildSignaled",
+                                      "Process {name} received signal 9"),
+    "unclosed quote": ('/bin/echo "unclosed', "InvalidArgs", "Unclosed quotes in command line"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAILURES))
+def test_a_failed_start_reaches_every_held_caller(service_bus, case):
+    exec_line, error_name, text = FAILURES[case]
+    name = unique_service_name("Failing")
+    service_bus.add(name, exec_line)
+    with Client(service_bus.address) as first, Client(service_bus.address) as second:
+        serials = [(first, first.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("1",))),
+                   (second, second.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("2",))),
+                   (first, first.send_call(DBUS, "/org/freedesktop/DBus", DBUS, "StartServiceByName", "su",
+                                           (name, 0)))]
+        for client, serial in serials:
+            error = client.error_of(serial)
+            assert (error.name, error.text) == (ERROR + error_name, text.format(name=name))
+
+
+@pytest.mark.parametrize("command", ["/bin/sleep 30", "/bin/true"], ids=["hangs", "exits 0 without the name"])
+def test_a_service_that_never_owns_its_name_times_out(impatient_bus, command):
+    name = unique_service_name("Slow")
+    impatient_bus.add(name, command)
+    with Client(impatient_bus.address) as client:
+        serials = [client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("x",)),
+                   client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("y",))]
+        for serial in serials:
+            error = client.error_of(serial)
+            assert (error.name, error.text) == (
+                ERROR + "TimedOut",
+                f"Failed to activate service '{name}': timed out (service_start_timeout={SHORT_TIMEOUT_MS}ms)")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_pending_starts_are_limited(kind, tmp_path):
+    servicedir = str(tmp_path / "services")
+    os.mkdir(servicedir)
+    gate = Gate(str(tmp_path))
+    bus = _start(kind, servicedir, START_TIMEOUT_MS, '<limit name="max_pending_service_starts">2</limit>')
+    try:
+        name = unique_service_name("Limited")
+        write_service(servicedir, name, service_command(name, "--gate", gate.path))
+        with Client(bus.address) as client:
+            held = [client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", (str(i),)) for i in range(2)]
+            refused = client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("2",))
+            error = client.error_of(refused)
+            assert (error.name, error.text) == (
+                ERROR + "LimitsExceeded",
+                f"The maximum number of pending activations has been reached, activation of {name} failed "
+                f"(max_pending_service_starts=2)")
+            gate.open()
+            assert [client.result(serial) for serial in held] == [("0",), ("1",)]
+    finally:
+        gate.close()
+        bus.stop()
+
+
+# ------------------------------------------------------------ what the child sees
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_environment_an_activated_service_sees(kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("BUSD_TEST_INHERITED", "from the daemon")
+    monkeypatch.setenv("BUSD_TEST_REPLACED", "from the daemon")
+    servicedir = str(tmp_path)
+    bus = _start(kind, servicedir, START_TIMEOUT_MS)
+    try:
+        name = unique_service_name("Environment")
+        write_service(servicedir, name, service_command(name))
+        with Client(bus.address) as client:
+            client.call_bus("UpdateActivationEnvironment", "a{ss}", ({
+                "BUSD_TEST_REPLACED": "from UpdateActivationEnvironment",
+                "BUSD_TEST_ADDED": "from UpdateActivationEnvironment",
+                "DBUS_STARTER_ADDRESS": "the bus sets this one itself",
+            },))
+            (env,) = client.call_service(name, "Environment")
+    finally:
+        bus.stop()
+    assert env["BUSD_TEST_INHERITED"] == "from the daemon"
+    assert env["BUSD_TEST_REPLACED"] == "from UpdateActivationEnvironment"
+    assert env["BUSD_TEST_ADDED"] == "from UpdateActivationEnvironment"
+    assert env["DBUS_STARTER_ADDRESS"] == bus.address
+    assert env["DBUS_STARTER_BUS_TYPE"] == "session"
+    assert env["DBUS_SESSION_BUS_ADDRESS"] == bus.address
+
+
+def test_exec_is_split_like_a_shell_command_without_a_shell(service_bus):
+    name = unique_service_name("Argv")
+    # As written in the file: \s and \\ are the desktop-file escapes, read before the command is split.
+    # (dbus-daemon turns whitespace at the very end into one more, empty, argument: none here.)
+    exec_line = service_command(name) + r""" 'two words' "say \\"hi\\"" back\\ slash 'a\sb' $HOME ""# a comment"""
+    service_bus.add(name, exec_line)
+    with Client(service_bus.address) as client:
+        (argv,) = client.call_service(name, "Argv")
+    assert argv[1:] == [name, "two words", 'say "hi"', "back slash", "a b", "$HOME", ""]
+
+
+# ------------------------------------------------------------ the list of names
+
+def test_activatable_names_come_from_the_files_that_parse(service_bus):
+    good, no_exec, bad_escape = (unique_service_name(stem) for stem in ("Listed", "NoExec", "BadEscape"))
+    service_bus.add(good, service_command(good))
+    service_bus.add(no_exec, None)
+    service_bus.add(bad_escape, "/bin/true \\q")
+    with open(os.path.join(service_bus.servicedir, "garbage.service"), "w") as f:
+        f.write("this is not a service file\n")
+    with Client(service_bus.address) as client:
+        client.call_bus("ReloadConfig")
+        (names,) = client.call_bus("ListActivatableNames")
+    assert DBUS in names
+    assert good in names
+    assert no_exec not in names and bad_escape not in names
+
+
+def test_new_service_files_are_noticed_and_announced(service_bus, tmp_path):
+    name = unique_service_name("Arrived")
+    rule = f"type='signal',sender='{DBUS}',interface='{DBUS}',member='ActivatableServicesChanged'"
+    with Client(service_bus.address) as client:
+        client.call_bus("AddMatch", "s", (rule,))
+        # Written elsewhere and renamed in, so the directory never holds half a file.
+        staged = write_service(str(tmp_path), name, service_command(name))
+        os.rename(staged, os.path.join(service_bus.servicedir, f"{name}.service"))
+        names: list[str] = []
+        while name not in names:
+            client.wait_for(is_signal("ActivatableServicesChanged"))
+            (names,) = client.call_bus("ListActivatableNames")
+        client.call_bus("ReloadConfig")
+        client.wait_for(is_signal("ActivatableServicesChanged"))
+        (features,) = client.call_bus("Get", "ss", (DBUS, "Features"), interface="org.freedesktop.DBus.Properties")
+    assert "ActivatableServicesChanged" in features[1]
