@@ -267,7 +267,7 @@ class Bus:
         self.deliver(target, peer, buf, h, fds)
         if self.monitors:
             self.deliver_to_monitors(peer, buf, h, None)
-        if self.matches._eavesdrop_rules:
+        if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
 
     def policy_allows(self, sender: Peer, target: Peer, h: Header, requested_reply: bool,
@@ -425,7 +425,7 @@ class Bus:
     def deliver_eavesdroppers(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
                               target: Peer | None) -> None:
         """Deliver a unicast message to peers whose match rules ask to eavesdrop on it."""
-        if not self.matches._eavesdrop_rules:
+        if not self.matches.has_eavesdroppers:
             return
         eavesdroppers = self.matches.recipients(h, sender.names, lambda: read_body(buf, h),
                                                 addressed_recipient=target,
