@@ -37,6 +37,7 @@ SOFT_QUEUE_LIMIT = 8 << 20
 DRIVER_NAME = "org.freedesktop.DBus"
 DRIVER_PATH = "/org/freedesktop/DBus"
 DRIVER_INTERFACE = "org.freedesktop.DBus"
+_DRIVER_NAMES = frozenset({DRIVER_NAME})
 
 
 @dataclass
@@ -482,9 +483,14 @@ class Bus:
         if destination is not None:
             self.send_from_driver(destination, message)
             return
-        from ..wire.message import parse_header
-        h = parse_header(message, validate_body=False)
-        names = {DRIVER_NAME}
+        h = Header()
+        h.type = SIGNAL
+        h.path = DRIVER_PATH
+        h.interface = DRIVER_INTERFACE
+        h.member = member
+        h.sender = DRIVER_NAME
+        h.signature = signature
+        names = _DRIVER_NAMES
         for target in self.matches.recipients(h, names, lambda: body):
             if not target.monitor and not target.conn.closed:
                 target.conn.queue(message, b"")

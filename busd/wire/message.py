@@ -14,10 +14,10 @@ The body is passed on as a memoryview of the received buffer.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from . import names
-from .errors import ProtocolError
+from .errors import MarshalError, ProtocolError
 from .marshal import (
     BIG, LITTLE, MAX_ARRAY_LENGTH, Variant, check_body, check_string_bytes,
     compiled_checker, marshal_body, read_signature_at, unmarshal_body,
@@ -401,21 +401,52 @@ _FIELD_ATTRS = ((PATH, "o"), (INTERFACE, "s"), (MEMBER, "s"), (ERROR_NAME, "s"),
                 (DESTINATION, "s"), (SENDER, "s"), (SIGNATURE, "g"), (UNIX_FDS, "u"))
 
 
+def _append_field(out: bytearray, code: int, sig: str, value: Any, u32: Callable[[int], bytes]) -> None:
+    out += _PAD[:-len(out) & 7]
+    out += _FIELD_PREFIX[code]
+    if sig == "u":
+        out += u32(value)
+    elif sig == "g":
+        data = value.encode("ascii")
+        out.append(len(data))
+        out += data
+        out.append(0)
+    else:
+        data = value.encode()
+        if b"\0" in data:
+            raise MarshalError(f"header field {FIELD_NAMES[code]} may not contain NUL")
+        out += u32(len(data))
+        out += data
+        out.append(0)
+
+
+_FIELD_PREFIX = {code: bytes((code, 1, ord(sig), 0)) for code, sig in _FIELD_ATTRS}
+_FIXED_LE = struct.Struct("<BBBBIII")
+_FIXED_BE = struct.Struct(">BBBBIII")
+
+
 def build_message(mtype: int, serial: int, *, path: str | None = None, interface: str | None = None,
                   member: str | None = None, error_name: str | None = None,
                   reply_serial: int | None = None, destination: str | None = None,
                   sender: str | None = None, signature: str = "", body: list | tuple = (),
                   flags: int = 0, unix_fds: int = 0, endian: int = LITTLE) -> bytes:
-    """Marshal a complete message."""
-    values = {PATH: path, INTERFACE: interface, MEMBER: member, ERROR_NAME: error_name,
-              REPLY_SERIAL: reply_serial, DESTINATION: destination, SENDER: sender,
-              SIGNATURE: signature or None, UNIX_FDS: unix_fds or None}
-    fields = [(code, Variant(sig, values[code])) for code, sig in _FIELD_ATTRS if values[code] is not None]
+    """Marshal a complete message (header fields written directly: the driver builds many)."""
+    if path is not None and not names.is_valid_object_path(path):
+        raise MarshalError(f"{path!r} is not a valid object path")
+    if signature:
+        check_signature_text(signature)
     body_bytes = marshal_body(signature, body, endian) if signature else b""
-    head = bytearray(marshal_body("yyyyuua(yv)", [endian, mtype, flags, PROTOCOL_VERSION,
-                                                  len(body_bytes), serial, fields], endian))
-    head += _PAD[:-len(head) & 7]
-    return bytes(head) + body_bytes
+    u32 = (_LE1 if endian == LITTLE else _BE1).pack
+    fields = bytearray()
+    for code, sig, value in ((PATH, "o", path), (INTERFACE, "s", interface), (MEMBER, "s", member),
+                             (ERROR_NAME, "s", error_name), (REPLY_SERIAL, "u", reply_serial),
+                             (DESTINATION, "s", destination), (SENDER, "s", sender),
+                             (SIGNATURE, "g", signature or None), (UNIX_FDS, "u", unix_fds or None)):
+        if value is not None:
+            _append_field(fields, code, sig, value, u32)
+    fixed = (_FIXED_LE if endian == LITTLE else _FIXED_BE).pack(
+        endian, mtype, flags, PROTOCOL_VERSION, len(body_bytes), serial, len(fields))
+    return b"".join((fixed, fields, _PAD[:-len(fields) & 7], body_bytes))
 
 
 def read_body(buf: bytes, h: Header) -> list[Any]:
