@@ -119,6 +119,10 @@ class Client:
                 return message
             self._kept.append(message)
 
+    def unclaimed(self) -> list[Message]:
+        """Messages read while waiting for something else, not yet taken by wait_for()."""
+        return list(self._kept)
+
     def result(self, serial: int, timeout: float = TIMEOUT) -> tuple:
         """The body of the reply to `serial`; CallError when it is an error."""
         reply = self.wait_for(lambda m: m.header.fields.get(HeaderFields.reply_serial) == serial, timeout)
