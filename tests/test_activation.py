@@ -10,12 +10,15 @@ name unowned while callers queue up.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from buses import RunningBus, busd_available, start_bus
+from buses import SESSION_CONFIG, RunningBus, busd_available, start_bus
 from services.support import (
     DBUS, TEST_INTERFACE, Client, Gate, activation_config, is_signal, service_command,
     unique_service_name, write_service,
@@ -291,3 +294,68 @@ def test_new_service_files_are_noticed_and_announced(service_bus, tmp_path):
         client.wait_for(is_signal("ActivatableServicesChanged"))
         (features,) = client.call_bus("Get", "ss", (DBUS, "Features"), interface="org.freedesktop.DBus.Properties")
     assert "ActivatableServicesChanged" in features[1]
+
+
+# ------------------------------------------------------------ the system bus: User= and the launch helper
+
+SYSTEM_CONFIG = SESSION_CONFIG.replace("<type>session</type>", "<type>system</type>")
+
+
+def _start_system(kind: str, servicedir: str, extra: str = "") -> RunningBus:
+    if kind == "busd" and not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    return start_bus(kind, activation_config(servicedir, START_TIMEOUT_MS, extra), config_text=SYSTEM_CONFIG)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_launch_helper_starts_system_services_and_its_exit_codes_are_errors(kind, tmp_path):
+    servicedir = str(tmp_path / "services")
+    os.mkdir(servicedir)
+    record = tmp_path / "helper-argv"
+    helper = tmp_path / "launch-helper"
+    # Exit status 6 is the launch helper's "bus name not found in system service directory".
+    helper.write_text(f'#!/bin/sh\necho "$@" > {record}\nexit 6\n')
+    helper.chmod(0o755)
+    bus = _start_system(kind, servicedir, f"<servicehelper>{helper}</servicehelper>")
+    try:
+        with_user, without_user = unique_service_name("Helped"), unique_service_name("NoUser")
+        write_service(servicedir, with_user, "/bin/false", extra="User=nobody\n")
+        write_service(servicedir, without_user, "/bin/false")
+        with Client(bus.address) as client:
+            helped = client.error_of(client.send_call(with_user, "/", TEST_INTERFACE, "Echo", "s", ("x",)))
+            refused = client.error_of(client.send_call(without_user, "/", TEST_INTERFACE, "Echo", "s", ("x",)))
+    finally:
+        bus.stop()
+    assert (helped.name, helped.text) == (ERROR + "Spawn.ServiceNotFound",
+                                          "Bus name not found in system service directory")
+    assert record.read_text() == f"{with_user}\n"  # the helper is given the bus name, nothing else
+    assert (refused.name, refused.text) == (ERROR + "Spawn.FileInvalid",
+                                            "Cannot do system-bus activation with no user\n")
+
+
+def test_busd_runs_a_system_service_as_its_user_when_it_can(tmp_path):
+    import pwd
+    if os.geteuid() != 0:
+        pytest.skip("switching users needs root")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    servicedir = str(tmp_path / "services")
+    os.mkdir(servicedir)
+    # Somewhere 'nobody' may write: pytest's own directories are private to root.
+    outbox = Path(tempfile.mkdtemp(prefix="busd-outbox-"))
+    outbox.chmod(0o777)
+    bus = _start_system("busd", servicedir)
+    try:
+        name = unique_service_name("AsNobody")
+        write_service(servicedir, name, f"/bin/sh -c 'id -u > {outbox}/uid; id -g > {outbox}/gid; exit 5'",
+                      extra="User=nobody\n")
+        with Client(bus.address) as client:
+            error = client.error_of(client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("x",)))
+        assert (error.name, error.text) == (ERROR + "Spawn.ChildExited", f"Process {name} exited with status 5")
+        assert (outbox / "uid").read_text() == f"{nobody.pw_uid}\n"
+        assert (outbox / "gid").read_text() == f"{nobody.pw_gid}\n"
+    finally:
+        bus.stop()
+        shutil.rmtree(outbox, ignore_errors=True)

@@ -712,6 +712,9 @@ class Activation:
         for pending in self.pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()
+            for entry in pending.entries:
+                if isinstance(entry, HeldMessage):
+                    _close(entry.fds)
         self.pending.clear()
         if self.watcher is not None:
             self.watcher.close()
@@ -818,7 +821,8 @@ class Activation:
                 return
         if self.servicehelper:
             if not service.user:
-                raise ActivationError(SPAWN_FILE_INVALID, "Cannot do system-bus activation with no user")
+                # The trailing newline is dbus-daemon's, kept so the texts match byte for byte.
+                raise ActivationError(SPAWN_FILE_INVALID, "Cannot do system-bus activation with no user\n")
             argv = split_command_line(self.servicehelper) + [name]
             log.info("Activating service name='%s' requested by %s (using servicehelper)", name, who)
         else:
