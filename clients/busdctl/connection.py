@@ -76,6 +76,13 @@ class TapBus(MessageBus):
         super().__init__(*args, **kwargs)
         self._tap: Tap | None = None
         self._tap_starts_after: int | None = None
+        self.server_guid: str | None = None
+
+    async def _auth_readline(self) -> str:
+        line = await super()._auth_readline()
+        if line.startswith("OK "):
+            self.server_guid = line[3:].strip()  # the bus ID busctl shows
+        return line
 
     def tap_after_reply(self, serial: int, tap: Tap) -> None:
         """Tap every message that arrives after the reply to our call with `serial`."""
@@ -95,6 +102,8 @@ class TapBus(MessageBus):
         if self._tap_starts_after is not None:
             super()._on_message(msg)  # not a monitor yet: business as usual
             return
+        if self._is_own_name_lost(msg):
+            return  # the bus taking our name as we become a monitor: not traffic worth showing
         raw = self._raw_bytes(msg)
         for fd in msg.unix_fds:  # a monitor has no use for passed descriptors
             try:
@@ -107,6 +116,11 @@ class TapBus(MessageBus):
         return (msg.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR)
                 and msg.destination == self.unique_name
                 and msg.reply_serial in self._method_return_handlers)
+
+    def _is_own_name_lost(self, msg: Message) -> bool:
+        return (msg.message_type == MessageType.SIGNAL and msg.member == "NameLost"
+                and msg.sender == DRIVER_NAME and msg.destination == self.unique_name
+                and msg.body == [self.unique_name])
 
     def _raw_bytes(self, msg: Message) -> bytes:
         # dbus-next reads each message into a fresh unmarshaller, so its buffer holds exactly

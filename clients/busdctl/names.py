@@ -154,7 +154,8 @@ def _status_text(value: Any) -> str:
 
 async def _bus_owner_fields(ctx: Context) -> list[tuple[str, Any]]:
     bus = ctx.bus
-    [bus_id] = await bus.driver("GetId")
+    # busctl shows the server GUID from authentication; GetId is the same on most buses.
+    bus_id = bus.bus.server_guid or (await bus.driver("GetId"))[0]
     fields: list[tuple[str, Any]] = [("BusAddress", bus.choice.address), ("BusID", bus_id)]
     peer = bus.bus.peer_credentials()
     pid = peer[0] if peer else None

@@ -169,11 +169,12 @@ async def introspect(ctx: Context, args: list[str]) -> int:
                           "members": [_member_json(m, v.get(m.name)) for m in members]}
                          for (i, members), v in zip(members_by_interface, values)])
         return EXIT_OK
-    rows = []
+    rows, interface_rows = [], []
     for (interface, members), interface_values in zip(members_by_interface, values):
-        if wanted is None:
-            rows.append([interface.name, "interface", "-", "-", " ".join(interface.flags) or "-"])
+        interface_row = [interface.name, "interface", "-", "-", " ".join(interface.flags) or "-"]
+        (interface_rows if wanted else rows).append(interface_row)
         rows += [_member_row(m, interface_values.get(m.name)) for m in members]
     with ctx.output.paged():
-        ctx.output.table(INTROSPECT_COLUMNS, rows)
+        # Given one interface, busctl hides its row but still sizes the columns for it.
+        ctx.output.table(INTROSPECT_COLUMNS, rows, unshown_rows=interface_rows)
     return EXIT_OK

@@ -78,10 +78,14 @@ class Output:
     def red(self, text: str) -> str:
         return f"{ANSI_RED}{text}{ANSI_NORMAL}" if self.colour else text
 
-    def table(self, columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
-        """Rows in aligned columns separated by one space, under a header unless --no-legend."""
+    def table(self, columns: Sequence[Column], rows: Sequence[Sequence[str]],
+              unshown_rows: Sequence[Sequence[str]] = ()) -> None:
+        """Rows in aligned columns separated by one space, under a header unless --no-legend.
+
+        `unshown_rows` count for the column widths only, as busctl's filtered rows do.
+        """
         widths = [len(column.header) if self.legend else 0 for column in columns]
-        for row in rows:
+        for row in [*rows, *unshown_rows]:
             widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
         if self.legend:
             header = _table_line([c.header for c in columns], columns, widths)

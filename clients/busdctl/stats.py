@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,8 @@ from .output import Column
 STATS_INTERFACE = "org.freedesktop.DBus.Debug.Stats"
 
 # dbus-daemon's built-in per-connection limits (bus/config-parser.c), which apply whenever the
-# configuration sets no <limit> of its own: 127 MiB queued each way, 4 x 16 fds, 512 rules and names.
+# configuration sets no <limit> of its own: 127 MiB queued each way, 4 x 16 fds, 512 rules and names,
+# 128 replies pending. busd's configuration model has the same defaults.
 DEFAULT_LIMITS: dict[str, int] = {
     "IncomingBytes": 127 * 1024 * 1024,
     "OutgoingBytes": 127 * 1024 * 1024,
@@ -24,6 +26,7 @@ DEFAULT_LIMITS: dict[str, int] = {
     "OutgoingFDs": 64,
     "MatchRules": 512,
     "BusNames": 512,
+    "PendingReplies": 128,
 }
 RESOURCE_LABELS: dict[str, str] = {
     "IncomingBytes": "incoming bytes",
@@ -32,6 +35,7 @@ RESOURCE_LABELS: dict[str, str] = {
     "OutgoingFDs": "outgoing fds",
     "MatchRules": "match rules",
     "BusNames": "names",
+    "PendingReplies": "pending replies",
 }
 # Other spellings of the same counters -> dbus-daemon's key.
 KEY_ALIASES = {"OwnedNames": "BusNames"}
@@ -68,7 +72,8 @@ def _unwrap(stats: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-async def _stats_call(bus: BusConnection, member: str, signature: str = "", body: list[Any] = ()) -> dict[str, Any]:
+async def _stats_call(bus: BusConnection, member: str, signature: str = "",
+                      body: Sequence[Any] = ()) -> dict[str, Any]:
     try:
         [stats] = await bus.driver(member, signature, body, interface=STATS_INTERFACE)
     except BusError as error:
@@ -162,8 +167,8 @@ def _entry_json(entry: ConnectionStats) -> dict[str, Any]:
 
 def _bus_summary(bus_stats: dict[str, Any], shown: int) -> str:
     parts = [f"{bus_stats.get('ActiveConnections', shown)} connections"]
-    if "MatchRules" in bus_stats:
-        parts.append(f"{bus_stats['MatchRules']} match rules (peak {bus_stats.get('PeakMatchRules', '?')})")
-    if "BusNames" in bus_stats:
-        parts.append(f"{bus_stats['BusNames']} names (peak {bus_stats.get('PeakBusNames', '?')})")
+    for key, label in (("MatchRules", "match rules"), ("BusNames", "names")):
+        if key in bus_stats:
+            peak = bus_stats.get(f"Peak{key}")
+            parts.append(f"{bus_stats[key]} {label}" + (f" (peak {peak})" if peak is not None else ""))
     return "Bus: " + ", ".join(parts) + ". Quota: share of dbus-daemon's default per-connection limit."
