@@ -61,13 +61,13 @@ class Credentials:
             pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
         except OSError:
             return cls()
-        groups: tuple[int, ...] = ()
+        groups = {gid}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
-            groups = tuple(sorted(set(array.array("I", raw[: len(raw) - len(raw) % 4]))))
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)  # Python caps the buffer at 1024
+            groups.update(array.array("I", raw[: len(raw) - len(raw) % 4]))
         except OSError:
             pass
-        return cls(pid or None, uid, gid, groups)
+        return cls(pid or None, uid, gid, tuple(sorted(groups)))
 
 
 class Connection:
@@ -149,6 +149,9 @@ class Connection:
         try:
             reply = auth.receive_data(data)
         except ProtocolError as exc:
+            last_words = getattr(exc, "reply", b"")
+            if last_words:
+                self._send_raw(last_words)
             self.close(f"authentication failed: {exc.reason}")
             return
         if reply:

@@ -89,8 +89,6 @@ def test_a_message_before_hello_drops_the_connection(clients, first):
     assert clients().driver_value("GetId")
 
 
-@busd_bug("core.py drops a peer whose first message is a driver call other than Hello; dbus-daemon "
-          "answers AccessDenied and the peer may still say Hello")
 def test_a_driver_call_before_hello_is_refused(clients):
     early = clients(hello=False)
     reply = early.reply_to(early.call(DBUS, DBUS_PATH, DBUS, "GetId"))
@@ -148,8 +146,6 @@ def test_authentication_failures(shared_bus, lines, answers):
         assert newcomer.unique_name.startswith(":")
 
 
-@busd_bug("sasl.py drops a client at its sixth failed AUTH without sending that REJECTED; "
-          "dbus-daemon answers six REJECTED and then disconnects")
 def test_six_failed_attempts_end_the_conversation(shared_bus):
     answers = sasl(shared_bus.address, [b"\0AUTH EXTERNAL " + WRONG_UID + b"\r\n"]
                    + [b"AUTH EXTERNAL " + WRONG_UID + b"\r\n"] * 7)

@@ -153,8 +153,6 @@ def test_connection_credentials_of_a_peer(clients):
     assert creds["ProcessID"] == Variant("u", os.getpid())
 
 
-@busd_bug("connection.py asks getsockopt(SO_PEERGROUPS) for 4096 bytes but Python allows at most 1024, "
-          "so UnixGroupIDs is never reported")
 def test_connection_credentials_include_group_ids(clients):
     client = clients()
     creds = client.driver_value("GetConnectionCredentials", "s", [client.unique_name])

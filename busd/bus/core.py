@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..wire.marshal import LITTLE
 from ..wire.message import (
-    ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, build_message,
+    ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, build_message,
     read_body, sender_field, stamp_sender,
 )
 from . import errors
@@ -194,11 +194,7 @@ class Bus:
 
     def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         if not peer.hello_done:
-            if h.destination == DRIVER_NAME and h.member == "Hello" and h.type == METHOD_CALL:
-                self.driver.hello(peer, h)
-            else:
-                peer.conn.close("sent a message before Hello")
-                _close(fds)
+            self._receive_before_hello(peer, buf, h, fds)
             return
         if peer.monitor:
             peer.conn.close("a monitor may not send messages")
@@ -210,13 +206,13 @@ class Bus:
         if dest is None:
             if mtype == SIGNAL:
                 self.broadcast(peer, buf, h, fds)
-            elif mtype == METHOD_CALL:
-                # Calls without a destination go to the bus, as dbus-daemon does.
-                self.deliver_to_monitors(peer, buf, h, fds)
-                self.driver.handle(peer, buf, h)
-            else:
-                self.deliver_to_monitors(peer, buf, h, fds)
-                _close(fds)
+                return
+            # Anything else without a destination is a peer-to-peer message to the
+            # bus's end of the connection: match rules and monitors see it, and
+            # the connection answers as a plain D-Bus peer would (as dbus-daemon's does).
+            self.broadcast(peer, buf, h, fds)
+            if mtype == METHOD_CALL:
+                self.driver.answer_as_peer(peer, buf, h)
             return
         if dest == DRIVER_NAME:
             self.deliver_to_monitors(peer, buf, h, fds)
@@ -227,14 +223,17 @@ class Bus:
             return
         target = self.peers.get(dest) if dest[0] == ":" else self.registry.owner(dest)
         if target is None:
-            if mtype == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
-                if dest[0] == ":":
-                    self.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
-                                    f"The name {dest} was not provided by any .service files")
-                else:
-                    self.driver.name_not_owned(peer, h, buf, fds)
+            self.deliver_to_monitors(peer, buf, h, None)
+            if dest[0] != ":" and mtype == METHOD_CALL and not h.flags & NO_AUTO_START:
+                if self.driver.try_activation(peer, h, buf, fds):
                     return
             _close(fds)
+            if not h.flags & NO_REPLY_EXPECTED:
+                if h.flags & NO_AUTO_START:
+                    self.send_error(peer, h.serial, errors.NAME_HAS_NO_OWNER, f'Name "{dest}" does not exist')
+                else:
+                    self.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
+                                    f"The name {dest} was not provided by any .service files")
             return
         requested_reply = False
         if mtype == METHOD_RETURN or mtype == ERROR:
@@ -270,6 +269,22 @@ class Bus:
             self.deliver_to_monitors(peer, buf, h, None)
         if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
+
+    def _receive_before_hello(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        """Only Hello is served before Hello; other driver calls are refused, anything else drops the peer."""
+        _close(fds)
+        if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
+            if h.member == "Hello" and h.interface in (None, DRIVER_INTERFACE):
+                self.driver.hello(peer, h)
+            elif not h.flags & NO_REPLY_EXPECTED:
+                message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
+                                        reply_serial=h.serial, destination=":not.active.yet",
+                                        sender=DRIVER_NAME, signature="s",
+                                        body=["Client tried to send a message other than Hello without "
+                                              "being registered"])
+                peer.conn.queue(message, b"")
+            return
+        peer.conn.close(f"sent {h.describe()} before Hello")
 
     def policy_allows(self, sender: Peer, target: Peer, h: Header, requested_reply: bool,
                       fds: list[int] | None, reply_on_denial: bool = True) -> bool:

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..wire.marshal import Variant
-from ..wire.message import Header, read_body
+from ..wire.message import ERROR, METHOD_RETURN, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name
 from ..wire.errors import ProtocolError
 from . import errors
@@ -163,20 +163,32 @@ class Driver:
             raise DriverError(errors.NAME_HAS_NO_OWNER, f"Could not get {what} of name '{name}': no such name")
         return target
 
-    def name_not_owned(self, peer: "Peer", h: Header, buf: bytes, fds: Any) -> None:
-        """A call to an unowned well-known name: activate it, else ServiceUnknown (NameHasNoOwner if NO_AUTO_START)."""
-        bus = self.bus
-        if self.start_service is not None and not h.no_auto_start:
-            if self.start_service(peer, h, h.destination, buf, fds):
-                return
-        if fds:
-            for fd in fds:
-                os.close(fd)
-        if h.no_auto_start:  # no activation was asked for: the name just has no owner
-            bus.send_error(peer, h.serial, errors.NAME_HAS_NO_OWNER, f'Name "{h.destination}" does not exist')
+    def try_activation(self, peer: "Peer", h: Header, buf: bytes, fds: Any) -> bool:
+        """A call to a well-known name nobody owns: True if activation took the message."""
+        if self.start_service is None:
+            return False
+        return bool(self.start_service(peer, h, h.destination, buf, fds))
+
+    def answer_as_peer(self, peer: "Peer", buf: bytes, h: Header) -> None:
+        """A call with no destination: the bus's end of the connection answers as a plain peer.
+
+        Like libdbus in dbus-daemon: org.freedesktop.DBus.Peer works, anything else is
+        UnknownMethod; the answers carry no SENDER because no bus name sent them.
+        """
+        if h.no_reply_expected:
             return
-        bus.send_error(peer, h.serial, errors.SERVICE_UNKNOWN,
-                       f"The name {h.destination} was not provided by any .service files")
+        bus = self.bus
+        if h.interface in (PEER, None) and h.member == "Ping" and not h.signature:
+            message = build_message(METHOD_RETURN, bus.next_driver_serial(), reply_serial=h.serial)
+        elif h.interface in (PEER, None) and h.member == "GetMachineId" and not h.signature:
+            message = build_message(METHOD_RETURN, bus.next_driver_serial(), reply_serial=h.serial,
+                                    signature="s", body=[self.machine_id])
+        else:
+            message = build_message(ERROR, bus.next_driver_serial(), reply_serial=h.serial,
+                                    error_name=errors.UNKNOWN_METHOD, signature="s",
+                                    body=[f'Method "{h.member}" with signature "{h.signature}" on interface '
+                                          f'"{h.interface}" doesn\'t exist\n'])
+        bus.send_from_driver(peer, message)
 
     # ------------------------------------------------------------ org.freedesktop.DBus
 

@@ -46,7 +46,12 @@ _UNIX_FD_REFUSED = "Unix FD passing not supported, not authenticated or otherwis
 
 
 class AuthError(ProtocolError):
-    """The peer broke the authentication protocol or could not authenticate; drop the connection."""
+    """The peer broke the authentication protocol or could not authenticate; drop the connection.
+
+    `reply` holds any last lines to send before dropping it (the final REJECTED).
+    """
+
+    reply: bytes = b""
 
 
 class KeyringError(Exception):
@@ -409,10 +414,14 @@ class ServerAuthenticator(_Conversation):
     def _reject(self, args: str = "") -> None:
         self._reset_mechanism()
         self.failures += 1
-        if self.failures >= self.max_failures:
-            raise AuthError(f"the client failed to authenticate {self.failures} times")
         self._send("REJECTED" + "".join(f" {name}" for name in self.offered))
         self._state = "auth"
+        if self.failures >= self.max_failures:
+            # Like dbus-daemon: the last REJECTED still goes out, then the connection is dropped.
+            error = AuthError(f"the client failed to authenticate {self.failures} times")
+            error.reply = b"".join(self._output)
+            self._output.clear()
+            raise error
 
     def _on_auth(self, args: str) -> None:
         if not args:
