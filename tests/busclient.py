@@ -140,7 +140,7 @@ class RawClient:
     """A blocking D-Bus client on a real socket, for tests that need full control of the bytes."""
 
     def __init__(self, address: str, *, negotiate_unix_fd: bool = True, hello: bool = True,
-                 authenticate: bool = True):
+                 authenticate: bool = True, mechanisms: tuple[str, ...] = ("EXTERNAL",)):
         self.address = address
         self.sock = _connect(address)
         self.unix = self.sock.family == socket.AF_UNIX
@@ -153,14 +153,15 @@ class RawClient:
         self._fds: deque[int] = deque()
         self.backlog: list[Message] = []
         if authenticate:
-            self.authenticate(negotiate_unix_fd)
+            self.authenticate(negotiate_unix_fd, mechanisms)
             if hello:
                 self.hello()
 
     # ------------------------------------------------------------ setup
 
-    def authenticate(self, negotiate_unix_fd: bool = True) -> None:
-        auth = ClientAuthenticator(uid=os.getuid(), negotiate_unix_fd=negotiate_unix_fd and self.unix)
+    def authenticate(self, negotiate_unix_fd: bool = True, mechanisms: tuple[str, ...] = ("EXTERNAL",)) -> None:
+        auth = ClientAuthenticator(uid=os.getuid(), mechanisms=mechanisms,
+                                   negotiate_unix_fd=negotiate_unix_fd and self.unix)
         self.sock.sendall(auth.initial_bytes())
         while not auth.done:
             data = self._recv_some(time.monotonic() + TIMEOUT)
