@@ -14,7 +14,7 @@ import struct
 import pytest
 
 from busclient import (  # noqa: F401  (fixtures)
-    DBUS, DBUS_PATH, TIMEOUT, RawClient, WaitTimeout, busd_bug, busd_bugs, clients, shared_bus, start_bus_logged,
+    BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, RawClient, running_bus, WaitTimeout, busd_bug, busd_bugs, clients, shared_bus, start_bus_logged,
 )
 from busd.wire.marshal import Variant, marshal_body
 from busd.wire.message import METHOD_CALL, SIGNAL, build_message
@@ -193,3 +193,29 @@ def test_busd_logs_one_line_per_dropped_peer_with_its_reason():
             client.close()
     finally:
         bus.stop()
+
+
+# ---------------------------------------------------------------- connection limits
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_a_client_that_never_authenticates_is_dropped_at_auth_timeout(kind):
+    with running_bus(kind, '<limit name="auth_timeout">300</limit>') as bus:
+        with socket.socket(socket.AF_UNIX) as silent:
+            silent.settimeout(TIMEOUT)
+            silent.connect(_unix_path(bus.address))
+            assert silent.recv(16) == b""  # the bus hung up on us
+        with RawClient(bus.address) as newcomer:
+            assert newcomer.unique_name.startswith(":")
+
+
+@busd_bug("daemon.py closes a connection over max_completed_connections at accept(); dbus-daemon lets it "
+          "authenticate and answers its Hello with LimitsExceeded")
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_max_completed_connections(kind):
+    with running_bus(kind, '<limit name="max_completed_connections">2</limit>') as bus, \
+            RawClient(bus.address) as first, RawClient(bus.address) as second:
+        with RawClient(bus.address, hello=False) as third:
+            reply = third.reply_to(third.call(DBUS, DBUS_PATH, DBUS, "Hello"))
+            assert reply.error_name == "org.freedesktop.DBus.Error.LimitsExceeded"
+        assert first.driver_value("GetNameOwner", "s", [second.unique_name]) == second.unique_name

@@ -355,3 +355,16 @@ def test_sighup_reloads_and_keeps_every_connection(kind):
             process.terminate()
             process.wait(TIMEOUT)
             process.stderr.close()
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_a_broken_config_is_refused_on_reload_and_the_old_one_kept(kind):
+    with workdir() as directory, launched(kind, directory, ["--nofork", "--print-address={fd}"],
+                                          listen=[f"unix:path={directory}/bus"],
+                                          extra='<limit name="max_match_rules_per_connection">1</limit>') as bus, \
+            RawClient(bus.address) as client:
+        with open(bus.config_path, "w") as f:
+            f.write("<busconfig><no-such-element/></busconfig>")
+        assert client.driver_error("ReloadConfig") == "org.freedesktop.DBus.Error.Failed"
+        client.add_match("member='One'")
+        assert client.driver_error("AddMatch", "s", ["member='Two'"]).endswith("LimitsExceeded")
