@@ -11,7 +11,11 @@ from busclient import (  # noqa: F401  (fixtures)
     BUS_KINDS, DBUS, DBUS_PATH, ERROR_PREFIX, RawClient, busd_bug, busd_bugs, clients,
     fresh_clients, running_bus, shared_bus, wait_owner, watch_name,
 )
-from busd.wire.message import ERROR, build_message, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL
+from busd.wire.marshal import BIG, LITTLE, Variant, marshal_body
+from busd.wire.message import (
+    ALLOW_INTERACTIVE_AUTHORIZATION, ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL,
+    build_message,
+)
 
 IFACE = "org.example.Routing"
 PATH = "/org/example/Routing"
@@ -88,6 +92,36 @@ def test_the_bus_stamps_the_real_sender(clients, forged):
               sender=forged)
     assert victim.wait_call("Forged").sender == liar.unique_name
     assert victim.wait_signal("ForgedSignal").sender == liar.unique_name
+
+
+def test_big_endian_messages_pass_with_serial_flags_and_body_intact(clients):
+    sender, receiver = clients(), clients()
+    receiver.add_match(f"type='signal',sender='{sender.unique_name}',arg0='big'")
+    flags = NO_AUTO_START | ALLOW_INTERACTIVE_AUTHORIZATION
+    serial = sender.next_serial()
+    sender.send_bytes(build_message(METHOD_CALL, serial, destination=receiver.unique_name, path=PATH,
+                                    interface=IFACE, member="BigEndian", signature="sa{sv}",
+                                    body=["big", {"k": Variant("u", 5)}], flags=flags, endian=BIG))
+    sender.send_bytes(build_message(SIGNAL, sender.next_serial(), path=PATH, interface=IFACE, member="BigEndian",
+                                    signature="s", body=["big"], endian=BIG))
+    call = receiver.wait_call("BigEndian")
+    assert (call.serial, call.flags, call.sender, call.body) == \
+        (serial, flags, sender.unique_name, ["big", {"k": Variant("u", 5)}])
+    # The byte order a recipient gets may differ (dbus-daemon swaps what it had to read); the content may not.
+    signal = receiver.wait_signal("BigEndian")
+    assert (signal.sender, signal.body) == (sender.unique_name, ["big"])
+
+
+def test_unknown_header_fields_are_not_passed_on(clients):
+    sender, receiver = clients(), clients()
+    fields = [(6, Variant("s", receiver.unique_name)), (1, Variant("o", PATH)), (3, Variant("s", "Unknown")),
+              (42, Variant("s", "private")), (7, Variant("s", ":1.9999")), (200, Variant("u", 1))]
+    head = bytearray(marshal_body("yyyyuua(yv)", [LITTLE, METHOD_CALL, NO_REPLY_EXPECTED, 1, 0,
+                                                  sender.next_serial(), fields]))
+    sender.send_bytes(bytes(head + b"\0" * (-len(head) % 8)))
+    call = receiver.wait_call("Unknown")
+    assert call.header.unknown_spans is None
+    assert (call.sender, call.path, call.destination) == (sender.unique_name, PATH, receiver.unique_name)
 
 
 @pytest.mark.parametrize("flags, error", [(0, "ServiceUnknown"), (NO_AUTO_START, "NameHasNoOwner")])
