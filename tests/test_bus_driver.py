@@ -46,6 +46,17 @@ def test_hello_assigns_distinct_unique_names_and_announces_them(clients):
     assert [m.brief() for m in first.drain()] == []
 
 
+def test_everyone_hears_of_a_unique_name_coming_and_going(clients):
+    observer = clients()
+    observer.add_match(f"type='signal',sender='{DBUS}',member='NameOwnerChanged'")
+    newcomer = clients()
+    name = newcomer.unique_name
+    about_newcomer = lambda m: m.is_signal("NameOwnerChanged") and m.body[0] == name  # noqa: E731
+    assert observer.wait_for(about_newcomer).body == [name, "", name]
+    newcomer.close()
+    assert observer.wait_for(about_newcomer).body == [name, name, ""]
+
+
 def test_second_hello_is_refused_and_the_connection_stays(clients):
     client = clients()
     assert client.driver_error("Hello") == ERROR_PREFIX + "Failed"
