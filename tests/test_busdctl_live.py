@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -513,3 +514,34 @@ def test_console_script_is_installed(reference_bus):
         pytest.skip("the busdctl console script is not installed (python3 -m pip install -e .)")
     result = run([command, f"--address={reference_bus.address}", "list", "--acquired", "--no-legend"])
     assert _ok(result).split()[0] == "org.freedesktop.DBus"
+
+
+def _on_a_terminal(command: list[str], env: dict[str, str]) -> str:
+    """What `command` writes when its standard output is a terminal."""
+    leader, follower = os.openpty()
+    process = subprocess.Popen(command, stdout=follower, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: every writer has closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=30) == 0, process.stderr.read()
+    return output.decode()
+
+
+def test_pager_and_colours_only_on_a_terminal(reference_bus):
+    command = busdctl_command(reference_bus.address, "list", "--acquired")
+    env = dict(reference_bus.client_env(), PAGER="sed s/^/PAGED:/", TERM="xterm")
+    env.pop("NO_COLOR", None)
+    paged = _on_a_terminal(command, env)
+    assert paged.splitlines()[0].startswith("PAGED:\x1b[4mNAME")  # underlined header, through the pager
+    plain = _on_a_terminal(command + ["--no-pager"], dict(env, NO_COLOR="1"))
+    assert plain.splitlines()[0].startswith("NAME") and "\x1b[" not in plain
+    piped = _ok(run(command, env=env))
+    assert piped.startswith("NAME") and "\x1b[" not in piped and "PAGED:" not in piped

@@ -126,7 +126,7 @@ class TapBus(MessageBus):
         # dbus-next reads each message into a fresh unmarshaller, so its buffer holds exactly
         # the bytes the bus sent; marshal the parsed message again only if that ever changes.
         buffer = getattr(getattr(self, "_unmarshaller", None), "buf", None)
-        if buffer:
+        if buffer and len(buffer) == message_length(buffer):
             return bytes(buffer)
         return bytes(msg._marshall())
 
@@ -137,6 +137,15 @@ class TapBus(MessageBus):
         except (OSError, AttributeError):
             return None
         return struct.unpack("3i", raw)
+
+
+def message_length(data: bytes | bytearray) -> int:
+    """The length of the D-Bus message `data` starts with, from its fixed header; 0 if too short."""
+    if len(data) < 16:
+        return 0
+    endian = "<" if data[0:1] == b"l" else ">"
+    body_length, _serial, fields_length = struct.unpack_from(endian + "III", data, 4)
+    return 16 + fields_length + (-fields_length % 8) + body_length
 
 
 class BusConnection:

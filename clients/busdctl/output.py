@@ -103,7 +103,8 @@ class Output:
         env = dict(os.environ)
         env.setdefault("LESS", "FRSXMK")
         try:
-            pager = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, env=env, text=True)
+            pager = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE, env=env, text=True,
+                                     encoding="utf-8")
         except OSError:
             yield
             return

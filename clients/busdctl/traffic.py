@@ -82,6 +82,8 @@ async def run_until_stopped(bus: BusConnection) -> None:
     if stopped.done():
         disconnected.cancel()
         return
+    if isinstance(disconnected.exception(), BrokenPipeError):
+        raise disconnected.exception()  # our reader went away (busdctl monitor | head): a quiet end
     raise CommandError(f"{bus.choice.label[0].upper()}{bus.choice.label[1:]} closed the connection.")
 
 
