@@ -269,7 +269,7 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
     if window == 1:
         clock = time.perf_counter_ns
         calls = 0
-        while calls < max_calls and time.monotonic() < deadline:
+        while calls < max_calls:
             rc.set_serial(template, conn.next_serial())
             sent_at = clock()
             conn.send(template)
@@ -277,6 +277,8 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
                 pass
             latencies.append(clock() - sent_at)
             calls += 1
+            if time.monotonic() >= deadline:
+                break
     else:
         def batch(count: int) -> bytearray:
             data = template * count
@@ -315,13 +317,15 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> 
     start = time.monotonic()
     deadline = start + seconds
     sent = 0
-    while sent < max_signals and time.monotonic() < deadline:
+    while sent < max_signals:
         count = min(SIGNAL_BATCH, max_signals - sent)
         data = template * count
         for i in range(count):
             rc.set_serial(data, conn.next_serial(), i * size)
         conn.send(data)
         sent += count
+        if time.monotonic() >= deadline:
+            break
     # A round trip to the bus: every signal has been read (and routed) by the daemon.
     conn.bus_call("GetId")
     pipe.send(("done", {"signals": sent, "start": start}))
@@ -371,9 +375,11 @@ def churn_connections(pipe: Pipe, address: str, max_connections: int, seconds: f
     start = time.monotonic()
     deadline = start + seconds
     done = 0
-    while done < max_connections and time.monotonic() < deadline:
+    while done < max_connections:
         rc.Connection.open(address, sync=False).close()
         done += 1
+        if time.monotonic() >= deadline:
+            break
     pipe.send(("done", {"connections": done, "seconds": time.monotonic() - start}))
 
 
