@@ -26,11 +26,6 @@ def notify_ready(status: str) -> bool:
     return notify(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
 
 
-def notify_status(status: str) -> bool:
-    """A one-line status shown by `systemctl status`."""
-    return notify(f"STATUS={status}")
-
-
 def notify_stopping() -> bool:
     return notify("STOPPING=1\nSTATUS=Shutting down")
 

@@ -29,6 +29,7 @@ from ..config.model import ServiceDir
 from ..wire.message import SIGNAL, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name, is_valid_error_name
 from . import errors
+from .core import _close
 from .ownership import NameEvent
 
 if TYPE_CHECKING:
@@ -952,15 +953,6 @@ def _describe_peer(peer: "Peer | None") -> str:
         return "the bus"
     creds = peer.credentials
     return f"'{peer.unique_name}' (uid={creds.uid} pid={creds.pid})"
-
-
-def _close(fds: list[int] | None) -> None:
-    if fds:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def install_activation(bus: "Bus", settings: Any, address: str, systemd_activation: bool = False) -> Activation:
