@@ -260,7 +260,6 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
         template = rc.method_call(service, BENCH_PATH, BENCH_INTERFACE, "Ping")
     conn.call(template)  # one warm-up call: the service is reachable and answers
     reader = conn.reader
-    size = len(template)
     pipe.send(("ready", None))
     _wait_go(pipe)
     latencies: list[int] = []
@@ -280,21 +279,15 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
             if time.monotonic() >= deadline:
                 break
     else:
-        def batch(count: int) -> bytearray:
-            data = template * count
-            for i in range(count):
-                rc.set_serial(data, conn.next_serial(), i * size)
-            return data
-
         sent = min(window, max_calls)
-        conn.send(batch(sent))
+        conn.send(conn.batch(template, sent))
         calls = 0
         while calls < sent:
             done = reader.count()
             calls += done
             if done and sent < max_calls and time.monotonic() < deadline:
                 more = min(done, max_calls - sent)
-                conn.send(batch(more))
+                conn.send(conn.batch(template, more))
                 sent += more
     elapsed = time.monotonic() - start
     if reader.errors:
@@ -311,7 +304,6 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> 
     """The emitter: broadcast Tick signals in batches until the count or the time runs out."""
     conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
     template = rc.signal(BENCH_PATH, BENCH_INTERFACE, "Tick", "u", (0,))
-    size = len(template)
     pipe.send(("ready", None))
     _wait_go(pipe)
     start = time.monotonic()
@@ -319,10 +311,7 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> 
     sent = 0
     while sent < max_signals:
         count = min(SIGNAL_BATCH, max_signals - sent)
-        data = template * count
-        for i in range(count):
-            rc.set_serial(data, conn.next_serial(), i * size)
-        conn.send(data)
+        conn.send(conn.batch(template, count))
         sent += count
         if time.monotonic() >= deadline:
             break

@@ -356,6 +356,15 @@ class Connection:
         self.serial += 1
         return self.serial
 
+    def batch(self, template: bytes | bytearray, count: int) -> bytearray:
+        """`count` copies of a marshalled message back to back, each with a fresh serial."""
+        data = bytearray(template) * count
+        size = len(template)
+        for offset in range(0, size * count, size):
+            self.serial += 1
+            _U32_LE.pack_into(data, offset + SERIAL_OFFSET, self.serial)
+        return data
+
     def send(self, data: bytes | bytearray | memoryview) -> None:
         self.sock.sendall(data)
 
