@@ -436,3 +436,28 @@ def test_connect_resolves_session_and_reports_bad_addresses(any_bus, backend, mo
             await busd_client.connect(missing, backend=backend)
 
     run(scenario())
+
+
+def test_a_burst_of_signals_keeps_the_connection(any_bus, backend, peer):
+    # The peer emits all of them from one synchronous loop, far faster than the bus reads:
+    # a full socket buffer must mean "wait", not "disconnected".
+    count = 5000
+
+    async def scenario():
+        async with await busd_client.connect(any_bus.address, backend=backend) as bus:
+            remote = await bus.proxy(PEER_NAME, PEER_PATH)
+            received = []
+            last = asyncio.Event()
+
+            def on_tick(number: int) -> None:
+                received.append(number)
+                if number == count - 1:
+                    last.set()
+
+            async with await remote.Ticked.connect(on_tick, arg1="burst"):
+                await remote.EmitTicks(count, "burst", timeout=60)
+                await asyncio.wait_for(last.wait(), 60)
+            assert received == list(range(count))
+            assert await remote.Sum([1, 2]) == 3   # the peer is still connected
+
+    run(scenario(), timeout=120)

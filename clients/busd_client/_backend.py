@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import select
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,3 +86,54 @@ def get_backend(name: str | None = None) -> Backend:
                 f"busd_client backend {name!r} is not installed: "
                 f"run `python3 -m pip install {package}` or choose the other backend") from error
     return backend
+
+
+FD_SEND_PATIENCE = 10.0  # seconds a message carrying fds may wait for room in the socket buffer
+
+
+class _WriteGuard:
+    """Stands in for the connection's socket inside the library's message writer.
+
+    dbus-next and dbus-fast treat EAGAIN from send() as a lost connection
+    (python-dbus-next issue #153; dbus-fast shares the code), so a burst of
+    messages that fills the socket buffer kills the connection.  Here a full
+    buffer means "0 bytes sent": the writer keeps the rest and resumes when
+    the socket is writable, as it does after a short write.
+    """
+
+    __slots__ = ("_socket",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._socket = sock
+
+    def send(self, data: Any, *flags: int) -> int:
+        try:
+            return self._socket.send(data, *flags)
+        except BlockingIOError:
+            return 0
+
+    def sendmsg(self, buffers: Any, ancdata: Any = (), *rest: Any) -> int:
+        # The writer forgets the fds once sendmsg returns, so they must leave in this call.
+        deadline = time.monotonic() + FD_SEND_PATIENCE
+        while True:
+            try:
+                return self._socket.sendmsg(buffers, ancdata, *rest)
+            except BlockingIOError:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                select.select([], [self._socket], [], remaining)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+
+def guard_writes(connection: Any) -> bool:
+    """Make the connection's writer survive a full socket buffer (see _WriteGuard); False if the
+    library's writer does not look as expected, in which case it is left alone."""
+    writer = getattr(connection, "_writer", None)
+    sock = getattr(writer, "sock", None)
+    if not isinstance(sock, socket.socket):
+        return False
+    writer.sock = _WriteGuard(sock)
+    return True

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
-from ._backend import Backend, get_backend
+from ._backend import Backend, get_backend, guard_writes
 from .convert import Codec, close_fds, codec_for
 from .dbus_types import MessageInfo, guess_signature, is_message_info, resolve_hints
 from .errors import DBusError, Disconnected, NoReply
@@ -71,6 +71,7 @@ async def connect(address: str | None = None, *, timeout: float = DEFAULT_TIMEOU
     try:
         connection = chosen.MessageBus(bus_address=resolved, negotiate_unix_fd=unix_only)
         await connection.connect()
+        guard_writes(connection)
     except (OSError, EOFError) as error:
         raise Disconnected(f"cannot connect to the bus at {resolved}: {error}") from error
     except chosen.library_error as error:
