@@ -222,8 +222,24 @@ def workers(*started: Worker) -> Iterator[tuple[Worker, ...]]:
 
 
 def _wait_go(pipe: Pipe) -> None:
+    """Tell the harness this client is set up, and wait for the start signal."""
+    pipe.send(("ready", None))
     if pipe.recv() != "go":
         raise RuntimeError("expected 'go' from the harness")
+
+
+def _timed(pipe: Pipe, step: Callable[[int], int], limit: int, seconds: float) -> tuple[int, float, float]:
+    """Say ready, wait for go, then repeat `step(units still allowed) -> units done` until
+    `limit` units or `seconds` are used up (at least once). Returns (units, start, elapsed)."""
+    _wait_go(pipe)
+    start = time.monotonic()
+    deadline = start + seconds
+    done = 0
+    while done < limit:
+        done += step(limit - done)
+        if time.monotonic() >= deadline:
+            break
+    return done, start, time.monotonic() - start
 
 
 def serve_echo(pipe: Pipe, address: str) -> None:
@@ -260,25 +276,24 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
         template = rc.method_call(service, BENCH_PATH, BENCH_INTERFACE, "Ping")
     conn.call(template)  # one warm-up call: the service is reachable and answers
     reader = conn.reader
-    pipe.send(("ready", None))
-    _wait_go(pipe)
     latencies: list[int] = []
-    start = time.monotonic()
-    deadline = start + seconds
     if window == 1:
         clock = time.perf_counter_ns
-        calls = 0
-        while calls < max_calls:
+
+        def one_call(_: int) -> int:
             rc.set_serial(template, conn.next_serial())
             sent_at = clock()
             conn.send(template)
             while not reader.count():
                 pass
             latencies.append(clock() - sent_at)
-            calls += 1
-            if time.monotonic() >= deadline:
-                break
+            return 1
+
+        calls, _, elapsed = _timed(pipe, one_call, max_calls, seconds)
     else:
+        _wait_go(pipe)
+        start = time.monotonic()
+        deadline = start + seconds
         sent = min(window, max_calls)
         conn.send(conn.batch(template, sent))
         calls = 0
@@ -289,7 +304,7 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
                 more = min(done, max_calls - sent)
                 conn.send(conn.batch(template, more))
                 sent += more
-    elapsed = time.monotonic() - start
+        elapsed = time.monotonic() - start
     if reader.errors:
         raise rc.BusError(f"{reader.errors} of {calls} calls came back as errors")
     result = {"calls": calls, "seconds": elapsed}
@@ -304,17 +319,13 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> 
     """The emitter: broadcast Tick signals in batches until the count or the time runs out."""
     conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
     template = rc.signal(BENCH_PATH, BENCH_INTERFACE, "Tick", "u", (0,))
-    pipe.send(("ready", None))
-    _wait_go(pipe)
-    start = time.monotonic()
-    deadline = start + seconds
-    sent = 0
-    while sent < max_signals:
-        count = min(SIGNAL_BATCH, max_signals - sent)
+
+    def send_batch(room: int) -> int:
+        count = min(SIGNAL_BATCH, room)
         conn.send(conn.batch(template, count))
-        sent += count
-        if time.monotonic() >= deadline:
-            break
+        return count
+
+    sent, start, _ = _timed(pipe, send_batch, max_signals, seconds)
     # A round trip to the bus: every signal has been read (and routed) by the daemon.
     conn.bus_call("GetId")
     pipe.send(("done", {"signals": sent, "start": start}))
@@ -359,17 +370,13 @@ def count_signals(pipe: Pipe, address: str, subscribers: int) -> None:
 def churn_connections(pipe: Pipe, address: str, max_connections: int, seconds: float) -> None:
     """Connect, authenticate, Hello, disconnect; again and again."""
     rc.Connection.open(address).close()
-    pipe.send(("ready", None))
-    _wait_go(pipe)
-    start = time.monotonic()
-    deadline = start + seconds
-    done = 0
-    while done < max_connections:
+
+    def one_connection(_: int) -> int:
         rc.Connection.open(address, sync=False).close()
-        done += 1
-        if time.monotonic() >= deadline:
-            break
-    pipe.send(("done", {"connections": done, "seconds": time.monotonic() - start}))
+        return 1
+
+    done, _, elapsed = _timed(pipe, one_connection, max_connections, seconds)
+    pipe.send(("done", {"connections": done, "seconds": elapsed}))
 
 
 def hold_idle_connections(pipe: Pipe, address: str, count: int) -> None:
@@ -390,7 +397,6 @@ def hold_idle_connections(pipe: Pipe, address: str, count: int) -> None:
         return conn
 
     idle_connection("warmup").close()  # warm-up, so that the baseline has seen one connection
-    pipe.send(("ready", None))
     _wait_go(pipe)
     held = [idle_connection(index) for index in range(count)]
     pipe.send(("done", len(held)))
