@@ -6,6 +6,13 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+# Error names meaning "this bus has no such method": fall back, or explain the bus lacks it.
+NOT_SUPPORTED = frozenset({"org.freedesktop.DBus.Error.UnknownMethod",
+                           "org.freedesktop.DBus.Error.UnknownInterface",
+                           "org.freedesktop.DBus.Error.NotSupported"})
+# Error names meaning "that name has no owner (any more)".
+GONE = frozenset({"org.freedesktop.DBus.Error.NameHasNoOwner"})
+
 # What to try next, by D-Bus error name: shown under the error itself.
 ERROR_HINTS: dict[str, str] = {
     "org.freedesktop.DBus.Error.ServiceUnknown": "Check the name with 'busdctl list'.",

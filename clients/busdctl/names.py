@@ -9,17 +9,12 @@ from typing import Any
 from .connection import DRIVER_NAME, BusConnection
 from .context import Context
 from .creds import ProcessFacts, read_process, user_name
-from .errors import EXIT_OK, BusError, CommandError
+from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError
 from .output import Column
 
 LIST_COLUMNS = (Column("NAME"), Column("PID", right=True), Column("PROCESS"), Column("USER"),
                 Column("CONNECTION"), Column("UNIT"), Column("SESSION"), Column("DESCRIPTION"))
 
-# Errors meaning "this bus does not have that driver method": fall back to an older one.
-NOT_SUPPORTED = frozenset({"org.freedesktop.DBus.Error.UnknownMethod",
-                           "org.freedesktop.DBus.Error.UnknownInterface",
-                           "org.freedesktop.DBus.Error.NotSupported"})
-GONE = frozenset({"org.freedesktop.DBus.Error.NameHasNoOwner"})
 
 
 @dataclass

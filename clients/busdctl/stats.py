@@ -10,8 +10,8 @@ from typing import Any
 from .connection import BusConnection
 from .context import Context
 from .creds import read_process
-from .errors import EXIT_OK, BusError, CommandError
-from .names import GONE, NOT_SUPPORTED, peer_facts
+from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError
+from .names import peer_facts
 from .output import Column
 
 STATS_INTERFACE = "org.freedesktop.DBus.Debug.Stats"
@@ -92,7 +92,7 @@ async def _connection_stats(bus: BusConnection, connection: str,
         stats, facts = await asyncio.gather(_stats_call(bus, "GetConnectionStats", "s", [connection]),
                                             peer_facts(bus, connection))
     except BusError as error:
-        if error.error_name in GONE or "no such name" in error.text.lower():
+        if error.error_name in GONE:
             return None  # it left while we were asking
         raise
     pid = facts.pid if facts else None

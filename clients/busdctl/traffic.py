@@ -15,9 +15,8 @@ from dbus_next.validators import is_bus_name_valid
 from . import __version__
 from .connection import DRIVER_NAME, DRIVER_PATH, BusConnection, Tap, make_message
 from .context import Context
-from .errors import EXIT_OK, BusError, CommandError, UsageError
+from .errors import EXIT_OK, NOT_SUPPORTED, BusError, CommandError, UsageError
 from .formatting import format_verbose, json_body
-from .names import NOT_SUPPORTED
 from .output import Output, warn
 from .pcapng import enhanced_packet, interface_description, section_header
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from dbus_next import Message, MessageType
-from dbus_next.validators import is_bus_name_valid, is_interface_name_valid, is_member_name_valid, is_object_path_valid
+from dbus_next.validators import (is_bus_name_valid, is_interface_name_valid, is_member_name_valid,
+                                  is_object_path_valid)
 
 from .calls import print_body
 from .context import Context
-from .errors import EXIT_OK, BusError, CommandError, UsageError
+from .errors import EXIT_OK, GONE, BusError, CommandError, UsageError
 from .formatting import json_body
-from .names import GONE
 from .output import warn
 
 NAME_OWNER_CHANGED_RULE = ("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
