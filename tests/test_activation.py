@@ -10,7 +10,10 @@ name unowned while callers queue up.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,3 +362,42 @@ def test_busd_runs_a_system_service_as_its_user_when_it_can(tmp_path):
     finally:
         bus.stop()
         shutil.rmtree(outbox, ignore_errors=True)
+
+
+# ------------------------------------------------------------ busd's own care of its children
+
+def test_busd_logs_what_a_service_prints_and_reaps_it(tmp_path):
+    if not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    workdir = tempfile.mkdtemp(prefix="busd-log-")
+    servicedir = str(tmp_path)
+    config = os.path.join(workdir, "bus.conf")
+    with open(config, "w") as f:
+        f.write(SESSION_CONFIG.replace("{socket}", os.path.join(workdir, "bus"))
+                .replace("{extra}", activation_config(servicedir, START_TIMEOUT_MS)))
+    name = unique_service_name("Chatty")
+    write_service(servicedir, name, "/bin/sh -c 'echo to stdout; echo to stderr >&2; exit 4'")
+    daemon = subprocess.Popen([sys.executable, "-m", "busd", f"--config-file={config}", "--nofork", "--nopidfile",
+                               "--print-address=1", "--log-level=info"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = daemon.stdout.readline().strip()
+        with Client(address) as client:
+            error = client.error_of(client.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("x",)))
+    finally:
+        daemon.terminate()
+        _, log = daemon.communicate(timeout=30)
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert (error.name, error.text) == (ERROR + "Spawn.ChildExited", f"Process {name} exited with status 4")
+    printed = re.findall(rf"(INFO|WARNING) busd\.service: {re.escape(name)}\[(\d+)\]: (.*)", log)
+    # Each stream in its own right, stdout at INFO and stderr at WARNING (the two may interleave either way).
+    assert sorted((level, text) for level, _pid, text in printed) == [("INFO", "to stdout"),
+                                                                        ("WARNING", "to stderr")]
+    pid = int(printed[0][1])
+    # Reaped before the caller heard of the exit: no zombie left behind.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state != "Z"

@@ -458,11 +458,13 @@ class ServiceProcess:
         self.pid = self.popen.pid
         self._pending_output: dict[int, bytearray] = {}
         self._levels: dict[int, int] = {}
+        self._pipes: dict[int, Any] = {}  # the Popen's file objects own the fds: they close them
         for pipe, level in ((self.popen.stdout, logging.INFO), (self.popen.stderr, logging.WARNING)):
             fd = pipe.fileno()
             os.set_blocking(fd, False)
             self._pending_output[fd] = bytearray()
             self._levels[fd] = level
+            self._pipes[fd] = pipe
             loop.add_reader(fd, self._on_output, fd)
         self._pidfd: int | None = None
         self._poll: Any = None
@@ -499,7 +501,7 @@ class ServiceProcess:
         while True:
             end = buffer.find(b"\n")
             if end < 0:
-                if final and buffer or len(buffer) >= self.MAX_LINE:
+                if (final and buffer) or len(buffer) >= self.MAX_LINE:
                     end = len(buffer)
                 else:
                     return
@@ -525,7 +527,7 @@ class ServiceProcess:
     def _on_output_eof(self, fd: int) -> None:
         self._log_lines(fd, final=True)
         self.loop.remove_reader(fd)
-        os.close(fd)
+        self._pipes.pop(fd).close()
         del self._pending_output[fd]
 
     def _on_exit(self) -> None:
