@@ -82,7 +82,8 @@ async def list_names(ctx: Context, args: list[str]) -> int:
     wanted = [name for name in sorted(kinds)
               if kinds[name] == "activatable"
               or (unique if name.startswith(":") else acquired)]
-    entries = await asyncio.gather(*(_list_entry(ctx.bus, name, kinds[name]) for name in wanted))
+    augment = ctx.options.augment_creds
+    entries = await asyncio.gather(*(_list_entry(ctx.bus, name, kinds[name], augment) for name in wanted))
     entries = [entry for entry in entries if entry is not None]
     if ctx.output.is_json:
         ctx.output.json(entries)
@@ -98,7 +99,7 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-async def _list_entry(bus: BusConnection, name: str, kind: str) -> dict[str, Any] | None:
+async def _list_entry(bus: BusConnection, name: str, kind: str, augment: bool) -> dict[str, Any] | None:
     entry: dict[str, Any] = {"name": name, "pid": None, "process": None, "user": None, "connection": None,
                              "unit": None, "session": None, "description": None,
                              "activatable": kind == "activatable"}
@@ -111,7 +112,7 @@ async def _list_entry(bus: BusConnection, name: str, kind: str) -> dict[str, Any
     entry["connection"] = facts.connection
     entry["pid"] = facts.pid
     entry["user"] = user_name(facts.uid) if facts.uid is not None else None
-    process = read_process(facts.pid) if facts.pid else None
+    process = read_process(facts.pid) if facts.pid and augment else None
     if process is not None:
         entry["process"] = process.comm
         units = process.units
