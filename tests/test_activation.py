@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from jeepney import HeaderFields
 
 from buses import SESSION_CONFIG, RunningBus, busd_available, start_bus
 from services.support import (
@@ -401,3 +402,21 @@ def test_busd_logs_what_a_service_prints_and_reaps_it(tmp_path):
     except FileNotFoundError:
         state = "gone"
     assert state != "Z"
+
+
+def test_a_monitor_sees_a_held_call_once(service_bus, gate):
+    name = unique_service_name("Monitored")
+    service_bus.add(name, service_command(name, "--gate", gate.path))
+    with Client(service_bus.address) as monitor, Client(service_bus.address) as caller:
+        monitor.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus.Monitoring",
+                     "BecomeMonitor", "asu", ([f"destination='{name}'"], 0))
+        held = caller.send_call(name, "/", TEST_INTERFACE, "Echo", "s", ("held",))
+        caller.call_bus("GetId")
+        gate.open()
+        assert caller.result(held) == ("held",)
+        caller.call_service(name, "Echo", "s", ("after",))
+        seen = []
+        while "after" not in seen:
+            message = monitor.wait_for(lambda m: m.header.fields.get(HeaderFields.member) == "Echo")
+            seen.append(message.body[0])
+    assert seen == ["held", "after"]

@@ -582,7 +582,14 @@ class HeldMessage:
         if self.peer.conn.closed:
             _close(self.fds)
             return
-        activation.bus.receive(self.peer, self.buf, self.h, self.fds)
+        bus = activation.bus
+        # Monitors saw the message when it arrived; as with dbus-daemon they do not see it a second time.
+        # (Errors the bus might answer with during this re-dispatch are not shown to them either.)
+        monitors, bus.monitors = bus.monitors, []
+        try:
+            bus.receive(self.peer, self.buf, self.h, self.fds)
+        finally:
+            bus.monitors = monitors
 
     def fail(self, bus: "Bus", error: str, text: str) -> None:
         _close(self.fds)
