@@ -275,7 +275,7 @@ class Bus:
         _close(fds)
         if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
             if h.member == "Hello" and h.interface in (None, DRIVER_INTERFACE):
-                self.driver.hello(peer, h)
+                self.driver.hello(peer, h, buf)
             elif not h.flags & NO_REPLY_EXPECTED:
                 message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
                                         reply_serial=h.serial, destination=":not.active.yet",

@@ -108,11 +108,13 @@ class Driver:
 
     # ------------------------------------------------------------ dispatch
 
-    def hello(self, peer: "Peer", h: Header) -> None:
+    def hello(self, peer: "Peer", h: Header, buf: bytes) -> None:
         """The first message of every connection."""
         bus = self.bus
         name = bus.assign_unique_name(peer)
         peer.hello_done = True
+        h.sender = name
+        bus.deliver_to_monitors(peer, buf, h, None)
         bus.send_reply(peer, h.serial, "s", [name])
         bus.emit_name_events([NameEvent("owner_changed", name, None, peer),
                               NameEvent("acquired", name, None, peer)])
