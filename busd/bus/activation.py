@@ -582,14 +582,8 @@ class HeldMessage:
         if self.peer.conn.closed:
             _close(self.fds)
             return
-        bus = activation.bus
         # Monitors saw the message when it arrived; as with dbus-daemon they do not see it a second time.
-        # (Errors the bus might answer with during this re-dispatch are not shown to them either.)
-        monitors, bus.monitors = bus.monitors, []
-        try:
-            bus.receive(self.peer, self.buf, self.h, self.fds)
-        finally:
-            bus.monitors = monitors
+        activation.bus.receive(self.peer, self.buf, self.h, self.fds, monitored=False)
 
     def fail(self, bus: "Bus", error: str, text: str) -> None:
         _close(self.fds)
@@ -675,22 +669,8 @@ class Activation:
         driver.start_service = self.auto_start
         bus.start_service_by_name = self.start_by_name
         bus.names_changed = self.names_changed
-        if hasattr(bus, "on_driver_signal"):
-            bus.on_driver_signal = self.driver_signal
-        elif self.systemd_activation:
-            self._watch_driver_signals()
+        bus.on_driver_signal = self.driver_signal
         return self
-
-    def _watch_driver_signals(self) -> None:
-        # Bus.receive does not hand signals addressed to the bus to anyone: look at them on the way in.
-        receive = self.bus.receive
-        driver_signal = self.driver_signal
-
-        def receive_and_watch(peer: "Peer", buf: bytes, h: Header, fds: list[int] | None) -> None:
-            if h.type == SIGNAL and h.destination == DBUS and peer.hello_done and not peer.monitor:
-                driver_signal(peer, buf, h)
-            receive(peer, buf, h, fds)
-        self.bus.receive = receive_and_watch
 
     def _start_watching(self) -> None:
         if self._watch:

@@ -117,6 +117,7 @@ class Bus:
         self._driver_fields: dict[int, bytes] = {}
         self.started = time.monotonic()
         self.on_reload: Callable[[], None] | None = None
+        self.on_driver_signal: Callable[[Peer, bytes, Header], None] | None = None  # e.g. systemd's
         self.policy: BusPolicy = AllowEverything()
         from .driver import Driver  # the driver needs Bus; import here to keep the door narrow
         self.driver = Driver(self)
@@ -192,7 +193,8 @@ class Bus:
 
     # ------------------------------------------------------------ the per-message path
 
-    def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+    def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None, monitored: bool = True) -> None:
+        """Route one message. `monitored=False` re-dispatches a message monitors already saw (activation)."""
         if not peer.hello_done:
             self._receive_before_hello(peer, buf, h, fds)
             return
@@ -219,11 +221,14 @@ class Bus:
             self.deliver_eavesdroppers(peer, buf, h, fds, None)
             if mtype == METHOD_CALL:
                 self.driver.handle(peer, buf, h)
+            elif mtype == SIGNAL and self.on_driver_signal is not None:
+                self.on_driver_signal(peer, buf, h)
             _close(fds)
             return
         target = self.peers.get(dest) if dest[0] == ":" else self.registry.owner(dest)
         if target is None:
-            self.deliver_to_monitors(peer, buf, h, None)
+            if monitored:
+                self.deliver_to_monitors(peer, buf, h, None)
             if dest[0] != ":" and mtype == METHOD_CALL and not h.flags & NO_AUTO_START:
                 if self.driver.try_activation(peer, h, buf, fds):
                     return
@@ -265,7 +270,7 @@ class Bus:
             peer.expecting.discard(key)
             target.replies_outstanding -= 1
         self.deliver(target, peer, buf, h, fds)
-        if self.monitors:
+        if self.monitors and monitored:
             self.deliver_to_monitors(peer, buf, h, None)
         if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
