@@ -139,6 +139,24 @@ class Bus:
         peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
         return peer
 
+    def attach_virtual_peer(self, conn: Any) -> Peer:
+        """A peer that lives inside the daemon (the bridge's end of an upstream bus).
+
+        `conn` stands in for a Connection: the bus calls its queue(head, body, fds)
+        with each message routed to the peer, and reads the same attributes it
+        reads of a Connection (closed, unix_fd, credentials, label, out_bytes,
+        out_fds, throttled, throttled_by, counted_uid=None, pause_reading, resume_reading). It gets a
+        unique name as if it had said Hello, and leaves through connection_closed().
+        """
+        self.connections.add(conn)
+        peer = Peer(conn)
+        peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
+        conn.peer = peer
+        name = self.assign_unique_name(peer)
+        peer.hello_done = True
+        self.emit_name_events([NameEvent("owner_changed", name, None, peer)])
+        return peer
+
     def connection_closed(self, conn: "Connection") -> None:
         self.connections.discard(conn)
         uid = conn.counted_uid
