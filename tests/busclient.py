@@ -152,10 +152,14 @@ class RawClient:
         self._rbuf = bytearray()
         self._fds: deque[int] = deque()
         self.backlog: list[Message] = []
-        if authenticate:
-            self.authenticate(negotiate_unix_fd, mechanisms)
-            if hello:
-                self.hello()
+        try:
+            if authenticate:
+                self.authenticate(negotiate_unix_fd, mechanisms)
+                if hello:
+                    self.hello()
+        except BaseException:
+            self.close()
+            raise
 
     # ------------------------------------------------------------ setup
 
@@ -423,8 +427,9 @@ class LineWatcher:
         self.eof = False
 
     def _pump(self, stream: Any) -> None:
-        for line in iter(stream.readline, ""):
-            self._queue.put(line.rstrip("\n"))
+        with stream:  # the watcher owns the stream: closed at EOF
+            for line in iter(stream.readline, ""):
+                self._queue.put(line.rstrip("\n"))
         self._queue.put(None)
 
     def _take(self, deadline: float) -> str | None:
@@ -468,6 +473,7 @@ class ToolProcess:
     def __init__(self, bus: RunningBus, *argv: str):
         self.process = subprocess.Popen(list(argv), env=bus.client_env(), stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+        # (the watcher closes stdout at EOF)
         self.output = LineWatcher(self.process.stdout)
 
     def stop(self) -> None:
@@ -478,7 +484,7 @@ class ToolProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process.stdout.close()
+        self.output.wait_eof()
 
     def __enter__(self) -> "ToolProcess":
         return self

@@ -193,6 +193,7 @@ def test_busd_logs_one_line_per_dropped_peer_with_its_reason():
             client.close()
     finally:
         bus.stop()
+        log.wait_eof()
 
 
 # ---------------------------------------------------------------- connection limits

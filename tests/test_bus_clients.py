@@ -62,6 +62,13 @@ async def serve(bus_info, bus_name: str, negotiate_unix_fd: bool = False):
     return bus, service
 
 
+async def close(bus) -> None:
+    bus.disconnect()
+    await bus.wait_for_disconnect()
+    bus._stream.close()  # dbus-next 0.2.3 leaves its socket open after disconnecting
+    bus._sock.close()
+
+
 async def tool(bus_info, *argv: str) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(*argv, env=bus_info.client_env(), stdin=asyncio.subprocess.DEVNULL,
                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
@@ -89,8 +96,8 @@ def test_dbus_next_client_and_service(shared_bus):
         await calc.set_label("renamed")
         assert await changed == "renamed"
         assert await calc.get_label() == "renamed"
-        client.disconnect()
-        server.disconnect()
+        await close(client)
+        await close(server)
     run_async(scenario())
 
 
@@ -103,8 +110,8 @@ def test_dbus_next_large_message(shared_bus):
         calc = client.get_proxy_object(bus_name, PATH, introspection).get_interface(NAME)
         payload = os.urandom(1 << 20) * 12
         assert await calc.call_echo(payload) == payload
-        client.disconnect()
-        server.disconnect()
+        await close(client)
+        await close(server)
     run_async(scenario(), timeout=60)
 
 
@@ -122,8 +129,8 @@ def test_dbus_next_passes_fds(shared_bus):
         finally:
             os.close(read_end)
             os.close(write_end)
-        client.disconnect()
-        server.disconnect()
+        await close(client)
+        await close(server)
     run_async(scenario())
 
 
@@ -146,7 +153,7 @@ def test_command_line_clients_call_a_dbus_next_service(shared_bus):
         assert service.label == "from busctl"
         assert await tool(shared_bus, "busctl", "--user", "get-property", bus_name, PATH, NAME, "Label") == \
             (0, 's "from busctl"\n', "")
-        server.disconnect()
+        await close(server)
     run_async(scenario())
 
 
@@ -166,7 +173,7 @@ def test_a_dbus_send_signal_reaches_a_dbus_next_match(shared_bus):
                                 "org.example.Cli.FromDbusSend", "string:hello", "uint32:7")
         assert code == 0
         assert await got == ("org.example.Cli", ["hello", 7])
-        listener.disconnect()
+        await close(listener)
     run_async(scenario())
 
 

@@ -354,7 +354,7 @@ def test_sighup_reloads_and_keeps_every_connection(kind):
         finally:
             process.terminate()
             process.wait(TIMEOUT)
-            process.stderr.close()
+            log.wait_eof()
 
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
