@@ -232,18 +232,25 @@ class _Message:
 
 
 def test_match_rules_apply_locally_as_the_bus_applies_them():
-    owners = {"dev.busd.Named": ":1.7"}
-    named = MatchRule.for_signal("dev.busd.Named", None, None, None).compile(owners.get)
+    class Owner:
+        owner = ":1.7"
+
+    named = MatchRule.for_signal("dev.busd.Named", None, None, None).compile(Owner())
     assert named(_Message(sender=":1.7")) and not named(_Message(sender=":1.8"))
-    path_arg = MatchRule.for_signal(None, None, None, None, arg0path="/aa/bb/").compile(owners.get)
+    assert named(_Message(sender="dev.busd.Named"))
+    headers = MatchRule.for_signal(":1.7", "/p", "i.f", "M").compile()
+    assert headers(_Message(sender=":1.7", path="/p")) and not headers(_Message(sender=":1.7", path="/q"))
+    with pytest.raises(ValueError, match="needs the owner"):
+        MatchRule.for_signal("dev.busd.Named", None, None, None).compile()
+    path_arg = MatchRule.for_signal(None, None, None, None, arg0path="/aa/bb/").compile()
     assert [path_arg(_Message(body=[arg])) for arg in ("/aa/bb/", "/aa/bb/cc", "/aa/", "/aa/b", "/aa")] == \
         [True, True, True, False, False]
-    namespace = MatchRule.for_signal(None, None, None, None, arg0namespace="com.example").compile(owners.get)
+    namespace = MatchRule.for_signal(None, None, None, None, arg0namespace="com.example").compile()
     assert [namespace(_Message(body=[arg])) for arg in ("com.example", "com.example.A", "com.examples")] == \
         [True, True, False]
-    subtree = MatchRule.for_signal(None, None, None, None, path_namespace="/a/b").compile(owners.get)
+    subtree = MatchRule.for_signal(None, None, None, None, path_namespace="/a/b").compile()
     assert [subtree(_Message(path=p)) for p in ("/a/b", "/a/b/c", "/a/bc", "/a")] == [True, True, False, False]
-    string_arg = MatchRule.for_signal(None, None, None, None, arg1="x").compile(owners.get)
+    string_arg = MatchRule.for_signal(None, None, None, None, arg1="x").compile()
     assert [string_arg(_Message(body=body)) for body in (["a", "x"], ["x"], ["a", 5])] == [True, False, False]
 
 

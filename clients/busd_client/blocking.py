@@ -34,12 +34,12 @@ class BlockingBus:
     """A bus connection with blocking methods; see the module docstring."""
 
     def __init__(self, address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, unix_fds: bool = True) -> None:
         self._loop = _new_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="busd_client-loop", daemon=True)
         self._thread.start()
         try:
-            self.bus: Bus = self.run(connect(address, timeout=timeout, backend=backend))
+            self.bus: Bus = self.run(connect(address, timeout=timeout, backend=backend, unix_fds=unix_fds))
         except BaseException:
             self._stop_loop()
             raise
@@ -125,9 +125,9 @@ class BlockingBus:
 
 
 def connect_blocking(address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                     backend: str | None = None) -> BlockingBus:
+                     backend: str | None = None, unix_fds: bool = True) -> BlockingBus:
     """Connect without an event loop; same arguments as `busd_client.connect`."""
-    return BlockingBus(address, timeout=timeout, backend=backend)
+    return BlockingBus(address, timeout=timeout, backend=backend, unix_fds=unix_fds)
 
 
 class BlockingSubscription:

@@ -10,6 +10,7 @@ service layers are not used, so both backends behave the same.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import inspect
 import logging
 import os
@@ -56,18 +57,20 @@ def resolve_address(address: str | None) -> str:
 
 
 async def connect(address: str | None = None, *, timeout: float = DEFAULT_TIMEOUT,
-                  backend: str | None = None) -> Bus:
+                  backend: str | None = None, unix_fds: bool = True) -> Bus:
     """Connect to a bus and return a `Bus` (also an async context manager that closes it).
 
     `address`: None or "session" for the session bus from the environment,
     "system" for the system bus, or any D-Bus address.  `timeout` is the
     default for every call made on this bus.  `backend` picks "dbus_fast"
     or "dbus_next" (default: $BUSD_CLIENT_BACKEND, else dbus_fast if installed).
+    `unix_fds=False` skips negotiating fd passing, which makes every message a
+    little cheaper to receive, for programs that never send or receive fds.
     """
     resolved = resolve_address(address)
     chosen = get_backend(backend)
     # File descriptors only travel over unix sockets.
-    unix_only = all(part.startswith("unix:") for part in resolved.split(";") if part)
+    unix_only = unix_fds and all(part.startswith("unix:") for part in resolved.split(";") if part)
     try:
         connection = chosen.MessageBus(bus_address=resolved, negotiate_unix_fd=unix_only)
         await connection.connect()
@@ -219,7 +222,7 @@ class SlotInvoker:
         except Exception:
             log.exception("slot %r raised on %s.%s", self.slot, message.interface, message.member)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self.bus._spawn(result)
 
 
@@ -243,7 +246,12 @@ class Bus:
         self.address = address
         self.timeout = timeout
         self._closed = False
-        self._pending: dict[int, ReplyCallback] = {}
+        # serial -> (future or callback, deadline, the call message, timeout)
+        self._pending: dict[int, tuple[Any, float, Any, float]] = {}
+        self._deadlines: list[tuple[float, int]] = []
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        self._deadline_timer_when = 0.0
+        self._future_type = type(self._loop.create_future())
         self._routes: dict[str | None, tuple[_Route, ...]] = {}
         self._rules: dict[str, _RuleEntry] = {}
         self._trackers: dict[str, NameTracker] = {}
@@ -254,6 +262,7 @@ class Bus:
         message_type = backend.MessageType
         self._signal_type = message_type.SIGNAL
         self._call_type = message_type.METHOD_CALL
+        self._error_type = message_type.ERROR
         self._no_reply_flag = backend.MessageFlag.NO_REPLY_EXPECTED
         self._add_route(_Route(self._is_name_signal, self._on_name_signal, "NameAcquired"))
         self._add_route(_Route(self._is_name_signal, self._on_name_signal, "NameLost"))
@@ -328,11 +337,12 @@ class Bus:
 
     def _fail_pending(self, error: DBusError) -> None:
         pending, self._pending = self._pending, {}
-        for callback in pending.values():
-            try:
-                callback(None, error)
-            except Exception:
-                log.exception("a reply callback failed while disconnecting")
+        self._deadlines.clear()
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+        for waiter, *_ in pending.values():
+            self._resolve(waiter, None, error)
 
     def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Future[Any]:
         """Run a background coroutine, keeping it referenced and logging its failure."""
@@ -362,14 +372,29 @@ class Bus:
         if message_type == self._call_type:
             self.objects.handle_call(message)
             return True
-        callback = self._pending.pop(message.reply_serial, None)
-        if callback is None:
+        entry = self._pending.pop(message.reply_serial, None)
+        if entry is None:
             return False
+        self._resolve(entry[0], message, None)
+        return True
+
+    def _resolve(self, waiter: asyncio.Future[Any] | ReplyCallback, reply: Any,
+                 error: BaseException | None) -> None:
+        """Hand a reply (or the error standing for it) to whoever waits: a future or a callback."""
+        if type(waiter) is self._future_type:
+            if waiter.done():
+                return
+            if error is not None:
+                waiter.set_exception(error)
+            elif reply.message_type == self._error_type:
+                waiter.set_exception(error_from_message(reply))
+            else:
+                waiter.set_result(reply)
+            return
         try:
-            callback(message, None)
+            waiter(reply, error)  # type: ignore[operator]
         except Exception:
             log.exception("a reply callback failed")
-        return True
 
     # -- sending -----------------------------------------------------------------
 
@@ -379,11 +404,8 @@ class Bus:
             close_fds(fds)
             raise Disconnected("the connection is closed; connect again")
         if threading.get_ident() != self._thread_id:
-            self._loop.call_soon_threadsafe(self._send_now, message, fds)
+            self._loop.call_soon_threadsafe(self._send_from_loop, message, fds)
             return
-        self._send_now(message, fds)
-
-    def _send_now(self, message: Any, fds: Sequence[int]) -> None:
         try:
             written = self._connection.send(message)
         except Exception as error:
@@ -392,71 +414,82 @@ class Bus:
         if fds:
             written.add_done_callback(lambda _: close_fds(fds))
 
+    def _send_from_loop(self, message: Any, fds: Sequence[int]) -> None:
+        try:
+            self._send(message, fds)
+        except Exception:
+            log.exception("cannot send %s.%s queued from another thread", message.interface, message.member)
+
     def _new_message(self, **fields: Any) -> Any:
         try:
             return self._backend.Message(**fields)
         except Exception as error:
-            close_fds(fields.get("unix_fds", ()))
-            if isinstance(error, (TypeError, ValueError)) or "Invalid" in type(error).__name__:
-                raise ValueError(f"cannot build the D-Bus message: {error}") from error
-            raise
+            raise _message_error(error, fields.get("unix_fds", ())) from error
 
     def _start_call(self, destination: str | None, path: str, interface: str | None, member: str,
-                    signature: str, body: list[Any], fds: list[int], callback: ReplyCallback,
-                    timeout: float | None) -> Callable[[], None]:
-        """Send a method call; `callback` gets the reply or the error.  Returns a canceller."""
-        message = self._new_message(destination=destination, path=path, interface=interface,
-                                    member=member, signature=signature, body=body, unix_fds=fds)
+                    signature: str, body: list[Any], fds: list[int],
+                    waiter: asyncio.Future[Any] | ReplyCallback, timeout: float | None) -> int:
+        """Send a method call whose reply (or error) goes to `waiter`: a future of this loop, or a
+        callback run in arrival order.  Returns the call's serial."""
+        try:
+            message = self._backend.Message(destination=destination, path=path, interface=interface,
+                                            member=member, signature=signature, body=body, unix_fds=fds)
+        except Exception as error:
+            raise _message_error(error, fds) from error
         serial = message.serial = self._connection.next_serial()
         delay = self.timeout if timeout is None else timeout
-        timer: asyncio.TimerHandle | None = None
-
-        def on_reply(reply: Any, error: BaseException | None) -> None:
-            if timer is not None:
-                timer.cancel()
-            callback(reply, error)
-
-        def expire() -> None:
-            if self._pending.pop(serial, None) is not None:
-                callback(None, NoReply(
-                    f"no reply to {interface}.{member} from {destination} within {delay:g} s"))
-
-        def cancel() -> None:
-            if timer is not None:
-                timer.cancel()
-            self._pending.pop(serial, None)
-
-        self._pending[serial] = on_reply
+        deadline = self._loop.time() + delay
+        self._pending[serial] = (waiter, deadline, message, delay)
         try:
             self._send(message, fds)
         except BaseException:
-            self._pending.pop(serial, None)
+            del self._pending[serial]
             raise
-        timer = self._loop.call_later(delay, expire)
-        return cancel
+        self._add_deadline(deadline, serial)
+        return serial
+
+    # Timeouts share one timer: a heap of (deadline, serial), entries of answered calls dropped
+    # lazily, so a call costs a heap push rather than a timer of its own.
+
+    def _add_deadline(self, deadline: float, serial: int) -> None:
+        heapq.heappush(self._deadlines, (deadline, serial))
+        timer = self._deadline_timer
+        if timer is None or deadline < self._deadline_timer_when:
+            if timer is not None:
+                timer.cancel()
+            self._deadline_timer = self._loop.call_at(deadline, self._expire_calls)
+            self._deadline_timer_when = deadline
+        elif len(self._deadlines) > 2 * len(self._pending) + 256:
+            self._deadlines = [(entry[1], serial) for serial, entry in self._pending.items()]
+            heapq.heapify(self._deadlines)
+
+    def _expire_calls(self) -> None:
+        self._deadline_timer = None
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, serial = heapq.heappop(deadlines)
+            entry = self._pending.pop(serial, None)
+            if entry is not None:
+                waiter, _, message, delay = entry
+                self._resolve(waiter, None, NoReply(
+                    f"no reply to {message.interface}.{message.member} from {message.destination} "
+                    f"within {delay:g} s"))
+        if deadlines:
+            self._deadline_timer_when = deadlines[0][0]
+            self._deadline_timer = self._loop.call_at(self._deadline_timer_when, self._expire_calls)
 
     async def _call_raw(self, destination: str | None, path: str, interface: str | None, member: str,
                         signature: str = "", body: list[Any] | None = None,
                         fds: list[int] | None = None, timeout: float | None = None) -> Any:
         """Call a method and return the reply message; an error reply raises DBusError."""
         future: asyncio.Future[Any] = self._loop.create_future()
-
-        def on_reply(reply: Any, error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is not None:
-                future.set_exception(error)
-            elif reply.message_type == self._backend.MessageType.ERROR:
-                future.set_exception(error_from_message(reply))
-            else:
-                future.set_result(reply)
-
-        cancel = self._start_call(destination, path, interface, member, signature,
-                                  body or [], fds or [], on_reply, timeout)
+        serial = self._start_call(destination, path, interface, member, signature,
+                                  body or [], fds or [], future, timeout)
         try:
             return await future
         except asyncio.CancelledError:
-            cancel()
+            self._pending.pop(serial, None)
             raise
 
     def _driver_call_soon(self, member: str, signature: str, body: list[Any],
@@ -464,7 +497,7 @@ class Bus:
                           interface: str = DRIVER_NAME) -> None:
         """Call a bus driver method; `callback` runs synchronously in arrival order with (body, error)."""
         def on_reply(reply: Any, error: BaseException | None) -> None:
-            if error is None and reply.message_type == self._backend.MessageType.ERROR:
+            if error is None and reply.message_type == self._error_type:
                 error = error_from_message(reply)
             callback(None if error is not None else reply.body, error)
 
@@ -526,12 +559,12 @@ class Bus:
         return await self._subscribe(rule, SlotInvoker(self, slot))
 
     async def _subscribe(self, rule: MatchRule, deliver: Callable[[Any], None], *,
-                         track_sender: bool = True, before_ready: Callable[[], None] | None = None
+                         before_ready: Callable[[], None] | None = None
                          ) -> Subscription:
         text = rule.to_string()
-        tracker = self._acquire_tracker(rule.sender) if track_sender and rule.sender_is_well_known else None
+        tracker = self._acquire_tracker(rule.sender) if rule.sender_is_well_known else None
         # The route goes in before AddMatch so no signal is lost between AddMatch's reply and our return.
-        route = _Route(rule.compile(self._owner_of), deliver, rule.member)
+        route = _Route(rule.compile(tracker), deliver, rule.member)
         self._add_route(route)
         subscription = Subscription(self, text, route, tracker)
         try:
@@ -618,10 +651,6 @@ class Bus:
         self._send(message, fds)
 
     # -- names -------------------------------------------------------------------
-
-    def _owner_of(self, name: str) -> str | None:
-        tracker = self._trackers.get(name)
-        return tracker.owner if tracker is not None else None
 
     def _acquire_tracker(self, name: str) -> NameTracker:
         tracker = self._trackers.get(name)
@@ -764,6 +793,12 @@ def unpack_reply(values: Sequence[Any]) -> Any:
     if len(values) == 1:
         return values[0]
     return tuple(values)
+
+
+def _message_error(error: Exception, fds: Sequence[int]) -> Exception:
+    """The error to raise when the library refuses to build a message (bad name, path...)."""
+    close_fds(fds)
+    return ValueError(f"cannot build the D-Bus message: {error}")
 
 
 def _marshal_error(message: Any, error: Exception) -> Exception:

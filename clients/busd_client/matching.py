@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable
 
 _ARG_KEY = re.compile(r"^arg(\d{1,2})(path|namespace)?$")
@@ -85,34 +86,48 @@ class MatchRule:
         return (self.sender is not None and not _is_unique_name(self.sender)
                 and self.sender != DRIVER_NAME)
 
-    def compile(self, owner_of: Callable[[str], str | None]) -> Callable[[Any], bool]:
-        """A predicate on received signal messages; `owner_of` maps a well-known name to its unique owner."""
-        checks: list[Callable[[Any], bool]] = []
-        sender = self.sender
-        if sender is not None:
-            if self.sender_is_well_known:
-                checks.append(lambda msg: msg.sender == sender or msg.sender == owner_of(sender))
-            else:
-                checks.append(lambda msg: msg.sender == sender)
-        for key in ("path", "interface", "member", "destination"):
-            expected = getattr(self, key)
-            if expected is not None:
-                checks.append(_header_check(key, expected))
+    def compile(self, sender_owner: Any = None) -> Callable[[Any], bool]:
+        """A predicate on received signal messages, as the bus would apply this rule.
+
+        `sender_owner` is needed when the sender is a well-known name: an
+        object whose `owner` attribute is the name's current unique owner.
+        """
+        keys: list[str] = []
+        expected: list[str] = []
+        for key in ("sender", "path", "interface", "member", "destination"):
+            value = getattr(self, key)
+            if value is not None and not (key == "sender" and self.sender_is_well_known):
+                keys.append(key)
+                expected.append(value)
+        extra: list[Callable[[Any], bool]] = []
+        if self.sender_is_well_known:
+            if sender_owner is None:
+                raise ValueError(f"matching sender {self.sender} needs the owner of that name")
+            name = self.sender
+            extra.append(lambda msg: msg.sender == sender_owner.owner or msg.sender == name)
         if self.path_namespace is not None:
-            namespace = self.path_namespace.rstrip("/")
-            checks.append(lambda msg: msg.path == self.path_namespace
-                          or (msg.path or "").startswith(namespace + "/"))
-        for key, expected in self.args:
-            checks.append(_arg_check(key, expected))
-        if not checks:
+            exact = self.path_namespace
+            prefix = exact.rstrip("/") + "/"
+            extra.append(lambda msg: msg.path == exact or (msg.path or "").startswith(prefix))
+        extra.extend(_arg_check(key, value) for key, value in self.args)
+        # Header fields are compared in one go: a C attrgetter and a tuple comparison.
+        if keys:
+            headers = attrgetter(*keys)
+            wanted: Any = tuple(expected) if len(keys) > 1 else expected[0]
+            if self.sender_is_well_known and len(extra) == 1:
+                # The usual subscription, in one function: it runs for every signal received.
+                name = self.sender
+                return lambda msg: headers(msg) == wanted and (
+                    msg.sender == sender_owner.owner or msg.sender == name)
+            extra.insert(0, lambda msg: headers(msg) == wanted)
+        if not extra:
             return lambda msg: True
-        if len(checks) == 1:
-            return checks[0]
-        return lambda msg: all(check(msg) for check in checks)
-
-
-def _header_check(key: str, expected: str) -> Callable[[Any], bool]:
-    return lambda msg: getattr(msg, key) == expected
+        if len(extra) == 1:
+            return extra[0]
+        if len(extra) == 2:
+            first, second = extra
+            return lambda msg: first(msg) and second(msg)
+        return lambda msg: all(check(msg) for check in extra)
 
 
 def _arg_check(key: str, expected: str) -> Callable[[Any], bool]:

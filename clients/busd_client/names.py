@@ -72,8 +72,7 @@ class NameTracker:
         """Add the NameOwnerChanged rule, then ask for the current owner."""
         try:
             self._subscription = await self.bus._subscribe(
-                owner_changed_rule(self.name), self._on_owner_changed, track_sender=False,
-                before_ready=self._ask_owner)
+                owner_changed_rule(self.name), self._on_owner_changed, before_ready=self._ask_owner)
         except BaseException as error:
             if not self.ready.done():
                 self.ready.set_exception(error)

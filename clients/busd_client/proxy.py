@@ -43,19 +43,36 @@ class ProxyMethod:
         self.spec = spec
         self._encode = bus._codec.body_encoder(spec.in_signature, [arg.hint for arg in spec.in_args])
         self._out_hints = [arg.hint for arg in spec.out_args]
+        self._decoders: dict[str, Any] = {}   # by reply signature
+        self._member = spec.name
+        self._signature = spec.in_signature
         self.__doc__ = f"{interface}.{spec.name}({spec.in_signature}) -> ({spec.out_signature})"
 
     async def __call__(self, *args: Any, timeout: float | None = None, no_reply: bool = False) -> Any:
         proxy = self.proxy
-        if no_reply:
-            return await proxy.bus.call(proxy.name, proxy.path, self.interface, self.spec.name, *args,
-                                        signature=self.spec.in_signature, no_reply=True)
-        body, fds = self._encode(args)
         bus = proxy.bus
-        reply = await bus._call_raw(proxy.name, proxy.path, self.interface, self.spec.name,
-                                    self.spec.in_signature, body, fds,
-                                    proxy.timeout if timeout is None else timeout)
-        return unpack_reply(bus._decode_reply(reply, self._out_hints))
+        if no_reply:
+            return await bus.call(proxy.name, proxy.path, self.interface, self._member, *args,
+                                  signature=self._signature, no_reply=True)
+        body, fds = self._encode(args)
+        # Bus._call_raw, inlined: this is the hot path of every proxy call.
+        future = bus._loop.create_future()
+        serial = bus._start_call(proxy.name, proxy.path, self.interface, self._member, self._signature,
+                                 body, fds, future, proxy.timeout if timeout is None else timeout)
+        try:
+            reply = await future
+        except BaseException:
+            bus._pending.pop(serial, None)
+            raise
+        signature = reply.signature
+        try:
+            decode = self._decoders[signature]
+        except KeyError:
+            decode = self._decoders[signature] = bus._codec.body_decoder(signature, self._out_hints)
+        values = decode(reply.body, reply.unix_fds) if decode else reply.body
+        if len(values) == 1:
+            return values[0]
+        return unpack_reply(values)
 
     def __repr__(self) -> str:
         return f"<ProxyMethod {self.__doc__}>"
