@@ -62,6 +62,14 @@ async def serve(bus_info, bus_name: str, negotiate_unix_fd: bool = False):
     return bus, service
 
 
+async def calculator_proxy(bus_info, bus_name: str, negotiate_unix_fd: bool = False):
+    """A served calculator and a second dbus-next connection with a proxy to it: (server, client, proxy)."""
+    server, _ = await serve(bus_info, bus_name, negotiate_unix_fd)
+    client = await next_bus(bus_info, negotiate_unix_fd)
+    introspection = await client.introspect(bus_name, PATH)
+    return server, client, client.get_proxy_object(bus_name, PATH, introspection).get_interface(NAME)
+
+
 async def close(bus) -> None:
     bus.disconnect()
     await bus.wait_for_disconnect()
@@ -77,13 +85,9 @@ async def tool(bus_info, *argv: str) -> tuple[int, str, str]:
 
 
 def test_dbus_next_client_and_service(shared_bus):
-    bus_name = f"{NAME}.ByNext"
     async def scenario():
         from dbus_next import DBusError
-        server, service = await serve(shared_bus, bus_name)
-        client = await next_bus(shared_bus)
-        introspection = await client.introspect(bus_name, PATH)
-        calc = client.get_proxy_object(bus_name, PATH, introspection).get_interface(NAME)
+        server, client, calc = await calculator_proxy(shared_bus, f"{NAME}.ByNext")
         assert await calc.call_add(2, 3) == 5
         try:
             await calc.call_fail()
@@ -102,12 +106,8 @@ def test_dbus_next_client_and_service(shared_bus):
 
 
 def test_dbus_next_large_message(shared_bus):
-    bus_name = f"{NAME}.Large"
     async def scenario():
-        server, _ = await serve(shared_bus, bus_name)
-        client = await next_bus(shared_bus)
-        introspection = await client.introspect(bus_name, PATH)
-        calc = client.get_proxy_object(bus_name, PATH, introspection).get_interface(NAME)
+        server, client, calc = await calculator_proxy(shared_bus, f"{NAME}.Large")
         payload = os.urandom(1 << 20) * 12
         assert await calc.call_echo(payload) == payload
         await close(client)
@@ -116,12 +116,8 @@ def test_dbus_next_large_message(shared_bus):
 
 
 def test_dbus_next_passes_fds(shared_bus):
-    bus_name = f"{NAME}.Fds"
     async def scenario():
-        server, _ = await serve(shared_bus, bus_name, negotiate_unix_fd=True)
-        client = await next_bus(shared_bus, negotiate_unix_fd=True)
-        introspection = await client.introspect(bus_name, PATH)
-        calc = client.get_proxy_object(bus_name, PATH, introspection).get_interface(NAME)
+        server, client, calc = await calculator_proxy(shared_bus, f"{NAME}.Fds", negotiate_unix_fd=True)
         read_end, write_end = os.pipe()
         try:
             os.write(write_end, b"sent as an fd")
@@ -136,6 +132,7 @@ def test_dbus_next_passes_fds(shared_bus):
 
 def test_command_line_clients_call_a_dbus_next_service(shared_bus):
     bus_name = f"{NAME}.ByTools"
+
     async def scenario():
         server, service = await serve(shared_bus, bus_name)
         assert await tool(shared_bus, "gdbus", "call", "--session", "--dest", bus_name, "--object-path", PATH,

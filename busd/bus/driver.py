@@ -226,7 +226,7 @@ class Driver:
         return "u", [code]
 
     def _reply_after_events(self, peer: "Peer", h: Header, sig: str, values: list, events: list) -> None:
-        """Announce name changes, then reply: the caller sees its NameAcquired before the answer, as from dbus-daemon."""
+        """Announce name changes, then reply: as from dbus-daemon, NameAcquired comes before the answer."""
         bus = self.bus
         bus.emit_name_events(events)
         hook = getattr(bus, "names_changed", None)
