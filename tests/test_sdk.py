@@ -11,7 +11,7 @@ import pytest
 
 import busd_client
 from busd_client import (DBusError, Interface, MessageInfo, NameFlag, RequestNameReply, ReleaseNameReply,
-                         method)
+                         method, signal)
 from busd_client.errors import (Failed, InvalidArgs, NoReply, PropertyReadOnly, ServiceUnknown,
                                 UnknownMethod, UnknownObject)
 from test_sdk_peer import (CALLBACK_PATH, EXAMPLES, PEER_INTERFACE, PEER_NAME, PEER_PATH, WAIT, LineProcess,
@@ -194,6 +194,9 @@ class Callback(Interface, name="dev.busd.SdkCallback1"):
         if value < 0:
             raise InvalidArgs(f"{value} is negative")
         return 2 * value
+
+    @signal()
+    def Doubled(self, value: int) -> None: ...
 
 
 def test_errors_travel_both_ways(any_bus, backend, peer):
@@ -407,9 +410,21 @@ def test_example_service_from_the_blocking_facade(any_bus, backend):
 
 
 def test_blocking_facade_exports_for_other_tools(any_bus, backend):
-    with busd_client.connect_blocking(any_bus.address, backend=backend) as bus:
-        bus.export(CALLBACK_PATH, Callback())
+    import queue
+
+    with busd_client.connect_blocking(any_bus.address, backend=backend) as bus, \
+            busd_client.connect_blocking(any_bus.address, backend=backend) as listener:
+        callback = Callback()
+        bus.export(CALLBACK_PATH, callback)
         assert bus.request_name("dev.busd.SdkTest.Blocking") == RequestNameReply.PRIMARY_OWNER
+
+        # A signal emitted from this (non-loop) thread goes out through the bus's own thread.
+        doubled: queue.Queue[int] = queue.Queue()
+        with listener.connect_signal("dev.busd.SdkTest.Blocking", CALLBACK_PATH, "dev.busd.SdkCallback1",
+                                     "Doubled", doubled.put):
+            callback.Doubled(8)
+            assert doubled.get(timeout=WAIT) == 8
+
         result = subprocess.run(
             ["gdbus", "call", "--session", "--dest", "dev.busd.SdkTest.Blocking", "--object-path", CALLBACK_PATH,
              "--method", "dev.busd.SdkCallback1.Twice", "21"],

@@ -75,10 +75,10 @@ async def connect(address: str | None = None, *, timeout: float = DEFAULT_TIMEOU
         connection = chosen.MessageBus(bus_address=resolved, negotiate_unix_fd=unix_only)
         await connection.connect()
         guard_writes(connection)
-    except (OSError, EOFError) as error:
-        raise Disconnected(f"cannot connect to the bus at {resolved}: {error}") from error
-    except chosen.library_error as error:
+    except chosen.library_error as error:   # an error reply to Hello
         raise DBusError.from_reply(error.type, error.text) from error
+    except Exception as error:   # socket errors, EOF, authentication refused
+        raise Disconnected(f"cannot connect to the bus at {resolved}: {error}") from error
     return Bus(connection, chosen, resolved, timeout)
 
 
@@ -203,10 +203,10 @@ class SlotInvoker:
     def __call__(self, message: Any) -> None:
         signature = message.signature
         try:
-            decode = self._decoders[signature]
-        except KeyError:
-            decode = self._decoders[signature] = self._codec.body_decoder(signature, self.hints)
-        try:
+            try:
+                decode = self._decoders[signature]
+            except KeyError:
+                decode = self._decoders[signature] = self._codec.body_decoder(signature, self.hints)
             args = decode(message.body, message.unix_fds) if decode else message.body
         except Exception:
             log.exception("cannot convert the arguments of %s.%s for slot %r",
@@ -312,11 +312,13 @@ class Bus:
         self._connection.disconnect()
         try:
             await asyncio.wait_for(asyncio.shield(self._disconnected), 5)
-        except (asyncio.TimeoutError, Exception):
+        except Exception:
             pass
         self._fail_pending(Disconnected("the connection was closed"))
+        current = asyncio.current_task()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not current:
+                task.cancel()
 
     async def wait_closed(self) -> None:
         """Wait until the connection ends (closed by us or by the bus)."""

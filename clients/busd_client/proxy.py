@@ -8,7 +8,9 @@
     await example.Count.connect(on_count)     # PropertiesChanged, for one property
 
 Members are found by name across the object's interfaces; when two
-interfaces share a member name, pick one with `proxy["the.Interface"].Member`.
+interfaces share a member name, or a member is called like one of the
+proxy's own attributes (name, path, bus, timeout...), reach it with
+`proxy["the.Interface"].Member`.
 """
 
 from __future__ import annotations
@@ -220,7 +222,8 @@ class Proxy:
                            if len(members) > 1}
         for member_name, members in found.items():
             # Unique members become plain attributes: as fast to reach as a method.
-            if len(members) == 1 and not hasattr(type(self), member_name) and not member_name.startswith("_"):
+            if (len(members) == 1 and not hasattr(type(self), member_name)
+                    and member_name not in self.__dict__ and not member_name.startswith("_")):
                 self.__dict__[member_name] = members[0]
 
     @classmethod
