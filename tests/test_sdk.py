@@ -14,9 +14,9 @@ from busd_client import (DBusError, Interface, MessageInfo, NameFlag, RequestNam
                          method, signal)
 from busd_client.errors import (Failed, InvalidArgs, NoReply, PropertyReadOnly, ServiceUnknown,
                                 UnknownMethod, UnknownObject)
+# `backend` and `peer` are fixtures, imported so that pytest finds them here.
 from test_sdk_peer import (CALLBACK_PATH, EXAMPLES, PEER_INTERFACE, PEER_NAME, PEER_PATH, WAIT, LineProcess,
-                           PeerError, Point, Record, SdkTest1, backend, child_env, peer, run,  # noqa: F401
-                           start_peer)
+                           PeerError, Point, Record, SdkTest1, backend, child_env, peer, run)  # noqa: F401
 
 pytestmark = pytest.mark.live
 

@@ -749,15 +749,18 @@ class Bus:
         else:
             self.owned_names.discard(name)
         on_acquired, on_lost = self._name_callbacks.get(name, (None, None))
-        callback = on_acquired if acquired else on_lost
+        self._call_back(on_acquired if acquired else on_lost, name)
+
+    def _call_back(self, callback: Callable[..., Any] | None, *args: Any) -> None:
+        """Run a user callback (function or coroutine function); its failure is logged, not raised."""
         if callback is None:
             return
         try:
-            result = callback(name)
+            result = callback(*args)
         except Exception:
-            log.exception("name callback for %s failed", name)
+            log.exception("callback %r failed", callback)
             return
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             self._spawn(result)
 
     # -- objects -----------------------------------------------------------------

@@ -79,7 +79,7 @@ def generate(spec: InterfaceSpec, class_name: str | None = None, source: str = "
             options.append("no_reply=True")
         body += [f"    @method({', '.join(options)})",
                  f"    def {method.name}(self{_parameters(method.in_args)}) -> {_return_hint(method.out_args)}:",
-                 f"        raise NotImplementedError", ""]
+                 "        raise NotImplementedError", ""]
     for signal in spec.signals.values():
         body += ["    @signal()", f"    def {signal.name}(self{_parameters(signal.args)}) -> None: ...", ""]
     for prop in spec.properties.values():

@@ -257,11 +257,11 @@ class Codec:
         nodes = parse_signature(signature)
         padded = list(hints)[:len(nodes)] + [None] * (len(nodes) - len(hints))
         decoders = [self.decoder(node, hint) for node, hint in zip(nodes, padded)]
-        decode: Callable[[list[Any], Sequence[int]], list[Any]] | None = None
-        if any(decoders):
-            def decode(body: list[Any], fds: Sequence[int]) -> list[Any]:
-                return [decode_arg(value, fds) if decode_arg else value
-                        for decode_arg, value in zip(decoders, body)]
+        def decode_body(body: list[Any], fds: Sequence[int]) -> list[Any]:
+            return [decode_arg(value, fds) if decode_arg else value
+                    for decode_arg, value in zip(decoders, body)]
+
+        decode = decode_body if any(decoders) else None
         try:
             self._body_decoders[key] = decode
         except TypeError:

@@ -152,28 +152,18 @@ class NameWatcher:
             return
         tracker.listeners.append(self._on_change)
         if tracker.owner is not None:
-            self._call(self.on_appeared, self.name, tracker.owner)
+            self.bus._call_back(self.on_appeared, self.name, tracker.owner)
         else:
-            self._call(self.on_vanished, self.name)
+            self.bus._call_back(self.on_vanished, self.name)
         self._changed.set()
 
     def _on_change(self, old: str | None, new: str | None) -> None:
         if old is not None:
-            self._call(self.on_vanished, self.name)
+            self.bus._call_back(self.on_vanished, self.name)
         if new is not None:
-            self._call(self.on_appeared, self.name, new)
+            self.bus._call_back(self.on_appeared, self.name, new)
         self._changed.set()
 
-    def _call(self, callback: Callable[..., Any] | None, *args: Any) -> None:
-        if callback is None:
-            return
-        try:
-            result = callback(*args)
-        except Exception:
-            log.exception("name watcher callback for %s failed", self.name)
-            return
-        if asyncio.iscoroutine(result):
-            self.bus._spawn(result)
 
     @property
     def owner(self) -> str | None:

@@ -15,7 +15,6 @@ proxy's own attributes (name, path, bus, timeout...), reach it with
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -133,27 +132,17 @@ class ProxyProperty:
                 except Exception:
                     log.exception("cannot convert the new value of %s", name)
                     return
-                _call_slot(bus, slot, value)
+                bus._call_back(slot, value)
             elif name in invalidated:
                 bus._spawn(self._fetch_then_call(slot))
 
         return await bus._subscribe(rule, deliver)
 
     async def _fetch_then_call(self, slot: Callable[[Any], Any]) -> None:
-        _call_slot(self.proxy.bus, slot, await self.get())
+        self.proxy.bus._call_back(slot, await self.get())
 
     def __repr__(self) -> str:
         return f"<ProxyProperty {self.interface}.{self.spec.name} {self.spec.signature} {self.spec.access}>"
-
-
-def _call_slot(bus: Bus, slot: Callable[[Any], Any], value: Any) -> None:
-    try:
-        result = slot(value)
-    except Exception:
-        log.exception("property slot %r failed", slot)
-        return
-    if inspect.isawaitable(result):
-        bus._spawn(result)
 
 
 class ProxySignal:
