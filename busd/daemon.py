@@ -13,6 +13,7 @@ from typing import Callable
 
 from .bus.activation import Activation, install_activation, servicedirs_of, servicehelper_of
 from .bus.core import Bus, Limits
+from .bus.policy import compile_policy
 from .connection import Connection, Credentials
 from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen
@@ -76,6 +77,8 @@ class Daemon:
         self.loop = loop
         self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
         self.bus.on_reload = self.reload
+        if self.settings.config is not None:
+            self.bus.set_policy(compile_policy(self.settings.config))
         self.activation = install_activation(self.bus, self.settings, self.addresses(),
                                              getattr(self, "systemd_activation", False))
         self._stopped = loop.create_future()
@@ -145,11 +148,6 @@ class Daemon:
                             listener.address, limits.max_incomplete_connections)
                 sock.close()
                 continue
-            if len(bus.connections) - bus.incomplete_connections >= limits.max_completed_connections:
-                log.warning("refusing a connection on %s: max_completed_connections=%d reached",
-                            listener.address, limits.max_completed_connections)
-                sock.close()
-                continue
             sock.setblocking(False)
             self._serial += 1
             try:
@@ -190,12 +188,16 @@ class Daemon:
         if self.reload_settings is None:
             return
         new = self.reload_settings()
+        # Compile first: a policy that does not compile must leave everything as it was.
+        policy = compile_policy(new.config) if new.config is not None else None
         self.settings.auth = new.auth
         self.settings.allow_anonymous = new.allow_anonymous
         self.settings.servicedirs = new.servicedirs
         self.settings.config = new.config
         self.bus.limits = new.limits
         self.settings.limits = new.limits
+        if policy is not None:
+            self.bus.set_policy(policy)
         hook = getattr(self.bus, "config_reloaded", None)
         if hook is not None:
             hook(new)

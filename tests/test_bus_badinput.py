@@ -210,8 +210,6 @@ def test_a_client_that_never_authenticates_is_dropped_at_auth_timeout(kind):
             assert newcomer.unique_name.startswith(":")
 
 
-@busd_bug("daemon.py closes a connection over max_completed_connections at accept(); dbus-daemon lets it "
-          "authenticate and answers its Hello with LimitsExceeded")
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_max_completed_connections(kind):
     with running_bus(kind, '<limit name="max_completed_connections">2</limit>') as bus, \

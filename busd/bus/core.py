@@ -298,6 +298,16 @@ class Bus:
         _close(fds)
         if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
             if h.member == "Hello" and h.interface in (None, DRIVER_INTERFACE):
+                limit = self.limits.max_completed_connections
+                if len(self.peers) >= limit:
+                    # As dbus-daemon: the peer authenticated, but its Hello is refused.
+                    message = build_message(ERROR, self.next_driver_serial(), error_name=errors.LIMITS_EXCEEDED,
+                                            reply_serial=h.serial, sender=DRIVER_NAME, signature="s",
+                                            body=["The maximum number of active connections has been reached"])
+                    peer.conn.queue(message, b"")
+                    log.warning("refusing Hello from %s: max_completed_connections=%d reached",
+                                peer.conn.label, limit)
+                    return
                 self.driver.hello(peer, h, buf)
             elif not h.flags & NO_REPLY_EXPECTED:
                 message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
