@@ -118,6 +118,7 @@ class Bus:
         self.started = time.monotonic()
         self.on_reload: Callable[[], None] | None = None
         self.on_driver_signal: Callable[[Peer, bytes, Header], None] | None = None  # e.g. systemd's
+        self.on_name_events: Callable[[list[NameEvent]], None] | None = None  # every name change (the bridge)
         self.policy: BusPolicy = AllowEverything()
         from .driver import Driver  # the driver needs Bus; import here to keep the door narrow
         self.driver = Driver(self)
@@ -561,6 +562,8 @@ class Bus:
                     self.emit_driver_signal("NameLost", "s", [event.name], event.old_owner)
             elif event.kind == "acquired":
                 self.emit_driver_signal("NameAcquired", "s", [event.name], event.new_owner)
+        if self.on_name_events is not None:
+            self.on_name_events(events)
 
     # ------------------------------------------------------------ housekeeping
 

@@ -71,6 +71,8 @@ class Driver:
         self.is_activatable: Callable[[str], bool] = lambda name: name in self.activatable()
         self.start_service: Callable[["Peer", Header, str, bytes, Any], bool] | None = None
         self.activation_environment: dict[str, str] = {}
+        # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
+        self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DBUS: self._properties}
         self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
             (DBUS, "Hello"): ("", self.hello_again),
             (DBUS, "RequestName"): ("su", self.request_name),
@@ -401,23 +403,26 @@ class Driver:
     def _properties(self) -> dict[str, Variant]:
         return {"Features": Variant("as", FEATURES), "Interfaces": Variant("as", EXTRA_INTERFACES)}
 
+    def _properties_of(self, iface: str) -> dict[str, Variant]:
+        source = self.property_sources.get(iface)
+        if source is None:
+            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {iface!r} has no properties")
+        return source()
+
     def properties_get(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         iface, name = args
-        if iface != DBUS:
-            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {iface!r} has no properties")
-        props = self._properties()
+        props = self._properties_of(iface)
         if name not in props:
             raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
         return "v", [props[name]]
 
     def properties_get_all(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        if args[0] != DBUS:
-            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {args[0]!r} has no properties")
-        return "a{sv}", [self._properties()]
+        return "a{sv}", [self._properties_of(args[0])]
 
     def properties_set(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         iface, name, _value = args
-        if iface != DBUS or name not in self._properties():
+        source = self.property_sources.get(iface)
+        if source is None or name not in source():
             raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
         raise DriverError(errors.PROPERTY_READ_ONLY, f"Property {name!r} is read-only")
 
