@@ -455,6 +455,8 @@ class ConfigPolicy:
         """True when every peer ends up with a rule of `kind` that allows any message, not overridden."""
         order = [*self.default, *(r for rules in self.by_gid.values() for r in rules),
                  *(r for rules in self.by_uid.values() for r in rules), *self.not_at_console, *self.mandatory]
+        if any(rule.kind == kind and rule.log for rule in order):
+            return False  # log="true" rules have something to say about the messages they match
         everyone = set(map(id, self.default)) | set(map(id, self.mandatory))
         for rule in reversed(order):
             if rule.kind != kind:
