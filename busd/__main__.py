@@ -20,6 +20,8 @@ examples:
   busd --print-address                   session bus on the built-in config
   busd --session --fork --print-address  like dbus-daemon --session --fork
   busd --config-file=bus.conf --address=unix:path=/tmp/bus --nofork
+  busd --print-address --upstream=session --import=org.freedesktop.Notifications
+                                         a private bus that sees one host service
 exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a configuration
 or listen error (the message names the file, line and reason)."""
 
@@ -62,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log to syslog only")
     p.add_argument("--systemd-activation", action="store_true",
                    help="ask systemd to start services that name a SystemdService")
+    bridge = p.add_argument_group("bridge to another bus (also <busd:bridge> in the config)")
+    bridge.add_argument("--upstream", metavar="ADDRESS",
+                        help="bridge to the bus at ADDRESS ('session': the environment's session bus)")
+    bridge.add_argument("--import", dest="imports", metavar="NAME", action="append", default=[],
+                        help="make upstream NAME (or every org.example.* name) reachable here; repeatable")
+    bridge.add_argument("--export", dest="exports", metavar="NAME", action="append", default=[],
+                        help="make local NAME (or every org.example.* name) reachable upstream; repeatable")
     p.add_argument("--introspect", action="store_true",
                    help="print the introspection XML of org.freedesktop.DBus and exit")
     p.add_argument("--log-level", default=os.environ.get("BUSD_LOG_LEVEL", "warning"),

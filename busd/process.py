@@ -91,6 +91,15 @@ def start(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot read configuration: {exc}")
     log_config_notes(settings.config)
+    from .bridge_config import BridgeConfigError, bridge_settings
+
+    def bridge_settings_for(config):
+        return bridge_settings(args.upstream, args.imports, args.exports, config.extensions if config else ())
+
+    try:
+        bridge_settings_for(settings.config)  # refuse a bridge that cannot work before binding anything
+    except BridgeConfigError as exc:
+        return _fail(f"invalid bridge configuration: {exc}")
     if args.address:
         settings.listen = [args.address]
     if not settings.listen:
@@ -137,6 +146,8 @@ def start(args: argparse.Namespace) -> int:
             log.error("cannot write pidfile %s: %s", settings.pidfile, exc)
 
     def ready() -> None:
+        from .bridge import BridgeManager
+        daemon.bridge = BridgeManager(daemon.bus, bridge_settings_for, daemon.settings.config)
         _print_info(address_fd, pid_fd, daemon.addresses())
         if ready_w is not None:
             _detach_streams()

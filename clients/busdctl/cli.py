@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from . import __version__
+from .bridge import bridge
 from .calls import call, emit, get_property, set_property
 from .connection import DEFAULT_TIMEOUT, choose_bus, connect
 from .context import Context
@@ -49,6 +50,8 @@ Commands:
   stats [SERVICE...]       Show per-connection queued bytes, fds, match rules
                            and names (org.freedesktop.DBus.Debug.Stats),
                            heaviest quota user first
+  bridge                   Show busd's bridge to an upstream bus: address,
+                           state, imported and exported names (dev.busd.Bridge1)
   help                     Show this help
 
 Options:
@@ -117,6 +120,7 @@ VERBS: dict[str, Verb] = {
     "set-property": Verb(set_property, "set-property SERVICE OBJECT INTERFACE PROPERTY SIGNATURE ARGUMENT...", 6),
     "wait": Verb(wait, "wait NAME | wait [SERVICE] OBJECT INTERFACE SIGNAL", 1, 4),
     "stats": Verb(stats, "stats [SERVICE...]"),
+    "bridge": Verb(bridge, "bridge", 0, 0),
 }
 
 TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})

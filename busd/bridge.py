@@ -1,0 +1,750 @@
+"""The bridge: chosen names, their calls and their signals crossing between this bus and an upstream bus.
+
+Theory. The bridge is one client connection to the upstream bus (an
+UpstreamLink, with its own serials and reply table) plus virtual peers on the
+local bus, so local routing needs no special case:
+
+- Each upstream connection that owns an imported name, or that calls an exported
+  one, appears here as a *mirror*: a virtual peer with a unique name of its own
+  that owns exactly the imported names its upstream twin owns. GetNameOwner,
+  NameOwnerChanged and sender matching therefore tell services apart as they do
+  upstream, and a local service sees an upstream caller leave when it leaves.
+- A local call to a mirror reaches Mirror.queue(); the bridge sends it upstream
+  under a fresh upstream serial, remembering (mirror, caller, local serial) under
+  that serial. The upstream reply is injected back with bus.receive() from the
+  mirror, so the bus's own reply tracking checks it and delivers it. Upstream
+  calls to exported names go the other way: injected from the caller's mirror
+  under a fresh local serial, answered through Mirror.queue().
+- Signals: local match rules that could match a signal from an imported name
+  become upstream match rules, counted, and removed with the last local rule
+  that needs them; an upstream signal is re-emitted here only if its sender owns
+  an imported name, and local match rules decide who gets it. Signals from local
+  owners of exported names reach the bridge's own virtual peer (its `home`)
+  through local rules sender='<exported name>', and are emitted upstream.
+- Nothing else crosses: upstream names outside --import do not exist here, local
+  names outside --export do not exist upstream (ServiceUnknown), and broadcasts
+  of other peers are dropped on both sides.
+
+When the upstream bus goes away every mirror leaves (imported names vanish,
+waiting callers get NoReply from the bus), busd serves on, and the bridge
+reconnects with backoff and restores imports, exports and subscriptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+from collections.abc import Callable
+from functools import partial
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from .bridge_config import BridgeSettings, matches_any, NAME_OWNER_CHANGED_RULE
+from .bridge_link import LinkError, UpstreamLink, close_fds, error_text
+from .bridge_wire import readdressed_header
+from .bus.match import MatchRule
+from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
+from .connection import Credentials
+from .wire.address import AddressError
+from .wire.errors import ProtocolError
+from .wire.marshal import Variant
+from .wire.message import (
+    ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, build_message, parse_header, read_body,
+)
+
+if TYPE_CHECKING:
+    from .bus.core import Bus, Peer
+
+log = logging.getLogger("busd.bridge")
+
+BRIDGE_INTERFACE = "dev.busd.Bridge1"
+DRIVER_NAME = "org.freedesktop.DBus"
+SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
+UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
+INITIAL_BACKOFF = 0.1  # seconds before the first reconnection attempt; doubles up to MAX_BACKOFF
+MAX_BACKOFF = 10.0
+CONNECT_TIMEOUT = 10.0
+
+
+class VirtualConnection:
+    """What the bus needs of a Connection, for a peer that lives inside the daemon; messages go to `on_message`."""
+
+    virtual = True
+
+    def __init__(self, bridge: "Bridge", label: str,
+                 on_message: Callable[["VirtualConnection", bytes, Any, list[int] | None], None]):
+        self.bridge = bridge
+        self.label = label
+        self.on_message = on_message
+        self.peer: "Peer | None" = None
+        self.closed = False
+        self.credentials = Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(),
+                                                                                             *os.getgroups()})))
+        self.counted_uid: int | None = None
+        self.throttled: set = set()
+        self.throttled_by: set = set()
+        self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
+        self.serial = 0
+        self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
+
+    # Queued bytes and fd passing are the upstream link's: that is where our messages wait.
+    @property
+    def unix_fd(self) -> bool:
+        link = self.bridge.link
+        return link is not None and link.unix_fd
+
+    @property
+    def out_bytes(self) -> int:
+        link = self.bridge.link
+        return link.out_bytes if link is not None else 0
+
+    @property
+    def out_fds(self) -> int:
+        link = self.bridge.link
+        return link.out_fds if link is not None else 0
+
+    def next_serial(self) -> int:
+        self.serial = serial = (self.serial % 0xFFFFFFFF) + 1
+        return serial
+
+    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+        self.on_message(self, head, body, fds)
+
+    def pause_reading(self) -> None:
+        self.bridge.pause_upstream(self)
+
+    def resume_reading(self) -> None:
+        self.bridge.resume_upstream(self)
+
+    def note_dropped_broadcast(self, limit: int) -> None:
+        pass  # the upstream link never drops: it queues, and the bus throttles its senders
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, reason: str = "", level: int = logging.DEBUG) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.debug("bridge: %s leaves the bus: %s", self.label, reason)
+        self.bridge.resume_upstream(self)
+        self.bridge.bus.connection_closed(self)
+        self.bridge.virtual_closed(self)
+
+
+class Mirror(VirtualConnection):
+    """The local stand-in for one upstream connection (`upstream_name`)."""
+
+    def __init__(self, bridge: "Bridge", upstream_name: str):
+        super().__init__(bridge, f"upstream {upstream_name}", bridge.from_mirror)
+        self.upstream_name = upstream_name
+        self.imported: set[str] = set()  # imported names it owns (or waits for) here
+        self.calls: dict[int, int] = {}  # local serial of a call injected from it -> the upstream caller's serial
+
+
+def _xml_interface() -> str:
+    text = resources.files("busd.interfaces").joinpath(f"{BRIDGE_INTERFACE}.xml").read_text()
+    start = text.index("  <interface ")
+    return text[start:text.index("</interface>", start) + len("</interface>\n")]
+
+
+class Bridge:
+    """One bridge between the local bus and an upstream bus, as `settings` describe it."""
+
+    def __init__(self, bus: "Bus", settings: BridgeSettings):
+        self.bus = bus
+        self.settings = settings
+        self.link: UpstreamLink | None = None
+        self.upstream_address = settings.upstream
+        self.connects = 0
+        self.last_error = ""
+        self.home = VirtualConnection(self, "bridge", self.from_home)
+        self.mirrors: dict[str, Mirror] = {}  # upstream unique name -> its mirror
+        self.by_local_name: dict[str, Mirror] = {}  # a mirror's local unique name -> the mirror
+        self.imported: dict[str, str] = {}  # imported name -> its upstream owner
+        self.forwarded: dict[int, tuple[Mirror, str, int]] = {}  # upstream serial -> (mirror, caller, local serial)
+        self.export_owners: dict[str, "Peer"] = {}  # local names to export -> their local owner
+        self.exported: set[str] = set()  # names the bridge owns upstream
+        self.upstream_rules: dict[str, int] = {}  # upstream match rule -> how many local rules need it
+        self.local_rules: dict["Peer", list[tuple[MatchRule, str, bool]]] = {}  # (rule, upstream rule, bound)
+        self.paused_by: set[VirtualConnection] = set()
+        self.task: asyncio.Task | None = None
+        self._lost: asyncio.Future | None = None
+        self.stopped = False
+        self._previous_hooks: dict[str, Any] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and not self.link.closed
+
+    # ------------------------------------------------------------ starting and stopping
+
+    def start(self) -> None:
+        bus = self.bus
+        for name, hook in (("match_added", self.match_added), ("match_removed", self.match_removed),
+                           ("on_name_events", self.name_events)):
+            previous = getattr(bus, name, None)
+            self._previous_hooks[name] = previous
+            setattr(bus, name, hook if previous is None else _chain(previous, hook))
+        bus.driver.property_sources[BRIDGE_INTERFACE] = self.properties
+        self._introspection = bus.driver.introspection
+        marker = "</node>"
+        at = bus.driver.introspection.rindex(marker)
+        bus.driver.introspection = bus.driver.introspection[:at] + _xml_interface() + bus.driver.introspection[at:]
+        bus.attach_virtual_peer(self.home)
+        # Rules and names that exist already (a bridge started by a reload).
+        for owner in bus.matches.owners():
+            for rule in bus.matches.rules(owner):
+                self.match_added(owner, rule)
+        for name in bus.registry.names():
+            self._export_owner_changed(name, bus.registry.owner(name))
+        self.task = bus.loop.create_task(self._keep_connected())
+        log.info("bridge: started for upstream %s (import %s; export %s)", self.settings.upstream,
+                 _listed(self.settings.imports), _listed(self.settings.exports))
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.task is not None:
+            self.task.cancel()
+        if self.link is not None:
+            self.link.close("the bridge stopped", notify=False)
+        self._withdraw("the bridge stopped")
+        self.link = None
+        bus = self.bus
+        for name, previous in self._previous_hooks.items():
+            setattr(bus, name, previous)
+        bus.driver.property_sources.pop(BRIDGE_INTERFACE, None)
+        bus.driver.introspection = self._introspection
+        for name in list(self.export_owners):
+            self._export_owner_changed(name, None)
+        self.home.close("the bridge stopped")
+        log.info("bridge: stopped")
+
+    def virtual_closed(self, conn: VirtualConnection) -> None:
+        """A virtual peer left the bus (a mirror whose upstream twin left, or everything at shutdown)."""
+        self.paused_by.discard(conn)
+        if conn is self.home:
+            self.stop()  # the bus is shutting down
+            return
+        if not isinstance(conn, Mirror) or self.mirrors.get(conn.upstream_name) is not conn:
+            return
+        del self.mirrors[conn.upstream_name]
+        if conn.peer_name is not None:
+            self.by_local_name.pop(conn.peer_name, None)
+        for name in conn.imported:
+            if self.imported.get(name) == conn.upstream_name:
+                del self.imported[name]
+        if self.connected:
+            self.link.call("RemoveMatch", "s", [_departure_rule(conn.upstream_name)], handler=_ignore)
+
+    # ------------------------------------------------------------ the upstream connection
+
+    async def _keep_connected(self) -> None:
+        delay = INITIAL_BACKOFF
+        failing = False
+        loop = self.bus.loop
+        limits = self.bus.limits
+        while not self.stopped:
+            link = UpstreamLink(loop, self.from_upstream, self._link_lost, on_drained=self._upstream_drained,
+                                max_message_size=limits.max_message_size,
+                                max_message_unix_fds=limits.max_message_unix_fds)
+            link.low_water = self.bus.soft_queue_limit // 2
+            try:
+                address = self.settings.address()
+                self.upstream_address = address
+                await asyncio.wait_for(link.open(address, refuse_guid=self.bus.guid), CONNECT_TIMEOUT)
+            except (LinkError, AddressError, asyncio.TimeoutError) as exc:
+                link.close("", notify=False)
+                self.last_error = str(exc) or f"no answer within {CONNECT_TIMEOUT:g} s"
+                if not failing:
+                    failing = True
+                    log.warning("bridge: cannot connect to upstream %s: %s; retrying with backoff up to %g s",
+                                self.upstream_address, self.last_error, MAX_BACKOFF)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            failing = False
+            delay = INITIAL_BACKOFF
+            self._lost = loop.create_future()
+            self._connected(link)
+            await self._lost
+            await asyncio.sleep(delay)
+
+    def _connected(self, link: UpstreamLink) -> None:
+        self.link = link
+        self.connects += 1
+        self.last_error = ""
+        log.info("bridge: connected to upstream %s as %s", self.upstream_address, link.unique_name)
+        # Restore everything in one pipelined burst; replies are applied inline, in stream order.
+        for pattern in self.settings.imports:
+            link.call("AddMatch", "s", [pattern.owner_changed_rule()])
+        if self.settings.imports:
+            link.call("ListNames", handler=partial(self._names_listed, link))
+        for name in self.export_owners:
+            self._request_upstream(name)
+        for rule in self.upstream_rules:
+            link.call("AddMatch", "s", [rule])
+
+    def _link_lost(self, reason: str) -> None:
+        self.last_error = reason
+        log.warning("bridge: lost upstream %s: %s; its names are withdrawn here until it is back",
+                    self.upstream_address, reason)
+        self._withdraw("the upstream bus went away")
+        self.link = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    def _withdraw(self, reason: str) -> None:
+        """Forget everything that lived on the upstream connection; local callers get NoReply from the bus."""
+        for mirror in list(self.mirrors.values()):
+            mirror.close(reason)
+        self.forwarded.clear()
+        self.exported.clear()
+        for peer, entries in self.local_rules.items():
+            bound = [entry for entry in entries if entry[2]]
+            for entry in bound:
+                entries.remove(entry)
+                self._unsubscribe(entry[1], send=False)
+        for conn in list(self.paused_by):
+            self.resume_upstream(conn)
+
+    def pause_upstream(self, conn: VirtualConnection) -> None:
+        """A local recipient is full: read no more from upstream until it catches up."""
+        self.paused_by.add(conn)
+        if self.link is not None:
+            self.link.pause_reading()
+
+    def resume_upstream(self, conn: VirtualConnection) -> None:
+        self.paused_by.discard(conn)
+        if not self.paused_by and self.link is not None:
+            self.link.resume_reading()
+
+    def _upstream_drained(self) -> None:
+        for conn in [self.home, *self.mirrors.values()]:
+            if conn.throttled:
+                self.bus.release_throttled(conn)
+
+    # ------------------------------------------------------------ imports: upstream names here
+
+    def _names_listed(self, link: UpstreamLink, h: Header, buf: bytes) -> None:
+        if link is not self.link:
+            return
+        if h.type == ERROR:
+            log.warning("bridge: the upstream bus refused ListNames: %s", error_text(h, buf))
+            return
+        for name in read_body(buf, h)[0]:
+            if matches_any(self.settings.imports, name):
+                link.call("GetNameOwner", "s", [name], handler=partial(self._owner_found, link, name))
+
+    def _owner_found(self, link: UpstreamLink, name: str, h: Header, buf: bytes) -> None:
+        if link is not self.link:
+            return
+        owner = read_body(buf, h)[0] if h.type == METHOD_RETURN else None
+        self._set_import_owner(name, owner)
+
+    def _set_import_owner(self, name: str, owner: str | None) -> None:
+        """`name`, imported, has a new upstream owner (None: none, or the bridge itself)."""
+        if owner is not None and self.link is not None and owner == self.link.unique_name:
+            owner = None  # our own export seen from upstream: it must not come back as an import
+        old = self.imported.get(name)
+        if old == owner:
+            return
+        registry = self.bus.registry
+        events: list[NameEvent] = []
+        # The new owner queues first, so that the old one's release hands the name over in one change.
+        if owner is not None:
+            mirror = self._mirror(owner)
+            self.imported[name] = owner
+            mirror.imported.add(name)
+            code, more = registry.request(name, mirror.peer, 0)
+            events += more
+            if code == IN_QUEUE and old is None:
+                log.info("bridge: imported %s waits behind its local owner %s", name,
+                         registry.owner(name).unique_name)
+        else:
+            del self.imported[name]
+        if old is not None:
+            previous = self.mirrors.get(old)
+            if previous is not None:
+                previous.imported.discard(name)
+                events += registry.release(name, previous.peer)[1]
+        if events:
+            self._announce(events)
+
+    def _announce(self, events: list[NameEvent]) -> None:
+        self.bus.emit_name_events(events)
+        hook = getattr(self.bus, "names_changed", None)  # activation waits for names too
+        if hook is not None:
+            hook(events)
+
+    def _mirror(self, upstream_name: str) -> Mirror:
+        """The local stand-in for an upstream connection, made on first need and kept while it is connected."""
+        mirror = self.mirrors.get(upstream_name)
+        if mirror is not None:
+            return mirror
+        mirror = Mirror(self, upstream_name)
+        self.mirrors[upstream_name] = mirror
+        peer = self.bus.attach_virtual_peer(mirror)
+        mirror.peer_name = peer.unique_name
+        self.by_local_name[peer.unique_name] = mirror
+        link = self.link
+        # Watch for it leaving; it may have left already, so ask once the watch is in place.
+        link.call("AddMatch", "s", [_departure_rule(upstream_name)])
+        link.call("NameHasOwner", "s", [upstream_name], handler=partial(self._still_there, link, mirror))
+        return mirror
+
+    def _still_there(self, link: UpstreamLink, mirror: Mirror, h: Header, buf: bytes) -> None:
+        if link is self.link and h.type == METHOD_RETURN and not read_body(buf, h)[0]:
+            mirror.close("it had left the upstream bus")
+
+    # ------------------------------------------------------------ exports: local names upstream
+
+    def _export_owner_changed(self, name: str, owner: "Peer | None") -> None:
+        if not matches_any(self.settings.exports, name):
+            return
+        if owner is not None and getattr(owner.conn, "virtual", False):
+            owner = None  # an imported name, or one held by the bridge: never sent back
+        if owner is not None:
+            first = name not in self.export_owners
+            self.export_owners[name] = owner
+            if first:
+                self.bus.matches.add(self.home.peer, MatchRule(type=SIGNAL, sender=name))
+                if self.connected:
+                    self._request_upstream(name)
+            return
+        if self.export_owners.pop(name, None) is None:
+            return
+        if self.home.peer is not None:
+            self.bus.matches.remove(self.home.peer, MatchRule(type=SIGNAL, sender=name))
+        self.exported.discard(name)
+        if self.connected:
+            self.link.call("ReleaseName", "s", [name])
+
+    def _request_upstream(self, name: str) -> None:
+        self.link.call("RequestName", "su", [name, 0], handler=partial(self._name_requested, self.link, name))
+
+    def _name_requested(self, link: UpstreamLink, name: str, h: Header, buf: bytes) -> None:
+        if link is not self.link:
+            return
+        if h.type == ERROR:
+            log.warning("bridge: cannot export %s: the upstream bus refused RequestName: %s", name,
+                        error_text(h, buf))
+            return
+        code = read_body(buf, h)[0]
+        if code in (IN_QUEUE, EXISTS):
+            log.warning("bridge: exported %s is owned upstream by another connection; queued behind it", name)
+        else:
+            self._name_acquired(name)
+
+    def _name_acquired(self, name: str) -> None:
+        if name in self.export_owners:
+            if name not in self.exported:
+                self.exported.add(name)
+                log.info("bridge: exported %s", name)
+        elif self.connected:
+            self.link.call("ReleaseName", "s", [name])  # its local owner left while we were queued
+
+    # ------------------------------------------------------------ local hooks
+
+    def name_events(self, events: list[NameEvent]) -> None:
+        for event in events:
+            if event.kind != "owner_changed":
+                continue
+            if event.name[0] == ":":
+                if event.new_owner is None:
+                    for _rule, upstream_rule, _bound in self.local_rules.pop(event.old_owner, ()):
+                        self._unsubscribe(upstream_rule)
+                continue
+            if self.settings.exports:
+                self._export_owner_changed(event.name, event.new_owner)
+
+    def match_added(self, peer: "Peer", rule: MatchRule) -> None:
+        if getattr(peer.conn, "virtual", False):
+            return
+        translated = self._upstream_rule(rule)
+        if translated is None:
+            return
+        upstream_rule, bound = translated
+        self.local_rules.setdefault(peer, []).append((rule, upstream_rule, bound))
+        self._subscribe(upstream_rule)
+
+    def match_removed(self, peer: "Peer", rule: MatchRule) -> None:
+        entries = self.local_rules.get(peer)
+        if not entries:
+            return
+        for index, entry in enumerate(entries):
+            if entry[0] == rule:
+                del entries[index]
+                self._unsubscribe(entry[1])
+                return
+
+    def _upstream_rule(self, rule: MatchRule) -> tuple[str, bool] | None:
+        """The upstream rule a local rule needs (and whether it names an upstream unique name), or None."""
+        if not self.settings.imports or rule.type not in (None, SIGNAL) or rule.destination is not None:
+            return None
+        sender = rule.sender
+        bound = False
+        if sender is not None:
+            if sender[0] == ":":
+                mirror = self.by_local_name.get(sender)
+                if mirror is None:
+                    return None
+                sender, bound = mirror.upstream_name, True
+            elif not matches_any(self.settings.imports, sender):
+                return None
+        return str(dataclasses.replace(rule, type=SIGNAL, sender=sender, eavesdrop=False)), bound
+
+    def _subscribe(self, upstream_rule: str) -> None:
+        count = self.upstream_rules.get(upstream_rule, 0)
+        self.upstream_rules[upstream_rule] = count + 1
+        if not count and self.connected:
+            self.link.call("AddMatch", "s", [upstream_rule])
+
+    def _unsubscribe(self, upstream_rule: str, send: bool = True) -> None:
+        count = self.upstream_rules.get(upstream_rule)
+        if count is None:
+            return
+        if count > 1:
+            self.upstream_rules[upstream_rule] = count - 1
+            return
+        del self.upstream_rules[upstream_rule]
+        if send and self.connected:
+            # Upstream may have dropped it already (a rule naming a peer that left): no complaint then.
+            self.link.call("RemoveMatch", "s", [upstream_rule], handler=_ignore)
+
+    # ------------------------------------------------------------ messages from upstream
+
+    def from_upstream(self, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        handler = self._UPSTREAM.get(h.type)
+        if handler is None:
+            close_fds(fds)  # a message type from the future: nothing here understands it
+            return
+        handler(self, buf, h, fds)
+
+    def _upstream_reply(self, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        entry = self.forwarded.pop(h.reply_serial, None)
+        if entry is None or entry[0].closed:
+            close_fds(fds)
+            return
+        mirror, caller, serial = entry
+        self._inject(mirror, buf, h, fds, caller, serial)
+
+    def _upstream_call(self, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        destination = h.destination
+        if destination == self.link.unique_name:
+            owners = {self.export_owners[name] for name in self.exported if name in self.export_owners}
+            if len(owners) == 1:
+                destination = next(iter(owners)).unique_name
+            else:
+                self._refuse(buf, h, fds, f"{destination} is busd's bridge; call one of the names it exports "
+                                          f"({', '.join(sorted(self.exported)) or 'none now'}) instead")
+                return
+        elif destination not in self.exported or destination not in self.export_owners:
+            self._refuse(buf, h, fds, f"The name {destination} is not exported by busd's bridge")
+            return
+        if h.sender is None:
+            close_fds(fds)
+            return
+        mirror = self._mirror(h.sender)
+        serial = mirror.next_serial()
+        if not h.no_reply_expected:
+            mirror.calls[serial] = h.serial
+        self._inject(mirror, buf, h, fds, destination, None, serial)
+
+    def _refuse(self, buf: bytes, h: Header, fds: list[int] | None, text: str) -> None:
+        close_fds(fds)
+        if h.no_reply_expected or h.sender is None:
+            return
+        link = self.link
+        link.send(build_message(ERROR, link.next_serial(), error_name=SERVICE_UNKNOWN, reply_serial=h.serial,
+                                destination=h.sender, signature="s", body=[text]))
+
+    def _upstream_signal(self, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        sender = h.sender
+        if sender == DRIVER_NAME:
+            close_fds(fds)
+            handler = self._DRIVER_SIGNALS.get(h.member)
+            if handler is not None and h.interface == DRIVER_NAME:
+                try:
+                    args = read_body(buf, h)
+                except ProtocolError:
+                    return
+                handler(self, *args)
+            return
+        destination = h.destination
+        if destination is not None and destination in self.exported and sender is not None:
+            self._inject(self._mirror(sender), buf, h, fds, destination, None)
+            return
+        # A broadcast, or a signal addressed to the bridge on behalf of its local callers (a portal's
+        # Response): it crosses only from an imported service, and local match rules pick the recipients.
+        mirror = self.mirrors.get(sender)
+        if mirror is None or not mirror.imported or (destination is not None and destination != self.link.unique_name):
+            close_fds(fds)
+            return
+        self._inject(mirror, buf, h, fds, None, None)
+
+    _UPSTREAM = {METHOD_CALL: _upstream_call, METHOD_RETURN: _upstream_reply, ERROR: _upstream_reply,
+                 SIGNAL: _upstream_signal}
+
+    def _upstream_owner_changed(self, name: str, old: str, new: str) -> None:
+        if name[0] == ":":
+            mirror = self.mirrors.get(name)
+            if not new and mirror is not None:
+                mirror.close("it left the upstream bus")
+            return
+        if matches_any(self.settings.imports, name):
+            self._set_import_owner(name, new or None)
+
+    def _upstream_name_acquired(self, name: str) -> None:
+        if name[0] != ":":
+            self._name_acquired(name)
+
+    def _upstream_name_lost(self, name: str) -> None:
+        if name in self.exported:
+            self.exported.discard(name)
+            log.info("bridge: lost exported %s upstream", name)
+
+    _DRIVER_SIGNALS: dict[str, Callable[..., None]] = {
+        "NameOwnerChanged": _upstream_owner_changed,
+        "NameAcquired": _upstream_name_acquired,
+        "NameLost": _upstream_name_lost,
+    }
+
+    def _inject(self, mirror: Mirror, buf: bytes, h: Header, fds: list[int] | None, destination: str | None,
+                reply_serial: int | None, serial: int | None = None) -> None:
+        """Hand an upstream message to the local bus as sent by `mirror`, re-addressed."""
+        head = readdressed_header(h, serial or mirror.next_serial(), destination, reply_serial)
+        message = head + memoryview(buf)[h.body_start:] if h.body_len else head
+        self.bus.receive(mirror.peer, message, parse_header(message, validate_body=False), fds)
+
+    # ------------------------------------------------------------ messages from the local bus
+
+    def from_mirror(self, mirror: Mirror, head: bytes, body: Any, fds: list[int] | None) -> None:
+        """A message the local bus routed to a mirror: on to its upstream twin (or the name it was sent to)."""
+        message = head + body if body else head
+        h = parse_header(message, validate_body=False)
+        link = self.link
+        if link is None or link.closed or (h.type == SIGNAL and h.sender == DRIVER_NAME):
+            close_fds(fds)  # the local driver's NameAcquired and NameLost are for the mirror alone
+            return
+        destination = h.destination
+        if destination is None or destination[0] == ":":
+            destination = mirror.upstream_name
+        reply_serial = None
+        if h.type == METHOD_CALL:
+            serial = link.next_serial()
+            if not h.no_reply_expected:
+                self.forwarded[serial] = (mirror, h.sender, h.serial)
+        elif h.type == SIGNAL:
+            serial = link.next_serial()
+        else:
+            reply_serial = mirror.calls.pop(h.reply_serial, None)
+            if reply_serial is None:
+                close_fds(fds)
+                return
+            serial = link.next_serial()
+        link.send(readdressed_header(h, serial, destination, reply_serial), memoryview(message)[h.body_start:]
+                  if h.body_len else b"", fds)
+
+    def from_home(self, home: VirtualConnection, head: bytes, body: Any, fds: list[int] | None) -> None:
+        """A signal from the local owner of an exported name (by the home peer's rules), or a stray call."""
+        message = head + body if body else head
+        h = parse_header(message, validate_body=False)
+        if h.type == METHOD_CALL and not h.no_reply_expected:
+            close_fds(fds)
+            reply = build_message(ERROR, home.next_serial(), error_name=UNKNOWN_METHOD, reply_serial=h.serial,
+                                  destination=h.sender, signature="s",
+                                  body=[f"{home.peer.unique_name} is busd's bridge; it has no methods"])
+            self.bus.receive(home.peer, reply, parse_header(reply), None)
+            return
+        sender = self.bus.peers.get(h.sender) if h.sender else None
+        link = self.link
+        if (h.type != SIGNAL or h.destination is not None or sender is None or link is None or link.closed
+                or self.exported.isdisjoint(sender.names)):
+            close_fds(fds)
+            return
+        link.send(readdressed_header(h, link.next_serial(), None, None), memoryview(message)[h.body_start:]
+                  if h.body_len else b"", fds)
+
+    # ------------------------------------------------------------ status (dev.busd.Bridge1)
+
+    def properties(self) -> dict[str, Variant]:
+        link = self.link if self.connected else None
+        upstream_unique = link.unique_name if link is not None else ""
+        imported = {}
+        for name, owner in self.imported.items():
+            mirror = self.mirrors.get(owner)
+            if mirror is not None and self.bus.registry.owner(name) is mirror.peer:
+                imported[name] = (owner, mirror.peer.unique_name)
+        exported = {name: (upstream_unique, self.export_owners[name].unique_name)
+                    for name in self.exported if name in self.export_owners}
+        waiting = sorted(name for name in self.export_owners if name not in self.exported) if link else []
+        return {
+            "Upstream": Variant("s", self.upstream_address),
+            "Connected": Variant("b", link is not None),
+            "UpstreamUniqueName": Variant("s", upstream_unique),
+            "ImportPatterns": Variant("as", [str(p) for p in self.settings.imports]),
+            "ExportPatterns": Variant("as", [str(p) for p in self.settings.exports]),
+            "Imported": Variant("a{s(ss)}", dict(sorted(imported.items()))),
+            "Exported": Variant("a{s(ss)}", dict(sorted(exported.items()))),
+            "ExportsWaiting": Variant("as", waiting),
+            "Subscriptions": Variant("a{su}", dict(self.upstream_rules)),
+            "Connects": Variant("u", self.connects),
+            "LastError": Variant("s", self.last_error),
+        }
+
+
+def _departure_rule(unique_name: str) -> str:
+    return f"{NAME_OWNER_CHANGED_RULE},arg0='{unique_name}'"
+
+
+def _ignore(h: Header, buf: bytes) -> None:
+    pass
+
+
+def _chain(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
+    def both(*args: Any) -> None:
+        first(*args)
+        second(*args)
+    return both
+
+
+def _listed(patterns: tuple) -> str:
+    return ", ".join(str(p) for p in patterns) or "nothing"
+
+
+class BridgeManager:
+    """The daemon's bridge, if its settings ask for one: started with the bus, replaced when a reload changes it.
+
+    `settings_for(config)` turns a (reloaded) BusConfig into BridgeSettings, merging the command line.
+    """
+
+    def __init__(self, bus: "Bus", settings_for: Callable[[Any], BridgeSettings | None], config: Any):
+        self.bus = bus
+        self.settings_for = settings_for
+        self.bridge: Bridge | None = None
+        self._apply(settings_for(config))
+        previous = getattr(bus, "config_reloaded", None)
+        bus.config_reloaded = self.config_reloaded if previous is None else _chain(previous, self.config_reloaded)
+
+    def _apply(self, settings: BridgeSettings | None) -> None:
+        current = self.bridge.settings if self.bridge is not None else None
+        if settings == current:
+            return
+        if self.bridge is not None:
+            log.warning("bridge: configuration changed; restarting the bridge")
+            self.bridge.stop()
+            self.bridge = None
+        if settings is not None:
+            self.bridge = Bridge(self.bus, settings)
+            self.bridge.start()
+
+    def config_reloaded(self, new_settings: Any) -> None:
+        self._apply(self.settings_for(new_settings.config))
+
+
+__all__ = ["BRIDGE_INTERFACE", "Bridge", "BridgeManager", "Mirror", "VirtualConnection"]

@@ -1,0 +1,414 @@
+"""The bridge's client connection to the upstream bus: connect, authenticate, Hello, then framed messages.
+
+Theory. Once open, the link is driven like the daemon's own connections: a
+reader callback reads what the kernel has, frames every complete message and
+hands it on in arrival order; sends are queued and written once per loop turn
+with one sendmsg() (fds ride with their message's first byte). Replies to the
+link's own driver calls (Hello, AddMatch, RequestName, ...) go to the callback
+given with the call, inline and in stream order, so a GetNameOwner answer and a
+NameOwnerChanged signal are always applied in the order the upstream bus sent
+them. Everything else goes to `on_message`.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from .wire.address import Address, AddressError, parse_addresses
+from .wire.errors import ProtocolError
+from .wire.message import (
+    ERROR, FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, METHOD_CALL, METHOD_RETURN, Header,
+    build_message, frame_size, parse_header, read_body,
+)
+from .wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
+
+log = logging.getLogger("busd.bridge")
+
+DRIVER_NAME = "org.freedesktop.DBus"
+DRIVER_PATH = "/org/freedesktop/DBus"
+DRIVER_INTERFACE = "org.freedesktop.DBus"
+READ_SIZE = 262144
+MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+_IOV_MAX = 512
+NONCE_SIZE = 16
+
+ReplyHandler = Callable[[Header, bytes], None]
+
+
+class LinkError(Exception):
+    """The upstream bus cannot be reached or would not let us in; the message says why."""
+
+
+def close_fds(fds: Any) -> None:
+    for fd in fds or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def error_text(h: Header, buf: bytes) -> str:
+    """'Name: text' of an error reply, for logs and messages."""
+    try:
+        body = read_body(buf, h)
+    except ProtocolError:
+        body = []
+    text = body[0] if body and isinstance(body[0], str) else ""
+    return f"{h.error_name}: {text}" if text else str(h.error_name)
+
+
+async def _connect_unix(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
+    params = address.params
+    target = params["path"] if "path" in params else "\0" + params["abstract"]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def _connect_tcp(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
+    params = address.params
+    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(params.get("family", ""), socket.AF_UNSPEC)
+    infos = await loop.getaddrinfo(params.get("host", "localhost"), int(params["port"]), family=family,
+                                   type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"no address for host {params.get('host', 'localhost')}")
+    for family, kind, proto, _name, sockaddr in infos:
+        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        if address.transport == "nonce-tcp":
+            try:
+                with open(params["noncefile"], "rb") as f:
+                    nonce = f.read(NONCE_SIZE)
+                await loop.sock_sendall(sock, nonce)
+            except OSError:
+                sock.close()
+                raise
+        return sock
+    raise last
+
+
+CONNECTORS = {"unix": _connect_unix, "tcp": _connect_tcp, "nonce-tcp": _connect_tcp}
+
+
+class UpstreamLink:
+    """One authenticated connection to the upstream bus, with its own serials and its own reply table."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_message: Callable[[bytes, Header, list[int] | None], None],
+                 on_closed: Callable[[str], None],
+                 on_drained: Callable[[], None] = lambda: None,
+                 max_message_size: int = MAX_MESSAGE_SIZE, max_message_unix_fds: int = 1024):
+        self.loop = loop
+        self.on_message = on_message
+        self.on_closed = on_closed
+        self.on_drained = on_drained
+        self.max_message_size = max_message_size
+        self.max_message_unix_fds = max_message_unix_fds
+        self.sock: socket.socket | None = None
+        self.fileno = -1
+        self.address = ""
+        self.guid: str | None = None
+        self.unique_name: str | None = None
+        self.unix_fd = False
+        self.closed = False
+        self.reading = False
+        self._serial = 0
+        self._replies: dict[int, ReplyHandler] = {}
+        self._rbuf = bytearray()
+        self._received_fds: deque[int] = deque()
+        self._out: deque[list] = deque()  # [buffer, fds or None]
+        self.out_bytes = 0
+        self.out_fds = 0
+        self._writing = False
+        self._flush_scheduled = False
+        self.low_water = 1 << 20  # on_drained fires when the queue falls back below this
+        self._high = False
+
+    # ------------------------------------------------------------ opening
+
+    async def open(self, address_text: str, refuse_guid: str | None = None) -> None:
+        """Connect to the first address that answers, authenticate and say Hello; raise LinkError if none does.
+
+        `refuse_guid` is our own bus's GUID: an upstream that is this very bus is refused.
+        """
+        try:
+            addresses = parse_addresses(address_text)
+        except AddressError as exc:
+            raise LinkError(str(exc)) from None
+        problems = []
+        for address in addresses:
+            connect = CONNECTORS.get(address.transport)
+            if connect is None or not address.connectable:
+                problems.append(f"{address}: the bridge connects only over unix: and tcp:")
+                continue
+            try:
+                sock = await connect(self.loop, address)
+            except OSError as exc:
+                problems.append(f"{address}: {exc.strerror or exc}")
+                continue
+            self.sock, self.fileno, self.address = sock, sock.fileno(), str(address)
+            try:
+                await self._authenticate(sock, address, refuse_guid)
+                await self._hello()
+            except BaseException:
+                self.close("could not finish connecting", notify=False)
+                raise
+            return
+        raise LinkError("; ".join(problems) or f"no address in {address_text!r}")
+
+    async def _authenticate(self, sock: socket.socket, address: Address, refuse_guid: str | None) -> None:
+        unix = address.transport == "unix"
+        auth = ClientAuthenticator(uid=os.getuid(), mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS),
+                                   negotiate_unix_fd=unix)
+        loop = self.loop
+        try:
+            await loop.sock_sendall(sock, auth.initial_bytes())
+            while not auth.done:
+                data = await loop.sock_recv(sock, 4096)
+                if not data:
+                    raise LinkError(f"{address}: the bus closed the connection during authentication")
+                reply = auth.receive_data(data)
+                if reply:
+                    await loop.sock_sendall(sock, reply)
+        except ProtocolError as exc:
+            raise LinkError(f"{address}: authentication failed: {exc.reason}") from None
+        except OSError as exc:
+            raise LinkError(f"{address}: {exc.strerror or exc}") from None
+        if address.guid is not None and auth.guid != address.guid:
+            raise LinkError(f"{address}: the bus answered with GUID {auth.guid}, not the address's guid=")
+        if refuse_guid is not None and auth.guid == refuse_guid:
+            raise LinkError(f"{address} is this bus itself: a bridge needs another bus upstream")
+        self.guid = auth.guid
+        self.unix_fd = bool(auth.unix_fd)
+        if auth.leftover:
+            self._rbuf += auth.leftover
+
+    async def _hello(self) -> None:
+        answer: asyncio.Future = self.loop.create_future()
+
+        def got(h: Header, buf: bytes) -> None:
+            if not answer.done():
+                answer.set_result((h, buf))
+        self.call("Hello", handler=got)
+        self.reading = True
+        self.loop.add_reader(self.fileno, self._on_readable)
+        self._on_readable_buffered()
+        h, buf = await answer
+        if h.type == ERROR:
+            raise LinkError(f"{self.address}: Hello failed: {error_text(h, buf)}")
+        self.unique_name = read_body(buf, h)[0]
+
+    # ------------------------------------------------------------ sending
+
+    def next_serial(self) -> int:
+        self._serial = serial = (self._serial % 0xFFFFFFFF) + 1
+        return serial
+
+    def call(self, member: str, signature: str = "", body: list | tuple = (), handler: ReplyHandler | None = None,
+             *, destination: str = DRIVER_NAME, path: str = DRIVER_PATH, interface: str = DRIVER_INTERFACE) -> int:
+        """Call a method (the upstream driver's by default); `handler` gets the reply, inline, in stream order.
+
+        Without a handler, an error reply is logged and a normal reply ignored.
+        """
+        serial = self.next_serial()
+        self._replies[serial] = handler or _log_errors(member, body)
+        self.send(build_message(METHOD_CALL, serial, path=path, interface=interface, member=member,
+                                destination=destination, signature=signature, body=body))
+        return serial
+
+    def send(self, head: bytes, body: Any = b"", fds: list[int] | None = None) -> None:
+        """Queue one message (header and body, both bytes-like); the fds are now ours to close."""
+        if self.closed:
+            close_fds(fds)
+            return
+        out = self._out
+        out.append([head, fds])
+        size = len(head)
+        if body:
+            out.append([body, None])
+            size += len(body)
+        self.out_bytes += size
+        if fds:
+            self.out_fds += len(fds)
+        if self.out_bytes >= self.low_water:
+            self._high = True
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        sock = self.sock
+        while out and not self.closed:
+            fds = out[0][1]
+            buffers = [out[0][0]]
+            for i in range(1, min(len(out), _IOV_MAX)):
+                item = out[i]
+                if item[1]:
+                    break
+                buffers.append(item[0])
+            try:
+                if fds:
+                    sent = sock.sendmsg(buffers, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    sent = sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.close(f"write failed: {exc.strerror or exc}")
+                return
+            if fds:
+                out[0][1] = None
+                self.out_fds -= len(fds)
+                close_fds(fds)
+            self.out_bytes -= sent
+            while sent:
+                item = out[0]
+                n = len(item[0])
+                if sent >= n:
+                    sent -= n
+                    out.popleft()
+                else:
+                    item[0] = memoryview(item[0])[sent:]
+                    sent = 0
+        if self.closed:
+            return
+        if out and not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.fileno, self.flush)
+        elif not out and self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.fileno)
+        if self._high and self.out_bytes < self.low_water:
+            self._high = False
+            self.on_drained()
+
+    # ------------------------------------------------------------ reading
+
+    def pause_reading(self) -> None:
+        if self.reading and not self.closed:
+            self.reading = False
+            self.loop.remove_reader(self.fileno)
+
+    def resume_reading(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.fileno, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            if self.unix_fd:
+                data, ancdata, msg_flags, _ = self.sock.recvmsg(READ_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+                for level, kind, cdata in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = array.array("i")
+                        fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+                        self._received_fds.extend(fds)
+                if msg_flags & socket.MSG_CTRUNC:
+                    self.close("the upstream bus sent more fds in one read than the kernel passes")
+                    return
+            else:
+                data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"read failed: {exc.strerror or exc}")
+            return
+        if not data:
+            self.close("the upstream bus closed the connection")
+            return
+        self._rbuf += data
+        self._on_readable_buffered()
+
+    def _on_readable_buffered(self) -> None:
+        rbuf = self._rbuf
+        size = len(rbuf)
+        pos = 0
+        try:
+            while size - pos >= FIXED_HEADER_SIZE:
+                total = frame_size(rbuf, pos, self.max_message_size)
+                if size - pos < total:
+                    break
+                message = bytes(rbuf) if total == size else bytes(rbuf[pos:pos + total])
+                pos += total
+                self._handle(message)
+                if self.closed:
+                    return
+        except ProtocolError as exc:
+            self.close(f"protocol error from the upstream bus: {exc.reason}")
+            return
+        finally:
+            if pos and not self.closed:
+                del rbuf[:pos]
+
+    def _handle(self, message: bytes) -> None:
+        h = parse_header(message)
+        fds = None
+        if h.unix_fds:
+            if h.unix_fds > self.max_message_unix_fds or len(self._received_fds) < h.unix_fds:
+                raise ProtocolError(f"UNIX_FDS says {h.unix_fds} but {len(self._received_fds)} fds arrived "
+                                    f"(limit {self.max_message_unix_fds})")
+            fds = [self._received_fds.popleft() for _ in range(h.unix_fds)]
+        if h.type == METHOD_RETURN or h.type == ERROR:
+            handler = self._replies.pop(h.reply_serial, None)
+            if handler is not None:
+                close_fds(fds)
+                handler(h, message)
+                return
+        self.on_message(message, h, fds)
+
+    # ------------------------------------------------------------ closing
+
+    def close(self, reason: str, notify: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.sock is not None:
+            if self.reading:
+                self.loop.remove_reader(self.fileno)
+            if self._writing:
+                self.loop.remove_writer(self.fileno)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.reading = self._writing = False
+        for item in self._out:
+            close_fds(item[1])
+        self._out.clear()
+        self.out_bytes = self.out_fds = 0
+        close_fds(self._received_fds)
+        self._received_fds.clear()
+        self._replies.clear()
+        if notify:
+            self.on_closed(reason)
+
+
+def _log_errors(member: str, body: list | tuple) -> ReplyHandler:
+    def handler(h: Header, buf: bytes) -> None:
+        if h.type == ERROR:
+            log.warning("the upstream bus refused %s%s: %s", member, tuple(body) if body else "()",
+                        error_text(h, buf))
+    return handler
+
+
+__all__ = ["LinkError", "UpstreamLink", "close_fds", "error_text"]
