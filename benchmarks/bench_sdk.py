@@ -14,8 +14,9 @@ plain dbus-fast, so it costs the same for every variant) does the other side:
            low-level bus.call(Message), the library's high-level proxy
            (call_add), or a busd_client proxy.
 
-The busd_client variants run with fd passing negotiated (the default) and
-without it ("no-fd").  Variants take turns --repeats times; each reports its
+Plain low-level code and busd_client each run with fd passing negotiated
+(busd_client's default, "+fd") and without it ("no-fd"): negotiating it makes
+the libraries receive every message with recvmsg, which costs by itself.  Variants take turns --repeats times; each reports its
 best rate (operations per second of wall time) and its lowest CPU time per
 operation in this process, which is what the SDK adds.  The ratio columns
 divide the SDK's figures by plain low-level and high-level code on the same
@@ -132,8 +133,8 @@ async def signal_variants(backend: str, address: str, helper: Helper, count: int
     library, aio = _library(backend)
     rule = f"type='signal',sender='{HELPER_NAME}',path='{PATH}',interface='{INTERFACE}'"
 
-    async def plain_low_level() -> int:
-        bus = await aio.MessageBus(bus_address=address).connect()
+    async def plain_low_level(unix_fds: bool = False) -> int:
+        bus = await aio.MessageBus(bus_address=address, negotiate_unix_fd=unix_fds).connect()
         done = asyncio.get_running_loop().create_future()
         received = 0
 
@@ -196,15 +197,16 @@ async def signal_variants(backend: str, address: str, helper: Helper, count: int
                 await done.wait()
             return received
 
-    return {"plain low-level": plain_low_level, "plain high-level": plain_high_level, "busd_client": sdk,
+    return {"plain low-level": plain_low_level, "plain low-level +fd": lambda: plain_low_level(unix_fds=True),
+            "plain high-level": plain_high_level, "busd_client": sdk,
             "busd_client no-fd": lambda: sdk(unix_fds=False)}
 
 
 async def call_variants(backend: str, address: str, count: int) -> dict[str, Callable[[], Awaitable[int]]]:
     library, aio = _library(backend)
 
-    async def plain_low_level() -> int:
-        bus = await aio.MessageBus(bus_address=address).connect()
+    async def plain_low_level(unix_fds: bool = False) -> int:
+        bus = await aio.MessageBus(bus_address=address, negotiate_unix_fd=unix_fds).connect()
         for number in range(count):
             reply = await bus.call(library.Message(destination=HELPER_NAME, path=PATH, interface=INTERFACE,
                                                    member="Add", signature="ii", body=[number, 1]))
@@ -227,7 +229,8 @@ async def call_variants(backend: str, address: str, count: int) -> dict[str, Cal
                 assert await remote.Add(number, 1) == number + 1
         return count
 
-    return {"plain low-level": plain_low_level, "plain high-level": plain_high_level, "busd_client": sdk,
+    return {"plain low-level": plain_low_level, "plain low-level +fd": lambda: plain_low_level(unix_fds=True),
+            "plain high-level": plain_high_level, "busd_client": sdk,
             "busd_client no-fd": lambda: sdk(unix_fds=False)}
 
 
@@ -261,15 +264,19 @@ async def benchmark(options: argparse.Namespace) -> list[Result]:
 
 def report(results: list[Result], bus_kind: str) -> str:
     lines = [f"busd_client vs plain libraries on {bus_kind} (rate: best wall-clock ops/s; cpu: this "
-             f"process's lowest µs per op; ratio = busd_client / plain; no-fd: connect(unix_fds=False))",
-             f"{'backend':<10} {'workload':<8} {'variant':<18} {'rate/s':>9} {'cpu µs':>8}"
+             f"process's lowest µs per op; ratio = busd_client / plain)",
+             "+fd: fd passing negotiated (busd_client's default); no-fd: connect(unix_fds=False); "
+             "'vs low' compares with plain low-level code with the same fd setting",
+             f"{'backend':<10} {'workload':<8} {'variant':<19} {'rate/s':>9} {'cpu µs':>8}"
              f" {'rate vs low':>12} {'cpu vs low':>11} {'rate vs high':>13} {'cpu vs high':>12}"]
     by_key = {(r.backend, r.workload, r.variant): r for r in results}
     for result in results:
-        line = (f"{result.backend:<10} {result.workload:<8} {result.variant:<18} "
+        line = (f"{result.backend:<10} {result.workload:<8} {result.variant:<19} "
                 f"{result.rate:>9.0f} {result.cpu_us:>8.1f}")
         if result.variant.startswith("busd_client"):
-            low = by_key[(result.backend, result.workload, "plain low-level")]
+            # Like for like: with fd passing negotiated, or without.
+            plain = "plain low-level" if result.variant.endswith("no-fd") else "plain low-level +fd"
+            low = by_key[(result.backend, result.workload, plain)]
             high = by_key[(result.backend, result.workload, "plain high-level")]
             line += (f" {result.rate / low.rate:>12.2f} {result.cpu_us / low.cpu_us:>11.2f}"
                      f" {result.rate / high.rate:>13.2f} {result.cpu_us / high.cpu_us:>12.2f}")
