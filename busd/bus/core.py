@@ -324,7 +324,10 @@ class Bus:
                       fds: list[int] | None, reply_on_denial: bool = True) -> bool:
         """Check send rules of the sender and receive rules of the recipient; log and answer a denial."""
         nfds = len(fds) if fds else 0
-        verdict = sender.policy.can_send(h, target.names, requested_reply, nfds)
+        # Like dbus-daemon, send_destination rules see every name the recipient owns or queues for.
+        queued = self.registry.all_names_of(target)
+        receiver_names = target.names | queued if queued else target.names
+        verdict = sender.policy.can_send(h, receiver_names, requested_reply, nfds)
         side = "send"
         if verdict.allowed:
             verdict = target.policy.can_receive(h, sender.names, requested_reply, nfds, False)

@@ -10,7 +10,7 @@ to the old owner, NameOwnerChanged, then NameAcquired to the new owner.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable
+from typing import Collection, Hashable
 
 # RequestName flags
 ALLOW_REPLACEMENT = 0x1
@@ -68,6 +68,11 @@ class NameRegistry:
     def owned_by(self, peer: Hashable) -> list[str]:
         """Names `peer` is the primary owner of."""
         return [name for name in self._names_of.get(peer, ()) if self._queues[name][0].peer is peer]
+
+    def all_names_of(self, peer: Hashable) -> Collection[str]:
+        """Names `peer` owns or waits for in a queue (policy decisions consider them all)."""
+        names = self._names_of.get(peer)
+        return names.keys() if names else ()
 
     def queued_count(self, peer: Hashable) -> int:
         """Well-known names `peer` owns or waits for."""
