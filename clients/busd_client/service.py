@@ -198,7 +198,7 @@ class Interface:
     def __init_subclass__(cls, name: str | None = None, xml: str | os.PathLike[str] | None = None,
                           **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        inherited = cls.__dict__.get("__dbus_interface__") or getattr(cls, "__dbus_interface__", None)
+        inherited = getattr(cls, "__dbus_interface__", None)
         interface_name = name or (inherited.name if inherited is not None else None)
         if interface_name is None:
             return  # an abstract base: members only, no interface of its own
