@@ -363,10 +363,13 @@ class Bridge:
             code, more = registry.request(name, mirror.peer, 0)
             events += more
             if code == IN_QUEUE and old is None:
-                log.info("bridge: imported %s waits behind its local owner %s", name,
-                         registry.owner(name).unique_name)
+                log.warning("bridge: imported %s waits here behind its local owner %s", name,
+                            registry.owner(name).unique_name)
+            else:
+                log.info("bridge: imported %s (upstream owner %s, here %s)", name, owner, mirror.peer.unique_name)
         else:
             del self.imported[name]
+            log.info("bridge: imported %s has no owner upstream any more", name)
         if old is not None:
             previous = self.mirrors.get(old)
             if previous is not None:
@@ -420,7 +423,9 @@ class Bridge:
             return
         if self.home.peer is not None:
             self.bus.matches.remove(self.home.peer, MatchRule(type=SIGNAL, sender=name))
-        self.exported.discard(name)
+        if name in self.exported:
+            self.exported.discard(name)
+            log.info("bridge: no longer exporting %s: its local owner let it go", name)
         if self.connected:
             self.link.call("ReleaseName", "s", [name])
 
