@@ -108,19 +108,18 @@ def check_upstream(text: str) -> str:
     return text
 
 
-def _patterns(texts: Iterable[str], where: str) -> tuple[NamePattern, ...]:
-    patterns: list[NamePattern] = []
-    for text in texts:
-        try:
-            pattern = NamePattern(text)
-        except BridgeConfigError as exc:
-            raise BridgeConfigError(f"{where}: {exc}") from None
-        if pattern not in patterns:
-            patterns.append(pattern)
-    return tuple(patterns)
+def _pattern(text: str, where: str) -> NamePattern:
+    try:
+        return NamePattern(text)
+    except BridgeConfigError as exc:
+        raise BridgeConfigError(f"{where}: {exc}") from None
 
 
-def _from_extensions(extensions: Sequence) -> tuple[str | None, list[str], list[str]]:
+def _unique(patterns: Iterable[NamePattern]) -> tuple[NamePattern, ...]:
+    return tuple(dict.fromkeys(patterns))
+
+
+def _from_extensions(extensions: Sequence) -> tuple[str | None, list[NamePattern], list[NamePattern]]:
     """The <busd:bridge> element of a config, as (upstream, imports, exports); other busd elements are not ours."""
     bridges = [element for element in extensions if element.name == "bridge"]
     if not bridges:
@@ -138,7 +137,7 @@ def _from_extensions(extensions: Sequence) -> tuple[str | None, list[str], list[
     upstream = element.attributes.get("upstream")
     if not upstream:
         raise BridgeConfigError(f'{where}: <busd:bridge> needs upstream="session" or upstream="ADDRESS"')
-    lists: dict[str, list[str]] = {"import": [], "export": []}
+    lists: dict[str, list[NamePattern]] = {"import": [], "export": []}
     for child in element.children:
         child_where = f"{child.file}:{child.line}"
         if child.name not in lists:
@@ -147,7 +146,7 @@ def _from_extensions(extensions: Sequence) -> tuple[str | None, list[str], list[
         if set(child.attributes) != {"name"}:
             raise BridgeConfigError(f'{child_where}: <busd:{child.name}> takes exactly one attribute, '
                                     f'name="org.example.Name" or name="org.example.*"')
-        lists[child.name].append(child.attributes["name"])
+        lists[child.name].append(_pattern(child.attributes["name"], child_where))
     return upstream, lists["import"], lists["export"]
 
 
@@ -170,8 +169,8 @@ def bridge_settings(upstream: str | None = None, imports: Sequence[str] = (), ex
         check_upstream(chosen)
     except BridgeConfigError as exc:
         raise BridgeConfigError(f"{where}: {exc}") from None
-    return BridgeSettings(chosen, _patterns([*xml_imports, *imports], "import"),
-                          _patterns([*xml_exports, *exports], "export"))
+    return BridgeSettings(chosen, _unique([*xml_imports, *(_pattern(text, "--import") for text in imports)]),
+                          _unique([*xml_exports, *(_pattern(text, "--export") for text in exports)]))
 
 
 __all__ = ["BridgeConfigError", "BridgeSettings", "NamePattern", "bridge_settings", "check_upstream",

@@ -125,6 +125,38 @@ def test_a_bridge_between_two_busd_instances():
         up.stop()
 
 
+TCP_CONFIG = SESSION_CONFIG.replace("unix:path={socket}", "tcp:host=127.0.0.1,port=0").replace(
+    "<auth>EXTERNAL</auth>", "<auth>DBUS_COOKIE_SHA1</auth>")
+
+
+@pytest.mark.live
+def test_a_bridge_over_tcp_carries_calls_but_no_fds():
+    up = start_bus("dbus-daemon", config_text=TCP_CONFIG)
+    assert up.address.startswith("tcp:")
+    bridged = Bridged(up)
+    name = f"{UP}.Tcp"
+    try:
+        with RawClient(up.address, mechanisms=("DBUS_COOKIE_SHA1",)) as service, \
+                RawClient(bridged.local.address) as caller:
+            assert service.request_name(name) == 1
+            wait_owned(caller, name)
+            serial = caller.call(name, "/", RAW_INTERFACE, "Ask", "s", ["over tcp"])
+            call = service.wait_call("Ask")
+            service.reply(call, "s", [call.body[0]])
+            assert caller.reply_to(serial).value() == "over tcp"
+            read_end, write_end = os.pipe()
+            try:
+                reply = caller.call_wait(name, "/", RAW_INTERFACE, "TakeFd", "h", [0], fds=[read_end])
+            finally:
+                os.close(read_end)
+                os.close(write_end)
+            assert reply.error_name == "org.freedesktop.DBus.Error.NotSupported"
+            assert bridge_properties(caller)["Upstream"] == up.address
+    finally:
+        bridged.stop()
+        up.stop()
+
+
 BRIDGE_ELEMENT = """<busd:bridge xmlns:busd="https://busd.dev/config" upstream="{upstream}">
     <busd:import name="{imports}"/>
     <busd:export name="{DOWN}.*"/>
