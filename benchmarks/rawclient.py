@@ -230,15 +230,17 @@ class Reader:
                 raise BusError(f"not a D-Bus message: endianness byte {endian!r}; the stream is out of step")
             header_len = 16 + ((fields_len + 7) & ~7)
             total = header_len + body_len
-            if buf[off + 1] == ERROR:
-                self.errors += 1
             if avail - off >= total:
                 done += 1
+                if buf[off + 1] == ERROR:
+                    self.errors += 1
                 if headers is not None:
                     headers.append(bytes(buf[off:off + header_len]))
                 off += total
             elif avail - off >= header_len:
                 # A big message: keep its header, discard the body as it arrives.
+                if buf[off + 1] == ERROR:
+                    self.errors += 1
                 self._held = bytes(buf[off:off + header_len])
                 self._skip = total - (avail - off)
                 off = avail
