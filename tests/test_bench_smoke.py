@@ -95,3 +95,17 @@ def test_parse_address_takes_the_first_unix_entry() -> None:
     assert rc.parse_address("unix:abstract=/tmp/dbus-x") == ("abstract", "/tmp/dbus-x")
     with pytest.raises(ValueError, match="only speaks unix"):
         rc.parse_address("tcp:host=localhost,port=1")
+
+
+@pytest.mark.live
+def test_raw_client_counts_error_replies_once(reference_bus: RunningBus) -> None:
+    caller = rc.Connection.open(reference_bus.address, timeout=10)
+    nowhere = rc.method_call(":1.9999", "/org/busd/Bench", "org.busd.Bench", "Ping")
+    caller.send(caller.batch(nowhere, 3))
+    replies = 0
+    while replies < 3:
+        replies += caller.reader.count()
+    assert caller.reader.errors == 3
+    with pytest.raises(rc.BusError, match="ServiceUnknown"):
+        caller.call(nowhere)
+    caller.close()
