@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bridge_config import BridgeSettings, matches_any, NAME_OWNER_CHANGED_RULE
 from .bridge_link import LinkError, UpstreamLink, close_fds, error_text
-from .bridge_wire import readdressed_header
+from .bridge_wire import readdressed
 from .bus.match import MatchRule
 from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
 from .connection import Credentials
@@ -622,9 +622,9 @@ class Bridge:
     def _inject(self, mirror: Mirror, buf: bytes, h: Header, fds: list[int] | None, destination: str | None,
                 reply_serial: int | None, serial: int | None = None) -> None:
         """Hand an upstream message to the local bus as sent by `mirror`, re-addressed."""
-        head = readdressed_header(h, serial or mirror.next_serial(), destination, reply_serial)
+        head, new = readdressed(h, serial or mirror.next_serial(), destination, reply_serial)
         message = head + memoryview(buf)[h.body_start:] if h.body_len else head
-        self.bus.receive(mirror.peer, message, parse_header(message, validate_body=False), fds)
+        self.bus.receive(mirror.peer, message, new, fds)
 
     # ------------------------------------------------------------ messages from the local bus
 
@@ -652,7 +652,7 @@ class Bridge:
                 close_fds(fds)
                 return
             serial = link.next_serial()
-        link.send(readdressed_header(h, serial, destination, reply_serial), memoryview(message)[h.body_start:]
+        link.send(readdressed(h, serial, destination, reply_serial)[0], memoryview(message)[h.body_start:]
                   if h.body_len else b"", fds)
 
     def from_home(self, home: VirtualConnection, head: bytes, body: Any, fds: list[int] | None) -> None:
@@ -672,7 +672,7 @@ class Bridge:
                 or self.exported.isdisjoint(sender.names)):
             close_fds(fds)
             return
-        link.send(readdressed_header(h, link.next_serial(), None, None), memoryview(message)[h.body_start:]
+        link.send(readdressed(h, link.next_serial(), None, None)[0], memoryview(message)[h.body_start:]
                   if h.body_len else b"", fds)
 
     # ------------------------------------------------------------ status (dev.busd.Bridge1)
