@@ -250,7 +250,7 @@ class Bridge:
         limits = self.bus.limits
         while not self.stopped:
             link = UpstreamLink(loop, self.from_upstream, self._link_lost, on_drained=self._upstream_drained,
-                                max_message_size=limits.max_message_size,
+                                schedule_flush=self.bus.schedule_flush, max_message_size=limits.max_message_size,
                                 max_message_unix_fds=limits.max_message_unix_fds)
             link.low_water = self.bus.soft_queue_limit // 2
             try:
@@ -278,7 +278,11 @@ class Bridge:
         self.link = link
         self.connects += 1
         self.last_error = ""
-        log.info("bridge: connected to upstream %s as %s", self.upstream_address, link.unique_name)
+        if self.connects == 1:
+            log.info("bridge: connected to upstream %s as %s", self.upstream_address, link.unique_name)
+        else:  # as loud as the loss it ends
+            log.warning("bridge: connected to upstream %s as %s again; restoring imports, exports and "
+                        "subscriptions", self.upstream_address, link.unique_name)
         # Restore everything in one pipelined burst; replies are applied inline, in stream order.
         for pattern in self.settings.imports:
             link.call("AddMatch", "s", [pattern.owner_changed_rule()])
@@ -288,6 +292,7 @@ class Bridge:
             self._request_upstream(name)
         for rule in self.upstream_rules:
             link.call("AddMatch", "s", [rule])
+        link.start()
 
     def _link_lost(self, reason: str) -> None:
         self.last_error = reason

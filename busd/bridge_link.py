@@ -115,11 +115,16 @@ class UpstreamLink:
                  on_message: Callable[[bytes, Header, list[int] | None], None],
                  on_closed: Callable[[str], None],
                  on_drained: Callable[[], None] = lambda: None,
+                 schedule_flush: Callable[["UpstreamLink"], None] | None = None,
                  max_message_size: int = MAX_MESSAGE_SIZE, max_message_unix_fds: int = 1024):
         self.loop = loop
         self.on_message = on_message
+        self.started = False  # until start(), messages other than our replies wait in _early
+        self._early: list[tuple[bytes, Header, list[int] | None]] = []
         self.on_closed = on_closed
         self.on_drained = on_drained
+        # The bus's flush scheduler writes us with its own connections, at the end of the read in progress.
+        self.schedule_flush = schedule_flush or (lambda link: loop.call_soon(link.flush))
         self.max_message_size = max_message_size
         self.max_message_unix_fds = max_message_unix_fds
         self.sock: socket.socket | None = None
@@ -252,7 +257,7 @@ class UpstreamLink:
             self._high = True
         if not self._flush_scheduled and not self._writing:
             self._flush_scheduled = True
-            self.loop.call_soon(self.flush)
+            self.schedule_flush(self)
 
     def flush(self) -> None:
         self._flush_scheduled = False
@@ -374,7 +379,20 @@ class UpstreamLink:
                 close_fds(fds)
                 handler(h, message)
                 return
-        self.on_message(message, h, fds)
+        if self.started:
+            self.on_message(message, h, fds)
+        else:
+            self._early.append((message, h, fds))
+
+    def start(self) -> None:
+        """Hand on messages from now on, starting with those that came in while we were saying Hello."""
+        self.started = True
+        early, self._early = self._early, []
+        for message, h, fds in early:
+            if self.closed:
+                close_fds(fds)
+            else:
+                self.on_message(message, h, fds)
 
     # ------------------------------------------------------------ closing
 
@@ -398,6 +416,9 @@ class UpstreamLink:
         self.out_bytes = self.out_fds = 0
         close_fds(self._received_fds)
         self._received_fds.clear()
+        for _message, _h, fds in self._early:
+            close_fds(fds)
+        self._early.clear()
         self._replies.clear()
         if notify:
             self.on_closed(reason)
