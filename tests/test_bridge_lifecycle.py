@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from buses import SESSION_CONFIG, start_bus
-from busclient import DBUS, DBUS_PATH, RawClient, start_bus_logged, watch_name
+from busclient import DBUS, DBUS_PATH, RawClient, start_bus_logged
 from busd.wire.message import ERROR, METHOD_RETURN
-from test_bridge_live import (CONNECTED, DOWN, SERVICE_INTERFACE, SERVICE_PATH, TIMEOUT, UP, Bridged, Service,
-                              bridge_properties, through_bridge, wait_owned)
+from test_bridge_live import (CONNECTED, DOWN, SERVICE_INTERFACE, SERVICE_PATH, TIMEOUT, UP, Bridged,
+                              bridge_properties, service_seen_from, through_bridge, wait_owned)
 
 UP_SVC = f"{UP}.Restarted"
 UP_SLOW = f"{UP}.Slow"
@@ -39,12 +39,10 @@ def test_the_upstream_down_at_start_then_restarted_mid_run(tmp_path):
             assert state["Connected"] is False and state["LastError"]
             assert exporter.request_name(DOWN_KEPT) == 1
             subscriber.add_match(f"type='signal',sender='{UP_SVC}',member='Said'")
-            watch_name(observer, UP_SVC)
 
             up = start_bus("dbus-daemon", config_text=config_listening_on(socket_path))
             logs.wait_for(CONNECTED, TIMEOUT)
-            services.append(Service(up, UP_SVC))
-            wait_owned(observer, UP_SVC)
+            services.append(service_seen_from(local, up, UP_SVC))
             with RawClient(up.address) as up_observer:
                 wait_owned(up_observer, DOWN_KEPT)  # exported once connected
             slow = RawClient(up.address)
@@ -67,8 +65,7 @@ def test_the_upstream_down_at_start_then_restarted_mid_run(tmp_path):
             logs.wait_for(CONNECTED, TIMEOUT)
             with RawClient(up.address) as up_observer:
                 wait_owned(up_observer, DOWN_KEPT)  # the export is restored
-            services.append(Service(up, UP_SVC))
-            wait_owned(observer, UP_SVC)  # the import is back
+            services.append(service_seen_from(local, up, UP_SVC))  # the import is back
             # The subscription is restored: the signal reaches the subscriber who asked before the restart.
             through_bridge(subscriber, UP_SVC)
             subscriber.call_wait(UP_SVC, SERVICE_PATH, SERVICE_INTERFACE, "Emit", "s", ["after the restart"])

@@ -23,8 +23,7 @@ import pytest
 
 from buses import RunningBus, start_bus
 from busd.wire.message import METHOD_CALL, METHOD_RETURN
-from busclient import (DBUS, DBUS_PATH, DBusErrorReply, LineWatcher, RawClient, WaitTimeout, start_bus_logged,
-                       watch_name)
+from busclient import DBUS, DBUS_PATH, LineWatcher, RawClient, start_bus_logged, watch_name
 
 UP = "dev.busd.Up"  # imported: --import=dev.busd.Up.*
 DOWN = "dev.busd.Down"  # exported: --export=dev.busd.Down.*
@@ -208,24 +207,26 @@ def pair():
     up.stop()
 
 
+def service_seen_from(seen_from: RunningBus, runs_on: RunningBus, *names: str) -> Service:
+    """A Service on `runs_on` owning `names`, once the first of them has an owner on `seen_from` too."""
+    service = Service(runs_on, *names)
+    with RawClient(seen_from.address) as observer:
+        wait_owned(observer, names[0])
+    return service
+
+
 @pytest.fixture(scope="module")
 def up_service(pair):
-    """A service upstream owning UP_SVC (imported) and UP_PRIVATE (not); UP_SVC is visible here once it starts."""
-    with RawClient(pair.local.address) as observer:
-        watch_name(observer, UP_SVC)
-        service = Service(pair.up, UP_SVC, UP_PRIVATE)
-        wait_owned(observer, UP_SVC)
+    """A service upstream owning UP_SVC (imported) and UP_PRIVATE (not), once UP_SVC is visible here."""
+    service = service_seen_from(pair.local, pair.up, UP_SVC, UP_PRIVATE)
     yield service
     service.stop()
 
 
 @pytest.fixture(scope="module")
 def down_service(pair):
-    """A service here owning DOWN_SVC (exported) and DOWN_PRIVATE (not); DOWN_SVC is visible upstream once it starts."""
-    with RawClient(pair.up.address) as observer:
-        watch_name(observer, DOWN_SVC)
-        service = Service(pair.local, DOWN_SVC, DOWN_PRIVATE)
-        wait_owned(observer, DOWN_SVC)
+    """A service here owning DOWN_SVC (exported) and DOWN_PRIVATE (not), once DOWN_SVC is visible upstream."""
+    service = service_seen_from(pair.up, pair.local, DOWN_SVC, DOWN_PRIVATE)
     yield service
     service.stop()
 
@@ -380,12 +381,8 @@ def test_gdbus_monitor_here_sees_an_upstream_signal_and_upstream_sees_ours(pair,
 @pytest.mark.live
 def test_each_upstream_owner_has_its_own_stand_in(pair, local):
     first, second = f"{UP}.First", f"{UP}.Second"
-    watch_name(local, first)
-    watch_name(local, second)
-    one, two = Service(pair.up, first), Service(pair.up, second)
+    one, two = service_seen_from(pair.local, pair.up, first), service_seen_from(pair.local, pair.up, second)
     try:
-        wait_owned(local, first)
-        wait_owned(local, second)
         owners = {name: local.driver_value("GetNameOwner", "s", [name]) for name in (first, second)}
         assert owners[first] != owners[second]
         # A rule for one sender does not take the other's signals, as upstream.
