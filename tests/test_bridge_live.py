@@ -400,6 +400,23 @@ def test_each_upstream_owner_has_its_own_stand_in(pair, local):
     wait_owned(local, second, owned=False)
 
 
+@pytest.mark.live
+def test_a_signal_upstream_addresses_to_the_bridge_reaches_local_subscribers(pair, local):
+    """Like a portal's Response: the service answers the bridge's connection, local rules pick who gets it."""
+    name = f"{UP}.Portal"
+    with RawClient(pair.up.address) as service:
+        assert service.request_name(name) == 1
+        wait_owned(local, name)
+        local.add_match(f"type='signal',sender='{name}',member='Response'")
+        serial = local.call(name, "/request/1", "dev.busd.Test.Raw", "Ask")
+        call = service.wait_call("Ask")  # from the bridge's connection, the local caller's stand-in upstream
+        service.emit("/request/1", "dev.busd.Test.Raw", "Response", "u", [0], destination=call.sender)
+        service.reply(call)
+        signal = local.wait_signal("Response", TIMEOUT)
+        assert (signal.path, signal.body, signal.destination) == ("/request/1", [0], None)
+        assert local.reply_to(serial).type == METHOD_RETURN
+
+
 # ---------------------------------------------------------------- exports
 
 @pytest.mark.live
@@ -431,6 +448,19 @@ def test_an_upstream_caller_appears_here_and_leaving_is_seen(pair, local):
         watch_name(local, stand_in)
         assert local.driver_value("NameHasOwner", "s", [stand_in])
     local.wait_for(name_owner_changed(stand_in, False), TIMEOUT, f"{stand_in} leaving")
+
+
+@pytest.mark.live
+def test_an_upstream_caller_gets_noreply_when_the_local_service_leaves_without_answering(pair):
+    name = f"{DOWN}.Quitter"
+    with RawClient(pair.up.address) as caller:
+        with RawClient(pair.local.address) as service:
+            assert service.request_name(name) == 1
+            wait_owned(caller, name)
+            serial = caller.call(name, "/", "dev.busd.Test.Raw", "Wait")
+            service.wait_call("Wait")
+        answer = caller.reply_to(serial, TIMEOUT)
+        assert answer.error_name == "org.freedesktop.DBus.Error.NoReply"
 
 
 @pytest.mark.live
@@ -526,6 +556,11 @@ def test_busdctl_bridge_shows_address_state_and_names(pair, up_service, down_ser
     data = json.loads(tool(local, sys.executable, "-m", "busdctl", f"--address={local.address}", "--json=short",
                            "bridge").stdout)
     assert data["Connected"] is True and data["Imported"][UP_SVC][0] == up_service.unique_name
+    with RawClient(local.address) as subscriber:
+        subscriber.add_match(f"type='signal',sender='{UP_SVC}',member='Said'")
+        verbose = tool(local, sys.executable, "-m", "busdctl", f"--address={local.address}", "--verbose",
+                       "bridge").stdout
+    assert f"  type='signal',member='Said',sender='{UP_SVC}' (for 1 local rule)" in verbose.splitlines()
     plain = tool(pair.up, sys.executable, "-m", "busdctl", f"--address={pair.up.address}", "bridge", check=False)
     assert plain.returncode == 1 and "runs no bridge" in plain.stderr
 
