@@ -366,7 +366,8 @@ def test_send_error_rule_matches_messages_without_an_error_name(kind, bus_factor
 
 @kinds()
 def test_send_destination_considers_every_name_of_the_receiver(kind, bus_factory, clients):
-    bus = bus_factory(kind, policy(ALLOW_ALL + '<deny send_destination="com.example.B2" send_interface="com.example.Iface"/>'))
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny send_destination="com.example.B2" send_interface="com.example.Iface"/>"""))
     a, b, c = clients(bus, 3)
     b.own("com.example.B1", "com.example.B2")
     assert probe(a, b, call("com.example.B2")) == DENIED
@@ -380,19 +381,31 @@ def test_send_destination_considers_every_name_of_the_receiver(kind, bus_factory
     assert not saw(b, a, "News")
 
 
-@kinds(needs_core_hook("the names a peer waits for in a queue"))
+@kinds()
 def test_send_destination_considers_queued_names(kind, bus_factory, clients):
-    bus = bus_factory(kind, policy(ALLOW_ALL + '<deny send_destination="com.example.Queue" send_interface="com.example.Iface"/>'))
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny send_destination="com.example.Queue" send_interface="com.example.Iface"/>"""))
     a, b, c = clients(bus, 3)
     c.own("com.example.Queue")
     assert b.call_driver("RequestName", "su", ("com.example.Queue", 0)).body == (2,)  # in the queue
     assert probe(a, b, call(b.name)) == DENIED
 
 
+@kinds(needs_core_hook("the names a sender waits for in a queue"))
+def test_receive_sender_considers_queued_names(kind, bus_factory, clients):
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny receive_sender="com.example.Queue" receive_interface="com.example.Iface"/>"""))
+    a, b, c = clients(bus, 3)
+    c.own("com.example.Queue")
+    assert a.call_driver("RequestName", "su", ("com.example.Queue", 0)).body == (2,)  # in the queue
+    assert probe(a, b, call(b.name)) == DENIED
+
+
 @kinds()
 def test_send_destination_unique_name(kind, bus_factory, clients):
     # Unique names are handed out in connection order, from :1.0 on both buses.
-    bus = bus_factory(kind, policy(ALLOW_ALL + '<deny send_destination=":1.1" send_interface="com.example.Iface"/>'))
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny send_destination=":1.1" send_interface="com.example.Iface"/>"""))
     a, b, c = clients(bus, 3)
     assert b.name == ":1.1"
     assert probe(a, b, call(b.name)) == DENIED
@@ -401,7 +414,8 @@ def test_send_destination_unique_name(kind, bus_factory, clients):
 
 @kinds()
 def test_send_destination_prefix(kind, bus_factory, clients):
-    bus = bus_factory(kind, policy(ALLOW_ALL + '<deny send_destination_prefix="com.example.Pre" send_interface="com.example.Iface"/>'))
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny send_destination_prefix="com.example.Pre" send_interface="com.example.Iface"/>"""))
     a, exact, child, lookalike = clients(bus, 4)
     exact.own("com.example.Pre")
     child.own("com.example.Pre.Sub.Deeper")
@@ -514,7 +528,8 @@ def test_receive_type_interface_member_path(kind, bus_factory, clients):
 
 @kinds()
 def test_receive_sender(kind, bus_factory, clients):
-    bus = bus_factory(kind, policy(ALLOW_ALL + '<deny receive_sender="com.example.Shunned" receive_interface="com.example.Iface"/>'))
+    bus = bus_factory(kind, policy(ALLOW_ALL + """
+        <deny receive_sender="com.example.Shunned" receive_interface="com.example.Iface"/>"""))
     a, b, c = clients(bus, 3)
     a.own("com.example.Shunned", "com.example.Other")
     assert probe(a, b, call(b.name)) == DENIED
