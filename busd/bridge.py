@@ -250,7 +250,8 @@ class Bridge:
         limits = self.bus.limits
         while not self.stopped:
             link = UpstreamLink(loop, self.from_upstream, self._link_lost, on_drained=self._upstream_drained,
-                                schedule_flush=self.bus.schedule_flush, max_message_size=limits.max_message_size,
+                                schedule_flush=self.bus.schedule_flush, on_read_start=self._read_start,
+                                on_read_done=self._read_done, max_message_size=limits.max_message_size,
                                 max_message_unix_fds=limits.max_message_unix_fds)
             link.low_water = self.bus.soft_queue_limit // 2
             try:
@@ -327,6 +328,14 @@ class Bridge:
         self.paused_by.discard(conn)
         if not self.paused_by and self.link is not None:
             self.link.resume_reading()
+
+    # As for the daemon's own connections: what one read delivers here is written at its end, in one go.
+    def _read_start(self) -> None:
+        self.bus.reading = True
+
+    def _read_done(self) -> None:
+        self.bus.reading = False
+        self.bus.flush_all()
 
     def _upstream_drained(self) -> None:
         for conn in [self.home, *self.mirrors.values()]:

@@ -116,6 +116,7 @@ class UpstreamLink:
                  on_closed: Callable[[str], None],
                  on_drained: Callable[[], None] = lambda: None,
                  schedule_flush: Callable[["UpstreamLink"], None] | None = None,
+                 on_read_start: Callable[[], None] = lambda: None, on_read_done: Callable[[], None] = lambda: None,
                  max_message_size: int = MAX_MESSAGE_SIZE, max_message_unix_fds: int = 1024):
         self.loop = loop
         self.on_message = on_message
@@ -123,6 +124,7 @@ class UpstreamLink:
         self._early: list[tuple[bytes, Header, list[int] | None]] = []
         self.on_closed = on_closed
         self.on_drained = on_drained
+        self.on_read_start, self.on_read_done = on_read_start, on_read_done  # around the messages of one read
         # The bus's flush scheduler writes us with its own connections, at the end of the read in progress.
         self.schedule_flush = schedule_flush or (lambda link: loop.call_soon(link.flush))
         self.max_message_size = max_message_size
@@ -342,7 +344,11 @@ class UpstreamLink:
             self.close("the upstream bus closed the connection")
             return
         self._rbuf += data
-        self._on_readable_buffered()
+        self.on_read_start()
+        try:
+            self._on_readable_buffered()
+        finally:
+            self.on_read_done()
 
     def _on_readable_buffered(self) -> None:
         rbuf = self._rbuf
