@@ -21,9 +21,10 @@ before it. `<allow user/group>` rules decide who may connect at all, from the
 `default` and `mandatory` contexts only, starting from "only the bus's own user".
 
 Speed. Peers with the same uid and (relevant) groups share one compiled
-`ConfigPeerPolicy`; it keeps its rules bucketed by message type, newest first,
-and caches verdicts by the message fields its rules actually test, so a busy
-system bus pays a dict lookup per check.
+`ConfigPeerPolicy`. It files its rules by message type, then by the bus name and
+interface they test, so a check visits only rules that can match; and it caches
+verdicts keyed by the message fields its rules actually test, so a busy system
+bus mostly pays one dict lookup per check.
 """
 
 from __future__ import annotations
