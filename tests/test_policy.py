@@ -380,7 +380,7 @@ def test_send_destination_considers_queued_names(kind, bus_factory, clients):
     assert probe(a, b, call(b.name)) == DENIED
 
 
-@kinds(needs_core_hook("the names a sender waits for in a queue"))
+@kinds()
 def test_receive_sender_considers_queued_names(kind, bus_factory, clients):
     bus = bus_factory(kind, policy(ALLOW_ALL + """
         <deny receive_sender="com.example.Queue" receive_interface="com.example.Iface"/>"""))
@@ -474,7 +474,8 @@ def test_allow_rules_pass_only_requested_replies(kind, bus_factory, clients):
     assert not answer_probe(a, b, requested=False).delivered
 
 
-@kinds(needs_core_hook("replies nobody asked for (the core drops them before the policy)"))
+@kinds(pytest.mark.xfail(reason="by design busd delivers a reply only when a call is pending for it "
+                          "(issue 3), whatever the policy says; dbus-daemon lets the policy decide", strict=True))
 def test_unrequested_reply_passes_when_the_policy_allows_it(kind, bus_factory, clients):
     bus = bus_factory(kind, policy(ALLOW_ALL))
     a, b = clients(bus, 2)
@@ -805,8 +806,6 @@ CONNECTION_CASES = {
 @pytest.mark.parametrize("case", CONNECTION_CASES)
 def test_who_may_connect(kind, case, bus_factory, request):
     rules, other_config, user, allowed = CONNECTION_CASES[case]
-    if kind == "busd" and not allowed:
-        request.applymarker(needs_core_hook("connections (<allow user/group> rules)"))
     bus = bus_factory(kind, other_config + policy(ALLOW_ALL + rules))
     open_to_everyone(bus)
     assert can_connect(bus, user) == allowed
@@ -879,8 +878,7 @@ def test_stock_system_policy(system_bus, clients, agents):
     assert nobody.next_signal("Announce") == plain.name
 
 
-@pytest.mark.parametrize("system_bus", [pytest.param("busd", marks=needs_core_hook("messages to the driver")),
-                                        "dbus-daemon"], indirect=True)
+@pytest.mark.parametrize("system_bus", ["busd", "dbus-daemon"], indirect=True)
 def test_stock_system_policy_guards_the_driver(system_bus, agents):
     nobody = agents(system_bus)
     assert nobody.call(DBUS, "GetStats", iface="org.freedesktop.DBus.Debug.Stats") == ACCESS_DENIED

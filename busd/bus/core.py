@@ -128,6 +128,11 @@ class Bus:
 
     def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer | None:
         uid = conn.credentials.uid if conn.credentials.uid is not None else auth.uid
+        verdict = self.policy.allows_connection(uid)
+        if not verdict.allowed:
+            conn.close(f"uid {uid} may not connect: "
+                       f"{verdict.rule or 'only the bus owner may, and no <allow user/group> rule lets it'}")
+            return None
         if uid is not None:
             count = self.connections_per_uid.get(uid, 0)
             if count >= self.limits.max_connections_per_user:
@@ -236,6 +241,8 @@ class Bus:
                 self.driver.answer_as_peer(peer, buf, h)
             return
         if dest == DRIVER_NAME:
+            if self.policy.enforced and not self.policy_allows_driver_call(peer, h, fds):
+                return
             self.deliver_to_monitors(peer, buf, h, fds)
             self.deliver_eavesdroppers(peer, buf, h, fds, None)
             if mtype == METHOD_CALL:
@@ -330,7 +337,9 @@ class Bus:
         verdict = sender.policy.can_send(h, receiver_names, requested_reply, nfds)
         side = "send"
         if verdict.allowed:
-            verdict = target.policy.can_receive(h, sender.names, requested_reply, nfds, False)
+            sender_queued = self.registry.all_names_of(sender)
+            sender_names = sender.names | sender_queued if sender_queued else sender.names
+            verdict = target.policy.can_receive(h, sender_names, requested_reply, nfds, False)
             side = "receive"
         if verdict.allowed:
             return True
@@ -343,6 +352,19 @@ class Bus:
                 self.send_error(sender, h.serial, errors.ACCESS_DENIED,
                                 f"Rejected send message: {h.describe()} ({side} rule "
                                 f"{verdict.rule or 'default deny'})")
+        return False
+
+    def policy_allows_driver_call(self, sender: Peer, h: Header, fds: list[int] | None) -> bool:
+        """Check the sender's send rules for a message to the bus itself (dbus-daemon checks them too)."""
+        verdict = sender.policy.can_send(h, (DRIVER_NAME,), False, len(fds) if fds else 0)
+        if verdict.allowed:
+            return True
+        log.warning("policy denied %s by send rule %s: %s (uid %s) -> the bus", h.describe(),
+                    verdict.rule or "(default deny)", sender.unique_name, sender.credentials.uid)
+        _close(fds)
+        if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+            self.send_error(sender, h.serial, errors.ACCESS_DENIED,
+                            f"Rejected send message: {h.describe()} (send rule {verdict.rule or 'default deny'})")
         return False
 
     def check_own(self, peer: Peer, name: str) -> None:
