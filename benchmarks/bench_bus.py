@@ -60,6 +60,7 @@ SIGNAL_BATCH = 64
 MiB = 1024 * 1024
 SATURATED = 90.0  # % of a CPU at which a process counts as the bottleneck
 CLIENTS_SATURATED = "CLIENTS SATURATED: this figure understates the daemon"
+CLIENTS_CLOSE_BEHIND = "daemon-bound, but the clients were saturated too"
 REPLY_TIMEOUT = 60.0  # seconds a client waits on the bus before it declares the run broken
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -137,7 +138,7 @@ class CpuMeter:
         client_cpus = len(os.sched_getaffinity(0))  # the clients run on this process's CPUs
         clients_saturated = max(busy[1:]) >= SATURATED or sum(busy[1:]) >= SATURATED * client_cpus
         if busy[0] >= SATURATED:
-            verdict = "daemon-bound" + (", clients close behind" if clients_saturated else "")
+            verdict = CLIENTS_CLOSE_BEHIND if clients_saturated else "daemon-bound"
         elif clients_saturated:
             verdict = CLIENTS_SATURATED
         else:
@@ -779,9 +780,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(format_table(summary, names, harness.buses))
         saturated = [f"{name} on {kind}" for name, by_bus in harness.cpu_splits.items()
-                     for kind, splits in by_bus.items() if any(CLIENTS_SATURATED in s for s in splits)]
+                     for kind, splits in by_bus.items()
+                     if any(CLIENTS_SATURATED in s or CLIENTS_CLOSE_BEHIND in s for s in splits)]
         if saturated:
-            print(f"clients saturated (the figure understates the daemon) in: {', '.join(saturated)}")
+            print(f"clients reached {SATURATED:.0f}% busy (see the CPU split on stderr) in: {', '.join(saturated)}")
         elif harness.cpu_splits:
             print(f"clients never saturated: no client process, nor the client CPUs together, "
                   f"reached {SATURATED:.0f}% busy")
