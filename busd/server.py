@@ -55,6 +55,8 @@ def _bind_unix(path: str | None, abstract: str | None) -> socket.socket:
             sock.bind("\0" + abstract)
         else:
             sock.bind(path)
+            # Anyone may connect, as with dbus-daemon: authentication and policy decide who stays.
+            os.chmod(path, 0o777)
         sock.listen(socket.SOMAXCONN)
     except OSError:
         sock.close()

@@ -194,6 +194,13 @@ class Driver:
                                           f'"{h.interface}" doesn\'t exist\n'])
         bus.send_from_driver(peer, message)
 
+    def _require_privileged(self, peer: "Peer", method: str) -> None:
+        """Like dbus-daemon: only root or the bus's own user may monitor or change the environment."""
+        uid = peer.credentials.uid
+        if uid not in (0, os.getuid()):
+            raise DriverError(errors.ACCESS_DENIED,
+                              f"uid {uid} is not allowed to call {method}: only the bus's own user or root may")
+
     # ------------------------------------------------------------ org.freedesktop.DBus
 
     def hello_again(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -266,6 +273,7 @@ class Driver:
         raise DriverError(errors.SERVICE_UNKNOWN, f"The name {name} was not provided by any .service files")
 
     def update_activation_environment(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        self._require_privileged(peer, "UpdateActivationEnvironment")
         env = args[0]
         for key in env:
             if not key or "=" in key:
@@ -447,6 +455,7 @@ class Driver:
     # ------------------------------------------------------------ monitoring and stats
 
     def become_monitor(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
+        self._require_privileged(peer, "BecomeMonitor")
         rule_texts, flags = args
         if flags != 0:
             raise DriverError(errors.INVALID_ARGS, "BecomeMonitor flags must be 0")
