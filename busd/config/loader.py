@@ -268,7 +268,7 @@ def _send_fields(attrs: dict[str, str]) -> dict[str, Any]:
         "eavesdrop": bool(_true_false(attrs, "eavesdrop")),
         "send_broadcast": _true_false(attrs, "send_broadcast"),
     }
-    if fields["send_broadcast"] and "send_destination" in attrs:
+    if fields["send_broadcast"] and _wildcard(attrs.get("send_destination")) is not None:
         raise _Reject(f'Rule with send_broadcast="true" and send_destination="{attrs["send_destination"]}" '
                       "cannot match anything")
     fields["send_requested_reply"] = _true_false(attrs, "send_requested_reply")
