@@ -362,10 +362,9 @@ def count_signals(pipe: Pipe, address: str, subscribers: int) -> None:
             else:
                 counts[fd] += reader.count()
         last_arrival = time.monotonic()
-    counts = list(counts.values())
-    if max(counts) > expected:
-        raise rc.BusError(f"a subscriber got {max(counts)} signals, {expected} were sent")
-    pipe.send(("done", {"end": last_arrival, "delivered": sum(counts)}))
+    if max(counts.values()) > expected:
+        raise rc.BusError(f"a subscriber got {max(counts.values())} signals, {expected} were sent")
+    pipe.send(("done", {"end": last_arrival, "delivered": sum(counts.values())}))
 
 
 def churn_connections(pipe: Pipe, address: str, max_connections: int, seconds: float) -> None:

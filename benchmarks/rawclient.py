@@ -40,6 +40,10 @@ _U32 = {ord("l"): struct.Struct("<I"), ord("B"): struct.Struct(">I")}
 _U32_LE = struct.Struct("<I")
 
 RECV_CHUNK = 256 * 1024
+# One receive buffer for every Reader in the process: data is copied out of it right after
+# each recv(), and a thousand idle connections should not cost a thousand buffers.
+_SCRATCH = bytearray(RECV_CHUNK)
+_SCRATCH_VIEW = memoryview(_SCRATCH)
 
 
 class BusError(Exception):
@@ -187,15 +191,13 @@ class Reader:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self._chunk = bytearray(RECV_CHUNK)
-        self._view = memoryview(self._chunk)
         self._pending = bytearray()
         self._skip = 0                  # body bytes of a large message still to discard
         self._held: bytes | None = None  # header of that message, returned once it is whole
         self.errors = 0                 # ERROR messages seen so far
 
     def _recv(self, headers: list[bytes] | None) -> int:
-        n = self.sock.recv_into(self._chunk)
+        n = self.sock.recv_into(_SCRATCH)
         if n == 0:
             raise ConnectionError("the bus closed the connection")
         done = 0
@@ -211,7 +213,7 @@ class Reader:
             if start == n:
                 return done
         buf = self._pending
-        buf += self._view[start:n]
+        buf += _SCRATCH_VIEW[start:n]
         return done + self._frame(headers)
 
     def _frame(self, headers: list[bytes] | None) -> int:
