@@ -747,3 +747,10 @@ def test_huge_headers_are_not_cached() -> None:
     h = parse_header(buf)
     assert h.fields_len > 64 << 10
     assert buf[16:16 + h.fields_len] not in wire_message._FIELDS_CACHE
+
+
+def test_fd_indexes_are_not_checked_against_unix_fds() -> None:
+    # The daemon compares UNIX_FDS with the fds received; like dbus-daemon it checks no index
+    # (dbus-next's own test suite sends an 'h' with no fds and expects the bus to pass it on).
+    assert parse_header(body_message("h", le("I", 0))).unix_fds == 0
+    assert parse_header(body_message("h", le("I", 2), unix_fds=2)).unix_fds == 2
