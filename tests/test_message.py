@@ -244,6 +244,7 @@ VALID = [
     ("dict-entries-beside-32-structs", body_message("a{s" + "(" * 32 + "y" + ")" * 32 + "}",
                                                     marshal_body("ay", [b""]) + b"\0" * 4)),
     ("nan-and-utf8", body_message("ds", marshal_body("ds", [float("nan"), "ünïcödé \U0001F600"]))),
+    ("fd-index-without-unix-fds", body_message("h", le("I", 0))),  # recipients check fd indexes
 ]
 
 
