@@ -613,10 +613,7 @@ class Bus:
             callee.expecting.discard(key)
             caller, serial = key
             caller.replies_outstanding -= 1
-            self.send_error(caller, serial, errors.NO_REPLY,
-                            "Did not receive a reply. Possible causes include: the remote application did not "
-                            "send a reply, the message bus security policy blocked the reply, the reply timeout "
-                            "expired, or the network connection was broken.")
+            self.send_error(caller, serial, errors.NO_REPLY, "Message did not receive a reply (timeout by message bus)")
         self._sweeper = self.loop.call_later(1.0, self._sweep_pending)
 
     def close(self) -> None:
