@@ -90,7 +90,7 @@ def test_a_config_file_chooses_the_bus(tmp_path):
       <type>session</type>
       <listen>unix:path={socket_path}</listen>
       <auth>EXTERNAL</auth>
-      <policy context="default"><allow send_destination="*"/><allow own="*"/></policy>
+      <policy context="default"><allow send_destination="*"/><allow receive_sender="*"/><allow own="*"/></policy>
     </busconfig>""")
     result = run(f"--config-file={config}", sys.executable, "-c", PROBE)
     assert result.returncode == 0, result.stderr

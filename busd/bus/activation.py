@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from ..config.model import ServiceDir
-from ..wire.message import SIGNAL, Header, build_message, read_body
+from ..wire.message import METHOD_CALL, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name, is_valid_error_name
 from . import errors
 from .core import _close
@@ -587,8 +587,8 @@ class HeldMessage:
 
     def fail(self, bus: "Bus", error: str, text: str) -> None:
         _close(self.fds)
-        if not self.h.no_reply_expected:
-            bus.send_error(self.peer, self.h.serial, error, text)
+        if not self.peer.conn.closed:
+            bus.refuse(self.peer, self.h, error, text)  # monitors see it even when no reply is expected
 
 
 class StartRequest:
@@ -609,15 +609,21 @@ class StartRequest:
 
 
 class SystemdRequest:
-    """The bus's own request to systemd, held until systemd connects and owns its name."""
+    """The bus's own request to systemd, held until systemd connects and owns its name.
 
-    __slots__ = ("unit",)
+    Monitors saw it when it was made (as on dbus-daemon); delivering it later does not
+    show it to them again.
+    """
 
-    def __init__(self, unit: str):
-        self.unit = unit
+    __slots__ = ("message",)
+
+    def __init__(self, message: bytes):
+        self.message = message
 
     def deliver(self, activation: "Activation") -> None:
-        activation.send_activation_request(self.unit)
+        systemd = activation.bus.registry.owner(SYSTEMD_NAME)
+        if systemd is not None and not systemd.conn.closed:
+            systemd.conn.queue(self.message, b"")
 
     def fail(self, bus: "Bus", error: str, text: str) -> None:
         pass  # the start that asked for it has its own timeout
@@ -670,6 +676,9 @@ class Activation:
         bus.start_service_by_name = self.start_by_name
         bus.names_changed = self.names_changed
         bus.on_driver_signal = self.driver_signal
+        driver.on_environment_update = self.forward_environment
+        if self.systemd_activation and "SystemdActivation" not in driver.features:
+            driver.features.append("SystemdActivation")
         return self
 
     def _start_watching(self) -> None:
@@ -867,7 +876,9 @@ class Activation:
         else:
             log.info("Activating systemd to hand-off: service name='%s' unit='%s' requested by %s",
                      pending.name, unit, who)
-            self._hold(SYSTEMD_NAME, None, SystemdRequest(unit), None)
+            message = self._activation_request(unit)
+            self.bus.send_from_driver(None, message)  # monitors see it now, systemd when it is here
+            self._hold(SYSTEMD_NAME, None, SystemdRequest(message), None)
 
     def send_activation_request(self, unit: str) -> None:
         """org.freedesktop.systemd1.Activator.ActivationRequest(unit), a signal from the bus to systemd."""
@@ -875,10 +886,33 @@ class Activation:
         systemd = bus.registry.owner(SYSTEMD_NAME)
         if systemd is None:
             return
-        message = build_message(SIGNAL, bus.next_driver_serial(), path=DBUS_PATH, interface=SYSTEMD_ACTIVATOR,
-                                member="ActivationRequest", destination=SYSTEMD_NAME, sender=DBUS,
-                                signature="s", body=[unit])
-        bus.send_from_driver(systemd, message)
+        bus.send_from_driver(systemd, self._activation_request(unit))
+
+    def forward_environment(self, env: dict[str, str]) -> None:
+        """UpdateActivationEnvironment with systemd activation: systemd's Manager.SetEnvironment too.
+
+        Like dbus-daemon, the call is addressed to org.freedesktop.systemd1 and waits for
+        systemd to connect if it is not on the bus yet.
+        """
+        if not self.systemd_activation:
+            return
+        bus = self.bus
+        systemd = bus.registry.owner(SYSTEMD_NAME)
+        message = build_message(METHOD_CALL, bus.next_driver_serial(), path="/org/freedesktop/systemd1",
+                                interface="org.freedesktop.systemd1.Manager", member="SetEnvironment",
+                                destination=systemd.unique_name if systemd is not None else SYSTEMD_NAME,
+                                sender=DBUS, signature="as", body=[[f"{k}={v}" for k, v in env.items()]],
+                                flags=NO_REPLY_EXPECTED)
+        if systemd is not None:
+            bus.send_from_driver(systemd, message)
+        else:
+            bus.send_from_driver(None, message)
+            self._hold(SYSTEMD_NAME, None, SystemdRequest(message), None)
+
+    def _activation_request(self, unit: str) -> bytes:
+        return build_message(SIGNAL, self.bus.next_driver_serial(), path=DBUS_PATH, interface=SYSTEMD_ACTIVATOR,
+                             member="ActivationRequest", destination=SYSTEMD_NAME, sender=DBUS,
+                             signature="s", body=[unit])
 
     # ------------------------------------------------------------ outcomes
 
@@ -946,8 +980,22 @@ def _describe_peer(peer: "Peer | None") -> str:
 
 def install_activation(bus: "Bus", settings: Any, address: str, systemd_activation: bool = False) -> Activation:
     """Activation for a daemon's bus, from its DaemonSettings (the parsed config when there is one)."""
-    return Activation(bus, servicedirs_of(settings), address, systemd_activation=systemd_activation,
+    directories = servicedirs_of(settings)
+    create_transient_servicedirs(directories)
+    return Activation(bus, directories, address, systemd_activation=systemd_activation,
                       servicehelper=servicehelper_of(settings)).install()
+
+
+def create_transient_servicedirs(directories: Iterable[ServiceDir]) -> None:
+    """Create $XDG_RUNTIME_DIR/dbus-1/services and the like, as dbus-daemon does at startup,
+    so that programs can drop transient .service files there and ask for a reload."""
+    for directory in directories:
+        if directory.transient and not os.path.isdir(directory.path):
+            try:
+                os.makedirs(directory.path, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create transient service directory %s: %s", directory.path,
+                            exc.strerror or exc)
 
 
 def servicedirs_of(settings: Any) -> list[ServiceDir]:

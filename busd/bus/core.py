@@ -16,11 +16,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from ..wire.marshal import LITTLE
 from ..wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, build_message,
+    parse_header,
     read_body, sender_field, stamp_sender,
 )
 from . import errors
@@ -72,7 +73,7 @@ class Peer:
 
     __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
                  "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
-                 "match_count", "peak_match_count", "policy", "__weakref__")
+                 "match_count", "peak_match_count", "policy", "auth_uid", "__weakref__")
 
     def __init__(self, conn: "Connection"):
         self.conn = conn
@@ -85,6 +86,7 @@ class Peer:
         self.expecting: set[tuple[Peer, int]] = set()  # calls this peer must answer
         self.replies_outstanding = 0  # calls this peer made that await an answer
         self.credentials = conn.credentials
+        self.auth_uid: int | None = conn.credentials.uid
         self.serial_in = 0
         self.match_count = 0
         self.peak_match_count = 0
@@ -133,15 +135,8 @@ class Bus:
             conn.close(f"uid {uid} may not connect: "
                        f"{verdict.rule or 'only the bus owner may, and no <allow user/group> rule lets it'}")
             return None
-        if uid is not None:
-            count = self.connections_per_uid.get(uid, 0)
-            if count >= self.limits.max_connections_per_user:
-                conn.close(f"uid {uid} already has {count} connections: "
-                           f"max_connections_per_user={self.limits.max_connections_per_user}")
-                return None
-            self.connections_per_uid[uid] = count + 1
-            conn.counted_uid = uid
         peer = Peer(conn)
+        peer.auth_uid = uid
         peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
         return peer
 
@@ -243,21 +238,25 @@ class Bus:
         if dest == DRIVER_NAME:
             if self.policy.enforced and not self.policy_allows_driver_call(peer, h, fds):
                 return
+            if mtype == SIGNAL and self.on_driver_signal is not None:
+                # What a signal to the bus causes (systemd's ActivationFailure: errors to the
+                # held callers) reaches monitors before the signal, as on dbus-daemon.
+                self.on_driver_signal(peer, buf, h)
             self.deliver_to_monitors(peer, buf, h, fds)
             self.deliver_eavesdroppers(peer, buf, h, fds, None)
             if mtype == METHOD_CALL:
                 self.driver.handle(peer, buf, h)
-            elif mtype == SIGNAL and self.on_driver_signal is not None:
-                self.on_driver_signal(peer, buf, h)
             _close(fds)
             return
         target = self.peers.get(dest) if dest[0] == ":" else self.registry.owner(dest)
         if target is None:
+            # Any message may start a service (dbus-daemon activates for signals too).
+            if dest[0] != ":" and not h.flags & NO_AUTO_START and self.driver.try_activation(peer, h, buf, fds):
+                if monitored:  # after the activation request, as monitors see it on dbus-daemon
+                    self.deliver_to_monitors(peer, buf, h, None)
+                return
             if monitored:
                 self.deliver_to_monitors(peer, buf, h, None)
-            if dest[0] != ":" and mtype == METHOD_CALL and not h.flags & NO_AUTO_START:
-                if self.driver.try_activation(peer, h, buf, fds):
-                    return
             _close(fds)
             if not h.flags & NO_REPLY_EXPECTED:
                 if h.flags & NO_AUTO_START:
@@ -277,7 +276,7 @@ class Bus:
                 _close(fds)
                 return
             requested_reply = True
-        if self.policy.enforced and not self.policy_allows(peer, target, h, requested_reply, fds):
+        if self.policy.enforced and not self.policy_allows(peer, target, h, requested_reply, fds, buf):
             return
         if mtype == METHOD_CALL:
             if not h.flags & NO_REPLY_EXPECTED:
@@ -297,7 +296,7 @@ class Bus:
             target.replies_outstanding -= 1
         self.deliver(target, peer, buf, h, fds)
         if self.monitors and monitored:
-            self.deliver_to_monitors(peer, buf, h, None)
+            self.deliver_to_monitors(peer, buf, h, None, target.names)
         if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
 
@@ -306,16 +305,19 @@ class Bus:
         _close(fds)
         if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
             if h.member == "Hello" and h.interface in (None, DRIVER_INTERFACE):
-                limit = self.limits.max_completed_connections
-                if len(self.peers) >= limit:
+                refusal = self._hello_refusal(peer)
+                if refusal is not None:
                     # As dbus-daemon: the peer authenticated, but its Hello is refused.
                     message = build_message(ERROR, self.next_driver_serial(), error_name=errors.LIMITS_EXCEEDED,
                                             reply_serial=h.serial, sender=DRIVER_NAME, signature="s",
-                                            body=["The maximum number of active connections has been reached"])
+                                            body=[refusal])
                     peer.conn.queue(message, b"")
-                    log.warning("refusing Hello from %s: max_completed_connections=%d reached",
-                                peer.conn.label, limit)
+                    log.warning("refusing Hello from %s (uid %s): %s", peer.conn.label, peer.auth_uid, refusal)
                     return
+                uid = peer.auth_uid
+                if uid is not None:
+                    self.connections_per_uid[uid] = self.connections_per_uid.get(uid, 0) + 1
+                    peer.conn.counted_uid = uid
                 self.driver.hello(peer, h, buf)
             elif not h.flags & NO_REPLY_EXPECTED:
                 message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
@@ -327,9 +329,27 @@ class Bus:
             return
         peer.conn.close(f"sent {h.describe()} before Hello")
 
+    def _hello_refusal(self, peer: Peer) -> str | None:
+        """Why a connection may not register (a connection limit), or None."""
+        limits = self.limits
+        if len(self.peers) >= limits.max_completed_connections:
+            return (f"The maximum number of active connections has been reached "
+                    f"(max_completed_connections={limits.max_completed_connections})")
+        uid = peer.auth_uid
+        if uid is not None and self.connections_per_uid.get(uid, 0) >= limits.max_connections_per_user:
+            return (f"The maximum number of active connections for UID {uid} has been reached "
+                    f"(max_connections_per_user={limits.max_connections_per_user})")
+        return None
+
     def policy_allows(self, sender: Peer, target: Peer, h: Header, requested_reply: bool,
-                      fds: list[int] | None, reply_on_denial: bool = True) -> bool:
-        """Check send rules of the sender and receive rules of the recipient; log and answer a denial."""
+                      fds: list[int] | None, buf: bytes | None = None) -> bool:
+        """Check send rules of the sender and receive rules of the recipient; log and answer a denial.
+
+        With `buf` (a unicast message) a denial drops the message: monitors see it and
+        the AccessDenied error, and the sender gets the error if it expects a reply.
+        Without `buf` (one recipient of a broadcast) only monitors see the error, as
+        with dbus-daemon.
+        """
         nfds = len(fds) if fds else 0
         # Like dbus-daemon, send_destination rules see every name the recipient owns or queues for.
         queued = self.registry.all_names_of(target)
@@ -346,13 +366,28 @@ class Bus:
         log.warning("policy denied %s by %s rule %s: %s (uid %s) -> %s (uid %s)",
                     h.describe(), side, verdict.rule or "(default deny)", sender.unique_name,
                     sender.credentials.uid, target.unique_name, target.credentials.uid)
-        if reply_on_denial:
+        text = f"Rejected send message: {h.describe()} ({side} rule {verdict.rule or 'default deny'})"
+        if buf is not None:
             _close(fds)
-            if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
-                self.send_error(sender, h.serial, errors.ACCESS_DENIED,
-                                f"Rejected send message: {h.describe()} ({side} rule "
-                                f"{verdict.rule or 'default deny'})")
+            self.deliver_to_monitors(sender, buf, h, None)
+            self.refuse(sender, h, errors.ACCESS_DENIED, text)
+        elif self.monitors:
+            self.refuse(sender, h, errors.ACCESS_DENIED, text, monitors_only=True)
         return False
+
+    def refuse(self, sender: Peer, h: Header, error_name: str, text: str, monitors_only: bool = False) -> None:
+        """Answer a message the bus will not deliver with an error.
+
+        The sender gets it only if it expects a reply (the specification's rule; dbus-daemon
+        sends it regardless); monitors always see it, as they do on dbus-daemon.
+        """
+        if not monitors_only and h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
+            self.send_error(sender, h.serial, error_name, text)
+        elif self.monitors:
+            message = build_message(ERROR, self.next_driver_serial(), error_name=error_name,
+                                    reply_serial=h.serial, destination=sender.unique_name,
+                                    sender=DRIVER_NAME, signature="s", body=[text])
+            self.send_from_driver(None, message)
 
     def policy_allows_driver_call(self, sender: Peer, h: Header, fds: list[int] | None) -> bool:
         """Check the sender's send rules for a message to the bus itself (dbus-daemon checks them too)."""
@@ -362,9 +397,8 @@ class Bus:
         log.warning("policy denied %s by send rule %s: %s (uid %s) -> the bus", h.describe(),
                     verdict.rule or "(default deny)", sender.unique_name, sender.credentials.uid)
         _close(fds)
-        if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
-            self.send_error(sender, h.serial, errors.ACCESS_DENIED,
-                            f"Rejected send message: {h.describe()} (send rule {verdict.rule or 'default deny'})")
+        self.refuse(sender, h, errors.ACCESS_DENIED,
+                    f"Rejected send message: {h.describe()} (send rule {verdict.rule or 'default deny'})")
         return False
 
     def check_own(self, peer: Peer, name: str) -> None:
@@ -459,12 +493,14 @@ class Bus:
         if field is None:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
+        if self.monitors:  # monitors see the broadcast first, then any refusal it met
+            self._queue_monitors(head, body, h, sender.names, get_args)
         hard_limit = self.limits.max_outgoing_bytes
         enforced = self.policy.enforced
         for target in recipients:
             if target.monitor:
                 continue
-            if enforced and not self.policy_allows(sender, target, h, False, fds, reply_on_denial=False):
+            if enforced and not self.policy_allows(sender, target, h, False, fds):
                 continue
             conn = target.conn
             if conn.out_bytes + len(buf) > hard_limit:
@@ -473,27 +509,30 @@ class Bus:
                 continue
             if fds:
                 if not conn.unix_fd:
+                    self.refuse(sender, h, errors.NOT_SUPPORTED,
+                                f"broadcast cannot be delivered to {target.unique_name} because it does "
+                                f"not support receiving Unix fds", monitors_only=True)
                     continue
                 conn.queue(head, body, [os.dup(fd) for fd in fds])
             else:
                 conn.queue(head, body)
-        if self.monitors:
-            self._queue_monitors(head, body, h, sender.names, get_args)
         _close(fds)
 
-    def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+    def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
+                            destination_names: Collection[str] | None = None) -> None:
+        """Show monitors a message; `destination_names` are the names of the peer it reached."""
         if self.monitors:
             field = sender.sender_fields.get(h.endian)
             if field is None:
                 field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
             head, body = stamp_sender(buf, h, field)
-            self._queue_monitors(head, body, h, sender.names, lambda: read_body(buf, h))
+            self._queue_monitors(head, body, h, sender.names, lambda: read_body(buf, h), destination_names)
 
-    def _queue_monitors(self, head: bytes, body: Any, h: Header, sender_names: set[str],
-                        get_args: Callable[[], list]) -> None:
+    def _queue_monitors(self, head: bytes, body: Any, h: Header, sender_names: Collection[str],
+                        get_args: Callable[[], list], destination_names: Collection[str] | None = None) -> None:
         for monitor in self.monitors:
             rules = monitor.monitor_rules
-            if rules and not any(rule.matches(h, sender_names, get_args) for rule in rules):
+            if rules and not any(rule.matches(h, sender_names, get_args, destination_names) for rule in rules):
                 continue
             monitor.conn.queue(head, body)
 
@@ -526,13 +565,32 @@ class Bus:
         return serial
 
     def send_from_driver(self, target: Peer | None, message: bytes) -> None:
-        """Queue a message the driver built; monitors see it too."""
-        if target is not None and not target.conn.closed:
-            target.conn.queue(message, b"")
-        if self.monitors:
-            from ..wire.message import parse_header
+        """Queue a message the driver built; monitors see it too.
+
+        The recipient's receive rules apply to the bus's own messages as well: a denied
+        one is not delivered, and monitors see it followed by the AccessDenied error the
+        bus addresses to itself, as with dbus-daemon.
+        """
+        h = None
+        if self.monitors or (target is not None and self.policy.enforced):
             h = parse_header(message, validate_body=False)
-            self._queue_monitors(message, b"", h, {DRIVER_NAME}, lambda: read_body(message, h))
+        if self.monitors:
+            self._queue_monitors(message, b"", h, _DRIVER_NAMES, lambda: read_body(message, h))
+        if target is None or target.conn.closed:
+            return
+        if self.policy.enforced:
+            verdict = target.policy.can_receive(h, _DRIVER_NAMES, h.type in (METHOD_RETURN, ERROR), 0, False)
+            if not verdict.allowed:
+                log.warning("policy denied %s by receive rule %s: the bus -> %s (uid %s)", h.describe(),
+                            verdict.rule or "(default deny)", target.unique_name, target.credentials.uid)
+                if self.monitors:
+                    error = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
+                                          reply_serial=h.serial, destination=DRIVER_NAME, sender=DRIVER_NAME,
+                                          signature="s", body=[f"Rejected receive message: {h.describe()}"])
+                    eh = parse_header(error, validate_body=False)
+                    self._queue_monitors(error, b"", eh, _DRIVER_NAMES, lambda: read_body(error, eh))
+                return
+        target.conn.queue(message, b"")
 
     def send_error(self, target: Peer, reply_serial: int, error_name: str, text: str) -> None:
         if target.conn.closed:
@@ -565,8 +623,11 @@ class Bus:
         h.sender = DRIVER_NAME
         h.signature = signature
         names = _DRIVER_NAMES
+        enforced = self.policy.enforced
         for target in self.matches.recipients(h, names, lambda: body):
             if not target.monitor and not target.conn.closed:
+                if enforced and not target.policy.can_receive(h, names, False, 0, False).allowed:
+                    continue
                 target.conn.queue(message, b"")
         if self.monitors:
             self._queue_monitors(message, b"", h, names, lambda: body)

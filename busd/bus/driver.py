@@ -71,6 +71,8 @@ class Driver:
         self.is_activatable: Callable[[str], bool] = lambda name: name in self.activatable()
         self.start_service: Callable[["Peer", Header, str, bytes, Any], bool] | None = None
         self.activation_environment: dict[str, str] = {}
+        self.features: list[str] = list(FEATURES)  # activation adds "SystemdActivation" when it is on
+        self.on_environment_update: Callable[[dict[str, str]], None] | None = None
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
         self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DBUS: self._properties}
         self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -194,8 +196,12 @@ class Driver:
                                           f'"{h.interface}" doesn\'t exist\n'])
         bus.send_from_driver(peer, message)
 
-    def _require_privileged(self, peer: "Peer", method: str) -> None:
-        """Like dbus-daemon: only root or the bus's own user may monitor or change the environment."""
+    def _require_privileged(self, peer: "Peer", method: str, h: Header | None = None) -> None:
+        """Like dbus-daemon: only root or the bus's own user may monitor or change the environment,
+        and only at the bus's canonical object path (hardening against loose XML policies)."""
+        if h is not None and h.path != DRIVER_PATH:
+            raise DriverError(errors.ACCESS_DENIED,
+                              f"{method} is only allowed on the object path {DRIVER_PATH}")
         uid = peer.credentials.uid
         if uid not in (0, os.getuid()):
             raise DriverError(errors.ACCESS_DENIED,
@@ -273,12 +279,16 @@ class Driver:
         raise DriverError(errors.SERVICE_UNKNOWN, f"The name {name} was not provided by any .service files")
 
     def update_activation_environment(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        self._require_privileged(peer, "UpdateActivationEnvironment")
+        self._require_privileged(peer, "UpdateActivationEnvironment", h)
+        if self.bus.bus_type == "system":
+            raise DriverError(errors.ACCESS_DENIED, "Cannot change activation environment on a system bus.")
         env = args[0]
         for key in env:
             if not key or "=" in key:
                 raise DriverError(errors.INVALID_ARGS, f"Invalid environment variable name {key!r}")
         self.activation_environment.update(env)
+        if self.on_environment_update is not None:
+            self.on_environment_update(env)  # with systemd activation, systemd hears of it too
         return "", []
 
     def name_has_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -409,7 +419,7 @@ class Driver:
     # ------------------------------------------------------------ properties and introspection
 
     def _properties(self) -> dict[str, Variant]:
-        return {"Features": Variant("as", FEATURES), "Interfaces": Variant("as", EXTRA_INTERFACES)}
+        return {"Features": Variant("as", self.features), "Interfaces": Variant("as", EXTRA_INTERFACES)}
 
     def _properties_of(self, iface: str) -> dict[str, Variant]:
         source = self.property_sources.get(iface)
@@ -429,8 +439,7 @@ class Driver:
 
     def properties_set(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         iface, name, _value = args
-        source = self.property_sources.get(iface)
-        if source is None or name not in source():
+        if name not in self._properties_of(iface):  # UnknownInterface for an interface without properties
             raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
         raise DriverError(errors.PROPERTY_READ_ONLY, f"Property {name!r} is read-only")
 
