@@ -224,9 +224,7 @@ class Driver:
                               f'Connection "{peer.unique_name}" is not allowed to own the service '
                               f'"{DBUS}" because it is reserved for D-Bus\' use only')
         bus = self.bus
-        check = getattr(bus, "check_own", None)
-        if check is not None:
-            check(peer, name)
+        bus.check_own(peer, name)
         limit = bus.limits.max_names_per_connection
         # Like dbus-daemon, count the unique name too, and check before looking at `name`.
         if 1 + bus.registry.queued_count(peer) >= limit:
