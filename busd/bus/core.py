@@ -5,8 +5,10 @@ message and its parsed header; it stamps the sender (cached SENDER field bytes
 per peer and byte order), picks the recipients and queues the same bytes on each
 of them. Bodies are never read, except by the driver for its own calls and by
 match rules that filter on arguments. Replies pass only when a call is pending
-for them: `pending` maps (caller, serial) to the callee and its deadline, kept in
-insertion order so expiry is a sweep from the front.
+for them: `pending` maps (caller, serial, callee) to the deadline, kept in
+insertion order so expiry is a sweep from the front. As in dbus-daemon, a caller
+may reuse a serial for calls to different callees, but a call that would
+duplicate a key still pending is refused.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Peer:
         self.hello_done = False
         self.monitor = False
         self.monitor_rules: list[MatchRule] = []
-        self.expecting: set[tuple[Peer, int]] = set()  # calls this peer must answer
+        self.expecting: set[tuple[Peer, int, Peer]] = set()  # keys of the calls this peer must answer
         self.replies_outstanding = 0  # calls this peer made that await an answer
         self.credentials = conn.credentials
         self.auth_uid: int | None = conn.credentials.uid
@@ -111,7 +113,7 @@ class Bus:
         self.registry = NameRegistry()
         self.matches = MatchIndex()
         self.monitors: list[Peer] = []
-        self.pending: dict[tuple[Peer, int], tuple[Peer, float]] = {}
+        self.pending: dict[tuple[Peer, int, Peer], float] = {}  # (caller, serial, callee) -> deadline
         self._next_unique = 0
         self._driver_serial = 0
         self._flush_queue: list["Connection"] = []
@@ -182,14 +184,15 @@ class Bus:
         del self.peers[peer.unique_name]
         # Every call the peer was asked and did not answer gets NoReply.
         for key in list(peer.expecting):
-            entry = self.pending.pop(key, None)
-            if entry is not None:
-                caller, serial = key
+            if self.pending.pop(key, None) is not None:
+                caller, serial, _ = key
                 caller.replies_outstanding -= 1
                 self.send_error(caller, serial, errors.NO_REPLY,
                                 "Message recipient disconnected from message bus without replying")
         peer.expecting.clear()
+        # As dbus-daemon: NameLost goes to the departed peer too, so monitors see it.
         events = self.registry.remove_peer(peer)
+        events.append(NameEvent("lost", peer.unique_name, peer, None))
         events.append(NameEvent("owner_changed", peer.unique_name, peer, None))
         self.emit_name_events(events)
 
@@ -267,9 +270,8 @@ class Bus:
             return
         requested_reply = False
         if mtype == METHOD_RETURN or mtype == ERROR:
-            key = (target, h.reply_serial)
-            entry = self.pending.get(key)
-            if entry is None or entry[0] is not peer:
+            key = (target, h.reply_serial, peer)
+            if key not in self.pending:
                 log.debug("dropping unexpected reply from %s to %s (reply_serial=%s)",
                           peer.unique_name, dest, h.reply_serial)
                 self.deliver_to_monitors(peer, buf, h, fds)
@@ -280,15 +282,16 @@ class Bus:
             return
         if mtype == METHOD_CALL:
             if not h.flags & NO_REPLY_EXPECTED:
-                if peer.replies_outstanding >= self.limits.max_replies_per_connection:
-                    self.send_error(peer, h.serial, errors.LIMITS_EXCEEDED,
-                                    "The maximum number of pending replies per connection has been reached")
+                key = (peer, h.serial, target)
+                refusal = self._expect_reply_refusal(peer, key)
+                if refusal is not None:
                     _close(fds)
+                    if monitored:
+                        self.deliver_to_monitors(peer, buf, h, None)
+                    self.send_error(peer, h.serial, *refusal)
                     return
-                key = (peer, h.serial)
-                if key not in self.pending:
-                    peer.replies_outstanding += 1
-                self.pending[key] = (target, time.monotonic() + self.limits.reply_timeout / 1000)
+                peer.replies_outstanding += 1
+                self.pending[key] = time.monotonic() + self.limits.reply_timeout / 1000
                 target.expecting.add(key)
         elif requested_reply:
             del self.pending[key]
@@ -299,6 +302,15 @@ class Bus:
             self.deliver_to_monitors(peer, buf, h, None, target.names)
         if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
+
+    def _expect_reply_refusal(self, caller: Peer, key: tuple[Peer, int, Peer]) -> tuple[str, str] | None:
+        """Why the bus will not track a reply to this call (error name and text), or None."""
+        if key in self.pending:
+            return (errors.ACCESS_DENIED,
+                    "Message has the same reply serial as a currently-outstanding existing method call")
+        if caller.replies_outstanding >= self.limits.max_replies_per_connection:
+            return (errors.LIMITS_EXCEEDED, "The maximum number of pending replies per connection has been reached")
+        return None
 
     def _receive_before_hello(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         """Only Hello is served before Hello; other driver calls are refused, anything else drops the peer."""
@@ -430,8 +442,9 @@ class Bus:
             # The recipient cannot receive fds: the caller gets an error, as from dbus-daemon.
             _close(fds)
             if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
-                self.pending.pop((sender, h.serial), None)
-                target.expecting.discard((sender, h.serial))
+                key = (sender, h.serial, target)
+                del self.pending[key]
+                target.expecting.discard(key)
                 sender.replies_outstanding -= 1
                 self.send_error(sender, h.serial, errors.NOT_SUPPORTED,
                                 "Tried to send message with Unix file descriptors to a client that doesn't support that.")
@@ -463,7 +476,7 @@ class Bus:
                     TYPE_NAMES.get(h.type, h.type), sender.unique_name, target.unique_name,
                     self.limits.max_outgoing_bytes, self.limits.max_outgoing_unix_fds)
         if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
-            key = (sender, h.serial)
+            key = (sender, h.serial, target)
             if self.pending.pop(key, None) is not None:
                 target.expecting.discard(key)
                 sender.replies_outstanding -= 1
@@ -644,8 +657,7 @@ class Bus:
                         event.new_owner.names.add(event.name)
                 self.emit_driver_signal("NameOwnerChanged", "sss", [event.name, old, new])
             elif event.kind == "lost":
-                if not event.old_owner.conn.closed:
-                    self.emit_driver_signal("NameLost", "s", [event.name], event.old_owner)
+                self.emit_driver_signal("NameLost", "s", [event.name], event.old_owner)
             elif event.kind == "acquired":
                 self.emit_driver_signal("NameAcquired", "s", [event.name], event.new_owner)
         if self.on_name_events is not None:
@@ -665,14 +677,14 @@ class Bus:
         now = time.monotonic()
         pending = self.pending
         expired = []
-        for key, (callee, deadline) in pending.items():
+        for key, deadline in pending.items():
             if deadline > now:
                 break
-            expired.append((key, callee))
-        for key, callee in expired:
+            expired.append(key)
+        for key in expired:
             del pending[key]
+            caller, serial, callee = key
             callee.expecting.discard(key)
-            caller, serial = key
             caller.replies_outstanding -= 1
             self.send_error(caller, serial, errors.NO_REPLY, "Message did not receive a reply (timeout by message bus)")
         self._sweeper = self.loop.call_later(1.0, self._sweep_pending)

@@ -479,7 +479,7 @@ class Driver:
         # unique name first, then every well-known name, each with NameLost.
         name = peer.unique_name
         events = [NameEvent("lost", name, peer, None), NameEvent("owner_changed", name, peer, None)]
-        events += bus.registry.remove_peer(peer, disconnected=False)
+        events += bus.registry.remove_peer(peer)
         bus.matches.remove_owner(peer)
         peer.match_count = 0
         bus.emit_name_events(events)

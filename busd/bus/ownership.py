@@ -135,21 +135,22 @@ class NameRegistry:
             return NOT_OWNER, []
         return RELEASED, self._remove_at(name, queue, index)
 
-    def remove_peer(self, peer: Hashable, disconnected: bool = True) -> list[NameEvent]:
+    def remove_peer(self, peer: Hashable) -> list[NameEvent]:
         """Drop every name and queue place of a peer that disconnected (or became a monitor).
 
-        Names go in the reverse order of the requests, as dbus-daemon releases them;
-        a peer still connected (`disconnected=False`) also gets NameLost for each.
+        Names go in the reverse order of the requests, as dbus-daemon releases them,
+        each with NameLost (monitors see it even when the peer is gone) before its
+        NameOwnerChanged.
         """
         events: list[NameEvent] = []
         for name in reversed(list(self._names_of.get(peer, ()))):
             queue = self._queues[name]
             index = next(i for i, e in enumerate(queue) if e.peer is peer)
-            events.extend(self._remove_at(name, queue, index, disconnected))
+            events.extend(self._remove_at(name, queue, index))
         self._names_of.pop(peer, None)
         return events
 
-    def _remove_at(self, name: str, queue: list[_Entry], index: int, disconnected: bool = False) -> list[NameEvent]:
+    def _remove_at(self, name: str, queue: list[_Entry], index: int) -> list[NameEvent]:
         entry = queue.pop(index)
         self._forget(entry.peer, name)
         if index != 0:
@@ -157,8 +158,8 @@ class NameRegistry:
         successor = queue[0].peer if queue else None
         if not queue:
             del self._queues[name]
-        events = [] if disconnected else [NameEvent("lost", name, entry.peer, successor)]
-        events.append(NameEvent("owner_changed", name, entry.peer, successor))
+        events = [NameEvent("lost", name, entry.peer, successor),
+                  NameEvent("owner_changed", name, entry.peer, successor)]
         if successor is not None:
             events.append(NameEvent("acquired", name, entry.peer, successor))
         return events
