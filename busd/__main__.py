@@ -18,7 +18,9 @@ prints nothing; pass --print-address to learn where clients connect."""
 EPILOG = """\
 examples:
   busd --print-address                   session bus on the built-in config
-  busd --session --fork --print-address  like dbus-daemon --session --fork
+  busd --session --fork --print-address --print-pid
+                                         like dbus-daemon --session --fork; prints the
+                                         address, then the pid: stop the bus with kill PID
   busd --config-file=bus.conf --address=unix:path=/tmp/bus --nofork
   busd --print-address --upstream=session --import=org.freedesktop.Notifications
                                          a private bus that sees one host service
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print-address", metavar="FD", nargs="?", const="", default=None,
                    help="print the address clients connect to, on stdout or to file descriptor FD")
     p.add_argument("--print-pid", metavar="FD", nargs="?", const="", default=None,
-                   help="print the daemon's pid, on stdout or to file descriptor FD")
+                   help="print the daemon's pid, on stdout or to file descriptor FD "
+                        "(with --fork, the pid to kill to stop the bus)")
     fork = p.add_mutually_exclusive_group()
     fork.add_argument("--fork", dest="fork", action="store_const", const=True, default=None,
                       help="run in the background (overrides the config's <fork>)")
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .process import ensure_standard_streams
+    ensure_standard_streams()  # first: before anything opens a file or a socket
     args = build_parser().parse_args(argv)
     if args.introspect:
         from importlib import resources

@@ -51,6 +51,30 @@ def _print_info(address_fd: int | None, pid_fd: int | None, address: str) -> Non
         sys.stdout.flush()
 
 
+def ensure_standard_streams() -> None:
+    """Open /dev/null on whichever of fds 0, 1 and 2 is closed, and give Python a stream for each.
+
+    Started as `busd <&- >&-`, the daemon's first socket would otherwise take a standard
+    stream's number, and detaching from the terminal (/dev/null onto 0, 1 and 2) would
+    then close that socket under the loop: the address printed, every connection refused.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free number: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    # Python leaves a stream None when its fd was closed at start-up.
+    if sys.stdin is None:
+        sys.stdin = open(0, "r", closefd=False)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
 def _detach_streams() -> None:
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
