@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ensure_standard_streams()  # first: before anything opens a file or a socket
     args = build_parser().parse_args(argv)
     if args.introspect:
-        from importlib import resources
-        sys.stdout.write(resources.files("busd.interfaces").joinpath("org.freedesktop.DBus.xml").read_text())
+        from .interfaces import introspection_xml
+        sys.stdout.write(introspection_xml("org.freedesktop.DBus"))
         return 0
     from .logs import setup_logging
     setup_logging(args.log_level, args.log_format, args.syslog)

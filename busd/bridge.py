@@ -38,7 +38,6 @@ import logging
 import os
 from collections.abc import Callable
 from functools import partial
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from .bridge_config import BridgeSettings, matches_any, NAME_OWNER_CHANGED_RULE
@@ -47,6 +46,7 @@ from .bridge_wire import readdressed
 from .bus.match import MatchRule
 from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
 from .connection import Credentials
+from .interfaces import introspection_xml
 from .wire.address import AddressError
 from .wire.errors import ProtocolError
 from .wire.marshal import Variant
@@ -145,7 +145,7 @@ class Mirror(VirtualConnection):
 
 
 def _xml_interface() -> str:
-    text = resources.files("busd.interfaces").joinpath(f"{BRIDGE_INTERFACE}.xml").read_text()
+    text = introspection_xml(BRIDGE_INTERFACE)
     start = text.index("  <interface ")
     return text[start:text.index("</interface>", start) + len("</interface>\n")]
 

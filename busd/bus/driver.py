@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-from importlib import resources
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..interfaces import introspection_xml
 from ..wire.marshal import Variant
 from ..wire.message import ERROR, METHOD_RETURN, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name
@@ -44,7 +44,7 @@ Handler = Callable[["Peer", Header, list], tuple[str, list]]
 
 
 def _load_introspection() -> str:
-    return resources.files("busd.interfaces").joinpath("org.freedesktop.DBus.xml").read_text()
+    return introspection_xml(DBUS)
 
 
 def machine_id() -> str:
