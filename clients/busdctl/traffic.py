@@ -66,12 +66,18 @@ async def become_monitor(bus: BusConnection, rules: list[str], tap: Tap) -> None
         await bus.driver("AddMatch", "s", [f"{rule},eavesdrop=true" if rule else "eavesdrop=true"])
 
 
-async def run_until_stopped(bus: BusConnection) -> None:
-    """Wait for SIGINT or SIGTERM (a normal end), or for the bus to hang up (a failure)."""
+async def run_until_stopped(bus: BusConnection, notice: str | None) -> None:
+    """Wait for SIGINT or SIGTERM (a normal end), or for the bus to hang up (a failure).
+
+    `notice` is shown once the signals are handled, so that whoever waits for it
+    may interrupt at once and still get a clean end.
+    """
     loop = asyncio.get_running_loop()
     stopped = loop.create_future()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, lambda: stopped.done() or stopped.set_result(None))
+    if notice:
+        warn(notice)
     disconnected = asyncio.ensure_future(bus.bus.wait_for_disconnect())
     try:
         await asyncio.wait([stopped, disconnected], return_when=asyncio.FIRST_COMPLETED)
@@ -149,9 +155,7 @@ def _monitor_printer(output: Output) -> Tap:
 async def _watch(ctx: Context, services: list[str], tap: Tap) -> int:
     rules = match_rules(services, ctx.options.match)
     await become_monitor(ctx.bus, rules, tap)
-    if not ctx.options.quiet:
-        warn(MONITORING_NOTICE)
-    await run_until_stopped(ctx.bus)
+    await run_until_stopped(ctx.bus, None if ctx.options.quiet else MONITORING_NOTICE)
     return EXIT_OK
 
 
