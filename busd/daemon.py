@@ -19,6 +19,11 @@ from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen
 from .wire.sasl import ServerAuthenticator
 
+try:
+    import uvloop
+except ImportError:
+    uvloop = None
+
 log = logging.getLogger("busd")
 
 ACCEPT_BATCH = 64
@@ -82,6 +87,7 @@ class Daemon:
         self.activation = install_activation(self.bus, self.settings, self.addresses(),
                                              getattr(self, "systemd_activation", False))
         self._stopped = loop.create_future()
+        loop.set_exception_handler(self._on_loop_error)
         for listener in self.listeners:
             loop.add_reader(listener.sock.fileno(), self._on_accept, listener)
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -95,6 +101,16 @@ class Daemon:
             await self._stopped
         finally:
             self.shutdown()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """A callback raised: one log line says what (the bus carries on); --log-level=debug adds where."""
+        exc = context.get("exception")
+        what = context.get("message") or "unexpected error in the event loop"
+        if exc is None:
+            log.error("%s", what)
+            return
+        log.error("%s: %s: %s", what, type(exc).__name__, exc)
+        log.debug("the error happened here", exc_info=exc)
 
     def stop(self, why: str = "stop requested") -> None:
         log.info("shutting down (%s)", why)
@@ -208,10 +224,6 @@ class Daemon:
 
 def run(settings: DaemonSettings, daemon: Daemon, ready: Callable[[], None] | None = None) -> None:
     """Run the daemon's loop until it is stopped (uvloop when importable)."""
-    try:
-        import uvloop
-    except ImportError:
-        uvloop = None
     if uvloop is not None:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     else:

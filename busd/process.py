@@ -98,9 +98,16 @@ def _drop_privileges(user: str) -> None:
 
 
 def start(args: argparse.Namespace) -> int:
+    # Everything the daemon will run is imported here, before <user> drops privileges: after
+    # the drop, Python's and busd's own files may be unreadable (a python3 under a private
+    # home directory, as pyenv's in /root).
+    from .bridge import BridgeManager
+    from .bridge_config import BridgeConfigError, bridge_settings
+    from .bus import driver  # noqa: F401  (Bus imports it when it is created, inside the loop)
     from .config.loader import ConfigError
     from .daemon import Daemon, run
     from .launch import load_settings, log_config_notes
+    from .notify import notify_ready
     from .server import ListenError
 
     try:
@@ -115,7 +122,6 @@ def start(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot read configuration: {exc}")
     log_config_notes(settings.config)
-    from .bridge_config import BridgeConfigError, bridge_settings
 
     def bridge_settings_for(config):
         return bridge_settings(args.upstream, args.imports, args.exports, config.extensions if config else ())
@@ -170,18 +176,25 @@ def start(args: argparse.Namespace) -> int:
             log.error("cannot write pidfile %s: %s", settings.pidfile, exc)
 
     def ready() -> None:
-        from .bridge import BridgeManager
         daemon.bridge = BridgeManager(daemon.bus, bridge_settings_for, daemon.settings.config)
         _print_info(address_fd, pid_fd, daemon.addresses())
         if ready_w is not None:
             _detach_streams()
             os.write(ready_w, b"1")
             os.close(ready_w)
-        from .notify import notify_ready
         notify_ready(f"Listening on {daemon.addresses()}")
 
+    status = 0
     try:
         run(settings, daemon, ready)
+    except Exception as exc:
+        # One line, not a traceback: what went wrong is the news; --log-level=debug shows where.
+        hint = ""
+        if settings.user and isinstance(exc, (ImportError, OSError)):
+            hint = f" (busd runs as <user>{settings.user}</user>: can that user read every file it needs?)"
+        log.error("stopped by an unexpected error: %s: %s%s", type(exc).__name__, exc, hint)
+        log.debug("the error happened here", exc_info=exc)
+        status = 1
     finally:
         for listener in daemon.listeners:
             listener.close()
@@ -190,4 +203,4 @@ def start(args: argparse.Namespace) -> int:
                 os.unlink(settings.pidfile)
             except OSError:
                 pass
-    return 0
+    return status

@@ -1,4 +1,4 @@
-"""Live tests of how the daemon starts: closed standard streams, --fork and --print-pid.
+"""Live tests of how the daemon starts: closed standard streams, --fork and --print-pid, <user>.
 
 Each runs the same scenario on busd and dbus-daemon and demands the same outcome:
 a client connects and the driver answers.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from buses import SESSION_CONFIG, busd_available
-from busclient import BUS_KINDS, DBUS, TIMEOUT, RawClient, WaitTimeout
+from busclient import BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, LineWatcher, RawClient, WaitTimeout
 
 # How a shell closes each standard stream, as libdbus's test-dbus-daemon-fork.sh does.
 CLOSE_REDIRECTION = {0: "<&-", 1: ">&-", 2: "2>&-"}
@@ -45,10 +46,10 @@ def workdir() -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def write_session_config(directory: str) -> str:
+def write_session_config(directory: str, extra: str = "") -> str:
     path = os.path.join(directory, "bus.conf")
     with open(path, "w") as f:
-        f.write(SESSION_CONFIG.replace("{socket}", os.path.join(directory, "bus")).replace("{extra}", ""))
+        f.write(SESSION_CONFIG.replace("{socket}", os.path.join(directory, "bus")).replace("{extra}", extra))
     return path
 
 
@@ -125,3 +126,89 @@ def test_help_says_how_to_stop_a_forked_daemon():
                                timeout=TIMEOUT, check=True).stdout
     option_help = help_text.split("\n  --print-pid", 1)[1].split("\n  --", 1)[0]
     assert "--fork" in option_help and "kill" in option_help
+
+
+# ---------------------------------------------------------------- <user>: privileges dropped after binding
+
+DROPPED_TO = "messagebus"
+# After the drop root is a stranger to the bus: let it in.
+DROP_CONFIG = f'<user>{DROPPED_TO}</user><policy context="default"><allow user="*"/></policy>'
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+PEER = "org.freedesktop.DBus.Peer"
+PROPERTIES = "org.freedesktop.DBus.Properties"
+# Driver calls after the drop: (path, interface, member, signature, body).
+CALLS_AFTER_THE_DROP = [
+    (DBUS_PATH, INTROSPECTABLE, "Introspect", "", []),
+    ("/", INTROSPECTABLE, "Introspect", "", []),
+    (DBUS_PATH, PEER, "Ping", "", []),
+    (DBUS_PATH, PEER, "GetMachineId", "", []),
+    (DBUS_PATH, PROPERTIES, "GetAll", "s", [DBUS]),
+    (DBUS_PATH, DBUS, "GetId", "", []),
+    (DBUS_PATH, DBUS, "ListNames", "", []),
+    (DBUS_PATH, DBUS, "ListActivatableNames", "", []),
+    (DBUS_PATH, DBUS, "RequestName", "su", ["com.example.AfterTheDrop", 0]),
+    (DBUS_PATH, DBUS, "GetNameOwner", "s", ["com.example.AfterTheDrop"]),
+    (DBUS_PATH, DBUS, "ReleaseName", "s", ["com.example.AfterTheDrop"]),
+    (DBUS_PATH, DBUS, "AddMatch", "s", ["type='signal',member='Nothing'"]),
+    (DBUS_PATH, DBUS, "RemoveMatch", "s", ["type='signal',member='Nothing'"]),
+    (DBUS_PATH, DBUS, "GetConnectionUnixUser", "s", [DBUS]),
+    (DBUS_PATH, DBUS, "GetConnectionCredentials", "s", [DBUS]),
+    (DBUS_PATH, DBUS, "StartServiceByName", "su", ["com.example.Nowhere", 0]),
+    (DBUS_PATH, DBUS, "UpdateActivationEnvironment", "a{ss}", [{"A": "B"}]),
+    (DBUS_PATH, DBUS, "NoSuchMethod", "", []),
+]
+
+
+def private_copy_of_busd(directory: str) -> str:
+    """A copy of the busd package under a directory only root may enter, as pyenv's python in /root is."""
+    import busd
+    private = os.path.join(directory, "private")
+    os.mkdir(private, 0o700)
+    shutil.copytree(os.path.dirname(busd.__file__), os.path.join(private, "busd"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return private
+
+
+def outcomes_after_the_drop(kind: str) -> tuple[list[tuple], str]:
+    """What each of CALLS_AFTER_THE_DROP gets from a bus that dropped to DROPPED_TO, and the bus's stderr."""
+    with workdir() as directory:
+        config = write_session_config(directory, DROP_CONFIG)
+        env = dict(os.environ)
+        if kind == "busd":
+            env["PYTHONPATH"] = private_copy_of_busd(directory)
+        address_r, address_w = os.pipe()
+        daemon = subprocess.Popen([*daemon_command(kind), f"--config-file={config}", "--nofork", "--nopidfile",
+                                   f"--print-address={address_w}"], pass_fds=(address_w,), cwd=directory,
+                                  env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        os.close(address_w)
+        errors = LineWatcher(daemon.stderr)
+        try:
+            address = read_line(address_r)
+            assert address, f"{kind} did not start:\n" + "\n".join(errors.wait_eof())
+            outcomes = []
+            with RawClient(address) as client:
+                for path, interface, member, signature, body in CALLS_AFTER_THE_DROP:
+                    reply = client.call_wait(DBUS, path, interface, member, signature, body)
+                    outcomes.append((member, reply.kind, reply.error_name))
+                    if member == "GetConnectionUnixUser":
+                        outcomes.append(("uid", reply.body))
+                    if member == "Introspect" and path == DBUS_PATH:
+                        outcomes.append(("driver interface", f'<interface name="{DBUS}">' in reply.body[0]))
+            assert daemon.poll() is None, f"{kind} died"
+        finally:
+            daemon.terminate()
+            daemon.wait(TIMEOUT)
+        return outcomes, "\n".join(errors.wait_eof())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root can start a bus that drops privileges")
+def test_driver_works_after_dropping_privileges():
+    try:
+        uid = pwd.getpwnam(DROPPED_TO).pw_uid
+    except KeyError:
+        pytest.skip(f"no {DROPPED_TO} user here")
+    reference, _ = outcomes_after_the_drop("dbus-daemon")
+    assert ("uid", [uid]) in reference
+    outcomes, stderr = outcomes_after_the_drop("busd")
+    assert "Traceback" not in stderr and "Error" not in stderr, stderr
+    assert outcomes == reference
