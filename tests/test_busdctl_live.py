@@ -176,6 +176,19 @@ def test_tree_matches_busctl(shared_demo):
     assert "/org/freedesktop/DBus" in everything["org.freedesktop.DBus"]
 
 
+def test_tree_of_an_unknown_name_prints_only_the_error(shared_demo):
+    bus, _ = shared_demo
+    alone, with_another = run_all([busdctl_command(bus.address, "tree", "org.example.Nobody"),
+                                   busdctl_command(bus.address, "tree", SERVICE_NAME, "org.example.Nobody")])
+    assert (alone.returncode, alone.stdout) == (1, "")
+    assert "org.freedesktop.DBus.Error.ServiceUnknown" in alone.stderr
+    assert "No objects discovered" not in alone.stderr
+    # The service that answers still has its tree; the unknown one only its error.
+    assert with_another.returncode == 1
+    assert with_another.stdout.splitlines()[0] == f"Service {SERVICE_NAME}:"
+    assert "org.example.Nobody" not in with_another.stdout and "No objects" not in with_another.stdout
+
+
 @pytest.mark.parametrize("where", [
     [SERVICE_NAME, SERVICE_PATH],
     [SERVICE_NAME, SERVICE_PATH, SERVICE_INTERFACE],
@@ -293,6 +306,27 @@ def test_call_errors_name_the_dbus_error(shared_demo, service, arguments, error_
     assert error_name in result.stderr
     assert "Hint:" in result.stderr or error_name.startswith("org.example")
     assert result.stdout == ""
+
+
+DRIVER = ["org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus"]
+
+
+def test_signature_hint_only_when_the_signature_was_wrong(shared_demo):
+    """InvalidArgs answers both a wrong signature and a refused value: only the first gets the hint."""
+    bus, _ = shared_demo
+    wrong_signature, refused_value, wrong_property_type = run_all([
+        busdctl_command(bus.address, "call", *DRIVER, "RequestName", "s", "org.example.X"),
+        busdctl_command(bus.address, "call", *DRIVER, "RequestName", "su", "not a name", "0"),
+        busdctl_command(bus.address, "set-property", SERVICE_NAME, SERVICE_PATH, SERVICE_INTERFACE, "Greeting",
+                        "u", "1")])
+    assert wrong_signature.returncode == refused_value.returncode == wrong_property_type.returncode == 1
+    assert "org.freedesktop.DBus.Error.InvalidArgs" in wrong_signature.stderr
+    assert "Hint: org.freedesktop.DBus.RequestName takes 'su', not 's'" in wrong_signature.stderr
+    assert "org.freedesktop.DBus.Error.InvalidArgs" in refused_value.stderr
+    assert "Hint" not in refused_value.stderr
+    # dbus-next services answer a wrongly typed property with InvalidSignature.
+    assert "org.freedesktop.DBus.Error.InvalidSignature" in wrong_property_type.stderr
+    assert "Hint: Compare the signature" in wrong_property_type.stderr
 
 
 @pytest.mark.parametrize("arguments, complaint", [

@@ -10,8 +10,9 @@ from dbus_next.signature import Variant
 
 from .connection import PROPERTIES_INTERFACE, make_message
 from .context import Context
-from .errors import EXIT_OK
+from .errors import EXIT_OK, INVALID_ARGS, BusError, CommandError
 from .formatting import format_short, format_verbose, json_body, json_variant, verbose_lines
+from .objects import describe_object
 from .typed_args import parse_arguments, parse_single_type
 
 
@@ -40,11 +41,38 @@ def _call_flags(ctx: Context) -> MessageFlag:
     return flags
 
 
+async def _declared_signature(ctx: Context, service: str, path: str, interface: str, kind: str,
+                              name: str) -> str | None:
+    """What the object's introspection says `name` takes (a property: its type), if it says."""
+    try:
+        description = await describe_object(ctx.bus, service, path)
+    except CommandError:
+        return None
+    declared = description.interface(interface)
+    member = next((m for m in declared.members if m.kind == kind and m.name == name), None) if declared else None
+    return member.signature if member else None
+
+
+async def _explain_invalid_args(ctx: Context, error: BusError, service: str, path: str, interface: str | None,
+                                kind: str, name: str, given: str) -> BusError:
+    """InvalidArgs means a wrong signature or a refused value: hint at the signature only for the first."""
+    if error.error_name != INVALID_ARGS or interface is None:
+        return error
+    declared = await _declared_signature(ctx, service, path, interface, kind, name)
+    if declared is None or declared == given:
+        return error
+    return error.with_hint(f"{interface}.{name} takes '{declared}', not '{given}' "
+                           f"(see 'busdctl introspect {service} {path}').")
+
+
 async def call(ctx: Context, args: list[str]) -> int:
     service, path, interface, member = args[:4]
     signature = args[4] if len(args) > 4 else ""
     body = parse_arguments(signature, args[5:])
-    reply = await ctx.bus.call(service, path, interface, member, signature, body, flags=_call_flags(ctx))
+    try:
+        reply = await ctx.bus.call(service, path, interface, member, signature, body, flags=_call_flags(ctx))
+    except BusError as error:
+        raise await _explain_invalid_args(ctx, error, service, path, interface, "method", member, signature) from None
     if reply is not None and not ctx.options.quiet:
         print_body(ctx, reply.signature, reply.body)
     return EXIT_OK
@@ -73,8 +101,12 @@ async def set_property(ctx: Context, args: list[str]) -> int:
     service, path, interface, name, signature, *words = args
     parse_single_type(signature)
     [value] = parse_arguments(signature, words)
-    await ctx.bus.call(service, path, PROPERTIES_INTERFACE, "Set", "ssv", [interface, name, Variant(signature, value)],
-                       action=f"Failed to set property {name} on interface {interface}")
+    try:
+        await ctx.bus.call(service, path, PROPERTIES_INTERFACE, "Set", "ssv",
+                           [interface, name, Variant(signature, value)],
+                           action=f"Failed to set property {name} on interface {interface}")
+    except BusError as error:
+        raise await _explain_invalid_args(ctx, error, service, path, interface, "property", name, signature) from None
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ NOT_SUPPORTED = frozenset({"org.freedesktop.DBus.Error.UnknownMethod",
                            "org.freedesktop.DBus.Error.NotSupported"})
 # Error names meaning "that name has no owner (any more)".
 GONE = frozenset({"org.freedesktop.DBus.Error.NameHasNoOwner"})
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 
 # What to try next, by D-Bus error name: shown under the error itself.
 ERROR_HINTS: dict[str, str] = {
@@ -24,7 +25,9 @@ ERROR_HINTS: dict[str, str] = {
         "List the object's methods and their signatures with 'busdctl introspect SERVICE OBJECT'.",
     "org.freedesktop.DBus.Error.UnknownProperty":
         "List the object's properties with 'busdctl introspect SERVICE OBJECT'.",
-    "org.freedesktop.DBus.Error.InvalidArgs":
+    # InvalidArgs also means the service refused a value; `call` and `set-property` add a
+    # hint of their own when the signature given is not the one the object declares.
+    "org.freedesktop.DBus.Error.InvalidSignature":
         "Compare the signature you gave with 'busdctl introspect SERVICE OBJECT'.",
     "org.freedesktop.DBus.Error.PropertyReadOnly": "This property cannot be set.",
     "org.freedesktop.DBus.Error.AccessDenied": "The bus policy refuses this; check the bus configuration.",
@@ -48,12 +51,15 @@ class UsageError(CommandError):
 class BusError(CommandError):
     """A D-Bus error reply, reported with its error name and, when we know one, a hint."""
 
-    def __init__(self, action: str, error_name: str, text: str) -> None:
+    def __init__(self, action: str, error_name: str, text: str, hint: str | None = None) -> None:
         self.action = action
         self.error_name = error_name
         self.text = text
+        self.hint = hint if hint is not None else ERROR_HINTS.get(error_name)
         message = f"{action}: {error_name}: {text}" if text else f"{action}: {error_name}"
-        hint = ERROR_HINTS.get(error_name)
-        if hint:
-            message += f"\nHint: {hint}"
+        if self.hint:
+            message += f"\nHint: {self.hint}"
         super().__init__(message)
+
+    def with_hint(self, hint: str) -> BusError:
+        return BusError(self.action, self.error_name, self.text, hint)

@@ -101,12 +101,14 @@ async def tree(ctx: Context, args: list[str]) -> int:
         for error in errors:
             warn(error)
             failed = True
-    if ctx.output.is_json:
-        ctx.output.json({service: paths for service, (paths, _) in zip(services, results)})
-        return EXIT_FAILURE if failed else EXIT_OK
     with_headers = len(services) != 1 or not args
+    # A service that could not be introspected at all has its error above, not an empty tree.
+    found = {service: paths for service, (paths, errors) in zip(services, results) if paths or not errors}
+    if ctx.output.is_json:
+        ctx.output.json(found)
+        return EXIT_FAILURE if failed else EXIT_OK
     with ctx.output.paged():
-        for index, (service, (paths, _)) in enumerate(zip(services, results)):
+        for index, (service, paths) in enumerate(found.items()):
             if index:
                 ctx.output.line()
             if with_headers:
