@@ -7,11 +7,13 @@ even where no client is left to see it.
 
 from __future__ import annotations
 
+import pytest
+
 from busclient import (  # noqa: F401  (fixtures)
     DBUS, DBUS_PATH, ERROR_PREFIX, Message, RawClient, busd_bug, busd_bugs, clients, shared_bus, wait_owner,
     watch_name,
 )
-from busd.wire.message import ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED
+from busd.wire.message import ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL
 
 MONITORING = "org.freedesktop.DBus.Monitoring"
 IFACE = "org.example.Deviations"
@@ -112,3 +114,101 @@ def test_calls_expecting_no_reply_and_calls_to_the_bus_may_reuse_a_pending_seria
     assert caller.reply_to(700).type == METHOD_RETURN
     assert [m.member for m in callee.drain() if m.type == METHOD_CALL] == ["Pending", "NoReply"]
     assert [m.brief() for m in caller.drain()] == []
+
+
+def marker_after(sender: RawClient, *watchers: RawClient) -> list[list[Message]]:
+    """Each watcher's messages up to a signal `sender` emits now (the bus keeps one sender's order).
+
+    The watchers must be monitors or have a rule matching member='Marker'.
+    """
+    sender.send(SIGNAL, path=PATH, interface=IFACE, member="Marker")
+    return [[m for m in seen_until(w, lambda m: m.is_signal("Marker") and m.sender == sender.unique_name,
+                                   "the marker signal")[:-1]] for w in watchers]
+
+
+# ---------------------------------------------------------------- 3. unknown message types
+
+UNKNOWN_TYPE = "Message bus will not accept messages of unknown type\n"
+
+
+def test_a_message_of_unknown_type_is_not_delivered(clients):
+    sender, recipient = clients(), clients()
+    recipient.add_match("eavesdrop=true")
+    monitor = become_monitor(clients(), [f"sender='{sender.unique_name}'", f"destination='{sender.unique_name}'"])
+    for destination in (recipient.unique_name, DBUS):
+        serial = sender.send(5, destination=destination, path=PATH, interface=IFACE, member="FromTheFuture")
+        # dbus-daemon answers even though it is no call; monitors see the message, then the answer.
+        error = sender.reply_to(serial)
+        assert (error.error_name, error.body) == (ERROR_PREFIX + "AccessDenied", [UNKNOWN_TYPE])
+    sender.send(7, destination=None, path=PATH, interface=IFACE, member="Broadcast")  # dropped, unseen
+    recipient_saw, monitor_saw = marker_after(sender, recipient, monitor)
+    assert [m.brief() for m in recipient_saw if m.sender == sender.unique_name] == []
+    assert [(m.type, m.member or m.error_name) for m in monitor_saw] == [
+        (5, "FromTheFuture"), (ERROR, ERROR_PREFIX + "AccessDenied"),
+        (5, "FromTheFuture"), (ERROR, ERROR_PREFIX + "AccessDenied"),
+    ]
+
+
+def test_a_message_of_unknown_type_to_an_absent_name_meets_service_unknown(clients):
+    sender = clients()
+    serial = sender.send(6, destination=f"{N}.Absent", path=PATH, interface=IFACE, member="Nobody")
+    assert sender.reply_to(serial).error_name == ERROR_PREFIX + "ServiceUnknown"
+
+
+# ---------------------------------------------------------------- 4. calls without a destination
+
+PEER = "org.freedesktop.DBus.Peer"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+EMPTY_NODE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+              '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node>\n</node>\n')
+
+
+def unknown_method(member: str, interface: str, signature: str = "") -> tuple:
+    return ("error", ERROR_PREFIX + "UnknownMethod",
+            f'Method "{member}" with signature "{signature}" on interface "{interface}" doesn\'t exist\n')
+
+
+@pytest.mark.parametrize("interface, member, path, signature, body, answer", [
+    (PEER, "Ping", "/", "", [], ("method_return", None)),
+    (PEER, "Ping", PATH, "s", ["ignored"], ("method_return", None)),
+    (PEER, "Frobnicate", PATH, "", [], ("error", ERROR_PREFIX + "UnknownMethod",
+                                         f"Unknown method invoked on {PEER} interface")),
+    (INTROSPECTABLE, "Introspect", DBUS_PATH, "", [], ("method_return", None, EMPTY_NODE)),
+    (None, "Ping", PATH, "", [], unknown_method("Ping", "(null)")),
+    (None, "GetId", DBUS_PATH, "", [], unknown_method("GetId", "(null)")),
+    (DBUS, "GetId", DBUS_PATH, "", [], unknown_method("GetId", DBUS)),
+    (DBUS, "Hello", DBUS_PATH, "", [], unknown_method("Hello", DBUS)),
+    (DBUS, "RequestName", DBUS_PATH, "su", [f"{N}.NoDestination", 0], unknown_method("RequestName", DBUS, "su")),
+    (IFACE, "Anything", PATH, "", [], unknown_method("Anything", IFACE)),
+])
+def test_the_bus_answers_a_call_without_destination_as_a_plain_peer(clients, interface, member, path, signature,
+                                                                   body, answer):
+    caller = clients()
+    reply = caller.reply_to(caller.call(None, path, interface, member, signature, body))
+    assert reply.brief() == answer
+    assert (reply.sender, reply.destination) == (None, None)
+
+
+def test_the_machine_id_is_served_to_a_call_without_destination(clients):
+    caller = clients()
+    machine_id = caller.call_driver("GetMachineId", interface=PEER).value()
+    reply = caller.reply_to(caller.call(None, PATH, PEER, "GetMachineId"))
+    assert reply.body == [machine_id]
+
+
+def test_a_call_without_destination_is_seen_by_no_rule_and_no_monitor(clients):
+    caller, listener, eavesdropper = clients(), clients(), clients()
+    for kind in ("method_call", "method_return", "error"):
+        listener.add_match(f"type='{kind}'")
+        eavesdropper.add_match(f"type='{kind}',eavesdrop=true")
+    for watcher in (listener, eavesdropper):
+        watcher.add_match(f"member='Marker'")
+        watcher.drain()
+    monitor = become_monitor(clients(), [f"sender='{caller.unique_name}'", f"destination='{caller.unique_name}'"])
+    for interface, member in ((PEER, "Ping"), (IFACE, "Unknown")):
+        caller.reply_to(caller.call(None, PATH, interface, member))
+    caller.send(METHOD_RETURN, reply_serial=77)
+    caller.send(ERROR, reply_serial=78, error_name="org.example.Deviations.Error")
+    seen = marker_after(caller, listener, eavesdropper, monitor)
+    assert [[m.brief() for m in got if caller.unique_name in (m.sender, m.destination)] for got in seen] == [[], [], []]
+    assert [m.brief() for m in caller.drain()] == []  # replies and errors get no answer

@@ -232,12 +232,18 @@ class Bus:
                 self.broadcast(peer, buf, h, fds)
                 return
             # Anything else without a destination is a peer-to-peer message to the
-            # bus's end of the connection: match rules and monitors see it, and
-            # the connection answers as a plain D-Bus peer would (as dbus-daemon's does).
-            self.broadcast(peer, buf, h, fds)
+            # bus's end of the connection, not routed: as in dbus-daemon, no match
+            # rule or monitor sees it and the connection answers calls as a plain
+            # D-Bus peer would.
+            _close(fds)
             if mtype == METHOD_CALL:
-                self.driver.answer_as_peer(peer, buf, h)
+                self.driver.answer_as_peer(peer, h)
             return
+        if mtype > SIGNAL:
+            if dest == DRIVER_NAME or dest[0] == ":" and dest in self.peers or self.registry.owner(dest) is not None:
+                self._refuse_unknown_type(peer, buf, h, fds)
+                return
+            # To a name nobody owns it meets ServiceUnknown, as any message does.
         if dest == DRIVER_NAME:
             if self.policy.enforced and not self.policy_allows_driver_call(peer, h, fds):
                 return
@@ -302,6 +308,20 @@ class Bus:
             self.deliver_to_monitors(peer, buf, h, None, target.names)
         if self.matches.has_eavesdroppers:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
+
+    def _refuse_unknown_type(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        """A message of a type the specification does not define is not delivered.
+
+        The specification says to ignore it; dbus-daemon shows it to monitors and answers
+        AccessDenied, which busd does too, unless the sender said it expects no reply.
+        """
+        _close(fds)
+        self.deliver_to_monitors(peer, buf, h, None)
+        text = "Message bus will not accept messages of unknown type\n"
+        if h.flags & NO_REPLY_EXPECTED:
+            self.refuse(peer, h, errors.ACCESS_DENIED, text, monitors_only=True)
+        else:
+            self.send_error(peer, h.serial, errors.ACCESS_DENIED, text)
 
     def _expect_reply_refusal(self, caller: Peer, key: tuple[Peer, int, Peer]) -> tuple[str, str] | None:
         """Why the bus will not track a reply to this call (error name and text), or None."""

@@ -40,6 +40,10 @@ EVERYWHERE = {DBUS, INTROSPECTABLE, PEER}
 FEATURES = ["ActivatableServicesChanged", "HeaderFiltering"]
 EXTRA_INTERFACES = [MONITORING, STATS]
 
+# What libdbus answers to Introspect at any path of a connection that exports no objects.
+EMPTY_INTROSPECTION = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
+                       '"http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">\n<node>\n</node>\n')
+
 Handler = Callable[["Peer", Header, list], tuple[str, list]]
 
 
@@ -175,26 +179,38 @@ class Driver:
             return False
         return bool(self.start_service(peer, h, h.destination, buf, fds))
 
-    def answer_as_peer(self, peer: "Peer", buf: bytes, h: Header) -> None:
+    def answer_as_peer(self, peer: "Peer", h: Header) -> None:
         """A call with no destination: the bus's end of the connection answers as a plain peer.
 
-        Like libdbus in dbus-daemon: org.freedesktop.DBus.Peer works, anything else is
-        UnknownMethod; the answers carry no SENDER because no bus name sent them.
+        As libdbus does in dbus-daemon: org.freedesktop.DBus.Peer's Ping and GetMachineId
+        and Introspectable.Introspect (of an empty object tree) work whatever the
+        arguments, anything else is UnknownMethod. The answers carry no SENDER because
+        no bus name sent them, and go to the caller alone: monitors see neither side.
         """
         if h.no_reply_expected:
             return
         bus = self.bus
-        if h.interface in (PEER, None) and h.member == "Ping" and not h.signature:
-            message = build_message(METHOD_RETURN, bus.next_driver_serial(), reply_serial=h.serial)
-        elif h.interface in (PEER, None) and h.member == "GetMachineId" and not h.signature:
-            message = build_message(METHOD_RETURN, bus.next_driver_serial(), reply_serial=h.serial,
-                                    signature="s", body=[self.machine_id])
+        reply_to = {"reply_serial": h.serial}
+        if h.interface == PEER:
+            if h.member == "Ping":
+                message = build_message(METHOD_RETURN, bus.next_driver_serial(), **reply_to)
+            elif h.member == "GetMachineId":
+                message = build_message(METHOD_RETURN, bus.next_driver_serial(), signature="s",
+                                        body=[self.machine_id], **reply_to)
+            else:
+                message = build_message(ERROR, bus.next_driver_serial(), error_name=errors.UNKNOWN_METHOD,
+                                        signature="s", body=[f"Unknown method invoked on {PEER} interface"],
+                                        **reply_to)
+        elif h.interface == INTROSPECTABLE and h.member == "Introspect":
+            message = build_message(METHOD_RETURN, bus.next_driver_serial(), signature="s",
+                                    body=[EMPTY_INTROSPECTION], **reply_to)
         else:
-            message = build_message(ERROR, bus.next_driver_serial(), reply_serial=h.serial,
-                                    error_name=errors.UNKNOWN_METHOD, signature="s",
+            interface = "(null)" if h.interface is None else h.interface
+            message = build_message(ERROR, bus.next_driver_serial(), error_name=errors.UNKNOWN_METHOD,
+                                    signature="s",
                                     body=[f'Method "{h.member}" with signature "{h.signature}" on interface '
-                                          f'"{h.interface}" doesn\'t exist\n'])
-        bus.send_from_driver(peer, message)
+                                          f'"{interface}" doesn\'t exist\n'], **reply_to)
+        peer.conn.queue(message, b"")
 
     def _require_privileged(self, peer: "Peer", method: str, h: Header | None = None) -> None:
         """Like dbus-daemon: only root or the bus's own user may monitor or change the environment,
