@@ -118,7 +118,8 @@ def start(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config_file, args.bus_kind)
     except ConfigError as exc:
-        return _fail(f"invalid configuration: {exc}")
+        # Line 0: the file itself is missing or unreadable, which says nothing about its contents.
+        return _fail(str(exc) if exc.line == 0 else f"invalid configuration: {exc}")
     except OSError as exc:
         return _fail(f"cannot read configuration: {exc}")
     log_config_notes(settings.config)

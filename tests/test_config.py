@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pydantic
@@ -546,9 +548,24 @@ def test_root_element_and_xml_errors(tmp_path):
         assert (info.value.line, reason in info.value.reason) == (line, True), str(info.value)
 
 
-def test_unreadable_file():
-    with pytest.raises(ConfigError, match="/nonexistent/busd.conf:0: cannot read the configuration file"):
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError) as missing:
         load_config("/nonexistent/busd.conf")
+    assert str(missing.value) == "/nonexistent/busd.conf: no such configuration file"
+    with pytest.raises(ConfigError) as directory:
+        load_config(tmp_path)
+    assert str(directory.value) == f"{tmp_path}: cannot read the configuration file: Is a directory"
+
+
+@pytest.mark.parametrize("kind", ["busd", "dbus-daemon"])
+def test_daemon_says_plainly_that_its_config_file_does_not_exist(kind):
+    command = [sys.executable, "-m", "busd"] if kind == "busd" else ["dbus-daemon"]
+    result = subprocess.run([*command, "--config-file=/nonexistent/busd.conf", "--print-address"],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "/nonexistent/busd.conf" in result.stderr and ":0:" not in result.stderr
+    if kind == "busd":
+        assert result.stderr == "busd: /nonexistent/busd.conf: no such configuration file\n"
 
 
 # -- XML namespaces: busd's extensions, foreign elements ------------------------------------------------------

@@ -31,7 +31,8 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 class ConfigError(Exception):
-    """A configuration the bus refuses to start with; str() is "FILE:LINE: reason"."""
+    """A configuration the bus refuses to start with; str() is "FILE:LINE: reason" ("FILE: reason" for line 0,
+    a problem with the file as a whole)."""
 
     def __init__(self, file: str, line: int, reason: str) -> None:
         super().__init__(file, line, reason)
@@ -40,6 +41,8 @@ class ConfigError(Exception):
         self.reason = reason
 
     def __str__(self) -> str:
+        if self.line == 0:
+            return f"{self.file}: {self.reason}"
         return f"{self.file}:{self.line}: {self.reason}"
 
 
@@ -693,6 +696,8 @@ def load_config(path: str | os.PathLike[str]) -> BusConfig:
     try:
         with open(filename, "rb") as f:
             data = f.read()
+    except FileNotFoundError:
+        raise ConfigError(filename, 0, "no such configuration file") from None
     except OSError as exc:
         raise ConfigError(filename, 0, f"cannot read the configuration file: {exc.strerror}") from None
     return _Loader().load(data, filename, os.path.dirname(os.path.abspath(filename)), True)
