@@ -12,7 +12,7 @@ import pytest
 import busd_client
 from busd_client import (DBusError, Interface, MessageInfo, NameFlag, RequestNameReply, ReleaseNameReply,
                          method, signal)
-from busd_client.errors import (Failed, InvalidArgs, NoReply, PropertyReadOnly, ServiceUnknown,
+from busd_client.errors import (ArgumentTypeError, Failed, InvalidArgs, NoReply, PropertyReadOnly, ServiceUnknown,
                                 UnknownMethod, UnknownObject)
 # `backend` and `peer` are fixtures, imported so that pytest finds them here.
 from test_sdk_peer import (CALLBACK_PATH, EXAMPLES, PEER_INTERFACE, PEER_NAME, PEER_PATH, WAIT, LineProcess,
@@ -227,6 +227,43 @@ def test_errors_travel_both_ways(any_bus, backend, peer):
                     "error org.freedesktop.DBus.Error.InvalidArgs -1 is negative"
             assert (await remote.CallBack(bus.unique_name, 1)).startswith(
                 "error org.freedesktop.DBus.Error.UnknownObject")
+
+    run(scenario())
+
+
+def test_wrongly_typed_values_raise_one_sdk_error_on_every_backend(any_bus, backend, peer):
+    """Checked before sending: the error names the member, the argument and the D-Bus type, whatever the backend."""
+    async def scenario() -> None:
+        async with await busd_client.connect(any_bus.address, backend=backend) as bus:
+            proxy = await bus.proxy(PEER_NAME, PEER_PATH)
+            local = SdkTest1()
+            bus.export("/dev/busd/SdkLocal", local)
+            attempts = [
+                (lambda: proxy.Split(5), 1, "text", "s",
+                 f"{PEER_INTERFACE}.Split: argument 1 (text) must be a string (D-Bus type 's'), got int 5"),
+                (lambda: proxy.Sum([1, "two"]), 1, "values", "ai",
+                 f"{PEER_INTERFACE}.Sum: argument 1 (values) must be an array of 32-bit integers (D-Bus type 'ai'),"
+                 " got list [1, 'two']: [1] must be a 32-bit integer ('i'), not str 'two'"),
+                (lambda: proxy.EmitTicks(-1, "x"), 1, "count", "u",
+                 f"{PEER_INTERFACE}.EmitTicks: argument 1 (count) must be an unsigned 32-bit integer"
+                 " (D-Bus type 'u'), got int -1"),
+                (lambda: proxy.Mode.set(3), None, None, "s",
+                 f"{PEER_INTERFACE}.Mode: the property's value must be a string (D-Bus type 's'), got int 3"),
+            ]
+            for attempt, position, argument, signature, text in attempts:
+                with pytest.raises(ArgumentTypeError) as raised:
+                    await attempt()
+                assert (raised.value.position, raised.value.argument, raised.value.signature,
+                        raised.value.message) == (position, argument, signature, text)
+            # Emitting a signal from an exported object is checked the same way.
+            with pytest.raises(ArgumentTypeError) as raised:
+                local.Ticked("one", "tag")
+            assert raised.value.message == (f"{PEER_INTERFACE}.Ticked: argument 1 (number) must be an unsigned "
+                                            "32-bit integer (D-Bus type 'u'), got str 'one'")
+            # It is also an InvalidArgs and a TypeError, and nothing reached the peer.
+            assert isinstance(raised.value, InvalidArgs) and isinstance(raised.value, TypeError)
+            assert await proxy.Mode == "idle"
+            assert await proxy.Split("ok") == ("OK", 2)
 
     run(scenario())
 

@@ -527,7 +527,7 @@ class Bus:
         """
         if signature is None:
             signature = "".join(guess_signature(arg) for arg in args)
-        body, fds = self._codec.body_encoder(signature)(args)
+        body, fds = self._codec.body_encoder(signature, member=f"{interface}.{member}")(args)
         if no_reply:
             message = self._new_message(destination=destination, path=path, interface=interface,
                                         member=member, signature=signature, body=body, unix_fds=fds,
@@ -642,7 +642,7 @@ class Bus:
         their `@signal` methods instead."""
         if signature is None:
             signature = "".join(guess_signature(arg) for arg in args)
-        body, fds = self._codec.body_encoder(signature)(args)
+        body, fds = self._codec.body_encoder(signature, member=f"{interface}.{member}")(args)
         self._emit(path, interface, member, signature, body, fds, destination)
 
     def _emit(self, path: str, interface: str, member: str, signature: str, body: list[Any],

@@ -20,7 +20,8 @@ from typing import Any, Callable
 from ._backend import Backend
 from .dbus_types import (Variant, guess_signature, is_struct_class, strip_annotated,
                          struct_builder, struct_fields, struct_values)
-from .signature import SignatureNode, parse_signature
+from .errors import ArgumentTypeError
+from .signature import SignatureNode, is_valid_signature, parse_signature
 
 Encoder = Callable[[Any, list[int]], Any]
 """(Python value, fds collected so far) -> wire value."""
@@ -137,8 +138,13 @@ class Codec:
             return value
         else:
             signature, inner = guess_signature(value), value
-        encode = self.encoder(parse_signature(signature)[0], None)
-        return self.backend.Variant(signature, encode(inner, fds) if encode else inner)
+        node = parse_signature(signature)[0]
+        encode = self.encoder(node, None)
+        wire = encode(inner, fds) if encode else inner
+        mismatch = find_mismatch(node, wire, self.backend.Variant)
+        if mismatch is not None:
+            raise TypeError(f"the variant of type '{signature}' holds a wrong value: {mismatch_text(*mismatch)}")
+        return self.backend.Variant(signature, wire)
 
     def _build_decoder(self, node: SignatureNode, hint: Any) -> Decoder | None:
         base, _ = strip_annotated(hint)
@@ -193,10 +199,28 @@ class Codec:
         inner = decode(value.value, fds) if decode else value.value
         return Variant(signature, inner) if keep_wrapped else inner
 
-    def encode_variant(self, signature: str, value: Any, hint: Any, fds: list[int]) -> Any:
-        """Wrap `value` in the backend's Variant of `signature`, converting it as `hint` says."""
-        encode = self.encoder(parse_signature(signature)[0], hint)
-        return self.backend.Variant(signature, encode(value, fds) if encode else value)
+    def encode_variant(self, signature: str, value: Any, hint: Any, fds: list[int], member: str = "") -> Any:
+        """Wrap `value` in the backend's Variant of `signature`, converting it as `hint` says.
+
+        A value that does not fit raises ArgumentTypeError naming `member` (the property).
+        """
+        node = parse_signature(signature)[0]
+        wire = self._checked(node, self.encoder(node, hint), value, fds, member, None, None)
+        return self.backend.Variant(signature, wire)
+
+    def _checked(self, node: SignatureNode, encode: Encoder | None, value: Any, fds: list[int],
+                 member: str, position: int | None, name: str | None) -> Any:
+        """`value` encoded for `node`, checked before the backend sees it (its own errors name no member)."""
+        try:
+            wire = encode(value, fds) if encode else value
+        except (TypeError, ValueError, AttributeError, OverflowError) as error:
+            raise ArgumentTypeError(member, position, name, node.text, type_description(node), value,
+                                    str(error)) from None
+        mismatch = find_mismatch(node, wire, self.backend.Variant)
+        if mismatch is not None:
+            detail = mismatch_text(*mismatch) if mismatch[0] else ""  # say where, when it is inside
+            raise ArgumentTypeError(member, position, name, node.text, type_description(node), value, detail)
+        return wire
 
     def decode_value(self, signature: str, value: Any, hint: Any, fds: Sequence[int]) -> Any:
         """Convert one received value of type `signature` as `hint` says."""
@@ -205,10 +229,15 @@ class Codec:
 
     # -- whole message bodies ----------------------------------------------
 
-    def body_encoder(self, signature: str, hints: Sequence[Any] = ()
-                     ) -> Callable[[Sequence[Any]], tuple[list[Any], list[int]]]:
-        """A function turning call arguments into (body, fds) for `signature`."""
-        key = (signature, tuple(hints))
+    def body_encoder(self, signature: str, hints: Sequence[Any] = (), member: str = "",
+                     names: Sequence[str | None] = ()) -> Callable[[Sequence[Any]], tuple[list[Any], list[int]]]:
+        """A function turning call arguments into (body, fds) for `signature`.
+
+        Each value is checked against its type first: one that does not fit raises
+        ArgumentTypeError naming `member` ("interface.Member") and the argument
+        (its position, and its name from `names`).
+        """
+        key = (signature, tuple(hints), member, tuple(names))
         try:
             return self._body_encoders[key]
         except (KeyError, TypeError):
@@ -216,30 +245,26 @@ class Codec:
         nodes = parse_signature(signature)
         padded = list(hints)[:len(nodes)] + [None] * (len(nodes) - len(hints))
         encoders = [self.encoder(node, hint) for node, hint in zip(nodes, padded)]
+        arguments = list(zip(nodes, encoders, range(1, len(nodes) + 1),
+                             list(names)[:len(nodes)] + [None] * (len(nodes) - len(names))))
         arity = len(nodes)
 
         def check_arity(args: Sequence[Any]) -> None:
             if len(args) != arity:
                 raise TypeError(
-                    f"signature {signature!r} takes {arity} argument{'s' if arity != 1 else ''}, "
-                    f"got {len(args)}")
+                    f"{member or 'signature ' + repr(signature)} takes {arity} argument{'s' if arity != 1 else ''}"
+                    f" (D-Bus signature '{signature}'), got {len(args)}")
 
-        if not any(encoders):
-            def encode(args: Sequence[Any]) -> tuple[list[Any], list[int]]:
-                if len(args) != arity:
-                    check_arity(args)
-                return list(args), []
-        else:
-            def encode(args: Sequence[Any]) -> tuple[list[Any], list[int]]:
-                check_arity(args)
-                fds: list[int] = []
-                try:
-                    body = [encode_arg(arg, fds) if encode_arg else arg
-                            for encode_arg, arg in zip(encoders, args)]
-                except BaseException:
-                    close_fds(fds)
-                    raise
-                return body, fds
+        def encode(args: Sequence[Any]) -> tuple[list[Any], list[int]]:
+            check_arity(args)
+            fds: list[int] = []
+            try:
+                body = [self._checked(node, encode_arg, arg, fds, member, position, name)
+                        for (node, encode_arg, position, name), arg in zip(arguments, args)]
+            except BaseException:
+                close_fds(fds)
+                raise
+            return body, fds
         try:
             self._body_encoders[key] = encode
         except TypeError:
@@ -269,6 +294,106 @@ class Codec:
         return decode
 
 
+# -- checking values against their D-Bus type before the backend marshals them ---------
+
+INTEGER_RANGES = {"y": (0, 2**8 - 1), "n": (-2**15, 2**15 - 1), "q": (0, 2**16 - 1), "i": (-2**31, 2**31 - 1),
+                  "u": (0, 2**32 - 1), "x": (-2**63, 2**63 - 1), "t": (0, 2**64 - 1), "h": (0, 2**32 - 1)}
+BASIC_TYPE_NAMES = {"y": "byte", "b": "boolean", "n": "16-bit integer", "q": "unsigned 16-bit integer",
+                    "i": "32-bit integer", "u": "unsigned 32-bit integer", "x": "64-bit integer",
+                    "t": "unsigned 64-bit integer", "d": "double (a float)", "s": "string",
+                    "o": "object path", "g": "type signature", "h": "file descriptor", "v": "variant"}
+
+
+def _type_noun(node: SignatureNode, plural: bool = False) -> str:
+    """The type in words, without an article: 'string', 'array of strings', 'dict of string to variant'."""
+    code = node.code
+    if code == "a":
+        element = node.children[0]
+        if element.code == "{":
+            key, value = element.children
+            noun = f"dict of {_type_noun(key)} to {_type_noun(value)}"
+        elif element.code == "y":
+            noun = "byte string (bytes)"
+        else:
+            noun = f"array of {_type_noun(element, plural=True)}"
+    elif code == "(":
+        noun = f"struct ({', '.join(_type_noun(child) for child in node.children)})"
+    else:
+        noun = BASIC_TYPE_NAMES[code]
+    if not plural:
+        return noun
+    head, _, rest = noun.partition(" ")
+    if rest.startswith(("of ", "(")):  # "array of x" -> "arrays of x", "struct (..)" -> "structs (..)"
+        return f"{head}s {rest}"
+    return noun.replace(" (a float)", "") + "s"
+
+
+def type_description(node: SignatureNode) -> str:
+    """The type in plain words, with its article: 'a string', 'an unsigned 32-bit integer'."""
+    noun = _type_noun(node)
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def _is_object_path(value: str) -> bool:
+    if value == "/":
+        return True
+    return value.startswith("/") and all(
+        part and all(c.isascii() and (c.isalnum() or c == "_") for c in part) for part in value[1:].split("/"))
+
+
+def find_mismatch(node: SignatureNode, value: Any, variant_type: type) -> tuple[str, SignatureNode, Any] | None:
+    """Where the wire value `value` does not fit `node`: (path inside it, the type there, the value there)."""
+    code = node.code
+    if code in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[code]
+        fits = isinstance(value, int) and low <= value <= high
+    elif code == "b":
+        fits = isinstance(value, int)
+    elif code == "d":
+        fits = isinstance(value, (int, float))
+    elif code == "s":
+        fits = isinstance(value, str)
+    elif code == "o":
+        fits = isinstance(value, str) and _is_object_path(value)
+    elif code == "g":
+        fits = isinstance(value, str) and is_valid_signature(value)
+    elif code == "v":
+        fits = isinstance(value, variant_type)
+    elif code == "(":
+        fits = isinstance(value, (list, tuple)) and len(value) == len(node.children)
+        if fits:
+            for index, (child, item) in enumerate(zip(node.children, value)):
+                inner = find_mismatch(child, item, variant_type)
+                if inner is not None:
+                    return (f"[{index}]{inner[0]}",) + inner[1:]
+    else:  # an array
+        element = node.children[0]
+        if element.code == "y":
+            fits = isinstance(value, (bytes, bytearray))
+        elif element.code == "{":
+            fits = isinstance(value, dict)
+            key_node, value_node = element.children
+            for key, item in value.items() if fits else ():
+                inner = (find_mismatch(key_node, key, variant_type) or
+                         find_mismatch(value_node, item, variant_type))
+                if inner is not None:
+                    return (f"[{key!r}]{inner[0]}",) + inner[1:]
+        else:
+            fits = isinstance(value, list)
+            for index, item in enumerate(value if fits else ()):
+                inner = find_mismatch(element, item, variant_type)
+                if inner is not None:
+                    return (f"[{index}]{inner[0]}",) + inner[1:]
+    return None if fits else ("", node, value)
+
+
+def mismatch_text(where: str, node: SignatureNode, value: Any) -> str:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{where or 'it'} must be {type_description(node)} ('{node.text}'), not {type(value).__name__} {shown}"
+
+
 def variant_signature(variant: Any) -> str:
     """The signature of a backend Variant as a string."""
     signature = variant.signature
@@ -291,6 +416,8 @@ def _identity(value: Any, fds: Any) -> Any:
 
 
 def _encode_fd(value: Any, fds: list[int]) -> int:
+    if not isinstance(value, int) and not hasattr(value, "fileno"):
+        raise TypeError("a file descriptor is an int or an object with fileno()")
     descriptor = value if isinstance(value, int) else value.fileno()
     # Duplicate so the caller may close its descriptor as soon as the call returns;
     # the bus closes the duplicate once the message is written.

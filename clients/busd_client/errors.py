@@ -95,6 +95,35 @@ class InvalidArgs(DBusError, name=_standard("InvalidArgs")):
     """The arguments did not have the expected types or values."""
 
 
+class ArgumentTypeError(InvalidArgs, TypeError):
+    """A value given for a method call, a property or a signal does not fit its D-Bus type.
+
+    Raised before anything is sent, the same on every backend.  It is an
+    InvalidArgs (a service method that raises it replies with that error) and
+    a TypeError.  `member` is "interface.Member", `position` the argument's
+    1-based position (None for a property's value), `argument` its name if
+    known, `signature` the expected D-Bus type and `value` what was given.
+    """
+
+    def __init__(self, member: str, position: int | None, argument: str | None, signature: str,
+                 description: str, value: object, detail: str = "") -> None:
+        self.member = member
+        self.position = position
+        self.argument = argument
+        self.signature = signature
+        self.value = value
+        if position is None:
+            what = "the property's value"
+        else:
+            what = f"argument {position}" + (f" ({argument})" if argument else "")
+        shown = repr(value)
+        if len(shown) > 60:
+            shown = shown[:57] + "..."
+        message = (f"{member}: {what} must be {description} (D-Bus type '{signature}'), "
+                   f"got {type(value).__name__} {shown}")
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+
 class InvalidSignature(DBusError, name=_standard("InvalidSignature")):
     """A value had the wrong D-Bus type."""
 

@@ -42,7 +42,8 @@ class ProxyMethod:
         self.proxy = proxy
         self.interface = interface
         self.spec = spec
-        self._encode = bus._codec.body_encoder(spec.in_signature, [arg.hint for arg in spec.in_args])
+        self._encode = bus._codec.body_encoder(spec.in_signature, [arg.hint for arg in spec.in_args],
+                                               f"{interface}.{spec.name}", [arg.name for arg in spec.in_args])
         self._out_hints = [arg.hint for arg in spec.out_args]
         self._decoders: dict[str, Any] = {}   # by reply signature
         self._member = spec.name
@@ -52,10 +53,12 @@ class ProxyMethod:
     async def __call__(self, *args: Any, timeout: float | None = None, no_reply: bool = False) -> Any:
         proxy = self.proxy
         bus = proxy.bus
-        if no_reply:
-            return await bus.call(proxy.name, proxy.path, self.interface, self._member, *args,
-                                  signature=self._signature, no_reply=True)
         body, fds = self._encode(args)
+        if no_reply:
+            bus._send(bus._new_message(destination=proxy.name, path=proxy.path, interface=self.interface,
+                                       member=self._member, signature=self._signature, body=body, unix_fds=fds,
+                                       flags=bus._no_reply_flag), fds)
+            return None
         # Bus._call_raw, inlined: this is the hot path of every proxy call.
         future = bus._loop.create_future()
         serial = bus._start_call(proxy.name, proxy.path, self.interface, self._member, self._signature,
@@ -108,7 +111,8 @@ class ProxyProperty:
     async def set(self, value: Any, timeout: float | None = None) -> None:
         proxy = self.proxy
         fds: list[int] = []
-        wrapped = proxy.bus._codec.encode_variant(self.spec.signature, value, self.spec.hint, fds)
+        wrapped = proxy.bus._codec.encode_variant(self.spec.signature, value, self.spec.hint, fds,
+                                                  f"{self.interface}.{self.spec.name}")
         await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES, "Set", "ssv",
                                   [self.interface, self.spec.name, wrapped], fds,
                                   proxy.timeout if timeout is None else timeout)

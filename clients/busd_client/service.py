@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from .bus import message_info
 from .convert import variant_signature
 from .dbus_types import is_message_info, resolve_hints, return_signature, signature_of
-from .errors import (DBusError, Failed, InvalidArgs, PropertyReadOnly, UnknownInterface, UnknownMethod,
+from .errors import (ArgumentTypeError, DBusError, Failed, InvalidArgs, PropertyReadOnly, UnknownInterface, UnknownMethod,
                      UnknownObject, UnknownProperty)
 from .introspection import (ACCESS_VALUES, EMITS_CHANGED, EMITS_CHANGED_VALUES, NO_REPLY, ArgSpec,
                             InterfaceSpec, MethodSpec, PropertySpec, SignalSpec, compare_interfaces,
@@ -110,9 +110,11 @@ class _BoundSignal:
         spec = type(instance).__dbus_interface__.signals[self.descriptor.name]
         values = self.descriptor.values(args, kwargs)
         hints = [arg.hint for arg in spec.args]
+        interface = type(instance).__dbus_interface__.name
         for bus, path in _exports_of(instance):
-            body, fds = bus._codec.body_encoder(spec.signature, hints)(values)
-            bus._emit(path, type(instance).__dbus_interface__.name, spec.name, spec.signature, body, fds)
+            body, fds = bus._codec.body_encoder(spec.signature, hints, f"{interface}.{spec.name}",
+                                                [arg.name for arg in spec.args])(values)
+            bus._emit(path, interface, spec.name, spec.signature, body, fds)
 
 
 def signal(name: str | Callable[..., Any] | None = None) -> Any:
@@ -220,7 +222,7 @@ class Interface:
         for bus, path in _exports_of(self):
             fds: list[int] = []
             values = {name: bus._codec.encode_variant(spec.properties[name].signature, value,
-                                                     spec.properties[name].hint, fds)
+                                                     spec.properties[name].hint, fds, f"{spec.name}.{name}")
                       for name, value in changed.items()}
             bus._emit(path, PROPERTIES, "PropertiesChanged", "sa{sv}as",
                       [spec.name, values, list(invalidated)], fds)
@@ -502,7 +504,8 @@ class ObjectTree:
         else:
             values = tuple(result)
         try:
-            body, fds = self.bus._codec.body_encoder(spec.out_signature, [a.hint for a in out])(values)
+            body, fds = self.bus._codec.body_encoder(spec.out_signature, [a.hint for a in out], spec.name,
+                                                     [a.name for a in out])(values)
             self._send_return(message, spec.out_signature, body, fds)
         except Exception as error:
             log.exception("cannot send the result of %s", spec.name)
@@ -564,15 +567,21 @@ class ObjectTree:
             raise UnknownInterface(f"object {message.path} has no interface {interface_name!r}")
         return obj, type(obj).__dbus_interface__
 
+    def _property_variant(self, prop: PropertySpec, interface: str, value: Any, fds: list[int]) -> Any:
+        """A property's value for Get/GetAll; a value that does not fit is this service's fault: Failed."""
+        try:
+            return self.bus._codec.encode_variant(prop.signature, value, prop.hint, fds, f"{interface}.{prop.name}")
+        except ArgumentTypeError as error:
+            raise Failed(f"the service's value does not fit: {error.message}") from None
+
     def _get_property(self, message: Any) -> None:
         interface_name, name = message.body
         obj, spec = self._property_target(message, interface_name)
         prop = spec.properties.get(name)
         if prop is None or not prop.readable:
             raise UnknownProperty(f"{interface_name} has no readable property {name!r}")
-        value = getattr(obj, prop.attribute)
         fds: list[int] = []
-        wrapped = self.bus._codec.encode_variant(prop.signature, value, prop.hint, fds)
+        wrapped = self._property_variant(prop, interface_name, getattr(obj, prop.attribute), fds)
         if self._expects_reply(message):
             self._send_return(message, "v", [wrapped], fds)
 
@@ -604,12 +613,12 @@ class ObjectTree:
             targets = list(interfaces.values())
         values: dict[str, Any] = {}
         fds: list[int] = []
-        codec = self.bus._codec
         for obj in targets:
-            for prop in type(obj).__dbus_interface__.properties.values():
+            interface = type(obj).__dbus_interface__
+            for prop in interface.properties.values():
                 if prop.readable:
-                    value = getattr(obj, prop.attribute)
-                    values[prop.name] = codec.encode_variant(prop.signature, value, prop.hint, fds)
+                    values[prop.name] = self._property_variant(prop, interface.name, getattr(obj, prop.attribute),
+                                                               fds)
         if self._expects_reply(message):
             self._send_return(message, "a{sv}", [values], fds)
 
