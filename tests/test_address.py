@@ -127,6 +127,13 @@ def test_parse_examples(text: str, expected: list[Address]) -> None:
     assert parse_addresses(text) == expected
 
 
+def test_unknown_transport_error_lists_no_transports():
+    # It used to list launchd, autolaunch and unixexec, which busd cannot listen on.
+    with pytest.raises(AddressError) as info:
+        parse_address("carrier-pigeon:coop=1")
+    assert str(info.value) == "unknown transport 'carrier-pigeon'"
+
+
 @pytest.mark.parametrize("text, message", [
     ("", "empty D-Bus address"),
     ("unix", "needs a transport and a colon"),

@@ -212,3 +212,17 @@ def test_driver_works_after_dropping_privileges():
     outcomes, stderr = outcomes_after_the_drop("busd")
     assert "Traceback" not in stderr and "Error" not in stderr, stderr
     assert outcomes == reference
+
+
+@pytest.mark.parametrize("address", ["carrier-pigeon:coop=1", "launchd:env=X", "unixexec:path=/bin/true",
+                                     "autolaunch:"])
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_transports_busd_cannot_listen_on_are_refused_without_offering_them(kind, address):
+    result = subprocess.run([*daemon_command(kind), "--session", "--nofork", f"--address={address}",
+                             "--print-address"], capture_output=True, text=True, timeout=TIMEOUT * 2,
+                            stdin=subprocess.DEVNULL)
+    assert (result.returncode, result.stdout) == (1, "")
+    transport = address.split(":")[0]
+    assert transport in result.stderr
+    others = {"launchd", "autolaunch", "unixexec"} - {transport}
+    assert [name for name in others if name in result.stderr] == []
