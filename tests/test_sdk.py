@@ -14,6 +14,7 @@ from busd_client import (DBusError, Interface, MessageInfo, NameFlag, RequestNam
                          method, signal)
 from busd_client.errors import (ArgumentTypeError, Failed, InvalidArgs, NoReply, PropertyReadOnly, ServiceUnknown,
                                 UnknownMethod, UnknownObject)
+from buses import start_bus
 # `backend` and `peer` are fixtures, imported so that pytest finds them here.
 from test_sdk_peer import (CALLBACK_PATH, EXAMPLES, PEER_INTERFACE, PEER_NAME, PEER_PATH, WAIT, LineProcess,
                            PeerError, Point, Record, SdkTest1, backend, child_env, peer, run)  # noqa: F401
@@ -444,6 +445,19 @@ def test_example_service_from_the_blocking_facade(any_bus, backend):
             watcher.close()
     finally:
         service.stop()
+
+
+def test_example_service_ends_with_one_line_when_the_bus_goes(backend):
+    bus = start_bus("busd")
+    try:
+        service = subprocess.Popen([sys.executable, str(EXAMPLES / "example_service.py"), "--interval", "0.05"],
+                                   env=child_env(bus, backend), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        assert service.stdout.readline().startswith("ready ")
+    finally:
+        bus.stop()
+    _, errors = service.communicate(timeout=WAIT)
+    assert (service.returncode, errors) == (1, "the bus closed the connection\n")
 
 
 def test_blocking_facade_exports_for_other_tools(any_bus, backend):

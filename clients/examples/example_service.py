@@ -90,16 +90,21 @@ async def serve(interval: float, label: str) -> int:
         loop = asyncio.get_running_loop()
         for number in (signals.SIGINT, signals.SIGTERM):
             loop.add_signal_handler(number, stop.set)
+        bus_gone = asyncio.ensure_future(bus.wait_closed())
         while not stop.is_set():
             example.interval_changed.clear()
             waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(example.interval_changed.wait())}
-            done, pending = await asyncio.wait(waits, timeout=example.Interval,
+            done, pending = await asyncio.wait(waits | {bus_gone}, timeout=example.Interval,
                                                return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
+            for task in pending - {bus_gone}:
                 task.cancel()
+            if bus_gone.done():
+                print("the bus closed the connection", file=sys.stderr)
+                return 1
             if not done:  # the interval elapsed
                 example.Count = example.Count + 1   # emits PropertiesChanged
                 example.Tick(example.Count, time.time())
+        bus_gone.cancel()
     return 0
 
 
