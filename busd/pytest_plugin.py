@@ -104,8 +104,10 @@ def private_session(extra_config: str = "") -> Iterator[BusdSession]:
     try:
         yield session
     finally:
-        session.close()
-        private.stop()
+        try:
+            session.close()
+        finally:
+            private.stop()  # stops the daemon and removes workdir, even if closing the client failed
 
 
 @pytest.fixture

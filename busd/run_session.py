@@ -61,17 +61,19 @@ class PrivateBus:
         return env
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if the bus is still there after STOP_TIMEOUT; then run the cleanups."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        for step in self.cleanup:
-            step()
-        self.cleanup.clear()
+        """SIGTERM, then SIGKILL if the bus is still there after STOP_TIMEOUT; then run the cleanups (always)."""
+        try:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+        finally:
+            for step in self.cleanup:
+                step()
+            self.cleanup.clear()
 
     def __enter__(self) -> PrivateBus:
         return self

@@ -2,12 +2,16 @@
 
 Each bus runs in its own temporary directory on a unix socket; the address is
 read from --print-address, so a test waits for the bus to be ready instead of
-sleeping.
+sleeping. The directory goes with the bus whatever happens: a failed start, a
+daemon that crashed, or a test process interrupted (buses still running at exit
+are stopped then).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,9 @@ SESSION_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Co
 """
 
 
+START_TIMEOUT = 30  # seconds for a daemon to print its address (a loaded 2-core machine is slow)
+
+
 @dataclass
 class RunningBus:
     """A bus daemon process started for a test."""
@@ -48,14 +55,32 @@ class RunningBus:
         return env
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            _end(self.process)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            _RUNNING[:] = [bus for bus in _RUNNING if bus is not self]
+
+
+# Buses not stopped yet: whatever ends the test process (KeyboardInterrupt included) stops them at exit.
+_RUNNING: list[RunningBus] = []
+
+
+@atexit.register
+def _stop_running_buses() -> None:
+    for bus in list(_RUNNING):
+        bus.stop()
+
+
+def _end(process: subprocess.Popen) -> None:
+    """SIGTERM (the daemon removes its socket files), SIGKILL if it is still there 10s later."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def busd_available() -> bool:
@@ -78,23 +103,34 @@ def start_bus(kind: str, extra_config: str = "", config_text: str | None = None,
               args: tuple[str, ...] = ()) -> RunningBus:
     """Start a bus daemon of `kind` ("busd" or "dbus-daemon") and wait until it listens."""
     workdir = tempfile.mkdtemp(prefix=f"{kind}-test-")
-    socket_path = os.path.join(workdir, "bus")
-    config_path = os.path.join(workdir, "bus.conf")
-    text = config_text if config_text is not None else SESSION_CONFIG
-    with open(config_path, "w") as f:
-        f.write(text.replace("{socket}", socket_path).replace("{extra}", extra_config))
-    read_fd, write_fd = os.pipe()
-    cmd = _daemon_command(kind) + [
-        f"--config-file={config_path}", "--nofork", "--nopidfile",
-        f"--print-address={write_fd}", *args,
-    ]
-    process = subprocess.Popen(cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as reader:
-        address = reader.readline().strip()
-    if not address:
-        process.kill()
-        process.wait()
+    process = None
+    try:
+        socket_path = os.path.join(workdir, "bus")
+        config_path = os.path.join(workdir, "bus.conf")
+        text = config_text if config_text is not None else SESSION_CONFIG
+        with open(config_path, "w") as f:
+            f.write(text.replace("{socket}", socket_path).replace("{extra}", extra_config))
+        read_fd, write_fd = os.pipe()
+        cmd = _daemon_command(kind) + [
+            f"--config-file={config_path}", "--nofork", "--nopidfile",
+            f"--print-address={write_fd}", *args,
+        ]
+        try:
+            process = subprocess.Popen(cmd, pass_fds=(write_fd,), stdin=subprocess.DEVNULL)
+        finally:
+            os.close(write_fd)
+        with os.fdopen(read_fd) as reader:
+            printed = select.select([reader], [], [], START_TIMEOUT)[0]
+            address = reader.readline().strip() if printed else ""
+        if not printed:
+            raise RuntimeError(f"{kind} printed no address within {START_TIMEOUT}s")
+        if not address:
+            raise RuntimeError(f"{kind} exited without printing its address (status {process.wait(10)})")
+    except BaseException:
+        if process is not None:
+            _end(process)
         shutil.rmtree(workdir, ignore_errors=True)
-        raise RuntimeError(f"{kind} exited without printing its address (status {process.returncode})")
-    return RunningBus(kind=kind, address=address, process=process, workdir=workdir)
+        raise
+    bus = RunningBus(kind=kind, address=address, process=process, workdir=workdir)
+    _RUNNING.append(bus)
+    return bus
