@@ -81,6 +81,9 @@ class Connection:
         self.label = label
         self.credentials = Credentials.from_socket(sock)
         self.auth: ServerAuthenticator | None = make_auth(self.credentials)
+        # Incomplete until Hello, as in dbus-daemon: counted against max_incomplete_connections
+        # and closed by auth_timer when auth_timeout expires first.
+        self.complete = False
         bus.incomplete_connections += 1
         bus.connections.add(self)
         self.peer: "Peer | None" = None
@@ -158,10 +161,6 @@ class Connection:
             self._send_raw(reply)
         if auth.done:
             self.auth = None
-            self.bus.incomplete_connections -= 1
-            if self.auth_timer is not None:
-                self.auth_timer.cancel()
-                self.auth_timer = None
             self.unix_fd = bool(auth.unix_fd)
             peer = self.bus.peer_authenticated(self, auth)
             if peer is None:
@@ -169,6 +168,14 @@ class Connection:
             self.peer = peer
             if auth.leftover:
                 self._feed(bytes(auth.leftover))
+
+    def registered(self) -> None:
+        """The peer said Hello: the connection is complete and may stay past auth_timeout."""
+        self.complete = True
+        self.bus.incomplete_connection_ended()
+        if self.auth_timer is not None:
+            self.auth_timer.cancel()
+            self.auth_timer = None
 
     def _feed(self, data: bytes) -> None:
         rbuf = self._rbuf
@@ -332,9 +339,10 @@ class Connection:
             loop.remove_writer(self.fileno)
         if self.auth_timer is not None:
             self.auth_timer.cancel()
-        if self.auth is not None:
-            self.auth = None
-            self.bus.incomplete_connections -= 1
+        self.auth = None
+        if not self.complete:
+            self.complete = True
+            self.bus.incomplete_connection_ended()
         for item in self._out:
             if item[1]:
                 close_fds(item[1])

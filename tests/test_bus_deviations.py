@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import pytest
 
+from buses import busd_available
 from busclient import (  # noqa: F401  (fixtures)
-    DBUS, DBUS_PATH, ERROR_PREFIX, Message, RawClient, busd_bug, busd_bugs, clients, shared_bus, wait_owner,
-    watch_name,
+    BUS_KINDS, DBUS, DBUS_PATH, ERROR_PREFIX, Message, RawClient, ToolProcess, busd_bug, busd_bugs, clients,
+    run_tool, running_bus, shared_bus, start_bus_logged,
 )
 from busd.wire.message import ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL
 
@@ -212,3 +213,86 @@ def test_a_call_without_destination_is_seen_by_no_rule_and_no_monitor(clients):
     seen = marker_after(caller, listener, eavesdropper, monitor)
     assert [[m.brief() for m in got if caller.unique_name in (m.sender, m.destination)] for got in seen] == [[], [], []]
     assert [m.brief() for m in caller.drain()] == []  # replies and errors get no answer
+
+
+# ---------------------------------------------------------------- 5. what a connection sends before Hello
+
+NOT_ACTIVE_YET = ":not.active.yet"
+
+
+def test_monitors_see_what_an_unregistered_connection_sends_before_it_is_dropped(clients):
+    recipient = clients()
+    monitor = become_monitor(clients(), [f"member='TooEarly'"])  # sender= cannot match a peer with no name
+    sent = []
+    for destination in (None, recipient.unique_name):
+        newcomer = clients(hello=False)
+        newcomer.send(SIGNAL, destination=destination, path=PATH, interface=IFACE, member="TooEarly")
+        newcomer.wait_closed()
+        sent.append(destination)
+    seen = [monitor.wait_signal("TooEarly") for _ in sent]
+    assert [(m.sender, m.destination) for m in seen] == [(NOT_ACTIVE_YET, d) for d in sent]
+
+
+def test_monitors_see_a_driver_call_before_hello_and_its_refusal(clients):
+    monitor = become_monitor(clients(), ["member='GetId'", "type='error'"])
+    newcomer = clients(hello=False)
+    error = newcomer.reply_to(newcomer.call(DBUS, DBUS_PATH, DBUS, "GetId"))
+    assert (error.error_name, error.destination) == (ERROR_PREFIX + "AccessDenied", NOT_ACTIVE_YET)
+    newcomer.hello()  # the refusal did not drop it
+    seen = seen_until(monitor, lambda m: m.type == ERROR, "the refusal")
+    assert [(m.kind, m.member or m.error_name, m.sender, m.destination) for m in seen] == [
+        ("method_call", "GetId", NOT_ACTIVE_YET, DBUS),
+        ("error", ERROR_PREFIX + "AccessDenied", DBUS, NOT_ACTIVE_YET),
+    ]
+
+
+def test_a_call_without_destination_before_hello_is_answered_and_keeps_the_connection(clients):
+    newcomer = clients(hello=False)
+    assert newcomer.reply_to(newcomer.call(None, PATH, PEER, "Ping")).type == METHOD_RETURN
+    newcomer.send(METHOD_RETURN, reply_serial=1)  # no destination: ignored, not routed
+    assert newcomer.reply_to(newcomer.call(None, PATH, IFACE, "Nothing")).error_name == ERROR_PREFIX + "UnknownMethod"
+    assert newcomer.hello().startswith(":")
+
+
+def test_gdbus_emit_without_hello_shows_in_dbus_monitor(shared_bus):
+    with ToolProcess(shared_bus, "dbus-monitor", "--address", shared_bus.address,
+                     f"interface='{IFACE}',member='PeerToPeer'") as monitor:
+        monitor.output.wait_for("NameLost")  # dbus-monitor became a monitor
+        run_tool(shared_bus, "gdbus", "emit", f"--address={shared_bus.address}", "--object-path", PATH,
+                 "--signal", f"{IFACE}.PeerToPeer")
+        line = monitor.output.wait_for("member=PeerToPeer")
+    assert f"sender={NOT_ACTIVE_YET}" in line
+
+
+# ---------------------------------------------------------------- 6. connections that never say Hello
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_a_connection_is_closed_at_auth_timeout_unless_it_said_hello(kind):
+    if kind == "busd" and not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    bus, log = start_bus_logged(kind, '<limit name="auth_timeout">1000</limit>')
+    try:
+        with RawClient(bus.address) as registered, RawClient(bus.address, hello=False) as silent, \
+                RawClient(bus.address, authenticate=False) as mute:
+            silent.wait_closed()
+            mute.wait_closed()
+            # The registered client was accepted first, so its time was up before: Hello saved it.
+            registered.sync()
+            if kind == "busd":
+                log.wait_for(r"dropping connection .*auth_timeout=1000ms")
+    finally:
+        bus.stop()
+
+
+@busd_bug("daemon.py closes connections beyond max_incomplete_connections at accept; dbus-daemon stops "
+          "accepting until an incomplete connection says Hello or closes, and drops none")
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_at_max_incomplete_connections_a_new_connection_waits_its_turn(kind):
+    with running_bus(kind, '<limit name="max_incomplete_connections">2</limit>') as bus, \
+            RawClient(bus.address, hello=False) as first, RawClient(bus.address, hello=False) as second, \
+            RawClient(bus.address, authenticate=False) as third:
+        first.hello()  # room for one more incomplete connection: the third is accepted
+        third.authenticate()
+        third.hello()
+        second.hello()  # and nobody was dropped to make room

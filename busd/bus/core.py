@@ -41,6 +41,7 @@ DRIVER_NAME = "org.freedesktop.DBus"
 DRIVER_PATH = "/org/freedesktop/DBus"
 DRIVER_INTERFACE = "org.freedesktop.DBus"
 _DRIVER_NAMES = frozenset({DRIVER_NAME})
+NOT_ACTIVE_YET = ":not.active.yet"  # the sender monitors see for a peer before its Hello, as on dbus-daemon
 
 
 @dataclass
@@ -108,7 +109,10 @@ class Bus:
         self.bus_type = bus_type
         self.peers: dict[str, Peer] = {}
         self.connections: set["Connection"] = set()
-        self.incomplete_connections = 0
+        self.incomplete_connections = 0  # accepted, no Hello yet (counted by Connection)
+        # Called when incomplete connections drop below max_incomplete_connections (the
+        # daemon stops accepting at the limit and resumes then, as dbus-daemon does).
+        self.on_incomplete_room: Callable[[], None] | None = None
         self.connections_per_uid: dict[int, int] = {}
         self.registry = NameRegistry()
         self.matches = MatchIndex()
@@ -195,6 +199,13 @@ class Bus:
         events.append(NameEvent("lost", peer.unique_name, peer, None))
         events.append(NameEvent("owner_changed", peer.unique_name, peer, None))
         self.emit_name_events(events)
+
+    def incomplete_connection_ended(self) -> None:
+        """A connection said Hello, or closed before it."""
+        self.incomplete_connections -= 1
+        if self.on_incomplete_room is not None and \
+                self.incomplete_connections < self.limits.max_incomplete_connections:
+            self.on_incomplete_room()
 
     def schedule_flush(self, conn: "Connection") -> None:
         """Write `conn`'s queue soon: at the end of the current read, or on the next loop turn."""
@@ -333,8 +344,17 @@ class Bus:
         return None
 
     def _receive_before_hello(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
-        """Only Hello is served before Hello; other driver calls are refused, anything else drops the peer."""
+        """Only Hello is served before Hello; other driver calls are refused, anything routed drops the peer.
+
+        As in dbus-daemon, monitors see what an unregistered peer sends, from
+        ":not.active.yet", and a message with no destination that is no signal is
+        not routed at all: the bus's end of the connection answers it, Hello or not.
+        """
         _close(fds)
+        if h.destination is None and h.type != SIGNAL:
+            if h.type == METHOD_CALL:
+                self.driver.answer_as_peer(peer, h)
+            return
         if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
             if h.member == "Hello" and h.interface in (None, DRIVER_INTERFACE):
                 refusal = self._hello_refusal(peer)
@@ -350,16 +370,27 @@ class Bus:
                 if uid is not None:
                     self.connections_per_uid[uid] = self.connections_per_uid.get(uid, 0) + 1
                     peer.conn.counted_uid = uid
+                peer.conn.registered()
                 self.driver.hello(peer, h, buf)
-            elif not h.flags & NO_REPLY_EXPECTED:
-                message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
-                                        reply_serial=h.serial, destination=":not.active.yet",
-                                        sender=DRIVER_NAME, signature="s",
-                                        body=["Client tried to send a message other than Hello without "
-                                              "being registered"])
+                return
+            self._show_monitors_unregistered(buf, h)
+            message = build_message(ERROR, self.next_driver_serial(), error_name=errors.ACCESS_DENIED,
+                                    reply_serial=h.serial, destination=NOT_ACTIVE_YET,
+                                    sender=DRIVER_NAME, signature="s",
+                                    body=["Client tried to send a message other than Hello without "
+                                          "being registered"])
+            self.send_from_driver(None, message)  # monitors
+            if not h.flags & NO_REPLY_EXPECTED:
                 peer.conn.queue(message, b"")
             return
+        self._show_monitors_unregistered(buf, h)
         peer.conn.close(f"sent {h.describe()} before Hello")
+
+    def _show_monitors_unregistered(self, buf: bytes, h: Header) -> None:
+        """Show monitors a message from a peer that has no unique name yet."""
+        if self.monitors:
+            head, body = stamp_sender(buf, h, sender_field(NOT_ACTIVE_YET, h.endian))
+            self._queue_monitors(head, body, h, (), lambda: read_body(buf, h))
 
     def _hello_refusal(self, peer: Peer) -> str | None:
         """Why a connection may not register (a connection limit), or None."""
