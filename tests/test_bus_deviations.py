@@ -14,6 +14,7 @@ from busclient import (  # noqa: F401  (fixtures)
     BUS_KINDS, DBUS, DBUS_PATH, ERROR_PREFIX, Message, RawClient, ToolProcess, busd_bug, busd_bugs, clients,
     run_tool, running_bus, shared_bus, start_bus_logged,
 )
+from busd.wire.marshal import Variant
 from busd.wire.message import ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL
 
 MONITORING = "org.freedesktop.DBus.Monitoring"
@@ -296,3 +297,45 @@ def test_at_max_incomplete_connections_a_new_connection_waits_its_turn(kind):
         third.authenticate()
         third.hello()
         second.hello()  # and nobody was dropped to make room
+
+
+# ---------------------------------------------------------------- driver errors, word for word
+
+PROPERTIES = "org.freedesktop.DBus.Properties"
+STATS = "org.freedesktop.DBus.Debug.Stats"
+
+
+@pytest.mark.parametrize("interface, member, signature, body, error, text", [
+    (DBUS, "RequestName", "s", [f"{N}.Args"], "InvalidArgs", "Call to RequestName has wrong args (s, expected su)\n"),
+    (DBUS, "GetId", "u", [1], "InvalidArgs", "Call to GetId has wrong args (u, expected )\n"),
+    (DBUS, "AddMatch", "s", ["type='nonsense'"], "MatchRuleInvalid", "Invalid message type (nonsense) in match rule\n"),
+    (DBUS, "AddMatch", "s", ["member='a',member='b'"], "MatchRuleInvalid", "Key member specified twice in match rule\n"),
+    (DBUS, "AddMatch", "s", ["path='x'"], "MatchRuleInvalid", "Path 'x' is invalid\n"),
+    (DBUS, "AddMatch", "s", ["arg64='x'"], "MatchRuleInvalid",
+     "Key 'arg64' in match rule has arg number 64 but the maximum is 63.\n"),
+    (DBUS, "AddMatch", "s", ["bogus='x'"], "MatchRuleInvalid", 'Unknown key "bogus" in match rule'),
+    (DBUS, "AddMatch", "s", ["arg0x='x'"], "MatchRuleInvalid",
+     "Key 'arg0x' in match rule contains junk after argument number (0). "
+     "Only 'arg0path' (for example) or 'arg0namespace' are valid"),
+    (DBUS, "RemoveMatch", "s", ["member='NeverAdded'"], "MatchRuleNotFound",
+     "The given match rule wasn't found and can't be removed"),
+    (PROPERTIES, "Get", "ss", [DBUS, "Nope"], "UnknownProperty", f'Property "{DBUS}.Nope" not found'),
+    (PROPERTIES, "Get", "ss", [f"{N}.Iface", "Features"], "UnknownInterface", f'Interface "{N}.Iface" not found'),
+    (PROPERTIES, "Set", "ssv", [DBUS, "Features", Variant("as", [])], "PropertyReadOnly",
+     f"Property '{DBUS}.Features' cannot be set"),
+    (MONITORING, "BecomeMonitor", "asu", [[], 1], "InvalidArgs", "BecomeMonitor does not support any flags yet"),
+])
+def test_driver_errors_are_worded_as_by_dbus_daemon(clients, interface, member, signature, body, error, text):
+    reply = clients().call_driver(member, signature, body, interface=interface)
+    assert (reply.error_name, reply.body) == (ERROR_PREFIX + error, [text])
+
+
+@pytest.mark.parametrize("interface", [PEER, INTROSPECTABLE, PROPERTIES, MONITORING, STATS])
+def test_the_driver_s_interfaces_without_properties_have_none(clients, interface):
+    assert clients().call_driver("GetAll", "s", [interface], interface=PROPERTIES).value() == {}
+
+
+def test_update_activation_environment_accepts_any_variable_name(clients):
+    client = clients()
+    assert client.call_driver("UpdateActivationEnvironment", "a{ss}", [{"A=B": "c", "": "d", "BUSD_OK": "e"}]).value() \
+        is None

@@ -147,7 +147,7 @@ class Driver:
             in_sig, handler = entry
             if h.signature != in_sig:
                 raise DriverError(errors.INVALID_ARGS,
-                                  f"Call to {member} has wrong args ({h.signature}, expected {in_sig})")
+                                  f"Call to {member} has wrong args ({h.signature}, expected {in_sig})\n")
             args = read_body(buf, h)
             out_sig, values = handler(peer, h, args)
         except DriverError as exc:
@@ -296,10 +296,11 @@ class Driver:
         self._require_privileged(peer, "UpdateActivationEnvironment", h)
         if self.bus.bus_type == "system":
             raise DriverError(errors.ACCESS_DENIED, "Cannot change activation environment on a system bus.")
-        env = args[0]
-        for key in env:
-            if not key or "=" in key:
-                raise DriverError(errors.INVALID_ARGS, f"Invalid environment variable name {key!r}")
+        # dbus-daemon accepts any name; one that no environment can hold is left out here.
+        env = {key: value for key, value in args[0].items() if key and "=" not in key}
+        if len(env) < len(args[0]):
+            log.info("UpdateActivationEnvironment from %s: ignoring invalid names %s", peer.unique_name,
+                     sorted(set(args[0]) - set(env)))
         self.activation_environment.update(env)
         if self.on_environment_update is not None:
             self.on_environment_update(env)  # with systemd activation, systemd hears of it too
@@ -323,7 +324,7 @@ class Driver:
         try:
             rule = MatchRule.parse(args[0])
         except MatchRuleInvalid as exc:
-            raise DriverError(exc.error_name, str(exc)) from None
+            raise DriverError(exc.error_name, exc.driver_text) from None
         bus = self.bus
         limit = bus.limits.max_match_rules_per_connection
         if peer.match_count >= limit:
@@ -343,7 +344,7 @@ class Driver:
         try:
             rule = MatchRule.parse(args[0])
         except MatchRuleInvalid as exc:
-            raise DriverError(exc.error_name, str(exc)) from None
+            raise DriverError(exc.error_name, exc.driver_text) from None
         bus = self.bus
         try:
             bus.matches.remove(peer, rule)
@@ -436,26 +437,31 @@ class Driver:
         return {"Features": Variant("as", self.features), "Interfaces": Variant("as", EXTRA_INTERFACES)}
 
     def _properties_of(self, iface: str) -> dict[str, Variant]:
+        """The properties of `iface`: none for the driver's other interfaces, as with dbus-daemon."""
         source = self.property_sources.get(iface)
-        if source is None:
-            raise DriverError(errors.UNKNOWN_INTERFACE, f"Interface {iface!r} has no properties")
-        return source()
+        if source is not None:
+            return source()
+        if any(iface == known for known, _ in self.methods):
+            return {}
+        raise DriverError(errors.UNKNOWN_INTERFACE, f'Interface "{iface}" not found')
+
+    def _property_of(self, iface: str, name: str) -> Variant:
+        props = self._properties_of(iface)
+        if name not in props:
+            raise DriverError(errors.UNKNOWN_PROPERTY, f'Property "{iface}.{name}" not found')
+        return props[name]
 
     def properties_get(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         iface, name = args
-        props = self._properties_of(iface)
-        if name not in props:
-            raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
-        return "v", [props[name]]
+        return "v", [self._property_of(iface, name)]
 
     def properties_get_all(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         return "a{sv}", [self._properties_of(args[0])]
 
     def properties_set(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         iface, name, _value = args
-        if name not in self._properties_of(iface):  # UnknownInterface for an interface without properties
-            raise DriverError(errors.UNKNOWN_PROPERTY, f"Property {name!r} does not exist on {iface}")
-        raise DriverError(errors.PROPERTY_READ_ONLY, f"Property {name!r} is read-only")
+        self._property_of(iface, name)
+        raise DriverError(errors.PROPERTY_READ_ONLY, f"Property '{iface}.{name}' cannot be set")
 
     def introspect(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         path = h.path
@@ -481,13 +487,13 @@ class Driver:
         self._require_privileged(peer, "BecomeMonitor")
         rule_texts, flags = args
         if flags != 0:
-            raise DriverError(errors.INVALID_ARGS, "BecomeMonitor flags must be 0")
+            raise DriverError(errors.INVALID_ARGS, "BecomeMonitor does not support any flags yet")
         rules = []
         for text in rule_texts:
             try:
                 rules.append(MatchRule.parse(text).with_eavesdrop())  # monitors see unicast too
             except MatchRuleInvalid as exc:
-                raise DriverError(exc.error_name, str(exc)) from None
+                raise DriverError(exc.error_name, exc.driver_text) from None
         bus = self.bus
         if not h.no_reply_expected:
             bus.send_reply(peer, h.serial)

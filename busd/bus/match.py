@@ -42,9 +42,17 @@ _BUS_NAMESPACE_RE = re.compile(r"\A[A-Za-z_-][A-Za-z0-9_-]*(\.[A-Za-z_-][A-Za-z0
 
 
 class MatchRuleInvalid(ValueError):
-    """The text is not a valid match rule; the daemon replies with `error_name`."""
+    """The text is not a valid match rule; the daemon replies with `error_name` and `driver_text`.
+
+    `driver_text` is the text as dbus-daemon's driver words it: most of its texts end
+    in a newline (`newline=False` for those that do not).
+    """
 
     error_name = "org.freedesktop.DBus.Error.MatchRuleInvalid"
+
+    def __init__(self, text: str, newline: bool = True) -> None:
+        super().__init__(text)
+        self.driver_text = text + "\n" if newline else text
 
 
 class MatchRuleTooLong(MatchRuleInvalid):
@@ -153,7 +161,8 @@ class MatchRule:
         """Parse match rule text exactly as dbus-daemon does; raises MatchRuleInvalid."""
         size = len(text.encode("utf-8", "surrogatepass"))
         if size > MAX_RULE_LENGTH:
-            raise MatchRuleTooLong(f"Match rule text is {size} bytes, maximum is {MAX_RULE_LENGTH}")
+            raise MatchRuleTooLong(f"Match rule text is {size} bytes, maximum is {MAX_RULE_LENGTH}",
+                                   newline=False)
         fields: dict[str, Any] = {}
         args: dict[int, ArgMatch] = {}
         for key, value in _tokenize(text):
@@ -164,7 +173,7 @@ class MatchRule:
                 arg = _parse_arg_key(key, value, args)
                 args[arg.index] = arg
             else:
-                raise MatchRuleInvalid(f'Unknown key "{key}" in match rule')
+                raise MatchRuleInvalid(f'Unknown key "{key}" in match rule', newline=False)
         return cls(args=tuple(sorted(args.values(), key=_arg_index)), **fields)
 
     def with_eavesdrop(self) -> MatchRule:
@@ -282,7 +291,7 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
         if not key:
             continue
         if pos >= end or text[pos] != "=":
-            raise MatchRuleInvalid("Match rule has a key with no subsequent '=' character")
+            raise MatchRuleInvalid("Match rule has a key with no subsequent '=' character", newline=False)
         value, pos = _read_value(text, pos + 1)
         tokens.append((key, value))
     return tokens
@@ -318,7 +327,7 @@ def _read_value(text: str, pos: int) -> tuple[str, int]:
     if quote == "\\":
         out.append("\\")
     elif quote == "'":
-        raise MatchRuleInvalid("Unbalanced quotation marks in match rule")
+        raise MatchRuleInvalid("Unbalanced quotation marks in match rule", newline=False)
     return "".join(out), pos
 
 
@@ -364,10 +373,12 @@ def _parse_arg_key(key: str, value: str, seen: dict[int, ArgMatch]) -> ArgMatch:
         elif key == "arg0namespace":
             kind = ArgKind.NAMESPACE
             if not _is_valid_bus_namespace(value):
-                raise MatchRuleInvalid(f"arg0namespace='{value}' is not a valid prefix of a bus name")
+                raise MatchRuleInvalid(f"arg0namespace='{value}' is not a valid prefix of a bus name",
+                                       newline=False)
         else:
             raise MatchRuleInvalid(f"Key '{key}' in match rule contains junk after argument number ({index}). "
-                                   f"Only 'arg{index}path' (for example) or 'arg0namespace' are valid")
+                                   f"Only 'arg{index}path' (for example) or 'arg0namespace' are valid",
+                                   newline=False)
     if index > MAX_ARG_INDEX:
         raise MatchRuleInvalid(f"Key '{key}' in match rule has arg number {index} "
                                f"but the maximum is {MAX_ARG_INDEX}.")
