@@ -339,3 +339,28 @@ def test_update_activation_environment_accepts_any_variable_name(clients):
     client = clients()
     assert client.call_driver("UpdateActivationEnvironment", "a{ss}", [{"A=B": "c", "": "d", "BUSD_OK": "e"}]).value() \
         is None
+
+
+# ---------------------------------------------------------------- eavesdropping
+
+
+def test_an_eavesdropper_sees_its_own_unicast_calls(clients):
+    spy, callee = clients(), clients()
+    spy.add_match("type='method_call',eavesdrop=true")
+    spy.call(callee.unique_name, PATH, IFACE, "Watched")
+    callee.wait_call("Watched")
+    assert spy.wait_call("Watched").sender == spy.unique_name
+
+
+def test_eavesdroppers_see_a_call_to_the_bus_after_what_it_caused(clients):
+    spy, owner = clients(), clients()
+    spy.add_match("type='method_call',eavesdrop=true,member='AddMatch'")
+    # The rule an AddMatch adds already sees that AddMatch.
+    assert spy.wait_call("AddMatch").sender == spy.unique_name
+    spy.add_match("type='method_call',eavesdrop=true,member='RequestName'")
+    spy.add_match(f"type='signal',member='NameOwnerChanged',arg0='{N}.Eavesdropped'")
+    spy.drain()
+    owner.request_name(f"{N}.Eavesdropped")
+    # The signal the RequestName caused comes before the RequestName.
+    seen = seen_until(spy, lambda m: m.member == "RequestName", "the eavesdropped RequestName")
+    assert [(m.member, m.sender) for m in seen] == [("NameOwnerChanged", DBUS), ("RequestName", owner.unique_name)]

@@ -263,9 +263,11 @@ class Bus:
                 # held callers) reaches monitors before the signal, as on dbus-daemon.
                 self.on_driver_signal(peer, buf, h)
             self.deliver_to_monitors(peer, buf, h, fds)
-            self.deliver_eavesdroppers(peer, buf, h, fds, None)
             if mtype == METHOD_CALL:
                 self.driver.handle(peer, buf, h)
+            # Eavesdroppers see the call after what it caused, as on dbus-daemon
+            # (so the rule an AddMatch adds sees that AddMatch).
+            self.deliver_eavesdroppers(peer, buf, h, fds, None)
             _close(fds)
             return
         target = self.peers.get(dest) if dest[0] == ":" else self.registry.owner(dest)
@@ -602,7 +604,7 @@ class Bus:
 
     def deliver_eavesdroppers(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
                               target: Peer | None) -> None:
-        """Deliver a unicast message to peers whose match rules ask to eavesdrop on it."""
+        """Deliver a unicast message to peers whose match rules ask to eavesdrop on it (its sender too)."""
         if not self.matches.has_eavesdroppers:
             return
         eavesdroppers = self.matches.recipients(h, sender.names, lambda: read_body(buf, h),
@@ -614,7 +616,7 @@ class Bus:
         head, body = stamp_sender(buf, h, field)
         enforced = self.policy.enforced
         for peer in eavesdroppers:
-            if peer is not target and peer is not sender and not peer.monitor:
+            if peer is not target and not peer.monitor:
                 if enforced:
                     nfds = len(fds) if fds else 0
                     if not (sender.policy.can_send(h, peer.names, False, nfds).allowed and
