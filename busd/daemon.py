@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import os
 import signal
 import uuid
 from dataclasses import dataclass, field
@@ -60,6 +59,7 @@ class Daemon:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stopped: asyncio.Future | None = None
         self._accept_paused: set[int] = set()
+        self._full_of_incomplete = False  # max_incomplete_connections reached: not accepting
         self._serial = 0
         self.activation: Activation | None = None  # once serving
         self.watchdog: Watchdog | None = None  # when systemd asked for keep-alives
@@ -82,6 +82,7 @@ class Daemon:
         self.loop = loop
         self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
         self.bus.on_reload = self.reload
+        self.bus.on_incomplete_room = self._resume_accepting_incomplete
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))
         self.activation = install_activation(self.bus, self.settings, self.addresses(),
@@ -149,6 +150,9 @@ class Daemon:
         bus = self.bus
         limits = bus.limits
         for _ in range(ACCEPT_BATCH):
+            if bus.incomplete_connections >= limits.max_incomplete_connections:
+                self._stop_accepting_incomplete()
+                return
             try:
                 sock, _addr = listener.sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -159,11 +163,6 @@ class Daemon:
                     return
                 log.warning("accept failed on %s: %s", listener.address, exc)
                 return
-            if bus.incomplete_connections >= limits.max_incomplete_connections:
-                log.warning("refusing a connection on %s: max_incomplete_connections=%d reached",
-                            listener.address, limits.max_incomplete_connections)
-                sock.close()
-                continue
             sock.setblocking(False)
             self._serial += 1
             try:
@@ -173,8 +172,26 @@ class Daemon:
                 sock.close()
                 continue
             conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.close,
-                                                   f"authentication did not finish within "
-                                                   f"auth_timeout={limits.auth_timeout}ms")
+                                                   f"no Hello within auth_timeout={limits.auth_timeout}ms")
+
+    def _stop_accepting_incomplete(self) -> None:
+        """As dbus-daemon at max_incomplete_connections: leave new connections in the kernel's
+        queue, dropping none, until an incomplete one says Hello or closes."""
+        if not self._full_of_incomplete:
+            self._full_of_incomplete = True
+            log.warning("not accepting connections while max_incomplete_connections=%d are "
+                        "authenticating or waiting to say Hello", self.bus.limits.max_incomplete_connections)
+        for listener in self.listeners:  # (a listener resumed after EMFILE meanwhile too)
+            self.loop.remove_reader(listener.sock.fileno())
+
+    def _resume_accepting_incomplete(self) -> None:
+        if not self._full_of_incomplete:
+            return
+        self._full_of_incomplete = False
+        log.info("accepting connections again (below max_incomplete_connections)")
+        for listener in self.listeners:
+            if listener.sock.fileno() not in self._accept_paused:
+                self.loop.add_reader(listener.sock.fileno(), self._on_accept, listener)
 
     def _pause_accepting(self, listener: Listener, exc: OSError) -> None:
         """Out of fds: stop accepting for a moment rather than spin on the listener."""
