@@ -103,7 +103,6 @@ def start(args: argparse.Namespace) -> int:
     # home directory, as pyenv's in /root).
     from .bridge import BridgeManager
     from .bridge_config import BridgeConfigError, bridge_settings
-    from .bus import driver  # noqa: F401  (Bus imports it when it is created, inside the loop)
     from .config.loader import ConfigError
     from .daemon import Daemon, run
     from .launch import load_settings, log_config_notes

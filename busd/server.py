@@ -172,12 +172,15 @@ def _listen_systemd() -> list[Listener]:
     return listeners
 
 
+LISTENABLE = "busd listens on unix:, tcp: and systemd: addresses"
+
+
 def listen(address_text: str) -> list[Listener]:
     """Bind the first usable address of `address_text` (alternatives separated by ';')."""
     try:
         addresses = parse_addresses(address_text)
     except AddressError as exc:
-        raise ListenError(f"invalid listen address {address_text!r}: {exc}") from None
+        raise ListenError(f"invalid listen address {address_text!r}: {exc}; {LISTENABLE}") from None
     errors = []
     for address in addresses:
         try:
@@ -189,7 +192,7 @@ def listen(address_text: str) -> list[Listener]:
                 return _listen_tcp(address)
             if address.transport == "systemd":
                 return _listen_systemd()
-            raise ListenError(f"cannot listen on transport {address.transport!r}")
+            raise ListenError(f"cannot listen on transport {address.transport!r}; {LISTENABLE}")
         except (OSError, ListenError) as exc:
             errors.append(f"{address}: {exc}")
     raise ListenError("could not listen on " + "; ".join(errors))

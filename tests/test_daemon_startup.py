@@ -226,3 +226,11 @@ def test_transports_busd_cannot_listen_on_are_refused_without_offering_them(kind
     assert transport in result.stderr
     others = {"launchd", "autolaunch", "unixexec"} - {transport}
     assert [name for name in others if name in result.stderr] == []
+
+
+@pytest.mark.parametrize("address", ["launchd:env=X", "unixexec:path=/bin/true", "carrier-pigeon:coop=1"])
+def test_a_refused_listen_address_names_the_transports_busd_listens_on(address):
+    result = subprocess.run([*daemon_command("busd"), "--session", "--nofork", f"--address={address}"],
+                            capture_output=True, text=True, timeout=TIMEOUT * 2, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1
+    assert "busd listens on unix:, tcp: and systemd: addresses" in result.stderr

@@ -27,6 +27,8 @@ from ..wire.message import (
     read_body, sender_field, stamp_sender,
 )
 from . import errors
+from .driver import Driver
+from .errors import DriverError
 from .match import MatchIndex, MatchRule
 from .ownership import NameEvent, NameRegistry
 from .policy import AllowEverything, BusPolicy
@@ -128,7 +130,6 @@ class Bus:
         self.on_driver_signal: Callable[[Peer, bytes, Header], None] | None = None  # e.g. systemd's
         self.on_name_events: Callable[[list[NameEvent]], None] | None = None  # every name change (the bridge)
         self.policy: BusPolicy = AllowEverything()
-        from .driver import Driver  # the driver needs Bus; import here to keep the door narrow
         self.driver = Driver(self)
         self._sweeper = loop.call_later(1.0, self._sweep_pending)
 
@@ -470,7 +471,6 @@ class Bus:
         """Raise the driver's AccessDenied when policy forbids `peer` owning `name`."""
         verdict = peer.policy.can_own(name)
         if not verdict.allowed:
-            from .errors import DriverError
             log.warning("policy denied %s (uid %s) owning %s by rule %s", peer.unique_name,
                         peer.credentials.uid, name, verdict.rule or "(default deny)")
             raise DriverError(errors.ACCESS_DENIED,
