@@ -43,13 +43,14 @@ PROGRAMS = [
 # memory-monitor-dbus.py is left out: Debian skips its only test (bugs.debian.org/995178).
 DBUSMOCK_PROGRAMS = ["power-profile-monitor-dbus.py", "memory-monitor-portal.py", "power-profile-monitor-portal.py"]
 
-# GLib 2.74's /gapplication/no-replace arms g_timeout_add_seconds(1, quit_already, app)
-# and never removes it, then frees the app; later GLib keeps the source id and removes
-# it. The stale timer fires 0.75-1.75 s later in whichever test is then running a main
-# loop, and g_application_quit() on the freed app aborts the program. With dbus-daemon
-# (5 ms to start) the four tests after it end in 0.55 s, before it can fire; each of
-# their buses takes busd 0.3 s to start, and dbus-daemon delayed by 0.3 s fails the
-# same way every run. In a process of its own the timer dies with that subtest.
+# GLib 2.74's /gapplication/no-replace arms g_timeout_add_seconds(1, quit_already, app),
+# never removes it and frees the app (later GLib keeps the source id and removes it).
+# The stale timer fires 0.75-1.75 s after it was armed, in whichever test is then
+# running a main loop, and g_application_quit() on the freed app aborts the program.
+# On dbus-daemon (5 ms to start a bus) the program is over 0.55 s after the timer is
+# armed, so it never fires; the four tests that follow start four buses, which take
+# busd 0.3 s each, and dbus-daemon delayed by 0.3 s fails the same way every run. Run
+# in a process of its own, that subtest's timer dies with it.
 GAPPLICATION_RUNS = [
     pytest.param("gapplication", ["--tap", "-s", "/gapplication/no-replace"], id="gapplication"),
     pytest.param("gapplication", ["--tap", "-p", "/gapplication/no-replace"], id="gapplication-no-replace"),
