@@ -44,12 +44,12 @@ class TapResult:
 
 
 def parse_tap(returncode: int, output: str) -> TapResult:
-    plan = re.search(r"^1\.\.(\d+)", output, re.M)
-    bail = re.search(r"^Bail out!.*$", output, re.M)
+    plan = re.search(r"^1\.\.(\d+)", output, re.MULTILINE)
+    bail = re.search(r"^Bail out!.*$", output, re.MULTILINE)
     return TapResult(returncode=returncode,
                      planned=int(plan.group(1)) if plan else -1,
-                     passed=re.findall(r"^ok \d+ (\S+)", output, re.M),
-                     failed=re.findall(r"^not ok \d+ (\S+)", output, re.M),
+                     passed=re.findall(r"^ok \d+ (\S+)", output, re.MULTILINE),
+                     failed=re.findall(r"^not ok \d+ (\S+)", output, re.MULTILINE),
                      bail_out=bail.group(0) if bail else None,
                      output=output)
 

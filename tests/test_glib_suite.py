@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from buses import busd_available
 from installed_tests import run_tap_program
 
