@@ -12,13 +12,13 @@ first failure (set -e), leaving that run's forked daemon behind: the test stops 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
-import subprocess
 import sys
 
 import pytest
+
+from installed_tests import run_tap_program
 
 TESTS_DIR = "/usr/lib/dbus-1.0/installed-tests/dbus"
 PROGRAMS = [
@@ -53,18 +53,12 @@ def reachable_by_everyone(path: str) -> bool:
     return True
 
 
-def run_tap(program: str, daemon: str, tmp_path) -> tuple[int, list[str], list[str], str]:
+def daemon_environment(daemon: str, tmp_path) -> dict[str, str]:
+    """The environment under which libdbus's test programs start `daemon` as their bus."""
     env = dict(os.environ, DBUS_TEST_DAEMON=daemon, DBUS_TEST_EXEC=TESTS_DIR,
                DBUS_TEST_DATA=os.path.join(TESTS_DIR, "data"), TMPDIR=str(tmp_path))
     env.pop("DBUS_SESSION_BUS_ADDRESS", None)
-    result = subprocess.run([os.path.join(TESTS_DIR, program), "--tap"], env=env, cwd=str(tmp_path),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, timeout=240)
-    out = result.stdout
-    plan = re.search(r"^1\.\.(\d+)", out, re.M)
-    passed = re.findall(r"^ok \d+ (\S+)", out, re.M)
-    failed = re.findall(r"^not ok \d+ (\S+)", out, re.M)
-    return (int(plan.group(1)) if plan else -1), passed, failed, out
+    return env
 
 
 def stop_forked_daemons(tmp_path) -> None:
@@ -88,9 +82,9 @@ def test_libdbus_bus_tests_pass_on_busd(program, tmp_path):
     if program in NEEDS_WORLD_EXECUTABLE_BUSD and not reachable_by_everyone(daemon):
         pytest.skip(f"{program} runs the daemon as other users, who cannot reach {daemon}")
     try:
-        planned, passed, failed, out = run_tap(program, daemon, tmp_path)
+        result = run_tap_program([os.path.join(TESTS_DIR, program), "--tap"], daemon_environment(daemon, tmp_path),
+                                 tmp_path)
     finally:
-        stop_forked_daemons(tmp_path)
-    bail = re.search(r"^Bail out!.*$", out, re.M)
-    assert not failed and not bail, (bail.group(0) if bail else f"failed: {failed}") + "\n" + out[-3000:]
-    assert planned > 0 and len(passed) == planned, f"{len(passed)} of {planned} ran\n{out[-3000:]}"
+        stop_forked_daemons(tmp_path)  # --fork leaves the program's process group
+    problem = result.problems()
+    assert problem is None, f"{problem}\n{result.output[-3000:]}"
