@@ -75,7 +75,7 @@ def _uid_of(identity: bytes, usernames: bool) -> int | None:
     text = identity.decode("ascii", "replace")
     if _UID.match(text):
         return int(text)
-    if usernames and text:
+    if usernames and text and "\0" not in text:  # getpwnam() raises ValueError on NUL; no login has one
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(text).pw_uid
     return None
