@@ -7,6 +7,7 @@ import logging
 import os
 import secrets
 import socket
+import stat
 import tempfile
 from dataclasses import dataclass, field
 
@@ -74,6 +75,9 @@ def _listen_unix(address: Address) -> Listener:
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
+            # Only a socket may be a dead bus's leftover (libdbus removes nothing else).
+            if not stat.S_ISSOCK(os.lstat(path).st_mode):
+                raise ListenError(f"{path} exists and is not a socket; not removing it") from None
             # A stale socket file from a dead bus: remove it only if nobody answers.
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
