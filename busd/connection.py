@@ -13,6 +13,9 @@ bus holds is closed once it has been sent or its message dropped.
 from __future__ import annotations
 
 import array
+import ctypes
+import errno
+import functools
 import logging
 import os
 import socket
@@ -34,6 +37,7 @@ MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
 _IOV_MAX = 512
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PYTHON_MAX_OPTLEN = 1024  # socket.getsockopt() refuses larger buffers: 256 groups
 
 
 def close_fds(fds) -> None:
@@ -63,11 +67,37 @@ class Credentials:
             return cls()
         groups = {gid}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)  # Python caps the buffer at 1024
-            groups.update(array.array("I", raw[: len(raw) - len(raw) % 4]))
+            groups.update(_peer_groups(sock))
         except OSError:
             pass
         return cls(pid or None, uid, gid, tuple(sorted(groups)))
+
+
+def _peer_groups(sock: socket.socket) -> list[int]:
+    """The supplementary groups of the peer, however many (a <policy group> rule must see them all)."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PYTHON_MAX_OPTLEN)
+        return list(array.array("I", raw[: len(raw) - len(raw) % 4]))
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            raise
+    # More than 256 groups: Python's getsockopt() cannot pass a larger buffer, libc's can,
+    # and on ERANGE the kernel says the size it needs (the group list may grow meanwhile).
+    size = 2 * _PYTHON_MAX_OPTLEN
+    while True:
+        buffer = (ctypes.c_uint32 * (size // 4))()
+        length = ctypes.c_uint32(size)
+        if _libc().getsockopt(sock.fileno(), socket.SOL_SOCKET, SO_PEERGROUPS, buffer, ctypes.byref(length)) == 0:
+            return list(buffer[: length.value // 4])
+        error = ctypes.get_errno()
+        if error != errno.ERANGE:
+            raise OSError(error, os.strerror(error))
+        size = max(2 * size, length.value)
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 class Connection:
