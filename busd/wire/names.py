@@ -2,6 +2,11 @@
 
 Validators are cached by the raw bytes seen on the wire, because a bus routes the
 same few names again and again; a hit costs one dict lookup and returns the str.
+The cache holds what peers chose to send, so it is bounded: at most _CACHE_LIMIT
+entries of at most MAX_NAME_LENGTH bytes each (under 5 MiB of bytes and str per
+cache), whoever sent them and whether or not they are still connected. Longer
+object paths are validated every time; they are rare, and caching them let one
+peer pin gigabytes.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class NameCache:
             return None
         if not self._check(text):
             return None
+        if len(raw) > MAX_NAME_LENGTH:
+            return text
         if len(self._valid) >= _CACHE_LIMIT:
             self._valid.clear()
         self._valid[raw] = text
