@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.introspect:
         from .interfaces import introspection_xml
-        sys.stdout.write(introspection_xml("org.freedesktop.DBus"))
+        from .wire.wellknown import DRIVER_NAME
+        sys.stdout.write(introspection_xml(DRIVER_NAME))
         return 0
     from .logs import setup_logging
     setup_logging(args.log_level, args.log_format, args.syslog)

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from .bridge_config import BridgeSettings, matches_any, NAME_OWNER_CHANGED_RULE
 from .bridge_link import LinkError, UpstreamLink, close_fds, error_text
 from .bridge_wire import readdressed
+from .bus import errors
 from .bus.match import MatchRule
 from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
 from .connection import Credentials
@@ -53,6 +54,7 @@ from .wire.marshal import Variant
 from .wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, build_message, parse_header, read_body,
 )
+from .wire.wellknown import DRIVER_NAME
 
 if TYPE_CHECKING:
     from .bus.core import Bus, Peer
@@ -60,9 +62,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("busd.bridge")
 
 BRIDGE_INTERFACE = "dev.busd.Bridge1"
-DRIVER_NAME = "org.freedesktop.DBus"
-SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
-UNKNOWN_METHOD = "org.freedesktop.DBus.Error.UnknownMethod"
 INITIAL_BACKOFF = 0.1  # seconds before the first reconnection attempt; doubles up to MAX_BACKOFF
 MAX_BACKOFF = 10.0
 CONNECT_TIMEOUT = 10.0
@@ -579,8 +578,8 @@ class Bridge:
         if h.no_reply_expected or h.sender is None:
             return
         link = self.link
-        link.send(build_message(ERROR, link.next_serial(), error_name=SERVICE_UNKNOWN, reply_serial=h.serial,
-                                destination=h.sender, signature="s", body=[text]))
+        link.send(build_message(ERROR, link.next_serial(), error_name=errors.SERVICE_UNKNOWN,
+                                reply_serial=h.serial, destination=h.sender, signature="s", body=[text]))
 
     def _upstream_signal(self, buf: bytes, h: Header, fds: list[int] | None) -> None:
         sender = h.sender
@@ -675,8 +674,8 @@ class Bridge:
         h = parse_header(message, validate_body=False)
         if h.type == METHOD_CALL and not h.no_reply_expected:
             close_fds(fds)
-            reply = build_message(ERROR, home.next_serial(), error_name=UNKNOWN_METHOD, reply_serial=h.serial,
-                                  destination=h.sender, signature="s",
+            reply = build_message(ERROR, home.next_serial(), error_name=errors.UNKNOWN_METHOD,
+                                  reply_serial=h.serial, destination=h.sender, signature="s",
                                   body=[f"{home.peer.unique_name} is busd's bridge; it has no methods"])
             self.bus.receive(home.peer, reply, parse_header(reply), None)
             return

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 from .wire.address import AddressError, parse_addresses, session_bus_address
 from .wire.names import is_valid_well_known_name
+from .wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 SESSION = "session"
-DRIVER_NAME = "org.freedesktop.DBus"
 # The transports the bridge can connect over (the others are for listening, or need a launcher).
 CONNECTABLE_TRANSPORTS = ("unix", "tcp", "nonce-tcp")
 
-NAME_OWNER_CHANGED_RULE = ("type='signal',sender='org.freedesktop.DBus',path='/org/freedesktop/DBus',"
-                           "interface='org.freedesktop.DBus',member='NameOwnerChanged'")
+NAME_OWNER_CHANGED_RULE = (f"type='signal',sender='{DRIVER_NAME}',path='{DRIVER_PATH}',"
+                           f"interface='{DRIVER_INTERFACE}',member='NameOwnerChanged'")
 
 
 class BridgeConfigError(ValueError):

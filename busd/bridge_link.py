@@ -28,12 +28,10 @@ from .wire.message import (
     build_message, frame_size, parse_header, read_body,
 )
 from .wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
+from .wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 log = logging.getLogger("busd.bridge")
 
-DRIVER_NAME = "org.freedesktop.DBus"
-DRIVER_PATH = "/org/freedesktop/DBus"
-DRIVER_INTERFACE = "org.freedesktop.DBus"
 READ_SIZE = 262144
 MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)

@@ -26,6 +26,7 @@ from ..wire.message import (
     parse_header,
     read_body, sender_field, stamp_sender,
 )
+from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 from . import errors
 from .driver import Driver
 from .errors import DriverError
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("busd.bus")
 
 SOFT_QUEUE_LIMIT = 8 << 20
-DRIVER_NAME = "org.freedesktop.DBus"
-DRIVER_PATH = "/org/freedesktop/DBus"
-DRIVER_INTERFACE = "org.freedesktop.DBus"
 _DRIVER_NAMES = frozenset({DRIVER_NAME})
 NOT_ACTIVE_YET = ":not.active.yet"  # the sender monitors see for a peer before its Hello, as on dbus-daemon
 

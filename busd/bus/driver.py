@@ -14,10 +14,14 @@ import os
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..interfaces import introspection_xml
+from ..wire.errors import ProtocolError
 from ..wire.marshal import Variant
 from ..wire.message import ERROR, METHOD_RETURN, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name
-from ..wire.errors import ProtocolError
+from ..wire.wellknown import (
+    DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH, INTROSPECTABLE_INTERFACE, MONITORING_INTERFACE, PEER_INTERFACE,
+    PROPERTIES_INTERFACE, STATS_INTERFACE,
+)
 from . import errors
 from .errors import DriverError
 from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
@@ -28,17 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd.driver")
 
-DBUS = "org.freedesktop.DBus"
-PROPERTIES = "org.freedesktop.DBus.Properties"
-INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
-PEER = "org.freedesktop.DBus.Peer"
-MONITORING = "org.freedesktop.DBus.Monitoring"
-STATS = "org.freedesktop.DBus.Debug.Stats"
-DRIVER_PATH = "/org/freedesktop/DBus"
-EVERYWHERE = {DBUS, INTROSPECTABLE, PEER}
+EVERYWHERE = {DRIVER_INTERFACE, INTROSPECTABLE_INTERFACE, PEER_INTERFACE}
 
 FEATURES = ["ActivatableServicesChanged", "HeaderFiltering"]
-EXTRA_INTERFACES = [MONITORING, STATS]
+EXTRA_INTERFACES = [MONITORING_INTERFACE, STATS_INTERFACE]
 
 # What libdbus answers to Introspect at any path of a connection that exports no objects.
 EMPTY_INTROSPECTION = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
@@ -48,7 +45,7 @@ Handler = Callable[["Peer", Header, list], tuple[str, list]]
 
 
 def _load_introspection() -> str:
-    return introspection_xml(DBUS)
+    return introspection_xml(DRIVER_NAME)
 
 
 def machine_id() -> str:
@@ -78,37 +75,37 @@ class Driver:
         self.features: list[str] = list(FEATURES)  # activation adds "SystemdActivation" when it is on
         self.on_environment_update: Callable[[dict[str, str]], None] | None = None
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
-        self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DBUS: self._properties}
+        self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
         self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
-            (DBUS, "Hello"): ("", self.hello_again),
-            (DBUS, "RequestName"): ("su", self.request_name),
-            (DBUS, "ReleaseName"): ("s", self.release_name),
-            (DBUS, "StartServiceByName"): ("su", self.start_service_by_name),
-            (DBUS, "UpdateActivationEnvironment"): ("a{ss}", self.update_activation_environment),
-            (DBUS, "NameHasOwner"): ("s", self.name_has_owner),
-            (DBUS, "ListNames"): ("", self.list_names),
-            (DBUS, "ListActivatableNames"): ("", self.list_activatable_names),
-            (DBUS, "AddMatch"): ("s", self.add_match),
-            (DBUS, "RemoveMatch"): ("s", self.remove_match),
-            (DBUS, "GetNameOwner"): ("s", self.get_name_owner),
-            (DBUS, "ListQueuedOwners"): ("s", self.list_queued_owners),
-            (DBUS, "GetConnectionUnixUser"): ("s", self.get_connection_unix_user),
-            (DBUS, "GetConnectionUnixProcessID"): ("s", self.get_connection_unix_process_id),
-            (DBUS, "GetAdtAuditSessionData"): ("s", self.get_adt_audit_session_data),
-            (DBUS, "GetConnectionSELinuxSecurityContext"): ("s", self.get_selinux_context),
-            (DBUS, "ReloadConfig"): ("", self.reload_config),
-            (DBUS, "GetId"): ("", self.get_id),
-            (DBUS, "GetConnectionCredentials"): ("s", self.get_connection_credentials),
-            (PROPERTIES, "Get"): ("ss", self.properties_get),
-            (PROPERTIES, "GetAll"): ("s", self.properties_get_all),
-            (PROPERTIES, "Set"): ("ssv", self.properties_set),
-            (INTROSPECTABLE, "Introspect"): ("", self.introspect),
-            (PEER, "Ping"): ("", lambda peer, h, args: ("", [])),
-            (PEER, "GetMachineId"): ("", lambda peer, h, args: ("s", [self.machine_id])),
-            (MONITORING, "BecomeMonitor"): ("asu", self.become_monitor),
-            (STATS, "GetStats"): ("", self.get_stats),
-            (STATS, "GetConnectionStats"): ("s", self.get_connection_stats),
-            (STATS, "GetAllMatchRules"): ("", self.get_all_match_rules),
+            (DRIVER_INTERFACE, "Hello"): ("", self.hello_again),
+            (DRIVER_INTERFACE, "RequestName"): ("su", self.request_name),
+            (DRIVER_INTERFACE, "ReleaseName"): ("s", self.release_name),
+            (DRIVER_INTERFACE, "StartServiceByName"): ("su", self.start_service_by_name),
+            (DRIVER_INTERFACE, "UpdateActivationEnvironment"): ("a{ss}", self.update_activation_environment),
+            (DRIVER_INTERFACE, "NameHasOwner"): ("s", self.name_has_owner),
+            (DRIVER_INTERFACE, "ListNames"): ("", self.list_names),
+            (DRIVER_INTERFACE, "ListActivatableNames"): ("", self.list_activatable_names),
+            (DRIVER_INTERFACE, "AddMatch"): ("s", self.add_match),
+            (DRIVER_INTERFACE, "RemoveMatch"): ("s", self.remove_match),
+            (DRIVER_INTERFACE, "GetNameOwner"): ("s", self.get_name_owner),
+            (DRIVER_INTERFACE, "ListQueuedOwners"): ("s", self.list_queued_owners),
+            (DRIVER_INTERFACE, "GetConnectionUnixUser"): ("s", self.get_connection_unix_user),
+            (DRIVER_INTERFACE, "GetConnectionUnixProcessID"): ("s", self.get_connection_unix_process_id),
+            (DRIVER_INTERFACE, "GetAdtAuditSessionData"): ("s", self.get_adt_audit_session_data),
+            (DRIVER_INTERFACE, "GetConnectionSELinuxSecurityContext"): ("s", self.get_selinux_context),
+            (DRIVER_INTERFACE, "ReloadConfig"): ("", self.reload_config),
+            (DRIVER_INTERFACE, "GetId"): ("", self.get_id),
+            (DRIVER_INTERFACE, "GetConnectionCredentials"): ("s", self.get_connection_credentials),
+            (PROPERTIES_INTERFACE, "Get"): ("ss", self.properties_get),
+            (PROPERTIES_INTERFACE, "GetAll"): ("s", self.properties_get_all),
+            (PROPERTIES_INTERFACE, "Set"): ("ssv", self.properties_set),
+            (INTROSPECTABLE_INTERFACE, "Introspect"): ("", self.introspect),
+            (PEER_INTERFACE, "Ping"): ("", lambda peer, h, args: ("", [])),
+            (PEER_INTERFACE, "GetMachineId"): ("", lambda peer, h, args: ("s", [self.machine_id])),
+            (MONITORING_INTERFACE, "BecomeMonitor"): ("asu", self.become_monitor),
+            (STATS_INTERFACE, "GetStats"): ("", self.get_stats),
+            (STATS_INTERFACE, "GetConnectionStats"): ("s", self.get_connection_stats),
+            (STATS_INTERFACE, "GetAllMatchRules"): ("", self.get_all_match_rules),
         }
         self._by_member: dict[str, tuple[str, str, Handler]] = {}
         for (iface, member), (sig, handler) in self.methods.items():
@@ -134,16 +131,16 @@ class Driver:
         if iface is None:
             row = self._by_member.get(member)
             entry = (row[1], row[2]) if row else None
-            iface = row[0] if row else DBUS
+            iface = row[0] if row else DRIVER_INTERFACE
         else:
             entry = self.methods.get((iface, member))
         wants_reply = not h.no_reply_expected
         try:
             if iface not in EVERYWHERE and h.path != DRIVER_PATH or (
                     entry is None and iface not in {i for i, _ in self.methods}):
-                raise DriverError(errors.UNKNOWN_INTERFACE, f"{DBUS} does not understand message {member}")
+                raise DriverError(errors.UNKNOWN_INTERFACE, f"{DRIVER_NAME} does not understand message {member}")
             if entry is None:
-                raise DriverError(errors.UNKNOWN_METHOD, f"{DBUS} does not understand message {member}")
+                raise DriverError(errors.UNKNOWN_METHOD, f"{DRIVER_NAME} does not understand message {member}")
             in_sig, handler = entry
             if h.signature != in_sig:
                 raise DriverError(errors.INVALID_ARGS,
@@ -191,7 +188,7 @@ class Driver:
             return
         bus = self.bus
         reply_to = {"reply_serial": h.serial}
-        if h.interface == PEER:
+        if h.interface == PEER_INTERFACE:
             if h.member == "Ping":
                 message = build_message(METHOD_RETURN, bus.next_driver_serial(), **reply_to)
             elif h.member == "GetMachineId":
@@ -199,9 +196,9 @@ class Driver:
                                         body=[self.machine_id], **reply_to)
             else:
                 message = build_message(ERROR, bus.next_driver_serial(), error_name=errors.UNKNOWN_METHOD,
-                                        signature="s", body=[f"Unknown method invoked on {PEER} interface"],
+                                        signature="s", body=[f"Unknown method invoked on {PEER_INTERFACE} interface"],
                                         **reply_to)
-        elif h.interface == INTROSPECTABLE and h.member == "Introspect":
+        elif h.interface == INTROSPECTABLE_INTERFACE and h.member == "Introspect":
             message = build_message(METHOD_RETURN, bus.next_driver_serial(), signature="s",
                                     body=[EMPTY_INTROSPECTION], **reply_to)
         else:
@@ -235,10 +232,10 @@ class Driver:
         if name.startswith(":"):
             raise DriverError(errors.INVALID_ARGS,
                               f'Cannot acquire a service starting with \':\' such as "{name}"')
-        if name == DBUS:
+        if name == DRIVER_NAME:
             raise DriverError(errors.INVALID_ARGS,
                               f'Connection "{peer.unique_name}" is not allowed to own the service '
-                              f'"{DBUS}" because it is reserved for D-Bus\' use only')
+                              f'"{DRIVER_NAME}" because it is reserved for D-Bus\' use only')
         bus = self.bus
         bus.check_own(peer, name)
         limit = bus.limits.max_names_per_connection
@@ -271,9 +268,9 @@ class Driver:
         if name.startswith(":"):
             raise DriverError(errors.INVALID_ARGS,
                               f'Cannot release a service starting with \':\' such as "{name}"')
-        if name == DBUS:
+        if name == DRIVER_NAME:
             raise DriverError(errors.INVALID_ARGS,
-                              f'Cannot release the {DBUS} service because it is owned by the bus')
+                              f'Cannot release the {DRIVER_NAME} service because it is owned by the bus')
         code, events = self.bus.registry.release(name, peer)
         if events:
             self._reply_after_events(peer, h, "u", [code], events)
@@ -310,15 +307,16 @@ class Driver:
         name = args[0]
         bus = self.bus
         # An invalid name is simply not owned (dbus-daemon does not validate it here).
-        owned = name == DBUS or (name in bus.peers if name.startswith(":") else bus.registry.owner(name) is not None)
+        owned = name == DRIVER_NAME or (
+            name in bus.peers if name.startswith(":") else bus.registry.owner(name) is not None)
         return "b", [owned]
 
     def list_names(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         bus = self.bus
-        return "as", [[DBUS, *bus.peers.keys(), *bus.registry.names()]]
+        return "as", [[DRIVER_NAME, *bus.peers.keys(), *bus.registry.names()]]
 
     def list_activatable_names(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        return "as", [[DBUS, *self.activatable()]]
+        return "as", [[DRIVER_NAME, *self.activatable()]]
 
     def add_match(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         try:
@@ -359,15 +357,15 @@ class Driver:
 
     def get_name_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         name = args[0]
-        if name == DBUS:
-            return "s", [DBUS]
+        if name == DRIVER_NAME:
+            return "s", [DRIVER_NAME]
         target = self._peer_of(name, "owner")
         return "s", [target.unique_name]
 
     def list_queued_owners(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         name = args[0]
-        if name == DBUS:
-            return "as", [[DBUS]]
+        if name == DRIVER_NAME:
+            return "as", [[DRIVER_NAME]]
         bus = self.bus
         if name.startswith(":"):
             if name in bus.peers:
@@ -380,7 +378,7 @@ class Driver:
         return "as", [owners]
 
     def _credentials_of(self, name: str, what: str):
-        if name == DBUS:
+        if name == DRIVER_NAME:
             from ..connection import Credentials
             return Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted(set(os.getgroups()))))
         return self._peer_of(name, what).credentials
@@ -528,9 +526,9 @@ class Driver:
 
     def get_connection_stats(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         name = args[0]
-        if name == DBUS:
+        if name == DRIVER_NAME:
             raise DriverError(errors.INVALID_ARGS,
-                              f'GetConnectionStats is not meaningful for the message bus "{DBUS}" itself')
+                              f'GetConnectionStats is not meaningful for the message bus "{DRIVER_NAME}" itself')
         target = self._peer_of(name, "statistics")
         conn = target.conn
         stats = {

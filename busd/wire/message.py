@@ -23,6 +23,7 @@ from .marshal import (
     compiled_checker, marshal_body, read_signature_at, unmarshal_body,
 )
 from .signature import SignatureError, parse_signature
+from .wellknown import LOCAL_INTERFACE, LOCAL_PATH
 
 # Message types
 METHOD_CALL = 1
@@ -57,9 +58,6 @@ PROTOCOL_VERSION = 1
 FIXED_HEADER_SIZE = 16
 MAX_MESSAGE_SIZE = 1 << 27  # 128 MiB, the specification's maximum
 MAX_HEADER_FIELDS_LENGTH = MAX_ARRAY_LENGTH
-
-LOCAL_PATH = "/org/freedesktop/DBus/Local"
-LOCAL_INTERFACE = "org.freedesktop.DBus.Local"
 
 _LE3 = struct.Struct("<III")
 _BE3 = struct.Struct(">III")

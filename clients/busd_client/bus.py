@@ -18,17 +18,18 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH, PEER_INTERFACE
+
 from ._backend import Backend, get_backend, guard_writes
 from .convert import Codec, close_fds, codec_for
 from .dbus_types import MessageInfo, guess_signature, is_message_info, resolve_hints
 from .errors import DBusError, Disconnected, NoReply
-from .matching import DRIVER_NAME, MatchRule
+from .matching import MatchRule
 from .names import NameFlag, NameTracker, NameWatcher, ReleaseNameReply, RequestNameReply
 
 log = logging.getLogger("busd_client")
 
 DEFAULT_TIMEOUT = 25.0  # seconds, libdbus's default
-DRIVER_PATH = "/org/freedesktop/DBus"
 SYSTEM_BUS_DEFAULT = "unix:path=/var/run/dbus/system_bus_socket"
 
 ReplyCallback = Callable[[Any, BaseException | None], None]
@@ -496,7 +497,7 @@ class Bus:
 
     def _driver_call_soon(self, member: str, signature: str, body: list[Any],
                           callback: Callable[[list[Any] | None, BaseException | None], None],
-                          interface: str = DRIVER_NAME) -> None:
+                          interface: str = DRIVER_INTERFACE) -> None:
         """Call a bus driver method; `callback` runs synchronously in arrival order with (body, error)."""
         def on_reply(reply: Any, error: BaseException | None) -> None:
             if error is None and reply.message_type == self._error_type:
@@ -506,7 +507,7 @@ class Bus:
         self._start_call(DRIVER_NAME, DRIVER_PATH, interface, member, signature, body, [], on_reply, None)
 
     async def call_driver(self, member: str, *args: Any, signature: str = "",
-                          interface: str = DRIVER_NAME, timeout: float | None = None) -> Any:
+                          interface: str = DRIVER_INTERFACE, timeout: float | None = None) -> Any:
         """Call a method of the bus itself (org.freedesktop.DBus) and return its reply's value(s)."""
         reply = await self._call_raw(DRIVER_NAME, DRIVER_PATH, interface, member, signature,
                                      list(args), None, timeout)
@@ -735,10 +736,10 @@ class Bus:
     async def ping(self, destination: str = DRIVER_NAME, timeout: float | None = None) -> None:
         """Round-trip a Peer.Ping; also waits until everything sent before it has been processed."""
         path = DRIVER_PATH if destination == DRIVER_NAME else "/"
-        await self._call_raw(destination, path, "org.freedesktop.DBus.Peer", "Ping", timeout=timeout)
+        await self._call_raw(destination, path, PEER_INTERFACE, "Ping", timeout=timeout)
 
     def _is_name_signal(self, message: Any) -> bool:
-        return (message.sender == DRIVER_NAME and message.interface == DRIVER_NAME
+        return (message.sender == DRIVER_NAME and message.interface == DRIVER_INTERFACE
                 and message.destination == self.unique_name)
 
     def _on_name_signal(self, message: Any) -> None:

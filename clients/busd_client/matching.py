@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Callable
 
+from busd.wire.wellknown import DRIVER_NAME
+
 _ARG_KEY = re.compile(r"^arg(\d{1,2})(path|namespace)?$")
 MAX_ARG_INDEX = 63
-DRIVER_NAME = "org.freedesktop.DBus"
 
 
 def _quote(value: str) -> str:

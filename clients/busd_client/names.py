@@ -7,7 +7,9 @@ import enum
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .matching import DRIVER_NAME, MatchRule
+from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
+
+from .matching import MatchRule
 
 if TYPE_CHECKING:
     from .bus import Bus
@@ -46,7 +48,7 @@ class ReleaseNameReply(enum.IntEnum):
 
 def owner_changed_rule(name: str) -> MatchRule:
     """The narrowest rule that reports ownership changes of `name`."""
-    return MatchRule.for_signal(DRIVER_NAME, "/org/freedesktop/DBus", DRIVER_NAME,
+    return MatchRule.for_signal(DRIVER_NAME, DRIVER_PATH, DRIVER_INTERFACE,
                                 "NameOwnerChanged", arg0=name)
 
 

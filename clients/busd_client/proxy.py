@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE
+
 from .bus import SlotInvoker, Subscription, unpack_reply
 from .convert import variant_signature
 from .errors import UnknownProperty
@@ -30,8 +32,6 @@ if TYPE_CHECKING:
     from .bus import Bus
 
 log = logging.getLogger("busd_client")
-PROPERTIES = "org.freedesktop.DBus.Properties"
-INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 
 
 class ProxyMethod:
@@ -94,7 +94,7 @@ class ProxyProperty:
         if not self.spec.readable:
             raise UnknownProperty(f"property {self.spec.name} of {self.interface} is write-only")
         proxy = self.proxy
-        reply = await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES, "Get", "ss",
+        reply = await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Get", "ss",
                                           [self.interface, self.spec.name], None,
                                           proxy.timeout if timeout is None else timeout)
         (wrapped,) = reply.body
@@ -113,7 +113,7 @@ class ProxyProperty:
         fds: list[int] = []
         wrapped = proxy.bus._codec.encode_variant(self.spec.signature, value, self.spec.hint, fds,
                                                   f"{self.interface}.{self.spec.name}")
-        await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES, "Set", "ssv",
+        await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Set", "ssv",
                                   [self.interface, self.spec.name, wrapped], fds,
                                   proxy.timeout if timeout is None else timeout)
 
@@ -123,7 +123,7 @@ class ProxyProperty:
         proxy = self.proxy
         bus = proxy.bus
         name = self.spec.name
-        rule = MatchRule.for_signal(proxy.name, proxy.path, PROPERTIES, "PropertiesChanged",
+        rule = MatchRule.for_signal(proxy.name, proxy.path, PROPERTIES_INTERFACE, "PropertiesChanged",
                                     arg0=self.interface)
 
         def deliver(message: Any) -> None:
@@ -223,7 +223,7 @@ class Proxy:
     async def create(cls, bus: Bus, name: str, path: str, interface: Any = None,
                      timeout: float | None = None) -> Proxy:
         if interface is None:
-            reply = await bus._call_raw(name, path, INTROSPECTABLE, "Introspect", timeout=timeout)
+            reply = await bus._call_raw(name, path, INTROSPECTABLE_INTERFACE, "Introspect", timeout=timeout)
             specs, children = parse_xml(reply.body[0])
             return cls(bus, name, path, specs.values(), children, timeout)
         classes = interface if isinstance(interface, (list, tuple)) else [interface]
@@ -261,7 +261,7 @@ class Proxy:
             if len(own) != 1:
                 raise ValueError(f"say which interface: this object has {', '.join(own) or 'none'}")
             interface = own[0]
-        reply = await self.bus._call_raw(self.name, self.path, PROPERTIES, "GetAll", "s", [interface],
+        reply = await self.bus._call_raw(self.name, self.path, PROPERTIES_INTERFACE, "GetAll", "s", [interface],
                                          None, self.timeout if timeout is None else timeout)
         properties = self.interfaces[interface].spec.properties if interface in self.interfaces else {}
         values = {}

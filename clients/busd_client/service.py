@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PEER_INTERFACE, PROPERTIES_INTERFACE
+
 from .bus import message_info
 from .convert import variant_signature
 from .dbus_types import is_message_info, resolve_hints, return_signature, signature_of
@@ -44,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd_client")
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
-PROPERTIES = "org.freedesktop.DBus.Properties"
 
 
 # -- decorators ----------------------------------------------------------------
@@ -224,7 +225,7 @@ class Interface:
             values = {name: bus._codec.encode_variant(spec.properties[name].signature, value,
                                                      spec.properties[name].hint, fds, f"{spec.name}.{name}")
                       for name, value in changed.items()}
-            bus._emit(path, PROPERTIES, "PropertiesChanged", "sa{sv}as",
+            bus._emit(path, PROPERTIES_INTERFACE, "PropertiesChanged", "sa{sv}as",
                       [spec.name, values, list(invalidated)], fds)
 
     @classmethod
@@ -363,12 +364,12 @@ class ObjectTree:
         self.bus = bus
         self._objects: dict[str, dict[str, Interface]] = {}
         standard = {
-            ("org.freedesktop.DBus.Peer", "Ping"): ("", self._ping),
-            ("org.freedesktop.DBus.Peer", "GetMachineId"): ("", self._get_machine_id),
-            ("org.freedesktop.DBus.Introspectable", "Introspect"): ("", self._introspect),
-            (PROPERTIES, "Get"): ("ss", self._get_property),
-            (PROPERTIES, "Set"): ("ssv", self._set_property),
-            (PROPERTIES, "GetAll"): ("s", self._get_all_properties),
+            (PEER_INTERFACE, "Ping"): ("", self._ping),
+            (PEER_INTERFACE, "GetMachineId"): ("", self._get_machine_id),
+            (INTROSPECTABLE_INTERFACE, "Introspect"): ("", self._introspect),
+            (PROPERTIES_INTERFACE, "Get"): ("ss", self._get_property),
+            (PROPERTIES_INTERFACE, "Set"): ("ssv", self._set_property),
+            (PROPERTIES_INTERFACE, "GetAll"): ("s", self._get_all_properties),
         }
         self._standard: dict[tuple[str, str], tuple[str, Callable[[Any], Any]]] = standard
         self._standard_by_member = {member: entry for (_, member), entry in standard.items()}

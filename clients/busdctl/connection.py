@@ -17,16 +17,15 @@ from dbus_next.errors import (AuthError, InvalidAddressError, InvalidBusNameErro
                               InvalidMemberNameError, InvalidMessageError, InvalidObjectPathError,
                               SignatureBodyMismatchError)
 
+from busd.wire.wellknown import (
+    DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH, INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE,
+)
+
 from .errors import BusError, CommandError, UsageError
 
 DEFAULT_SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 DEFAULT_TIMEOUT = 25.0  # seconds, as sd-bus and libdbus wait for a reply
 
-DRIVER_NAME = "org.freedesktop.DBus"
-DRIVER_PATH = "/org/freedesktop/DBus"
-DRIVER_INTERFACE = "org.freedesktop.DBus"
-PROPERTIES_INTERFACE = "org.freedesktop.DBus.Properties"
-INTROSPECTABLE_INTERFACE = "org.freedesktop.DBus.Introspectable"
 
 INVALID_MESSAGE_ERRORS = (InvalidBusNameError, InvalidObjectPathError, InvalidInterfaceNameError,
                           InvalidMemberNameError, InvalidMessageError, SignatureBodyMismatchError)

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from busd.wire.wellknown import STATS_INTERFACE
+
 from .connection import BusConnection
 from .context import Context
 from .creds import read_process
 from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError
 from .names import peer_facts
 from .output import Column
-
-STATS_INTERFACE = "org.freedesktop.DBus.Debug.Stats"
 
 # dbus-daemon's built-in per-connection limits (bus/config-parser.c), which apply whenever the
 # configuration sets no <limit> of its own: 127 MiB queued each way, 4 x 16 fds, 512 rules and names,

@@ -12,6 +12,8 @@ from typing import Any
 from dbus_next import Message, MessageType
 from dbus_next.validators import is_bus_name_valid
 
+from busd.wire.wellknown import MONITORING_INTERFACE
+
 from . import __version__
 from .connection import DRIVER_NAME, DRIVER_PATH, BusConnection, Tap, make_message
 from .context import Context
@@ -21,7 +23,6 @@ from .output import Output, warn
 from .pcapng import enhanced_packet, interface_description, section_header
 
 MONITORING_NOTICE = "Monitoring bus message stream."
-MONITORING_INTERFACE = "org.freedesktop.DBus.Monitoring"
 BULLET = "‣"
 
 # Message type -> the name busctl monitor shows.

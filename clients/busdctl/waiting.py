@@ -8,13 +8,15 @@ from dbus_next import Message, MessageType
 from dbus_next.validators import (is_bus_name_valid, is_interface_name_valid, is_member_name_valid,
                                   is_object_path_valid)
 
+from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME
+
 from .calls import print_body
 from .context import Context
 from .errors import EXIT_OK, GONE, BusError, CommandError, UsageError
 from .formatting import json_body
 from .output import warn
 
-NAME_OWNER_CHANGED_RULE = ("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+NAME_OWNER_CHANGED_RULE = (f"type='signal',sender='{DRIVER_NAME}',interface='{DRIVER_INTERFACE}',"
                            "member='NameOwnerChanged',arg0='{name}'")
 
 
@@ -32,7 +34,7 @@ async def wait_for_name(ctx: Context, name: str) -> int:
 
     def on_message(message: Message) -> None:
         if (message.message_type == MessageType.SIGNAL and message.member == "NameOwnerChanged"
-                and message.sender == "org.freedesktop.DBus" and message.body[0] == name and message.body[2]
+                and message.sender == DRIVER_NAME and message.body[0] == name and message.body[2]
                 and not appeared.done()):
             appeared.set_result(message.body[2])
 
