@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from ..config.model import ServiceDir
 from ..wire.message import METHOD_CALL, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, read_body
 from ..wire.names import is_valid_bus_name, is_valid_error_name
+from ..wire.wellknown import DRIVER_NAME, DRIVER_PATH
 from . import errors
 from .core import _close
 from .ownership import NameEvent
@@ -38,25 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("busd.activation")
 output_log = logging.getLogger("busd.service")
 
-DBUS = "org.freedesktop.DBus"
-DBUS_PATH = "/org/freedesktop/DBus"
 SERVICE_SECTION = "D-BUS Service"
 SYSTEMD_NAME = "org.freedesktop.systemd1"
 SYSTEMD_ACTIVATOR = "org.freedesktop.systemd1.Activator"
 
-_ERROR = "org.freedesktop.DBus.Error."
-SPAWN_EXEC_FAILED = _ERROR + "Spawn.ExecFailed"
-SPAWN_FORK_FAILED = _ERROR + "Spawn.ForkFailed"
-SPAWN_CHILD_EXITED = _ERROR + "Spawn.ChildExited"
-SPAWN_CHILD_SIGNALED = _ERROR + "Spawn.ChildSignaled"
-SPAWN_FAILED = _ERROR + "Spawn.Failed"
-SPAWN_SETUP_FAILED = _ERROR + "Spawn.FailedToSetup"
-SPAWN_CONFIG_INVALID = _ERROR + "Spawn.ConfigInvalid"
-SPAWN_SERVICE_INVALID = _ERROR + "Spawn.ServiceNotValid"
-SPAWN_SERVICE_NOT_FOUND = _ERROR + "Spawn.ServiceNotFound"
-SPAWN_PERMISSIONS_INVALID = _ERROR + "Spawn.PermissionsInvalid"
-SPAWN_FILE_INVALID = _ERROR + "Spawn.FileInvalid"
-TIMED_OUT = _ERROR + "TimedOut"
 
 MAX_SERVICE_FILE_SIZE = 128 * 1024  # dbus-daemon refuses bigger desktop files
 STAT_RETRY_SECONDS = 2.0  # polling period when inotify is unavailable
@@ -65,15 +51,15 @@ WATCH_SETTLE_SECONDS = 0.05  # one rescan for a burst of directory events
 # The launch helper's exit codes (dbus-daemon's activation-exit-codes.h) and what the caller sees.
 SERVICEHELPER_EXIT_ERRORS: dict[int, tuple[str, str]] = {
     2: (errors.NO_MEMORY, "Launcher could not run (out of memory)"),
-    3: (SPAWN_CONFIG_INVALID, "Invalid configuration (missing or empty <user>?)"),
-    4: (SPAWN_SETUP_FAILED, "Failed to setup environment correctly"),
-    5: (SPAWN_SERVICE_INVALID, "Bus name is not valid or missing"),
-    6: (SPAWN_SERVICE_NOT_FOUND, "Bus name not found in system service directory"),
-    7: (SPAWN_PERMISSIONS_INVALID, "The permission of the setuid helper is not correct"),
-    8: (SPAWN_PERMISSIONS_INVALID, "The service file is incorrect or does not have all required attributes"),
-    9: (SPAWN_EXEC_FAILED, "Cannot launch daemon, file not found or permissions invalid"),
+    3: (errors.SPAWN_CONFIG_INVALID, "Invalid configuration (missing or empty <user>?)"),
+    4: (errors.SPAWN_SETUP_FAILED, "Failed to setup environment correctly"),
+    5: (errors.SPAWN_SERVICE_INVALID, "Bus name is not valid or missing"),
+    6: (errors.SPAWN_SERVICE_NOT_FOUND, "Bus name not found in system service directory"),
+    7: (errors.SPAWN_PERMISSIONS_INVALID, "The permission of the setuid helper is not correct"),
+    8: (errors.SPAWN_PERMISSIONS_INVALID, "The service file is incorrect or does not have all required attributes"),
+    9: (errors.SPAWN_EXEC_FAILED, "Cannot launch daemon, file not found or permissions invalid"),
     10: (errors.INVALID_ARGS, "Invalid arguments to command line"),
-    11: (SPAWN_CHILD_SIGNALED, "Launched child was signaled, it probably crashed"),
+    11: (errors.SPAWN_CHILD_SIGNALED, "Launched child was signaled, it probably crashed"),
 }
 
 # Variables systemd sets for the daemon itself, not for the services it starts (as dbus-daemon drops them).
@@ -194,7 +180,7 @@ def read_service_file(path: str, strict_naming: bool = False) -> ServiceFile:
         raise ServiceFileError(f'"{name}" is not a valid bus name')
     if name.startswith(":"):
         raise ServiceFileError(f'bus name "{name}" cannot be activatable because it starts with \':\'')
-    if name == DBUS:
+    if name == DRIVER_NAME:
         raise ServiceFileError(f'bus name "{name}" cannot be activatable because it is reserved for the message bus')
     command = section.get("Exec")
     if command is None:
@@ -771,7 +757,7 @@ class Activation:
             return
         unit, error, text = read_body(buf, h)
         if not is_valid_error_name(error):
-            error = SPAWN_FAILED
+            error = errors.SPAWN_FAILED
         log.warning("activation via systemd failed for unit '%s': %s", unit, text)
         for pending in [p for p in self.pending.values() if p.systemd_unit == unit]:
             self._fail(pending, error, text)
@@ -821,7 +807,7 @@ class Activation:
         if self.servicehelper:
             if not service.user:
                 # The trailing newline is dbus-daemon's, kept so the texts match byte for byte.
-                raise ActivationError(SPAWN_FILE_INVALID, "Cannot do system-bus activation with no user\n")
+                raise ActivationError(errors.SPAWN_FILE_INVALID, "Cannot do system-bus activation with no user\n")
             argv = split_command_line(self.servicehelper) + [name]
             log.info("Activating service name='%s' requested by %s (using servicehelper)", name, who)
         else:
@@ -837,7 +823,7 @@ class Activation:
         try:
             entry = pwd.getpwnam(service.user)
         except KeyError:
-            raise ActivationError(SPAWN_SETUP_FAILED,
+            raise ActivationError(errors.SPAWN_SETUP_FAILED,
                                   f"User \"{service.user}\" named in {service.path} does not exist") from None
         return {"user": entry.pw_uid, "group": entry.pw_gid,
                 "extra_groups": os.getgrouplist(service.user, entry.pw_gid)}
@@ -855,15 +841,16 @@ class Activation:
 
     def _spawn(self, name: str, argv: list[str], popen_args: dict[str, Any]) -> ServiceProcess:
         if not argv:
-            raise ActivationError(SPAWN_EXEC_FAILED, f"Failed to execute program {name}: No such file or directory")
+            raise ActivationError(errors.SPAWN_EXEC_FAILED,
+                                  f"Failed to execute program {name}: No such file or directory")
         try:
             process = ServiceProcess(self.bus.loop, name, argv, self.spawn_environment(), self._process_exited,
                                      **popen_args)
         except OSError as exc:
-            raise ActivationError(SPAWN_EXEC_FAILED,
+            raise ActivationError(errors.SPAWN_EXEC_FAILED,
                                   f"Failed to execute program {name}: {exc.strerror or exc}") from None
         except subprocess.SubprocessError as exc:
-            raise ActivationError(SPAWN_SETUP_FAILED, f"Failed to set up {name}: {exc}") from None
+            raise ActivationError(errors.SPAWN_SETUP_FAILED, f"Failed to set up {name}: {exc}") from None
         self.processes.add(process)
         log.info("started %s as pid %d: %s", name, process.pid, " ".join(argv))
         return process
@@ -901,7 +888,7 @@ class Activation:
         message = build_message(METHOD_CALL, bus.next_driver_serial(), path="/org/freedesktop/systemd1",
                                 interface="org.freedesktop.systemd1.Manager", member="SetEnvironment",
                                 destination=systemd.unique_name if systemd is not None else SYSTEMD_NAME,
-                                sender=DBUS, signature="as", body=[[f"{k}={v}" for k, v in env.items()]],
+                                sender=DRIVER_NAME, signature="as", body=[[f"{k}={v}" for k, v in env.items()]],
                                 flags=NO_REPLY_EXPECTED)
         if systemd is not None:
             bus.send_from_driver(systemd, message)
@@ -910,8 +897,8 @@ class Activation:
             self._hold(SYSTEMD_NAME, None, SystemdRequest(message), None)
 
     def _activation_request(self, unit: str) -> bytes:
-        return build_message(SIGNAL, self.bus.next_driver_serial(), path=DBUS_PATH, interface=SYSTEMD_ACTIVATOR,
-                             member="ActivationRequest", destination=SYSTEMD_NAME, sender=DBUS,
+        return build_message(SIGNAL, self.bus.next_driver_serial(), path=DRIVER_PATH, interface=SYSTEMD_ACTIVATOR,
+                             member="ActivationRequest", destination=SYSTEMD_NAME, sender=DRIVER_NAME,
                              signature="s", body=[unit])
 
     # ------------------------------------------------------------ outcomes
@@ -940,7 +927,7 @@ class Activation:
         pending.timer = None
         if pending.process is not None:
             pending.process.kill()
-        self._fail(pending, TIMED_OUT,
+        self._fail(pending, errors.TIMED_OUT,
                    f"Failed to activate service '{pending.name}': timed out (service_start_timeout={timeout_ms}ms)")
 
     def _process_exited(self, process: ServiceProcess) -> None:
@@ -958,11 +945,11 @@ class Activation:
             return
         if self.servicehelper and returncode > 0:
             error, text = SERVICEHELPER_EXIT_ERRORS.get(
-                returncode, (SPAWN_CHILD_EXITED, f"Launch helper exited with unknown return code {returncode}"))
+                returncode, (errors.SPAWN_CHILD_EXITED, f"Launch helper exited with unknown return code {returncode}"))
         elif returncode < 0:
-            error, text = SPAWN_CHILD_SIGNALED, f"Process {pending.name} received signal {-returncode}"
+            error, text = errors.SPAWN_CHILD_SIGNALED, f"Process {pending.name} received signal {-returncode}"
         else:
-            error, text = SPAWN_CHILD_EXITED, f"Process {pending.name} exited with status {returncode}"
+            error, text = errors.SPAWN_CHILD_EXITED, f"Process {pending.name} exited with status {returncode}"
         # Other names started by the same program fail with it (dbus-daemon does the same).
         command = pending.service.exec if pending.service else None
         for other in [p for p in self.pending.values()

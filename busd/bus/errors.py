@@ -20,8 +20,20 @@ MATCH_RULE_INVALID = _PREFIX + "MatchRuleInvalid"
 ADT_AUDIT_DATA_UNKNOWN = _PREFIX + "AdtAuditDataUnknown"
 SELINUX_SECURITY_CONTEXT_UNKNOWN = _PREFIX + "SELinuxSecurityContextUnknown"
 UNIX_PROCESS_ID_UNKNOWN = _PREFIX + "UnixProcessIdUnknown"
-SPAWN_SERVICE_NOT_FOUND = _PREFIX + "Spawn.ServiceNotFound"
 TIMEOUT = _PREFIX + "Timeout"
+TIMED_OUT = _PREFIX + "TimedOut"  # a service start took longer than service_start_timeout
+# Service activation (dbus-daemon's DBUS_ERROR_SPAWN_*)
+SPAWN_EXEC_FAILED = _PREFIX + "Spawn.ExecFailed"
+SPAWN_FORK_FAILED = _PREFIX + "Spawn.ForkFailed"
+SPAWN_CHILD_EXITED = _PREFIX + "Spawn.ChildExited"
+SPAWN_CHILD_SIGNALED = _PREFIX + "Spawn.ChildSignaled"
+SPAWN_FAILED = _PREFIX + "Spawn.Failed"
+SPAWN_SETUP_FAILED = _PREFIX + "Spawn.FailedToSetup"
+SPAWN_CONFIG_INVALID = _PREFIX + "Spawn.ConfigInvalid"
+SPAWN_SERVICE_INVALID = _PREFIX + "Spawn.ServiceNotValid"
+SPAWN_SERVICE_NOT_FOUND = _PREFIX + "Spawn.ServiceNotFound"
+SPAWN_PERMISSIONS_INVALID = _PREFIX + "Spawn.PermissionsInvalid"
+SPAWN_FILE_INVALID = _PREFIX + "Spawn.FileInvalid"
 
 
 class DriverError(Exception):

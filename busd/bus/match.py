@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 from busd.wire import names
 from busd.wire.signature import SignatureError, parse_signature
 
+from . import errors
+
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 MESSAGE_TYPES: dict[str, int] = {
     "method_call": METHOD_CALL, "method_return": METHOD_RETURN, "error": ERROR, "signal": SIGNAL,
@@ -48,7 +50,7 @@ class MatchRuleInvalid(ValueError):
     in a newline (`newline=False` for those that do not).
     """
 
-    error_name = "org.freedesktop.DBus.Error.MatchRuleInvalid"
+    error_name = errors.MATCH_RULE_INVALID
 
     def __init__(self, text: str, newline: bool = True) -> None:
         super().__init__(text)
@@ -58,13 +60,13 @@ class MatchRuleInvalid(ValueError):
 class MatchRuleTooLong(MatchRuleInvalid):
     """The rule text exceeds MAX_RULE_LENGTH bytes (dbus-daemon answers LimitsExceeded)."""
 
-    error_name = "org.freedesktop.DBus.Error.LimitsExceeded"
+    error_name = errors.LIMITS_EXCEEDED
 
 
 class MatchRuleNotFound(LookupError):
     """RemoveMatch named a rule the connection has not added."""
 
-    error_name = "org.freedesktop.DBus.Error.MatchRuleNotFound"
+    error_name = errors.MATCH_RULE_NOT_FOUND
 
     def __init__(self, message: str = "The given match rule wasn't found and can't be removed") -> None:
         super().__init__(message)
