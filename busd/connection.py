@@ -37,6 +37,7 @@ MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
 _IOV_MAX = 512
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+MAX_AUTH_BUFFER = 16384  # dbus-daemon's cap on unsent handshake replies (and on an unfinished line)
 _PYTHON_MAX_OPTLEN = 1024  # socket.getsockopt() refuses larger buffers: 256 groups
 
 
@@ -178,6 +179,27 @@ class Connection:
         bus.flush_all()
 
     def _feed_auth(self, data: bytes) -> None:
+        """Feed the handshake in slices, dropping a peer that leaves over MAX_AUTH_BUFFER of replies unread.
+
+        Each junk line is answered with an ERROR up to 8 times its size, so a
+        peer that writes lines and never reads would make the bus buffer without
+        bound. dbus-daemon disconnects it once 16 KiB of replies are unsent.
+        """
+        pos = 0
+        while pos < len(data) and self.auth is not None:
+            chunk = data[pos:pos + MAX_AUTH_BUFFER] if pos or len(data) > MAX_AUTH_BUFFER else data
+            pos += len(chunk)
+            self._feed_auth_chunk(chunk)
+            if self.closed:
+                return
+            if self.auth is not None and self.out_bytes > MAX_AUTH_BUFFER:
+                self.close(f"does not read its authentication replies: {self.out_bytes} bytes unsent, "
+                           f"the limit is {MAX_AUTH_BUFFER}")
+                return
+        if pos < len(data) and self.peer is not None and not self.closed:
+            self._feed(data[pos:])  # the first messages, after BEGIN in the same read
+
+    def _feed_auth_chunk(self, data: bytes) -> None:
         auth = self.auth
         try:
             reply = auth.receive_data(data)
