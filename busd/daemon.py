@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .bus.activation import Activation, install_activation, servicedirs_of, servicehelper_of
-from .bus.core import Bus, Limits
-from .bus.policy import compile_policy
+from .bus.core import Bus
+from .bus.limits import Limits
 from .connection import Connection, Credentials
+from .launcher.policy import compile_policy
 from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen
 from .wire.sasl import ServerAuthenticator

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 import os
 
-from .bus.core import Limits
 from .config.loader import builtin_session_config, load_config
 from .config.model import BusConfig
 from .daemon import DaemonSettings
-from .wire.message import MAX_MESSAGE_SIZE
 
 log = logging.getLogger("busd")
 
@@ -18,12 +16,6 @@ SESSION_CONFIG = "/usr/share/dbus-1/session.conf"
 
 
 def settings_from_config(config: BusConfig, path: str | None) -> DaemonSettings:
-    limits = Limits(**{name: getattr(config.limits, name) for name in Limits.names()
-                       if hasattr(config.limits, name)})
-    # The specification caps messages at 128 MiB whatever a config says (session.conf says 1e9).
-    limits.max_message_size = min(limits.max_message_size, MAX_MESSAGE_SIZE)
-    if limits.reply_timeout < 0:
-        limits.reply_timeout = 10 ** 12  # "never", as dbus-daemon treats a negative timeout
     return DaemonSettings(
         bus_type=config.type or "session",
         listen=list(config.listen),
@@ -35,7 +27,7 @@ def settings_from_config(config: BusConfig, path: str | None) -> DaemonSettings:
         pidfile=config.pidfile,
         syslog=config.syslog,
         servicedirs=[d.path for d in config.servicedirs],
-        limits=limits,
+        limits=config.limits.to_bus_limits(),
         config=config,
         config_path=path,
     )

@@ -17,7 +17,7 @@ from busd.config.loader import (
     ConfigError, builtin_session_config, builtin_system_config, load_config, load_config_text,
     standard_session_servicedirs, standard_system_servicedirs,
 )
-from busd.config.model import INT_LIMITS, MAX_MESSAGE_UNIX_FDS, SESSION_LIMITS, Limits, ServiceDir
+from busd.config.model import INT_LIMITS, MAX_MESSAGE_UNIX_FDS, SESSION_LIMITS, LimitSettings, ServiceDir
 
 STOCK_SESSION = Path("/usr/share/dbus-1/session.conf")
 STOCK_SYSTEM = Path("/usr/share/dbus-1/system.conf")
@@ -124,7 +124,7 @@ def test_dbus_daemon_accepts_the_builtin_session_config():
 def test_builtin_system_config():
     config = builtin_system_config()
     assert (config.type, config.user, config.fork) == ("system", "messagebus", True)
-    assert config.limits == Limits()
+    assert config.limits == LimitSettings()
     assert "/usr/share/dbus-1/system.d" in config.includedirs or not os.path.isdir("/usr/share/dbus-1/system.d")
     default = config.rules("default")
     assert [(rule.kind, rule.allow) for rule in default[:3]] == [("user", True), ("own", False), ("send", False)]
@@ -321,14 +321,14 @@ def test_last_type_wins():
 # -- limits -----------------------------------------------------------------------------------------------
 
 def test_every_limit_can_be_set():
-    body = "\n".join(f'<limit name="{name}">{i + 1}</limit>' for i, name in enumerate(Limits.model_fields))
+    body = "\n".join(f'<limit name="{name}">{i + 1}</limit>' for i, name in enumerate(LimitSettings.model_fields))
     limits = load_config_text(config_with(body)).limits
-    assert list(limits.model_dump().values()) == list(range(1, len(Limits.model_fields) + 1))
+    assert list(limits.model_dump().values()) == list(range(1, len(LimitSettings.model_fields) + 1))
 
 
 def test_limit_defaults_are_dbus_daemons():
-    assert load_config_text(config_with("")).limits == Limits()
-    assert Limits().reply_timeout == -1
+    assert load_config_text(config_with("")).limits == LimitSettings()
+    assert LimitSettings().reply_timeout == -1
     if STOCK_SESSION.exists():
         assert load_config(STOCK_SESSION).limits == SESSION_LIMITS
 

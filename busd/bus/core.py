@@ -17,7 +17,6 @@ import asyncio
 import logging
 import os
 import time
-from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from ..wire.marshal import LITTLE
@@ -30,6 +29,7 @@ from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 from . import errors
 from .driver import Driver
 from .errors import DriverError
+from .limits import Limits
 from .match import MatchIndex, MatchRule
 from .ownership import NameEvent, NameRegistry
 from .policy import AllowEverything, BusPolicy
@@ -42,33 +42,6 @@ log = logging.getLogger("busd.bus")
 SOFT_QUEUE_LIMIT = 8 << 20
 _DRIVER_NAMES = frozenset({DRIVER_NAME})
 NOT_ACTIVE_YET = ":not.active.yet"  # the sender monitors see for a peer before its Hello, as on dbus-daemon
-
-
-@dataclass
-class Limits:
-    """dbus-daemon's <limit> names, with its session-bus defaults (times in ms)."""
-
-    max_incoming_bytes: int = 1_000_000_000
-    max_incoming_unix_fds: int = 250_000_000
-    max_outgoing_bytes: int = 1_000_000_000
-    max_outgoing_unix_fds: int = 250_000_000
-    max_message_size: int = 1 << 27
-    max_message_unix_fds: int = 1024
-    service_start_timeout: int = 120_000
-    auth_timeout: int = 240_000
-    pending_fd_timeout: int = 150_000
-    max_completed_connections: int = 100_000
-    max_incomplete_connections: int = 10_000
-    max_connections_per_user: int = 100_000
-    max_pending_service_starts: int = 10_000
-    max_names_per_connection: int = 50_000
-    max_match_rules_per_connection: int = 50_000
-    max_replies_per_connection: int = 50_000
-    reply_timeout: int = 300_000
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 class Peer:

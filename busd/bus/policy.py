@@ -1,10 +1,11 @@
 """Security policy: who may connect, own which names and send or receive which messages.
 
 This module is the door between the bus and the <policy> rules of the
-configuration. The bus asks a `BusPolicy` for a `PeerPolicy` once per
-connection (rules depend on the peer's uid and groups) and consults it on every
-message when `BusPolicy.enforced` is true; a bus whose rules allow everything
-skips the checks entirely, so they cost nothing on the per-message path.
+configuration, which the launcher hands over as `PolicyRules` (launcher/policy.py).
+The bus asks a `BusPolicy` for a `PeerPolicy` once per connection (rules
+depend on the peer's uid and groups) and consults it on every message when
+`BusPolicy.enforced` is true; a bus whose rules allow everything skips the
+checks entirely, so they cost nothing on the per-message path.
 
 Verdicts are `Verdict(allowed, rule)`: `rule` (the deciding rule, or None for the
 default) is what a denial's log line names.
@@ -32,9 +33,10 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-from typing import Any, Collection, Iterable, NamedTuple, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Collection, Iterable, Mapping, NamedTuple, Protocol
 
-from ..config.model import MAX_MESSAGE_UNIX_FDS, BusConfig, PolicyRule
+from ..wire.message import MAX_MESSAGE_UNIX_FDS
 
 log = logging.getLogger("busd.policy")
 
@@ -93,6 +95,62 @@ class AllowEverything:
 
     def allows_connection(self, uid: int | None) -> Verdict:
         return ALLOWED
+
+
+# ---------------------------------------------------------------- what the launcher hands over
+
+class PolicyRule(Protocol):
+    """One <allow> or <deny> as the bus reads it; a field left None matches anything.
+
+    `kind` says when the rule is consulted: "send"/"receive" for each message,
+    "own" for RequestName, "user"/"group" when a connection is accepted.
+    """
+
+    allow: bool
+    kind: str
+    send_interface: str | None
+    send_member: str | None
+    send_error: str | None
+    send_destination: str | None
+    send_destination_prefix: str | None
+    send_path: str | None
+    send_type: str | None
+    send_broadcast: bool | None
+    send_requested_reply: bool | None
+    receive_interface: str | None
+    receive_member: str | None
+    receive_error: str | None
+    receive_sender: str | None
+    receive_path: str | None
+    receive_type: str | None
+    receive_requested_reply: bool | None
+    eavesdrop: bool
+    max_fds: int
+    min_fds: int
+    own: str | None
+    own_prefix: str | None
+    user: str | None
+    uid: int | None
+    group: str | None
+    gid: int | None
+    log: bool
+
+    @property
+    def requested_reply(self) -> bool: ...
+
+    @property
+    def origin(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PolicyRules:
+    """A configuration's rules by whom they apply to, each list in file order (launcher.policy builds it)."""
+
+    default: tuple[PolicyRule, ...] = ()
+    mandatory: tuple[PolicyRule, ...] = ()
+    by_uid: Mapping[int, tuple[PolicyRule, ...]] = field(default_factory=dict)
+    by_gid: Mapping[int, tuple[PolicyRule, ...]] = field(default_factory=dict)
+    not_at_console: tuple[PolicyRule, ...] = ()  # every peer with a uid: nobody is at the console to busd
 
 
 # ---------------------------------------------------------------- compiled rules
@@ -424,30 +482,12 @@ class _Tests:
 class ConfigPolicy:
     """The <policy> elements of a configuration, compiled; hands out per-peer policies."""
 
-    def __init__(self, config: BusConfig):
-        self.default: list[PolicyRule] = []
-        self.mandatory: list[PolicyRule] = []
-        self.by_uid: dict[int, list[PolicyRule]] = {}
-        self.by_gid: dict[int, list[PolicyRule]] = {}
-        self.not_at_console: list[PolicyRule] = []
-        for policy in config.policies:
-            where = policy.applies_to
-            if where == "default":
-                self.default.extend(policy.rules)
-            elif where == "mandatory":
-                self.mandatory.extend(policy.rules)
-            elif where == "user":
-                self.by_uid.setdefault(policy.uid, []).extend(policy.rules)
-            elif where == "group":
-                self.by_gid.setdefault(policy.gid, []).extend(policy.rules)
-            else:
-                # Nobody is "at the console" to busd (nor to dbus-daemon without a console auth dir):
-                # at_console="false" rules apply to every peer with a uid, at_console="true" ones to none.
-                log.info("%s:%d: <policy at_console=\"%s\">: busd treats no connection as being at the "
-                         "console, so these rules apply to %s", policy.file, policy.line,
-                         str(policy.at_console).lower(), "no one" if policy.at_console else "every connection")
-                if not policy.at_console:
-                    self.not_at_console.extend(policy.rules)
+    def __init__(self, rules: PolicyRules):
+        self.default = rules.default
+        self.mandatory = rules.mandatory
+        self.by_uid = rules.by_uid
+        self.by_gid = rules.by_gid
+        self.not_at_console = rules.not_at_console
         self.connection_rules = [r for r in (*self.default, *self.mandatory) if r.kind in ("user", "group")]
         self.enforced = not (self._allows_everything("send") and self._allows_everything("receive"))
         self._peers: dict[tuple, ConfigPeerPolicy] = {}
@@ -505,12 +545,7 @@ class ConfigPolicy:
         return verdict
 
 
-def compile_policy(config: BusConfig) -> ConfigPolicy:
-    """Compile a configuration's <policy> elements for the bus (`Bus.set_policy`)."""
-    return ConfigPolicy(config)
-
-
 __all__ = [
     "ALLOWED", "AllowEverything", "BusPolicy", "ConfigPeerPolicy", "ConfigPolicy", "DENIED", "PeerPolicy",
-    "Verdict", "compile_policy", "describe_rule",
+    "PolicyRule", "PolicyRules", "Verdict", "describe_rule",
 ]

@@ -5,12 +5,12 @@ from .loader import (
     standard_session_servicedirs, standard_system_servicedirs,
 )
 from .model import (
-    BUSD_NAMESPACE, SESSION_LIMITS, BusConfig, ConfigNote, ExtensionElement, Limits, Policy, PolicyRule,
+    BUSD_NAMESPACE, SESSION_LIMITS, BusConfig, ConfigNote, ExtensionElement, LimitSettings, Policy, PolicyRule,
     SelinuxAssociation, ServiceDir,
 )
 
 __all__ = [
-    "BUSD_NAMESPACE", "BusConfig", "ConfigError", "ConfigNote", "ExtensionElement", "Limits", "Policy",
+    "BUSD_NAMESPACE", "BusConfig", "ConfigError", "ConfigNote", "ExtensionElement", "LimitSettings", "Policy",
     "PolicyRule", "SESSION_LIMITS", "SelinuxAssociation", "ServiceDir", "builtin_session_config",
     "builtin_system_config", "load_config", "load_config_text", "standard_session_servicedirs",
     "standard_system_servicedirs",

@@ -19,7 +19,7 @@ from typing import Any
 from xml.parsers import expat
 
 from .model import (
-    BUSD_NAMESPACE, INT_LIMITS, MAX_MESSAGE_UNIX_FDS, BusConfig, ConfigNote, ExtensionElement, Limits, Policy,
+    BUSD_NAMESPACE, INT_LIMITS, MAX_MESSAGE_UNIX_FDS, BusConfig, ConfigNote, ExtensionElement, LimitSettings, Policy,
     PolicyRule, SelinuxAssociation, ServiceDir,
 )
 
@@ -100,7 +100,7 @@ def _add_servicedir(dirs: list[ServiceDir], new: ServiceDir) -> None:
 class _State:
     """The configuration read so far from one file and its includes."""
 
-    limits: dict[str, int] = field(default_factory=lambda: Limits().model_dump())
+    limits: dict[str, int] = field(default_factory=lambda: LimitSettings().model_dump())
     type: str | None = None
     user: str | None = None
     pidfile: str | None = None
@@ -145,7 +145,7 @@ class _State:
             type=self.type, user=self.user, fork=self.fork, keep_umask=self.keep_umask, syslog=self.syslog,
             allow_anonymous=self.allow_anonymous, pidfile=self.pidfile, listen=tuple(self.listen),
             auth=tuple(self.auth), servicedirs=tuple(self.servicedirs), servicehelper=self.servicehelper,
-            includedirs=tuple(self.includedirs), files=tuple(self.files), limits=Limits(**self.limits),
+            includedirs=tuple(self.includedirs), files=tuple(self.files), limits=LimitSettings(**self.limits),
             policies=tuple(self.policies), apparmor_mode=self.apparmor_mode, selinux=tuple(self.selinux),
             extensions=tuple(self.extensions), notes=tuple(self.notes),
         )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..bus.limits import Limits
+from ..wire.message import MAX_MESSAGE_SIZE, MAX_MESSAGE_UNIX_FDS
+
 MessageTypeName = Literal["method_call", "method_return", "error", "signal"]
 RuleKind = Literal["send", "receive", "own", "user", "group"]
 
-MAX_MESSAGE_UNIX_FDS = 1 << 25  # DBUS_MAXIMUM_MESSAGE_UNIX_FDS: the range of max_fds/min_fds
 BUSD_NAMESPACE = "https://busd.dev/config"
 
 
@@ -17,12 +20,12 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Limits(_Frozen):
+class LimitSettings(_Frozen):
     """Resource limits (<limit name="...">); defaults are dbus-daemon's built-in ones.
 
     Those built-in values are what the system bus runs with; the session bus
     overrides many of them in its config file (see SESSION_LIMITS). Times are
-    in milliseconds.
+    in milliseconds. `to_bus_limits()` gives the bus the ones it enforces.
     """
 
     max_incoming_bytes: int = 127 * 1024 * 1024
@@ -47,15 +50,24 @@ class Limits(_Frozen):
     max_container_metadata_bytes: int = 4096
     max_connections_per_container: int = 8
 
+    def to_bus_limits(self) -> Limits:
+        """The limits as the bus enforces them (the container limits have no meaning to busd)."""
+        values = {f.name: getattr(self, f.name) for f in fields(Limits)}
+        # The specification caps messages at 128 MiB whatever a config says (session.conf says 1e9).
+        values["max_message_size"] = min(values["max_message_size"], MAX_MESSAGE_SIZE)
+        if values["reply_timeout"] < 0:
+            values["reply_timeout"] = 10 ** 12  # "never", as dbus-daemon treats a negative timeout
+        return Limits(**values)
+
 
 # Limits whose values dbus-daemon keeps in a C int; the others are longs.
-INT_LIMITS = frozenset(Limits.model_fields) - {
+INT_LIMITS = frozenset(LimitSettings.model_fields) - {
     "max_incoming_bytes", "max_incoming_unix_fds", "max_outgoing_bytes", "max_outgoing_unix_fds",
     "max_message_size", "max_message_unix_fds",
 }
 
 # What dbus-daemon's stock session.conf sets: "essentially infinite" limits.
-SESSION_LIMITS = Limits(
+SESSION_LIMITS = LimitSettings(
     max_incoming_bytes=1_000_000_000,
     max_incoming_unix_fds=250_000_000,
     max_outgoing_bytes=1_000_000_000,
@@ -205,7 +217,7 @@ class BusConfig(_Frozen):
     servicehelper: str | None = None
     includedirs: tuple[str, ...] = ()  # existing <includedir>s: watch them to reload
     files: tuple[str, ...] = ()  # every file read, the top one first
-    limits: Limits = Limits()
+    limits: LimitSettings = LimitSettings()
     policies: tuple[Policy, ...] = ()
     apparmor_mode: Literal["enabled", "disabled", "required"] | None = None
     selinux: tuple[SelinuxAssociation, ...] = ()
@@ -218,7 +230,7 @@ class BusConfig(_Frozen):
 
 
 __all__ = [
-    "BUSD_NAMESPACE", "BusConfig", "ConfigNote", "ExtensionElement", "INT_LIMITS", "Limits",
+    "BUSD_NAMESPACE", "BusConfig", "ConfigNote", "ExtensionElement", "INT_LIMITS", "LimitSettings",
     "MAX_MESSAGE_UNIX_FDS", "MessageTypeName", "Policy", "PolicyRule", "RuleKind", "SESSION_LIMITS",
     "SelinuxAssociation", "ServiceDir",
 ]

@@ -57,6 +57,7 @@ _FIELD_TYPE_BYTES = {code: ord(t) for code, t in FIELD_TYPES.items()}
 PROTOCOL_VERSION = 1
 FIXED_HEADER_SIZE = 16
 MAX_MESSAGE_SIZE = 1 << 27  # 128 MiB, the specification's maximum
+MAX_MESSAGE_UNIX_FDS = 1 << 25  # DBUS_MAXIMUM_MESSAGE_UNIX_FDS, libdbus's cap on fds in one message
 MAX_HEADER_FIELDS_LENGTH = MAX_ARRAY_LENGTH
 
 _LE3 = struct.Struct("<III")
