@@ -277,3 +277,31 @@ def test_parses_the_address_dbus_daemon_prints(reference_bus) -> None:
     assert os.path.exists(address.params["path"])
     assert address.guid is not None and len(address.guid) == 32
     assert parse_address(address.format()) == address
+
+
+@pytest.mark.parametrize("env", [
+    {"DBUS_SESSION_BUS_ADDRESS": "unix:path=/session", "DBUS_SYSTEM_BUS_ADDRESS": "tcp:host=localhost,port=1"},
+    {"XDG_RUNTIME_DIR": "/nonexistent/runtime"},
+    {},
+], ids=["variables", "runtime dir without a socket", "nothing"])
+def test_the_sdk_and_busdctl_find_buses_as_busd_wire_does(monkeypatch, env) -> None:
+    """busd_client.connect() and busdctl resolve "session"/"system" with busd.wire's lookup alone."""
+    from busd_client import resolve_address
+    from busd_client.errors import Disconnected
+    from busdctl.connection import choose_bus
+    from busdctl.errors import CommandError
+
+    for name in ("DBUS_SESSION_BUS_ADDRESS", "DBUS_SYSTEM_BUS_ADDRESS", "XDG_RUNTIME_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert resolve_address("system") == choose_bus(None, "system").address == system_bus_address()
+    try:
+        expected = session_bus_address()
+    except AddressError:
+        with pytest.raises(Disconnected):
+            resolve_address("session")
+        with pytest.raises(CommandError, match="Cannot find the user bus"):
+            choose_bus(None, "user")
+    else:
+        assert resolve_address(None) == resolve_address("session") == choose_bus(None, "user").address == expected

@@ -13,11 +13,11 @@ import asyncio
 import heapq
 import inspect
 import logging
-import os
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from busd.wire.address import AddressError, session_bus_address, system_bus_address
 from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH, PEER_INTERFACE
 
 from ._backend import Backend, get_backend, guard_writes
@@ -30,7 +30,6 @@ from .names import NameFlag, NameTracker, NameWatcher, ReleaseNameReply, Request
 log = logging.getLogger("busd_client")
 
 DEFAULT_TIMEOUT = 25.0  # seconds, libdbus's default
-SYSTEM_BUS_DEFAULT = "unix:path=/var/run/dbus/system_bus_socket"
 
 ReplyCallback = Callable[[Any, BaseException | None], None]
 """Called with (reply message, None) or (None, error)."""
@@ -39,17 +38,14 @@ ReplyCallback = Callable[[Any, BaseException | None], None]
 def resolve_address(address: str | None) -> str:
     """Turn connect()'s `address` (None, "session", "system" or a D-Bus address) into a D-Bus address."""
     if address is None or address == "session":
-        found = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        if found:
-            return found
-        runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-        if runtime_dir and os.path.exists(os.path.join(runtime_dir, "bus")):
-            return f"unix:path={os.path.join(runtime_dir, 'bus')}"
-        raise Disconnected(
-            "no session bus: DBUS_SESSION_BUS_ADDRESS is not set; start one "
-            "(e.g. `dbus-run-session -- python3 ...` or busd) or pass an address to connect()")
+        try:
+            return session_bus_address()
+        except AddressError:
+            raise Disconnected(
+                "no session bus: DBUS_SESSION_BUS_ADDRESS is not set and there is no $XDG_RUNTIME_DIR/bus; "
+                "start one (e.g. `dbus-run-session -- python3 ...` or busd) or pass an address to connect()") from None
     if address == "system":
-        return os.environ.get("DBUS_SYSTEM_BUS_ADDRESS") or SYSTEM_BUS_DEFAULT
+        return system_bus_address()
     if ":" not in address:
         raise ValueError(
             f"{address!r} is not a D-Bus address; use None, 'session', 'system' or an "

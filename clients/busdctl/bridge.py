@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .connection import DRIVER_NAME, DRIVER_PATH, PROPERTIES_INTERFACE
+from busd.wire.wellknown import DRIVER_NAME, DRIVER_PATH, PROPERTIES_INTERFACE
+
 from .context import Context
 from .errors import EXIT_OK, NOT_SUPPORTED, BusError, CommandError
 from .output import Column

@@ -8,7 +8,9 @@ from typing import Any
 from dbus_next import MessageFlag, MessageType
 from dbus_next.signature import Variant
 
-from .connection import PROPERTIES_INTERFACE, make_message
+from busd.wire.wellknown import PROPERTIES_INTERFACE
+
+from .connection import make_message
 from .context import Context
 from .errors import EXIT_OK, INVALID_ARGS, BusError, CommandError
 from .formatting import format_short, format_verbose, json_body, json_variant, verbose_lines

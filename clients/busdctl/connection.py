@@ -17,13 +17,11 @@ from dbus_next.errors import (AuthError, InvalidAddressError, InvalidBusNameErro
                               InvalidMemberNameError, InvalidMessageError, InvalidObjectPathError,
                               SignatureBodyMismatchError)
 
-from busd.wire.wellknown import (
-    DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH, INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE,
-)
+from busd.wire.address import AddressError, session_bus_address, system_bus_address
+from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 from .errors import BusError, CommandError, UsageError
 
-DEFAULT_SYSTEM_BUS_ADDRESS = "unix:path=/run/dbus/system_bus_socket"
 DEFAULT_TIMEOUT = 25.0  # seconds, as sd-bus and libdbus wait for a reply
 
 
@@ -52,16 +50,12 @@ def choose_bus(address: str | None, scope: str) -> BusChoice:
     if address:
         return BusChoice(address, f"the bus at {address}")
     if scope == "user":
-        session = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
-        if session:
-            return BusChoice(session, "the user bus")
-        runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
-        if runtime_dir:
-            return BusChoice(f"unix:path={runtime_dir}/bus", "the user bus")
-        raise CommandError("Cannot find the user bus: neither DBUS_SESSION_BUS_ADDRESS nor "
-                           "XDG_RUNTIME_DIR is set. Pass --address=ADDRESS.")
-    return BusChoice(os.environ.get("DBUS_SYSTEM_BUS_ADDRESS", DEFAULT_SYSTEM_BUS_ADDRESS),
-                     "the system bus")
+        try:
+            return BusChoice(session_bus_address(), "the user bus")
+        except AddressError:
+            raise CommandError("Cannot find the user bus: DBUS_SESSION_BUS_ADDRESS is not set and there is no "
+                               "$XDG_RUNTIME_DIR/bus socket. Pass --address=ADDRESS.") from None
+    return BusChoice(system_bus_address(), "the system bus")
 
 
 class TapBus(MessageBus):

@@ -6,7 +6,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from .connection import DRIVER_NAME, BusConnection
+from busd.wire.wellknown import DRIVER_NAME
+
+from .connection import BusConnection
 from .context import Context
 from .creds import ProcessFacts, read_process, user_name
 from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError

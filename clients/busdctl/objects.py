@@ -7,7 +7,9 @@ from typing import Any
 
 from dbus_next.signature import Variant
 
-from .connection import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE, BusConnection
+from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE
+
+from .connection import BusConnection
 from .context import Context
 from .errors import EXIT_FAILURE, EXIT_OK, BusError, CommandError
 from .formatting import format_short_value, json_variant

@@ -12,10 +12,10 @@ from typing import Any
 from dbus_next import Message, MessageType
 from dbus_next.validators import is_bus_name_valid
 
-from busd.wire.wellknown import MONITORING_INTERFACE
+from busd.wire.wellknown import DRIVER_NAME, DRIVER_PATH, MONITORING_INTERFACE
 
 from . import __version__
-from .connection import DRIVER_NAME, DRIVER_PATH, BusConnection, Tap, make_message
+from .connection import BusConnection, Tap, make_message
 from .context import Context
 from .errors import EXIT_OK, NOT_SUPPORTED, BusError, CommandError, UsageError
 from .formatting import format_verbose, json_body
