@@ -10,10 +10,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .bus.activation import Activation, install_activation, servicedirs_of, servicehelper_of
 from .bus.core import Bus
 from .bus.limits import Limits
 from .connection import Connection, Credentials
+from .launcher.activation import Activation, install_activation, servicedirs_of, servicehelper_of
 from .launcher.policy import compile_policy
 from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen

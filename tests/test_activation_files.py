@@ -7,8 +7,9 @@ import os
 
 import pytest
 
-from busd.bus.activation import (
-    ActivationError, ServiceCatalog, ServiceFileError, parse_desktop_file, read_service_file, split_command_line,
+from busd.bus.activation import ActivationError
+from busd.launcher.services import (
+    ServiceCatalog, ServiceFileError, parse_desktop_file, read_service_file, split_command_line,
 )
 from busd.config.model import ServiceDir
 

@@ -30,8 +30,6 @@ KNOWN_CROSSINGS = {
     # the bus still names the transport's Connection and Credentials: the PeerLink port is not declared yet
     ("busd/bus/core.py", "busd.connection"),
     ("busd/bus/driver.py", "busd.connection"),
-    # service files are still read on the bus side until activation is split into bus/ and launcher/
-    ("busd/bus/activation.py", "busd.config.model"),
 }
 
 
