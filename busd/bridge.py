@@ -45,6 +45,7 @@ from .bridge_link import LinkError, UpstreamLink, close_fds, error_text
 from .bridge_wire import readdressed
 from .bus import errors
 from .bus.match import MatchRule
+from .bus.observers import BusObserver
 from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
 from .connection import Credentials
 from .interfaces import introspection_xml
@@ -149,7 +150,7 @@ def _xml_interface() -> str:
     return text[start:text.index("</interface>", start) + len("</interface>\n")]
 
 
-class Bridge:
+class Bridge(BusObserver):
     """One bridge between the local bus and an upstream bus, as `settings` describe it."""
 
     def __init__(self, bus: "Bus", settings: BridgeSettings):
@@ -172,7 +173,6 @@ class Bridge:
         self.task: asyncio.Task | None = None
         self._lost: asyncio.Future | None = None
         self.stopped = False
-        self._previous_hooks: dict[str, Any] = {}
 
     @property
     def connected(self) -> bool:
@@ -182,11 +182,7 @@ class Bridge:
 
     def start(self) -> None:
         bus = self.bus
-        for name, hook in (("match_added", self.match_added), ("match_removed", self.match_removed),
-                           ("on_name_events", self.name_events)):
-            previous = getattr(bus, name, None)
-            self._previous_hooks[name] = previous
-            setattr(bus, name, hook if previous is None else _chain(previous, hook))
+        bus.add_observer(self)
         bus.driver.property_sources[BRIDGE_INTERFACE] = self.properties
         self._introspection = bus.driver.introspection
         marker = "</node>"
@@ -214,8 +210,7 @@ class Bridge:
         self._withdraw("the bridge stopped")
         self.link = None
         bus = self.bus
-        for name, previous in self._previous_hooks.items():
-            setattr(bus, name, previous)
+        bus.remove_observer(self)
         bus.driver.property_sources.pop(BRIDGE_INTERFACE, None)
         bus.driver.introspection = self._introspection
         for name in list(self.export_owners):
@@ -389,13 +384,7 @@ class Bridge:
                 previous.imported.discard(name)
                 events += registry.release(name, previous.peer)[1]
         if events:
-            self._announce(events)
-
-    def _announce(self, events: list[NameEvent]) -> None:
-        self.bus.emit_name_events(events)
-        hook = getattr(self.bus, "names_changed", None)  # activation waits for names too
-        if hook is not None:
-            hook(events)
+            self.bus.emit_name_events(events)
 
     def _mirror(self, upstream_name: str) -> Mirror:
         """The local stand-in for an upstream connection, made on first need and kept while it is connected."""
@@ -422,7 +411,7 @@ class Bridge:
     def _export_owner_changed(self, name: str, owner: "Peer | None") -> None:
         if not matches_any(self.settings.exports, name):
             return
-        if owner is not None and getattr(owner.conn, "virtual", False):
+        if owner is not None and isinstance(owner.conn, VirtualConnection):
             owner = None  # an imported name, or one held by the bridge: never sent back
         if owner is not None:
             first = name not in self.export_owners
@@ -468,7 +457,7 @@ class Bridge:
 
     # ------------------------------------------------------------ local hooks
 
-    def name_events(self, events: list[NameEvent]) -> None:
+    def names_changed(self, events: list[NameEvent]) -> None:
         for event in events:
             if event.kind != "owner_changed":
                 continue
@@ -481,7 +470,7 @@ class Bridge:
                 self._export_owner_changed(event.name, event.new_owner)
 
     def match_added(self, peer: "Peer", rule: MatchRule) -> None:
-        if getattr(peer.conn, "virtual", False):
+        if isinstance(peer.conn, VirtualConnection):
             return
         translated = self._upstream_rule(rule)
         if translated is None:
@@ -724,18 +713,11 @@ def _ignore(h: Header, buf: bytes) -> None:
     pass
 
 
-def _chain(first: Callable[..., None], second: Callable[..., None]) -> Callable[..., None]:
-    def both(*args: Any) -> None:
-        first(*args)
-        second(*args)
-    return both
-
-
 def _listed(patterns: tuple) -> str:
     return ", ".join(str(p) for p in patterns) or "nothing"
 
 
-class BridgeManager:
+class BridgeManager(BusObserver):
     """The daemon's bridge, if its settings ask for one: started with the bus, replaced when a reload changes it.
 
     `settings_for(config)` turns a (reloaded) BusConfig into BridgeSettings, merging the command line.
@@ -746,8 +728,7 @@ class BridgeManager:
         self.settings_for = settings_for
         self.bridge: Bridge | None = None
         self._apply(settings_for(config))
-        previous = getattr(bus, "config_reloaded", None)
-        bus.config_reloaded = self.config_reloaded if previous is None else _chain(previous, self.config_reloaded)
+        bus.add_observer(self)
 
     def _apply(self, settings: BridgeSettings | None) -> None:
         current = self.bridge.settings if self.bridge is not None else None

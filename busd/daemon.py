@@ -8,10 +8,11 @@ import logging
 import signal
 import uuid
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 from .bus.core import Bus
 from .bus.limits import Limits
+from .bus.observers import BusObserver
 from .connection import Connection, Credentials
 from .launcher.activation import Activation, install_activation, servicedirs_of, servicehelper_of
 from .launcher.policy import compile_policy
@@ -46,9 +47,10 @@ class DaemonSettings:
     limits: Limits = field(default_factory=Limits)
     config: object | None = None  # the parsed BusConfig, for policy and activation
     config_path: str | None = None
+    systemd_activation: bool = False  # --systemd-activation
 
 
-class Daemon:
+class Daemon(BusObserver):
     """One bus: its listeners and the Bus object behind them."""
 
     def __init__(self, settings: DaemonSettings, reload_settings: Callable[[], DaemonSettings] | None = None):
@@ -64,6 +66,7 @@ class Daemon:
         self._serial = 0
         self.activation: Activation | None = None  # once serving
         self.watchdog: Watchdog | None = None  # when systemd asked for keep-alives
+        self.bridge: Any = None  # the BridgeManager, made by process.start once the bus serves
 
     # ------------------------------------------------------------ before the loop
 
@@ -82,12 +85,11 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.loop = loop
         self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
-        self.bus.on_reload = self.reload
-        self.bus.on_incomplete_room = self._resume_accepting_incomplete
+        self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))
         self.activation = install_activation(self.bus, self.settings, self.addresses(),
-                                             getattr(self, "systemd_activation", False))
+                                             self.settings.systemd_activation)
         self._stopped = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
         for listener in self.listeners:
@@ -175,6 +177,9 @@ class Daemon:
             conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.close,
                                                    f"no Hello within auth_timeout={limits.auth_timeout}ms")
 
+    def incomplete_room(self) -> None:
+        self._resume_accepting_incomplete()
+
     def _stop_accepting_incomplete(self) -> None:
         """As dbus-daemon at max_incomplete_connections: leave new connections in the kernel's
         queue, dropping none, until an incomplete one says Hello or closes."""
@@ -211,6 +216,9 @@ class Daemon:
 
     # ------------------------------------------------------------ reload
 
+    def reload_requested(self) -> None:
+        self.reload()
+
     def _reload_from_signal(self) -> None:
         try:
             self.reload()
@@ -232,9 +240,7 @@ class Daemon:
         self.settings.limits = new.limits
         if policy is not None:
             self.bus.set_policy(policy)
-        hook = getattr(self.bus, "config_reloaded", None)
-        if hook is not None:
-            hook(new)
+        self.bus.config_reloaded(new)
         if self.activation is not None:
             self.activation.reload(servicedirs_of(new), servicehelper_of(new))
         log.info("configuration reloaded")

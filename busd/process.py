@@ -143,7 +143,7 @@ def start(args: argparse.Namespace) -> int:
         return load_settings(args.config_file, args.bus_kind)
 
     daemon = Daemon(settings, reload_settings if (args.config_file or args.bus_kind) else None)
-    daemon.systemd_activation = args.systemd_activation
+    settings.systemd_activation = args.systemd_activation
     try:
         daemon.bind()
     except ListenError as exc:

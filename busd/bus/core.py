@@ -31,6 +31,7 @@ from .driver import Driver
 from .errors import DriverError
 from .limits import Limits
 from .match import MatchIndex, MatchRule
+from .observers import BusObserver
 from .ownership import NameEvent, NameRegistry
 from .policy import AllowEverything, BusPolicy
 
@@ -83,9 +84,6 @@ class Bus:
         self.peers: dict[str, Peer] = {}
         self.connections: set["Connection"] = set()
         self.incomplete_connections = 0  # accepted, no Hello yet (counted by Connection)
-        # Called when incomplete connections drop below max_incomplete_connections (the
-        # daemon stops accepting at the limit and resumes then, as dbus-daemon does).
-        self.on_incomplete_room: Callable[[], None] | None = None
         self.connections_per_uid: dict[int, int] = {}
         self.registry = NameRegistry()
         self.matches = MatchIndex()
@@ -97,12 +95,24 @@ class Bus:
         self.reading = False  # inside a connection's read: it flushes when done
         self._driver_fields: dict[int, bytes] = {}
         self.started = time.monotonic()
-        self.on_reload: Callable[[], None] | None = None
-        self.on_driver_signal: Callable[[Peer, bytes, Header], None] | None = None  # e.g. systemd's
-        self.on_name_events: Callable[[list[NameEvent]], None] | None = None  # every name change (the bridge)
+        self.observers: list[BusObserver] = []  # registered where the daemon is assembled
         self.policy: BusPolicy = AllowEverything()
         self.driver = Driver(self)
         self._sweeper = loop.call_later(1.0, self._sweep_pending)
+
+    # ------------------------------------------------------------ observers
+
+    def add_observer(self, observer: BusObserver) -> None:
+        self.observers.append(observer)
+
+    def remove_observer(self, observer: BusObserver) -> None:
+        if observer in self.observers:
+            self.observers.remove(observer)
+
+    def config_reloaded(self, settings: Any) -> None:
+        """The daemon re-read its configuration: tell every observer."""
+        for observer in list(self.observers):
+            observer.config_reloaded(settings)
 
     # ------------------------------------------------------------ connection lifecycle
 
@@ -175,9 +185,9 @@ class Bus:
     def incomplete_connection_ended(self) -> None:
         """A connection said Hello, or closed before it."""
         self.incomplete_connections -= 1
-        if self.on_incomplete_room is not None and \
-                self.incomplete_connections < self.limits.max_incomplete_connections:
-            self.on_incomplete_room()
+        if self.incomplete_connections < self.limits.max_incomplete_connections:
+            for observer in self.observers:
+                observer.incomplete_room()
 
     def schedule_flush(self, conn: "Connection") -> None:
         """Write `conn`'s queue soon: at the end of the current read, or on the next loop turn."""
@@ -230,10 +240,11 @@ class Bus:
         if dest == DRIVER_NAME:
             if self.policy.enforced and not self.policy_allows_driver_call(peer, h, fds):
                 return
-            if mtype == SIGNAL and self.on_driver_signal is not None:
+            if mtype == SIGNAL:
                 # What a signal to the bus causes (systemd's ActivationFailure: errors to the
                 # held callers) reaches monitors before the signal, as on dbus-daemon.
-                self.on_driver_signal(peer, buf, h)
+                for observer in self.observers:
+                    observer.driver_signal(peer, buf, h)
             self.deliver_to_monitors(peer, buf, h, fds)
             if mtype == METHOD_CALL:
                 self.driver.handle(peer, buf, h)
@@ -684,8 +695,8 @@ class Bus:
                 self.emit_driver_signal("NameLost", "s", [event.name], event.old_owner)
             elif event.kind == "acquired":
                 self.emit_driver_signal("NameAcquired", "s", [event.name], event.new_owner)
-        if self.on_name_events is not None:
-            self.on_name_events(events)
+        for observer in list(self.observers):  # (the bridge may stop itself while it handles them)
+            observer.names_changed(events)
 
     # ------------------------------------------------------------ housekeeping
 

@@ -255,9 +255,6 @@ class Driver:
         """Announce name changes, then reply: as from dbus-daemon, NameAcquired comes before the answer."""
         bus = self.bus
         bus.emit_name_events(events)
-        hook = getattr(bus, "names_changed", None)
-        if hook is not None:
-            hook(events)
         if not h.no_reply_expected:
             bus.send_reply(peer, h.serial, sig, values)
 
@@ -333,9 +330,8 @@ class Driver:
         bus.matches.add(peer, rule)
         peer.match_count += 1
         peer.peak_match_count = max(peer.peak_match_count, peer.match_count)
-        hook = getattr(bus, "match_added", None)
-        if hook is not None:
-            hook(peer, rule)
+        for observer in bus.observers:
+            observer.match_added(peer, rule)
         return "", []
 
     def remove_match(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -350,9 +346,8 @@ class Driver:
             raise DriverError(errors.MATCH_RULE_NOT_FOUND,
                               "The given match rule wasn't found and can't be removed") from None
         peer.match_count -= 1
-        hook = getattr(bus, "match_removed", None)
-        if hook is not None:
-            hook(peer, rule)
+        for observer in bus.observers:
+            observer.match_removed(peer, rule)
         return "", []
 
     def get_name_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -418,12 +413,11 @@ class Driver:
         return "a{sv}", [result]
 
     def reload_config(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        reload = self.bus.on_reload
-        if reload is not None:
-            try:
-                reload()
-            except Exception as exc:  # a broken new config keeps the old one
-                raise DriverError(errors.FAILED, f"Reloading the configuration failed: {exc}") from None
+        try:
+            for observer in self.bus.observers:
+                observer.reload_requested()
+        except Exception as exc:  # a broken new config keeps the old one
+            raise DriverError(errors.FAILED, f"Reloading the configuration failed: {exc}") from None
         return "", []
 
     def get_id(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -516,7 +510,7 @@ class Driver:
         stats = {
             "Serial": Variant("u", bus._driver_serial),
             "ActiveConnections": Variant("u", len(bus.peers)),
-            "IncompleteConnections": Variant("u", getattr(bus, "incomplete_connections", 0)),
+            "IncompleteConnections": Variant("u", bus.incomplete_connections),
             "MatchRules": Variant("u", match_rules),
             "PeakMatchRulesPerConnection": Variant("u", max((p.peak_match_count for p in bus.peers.values()),
                                                             default=0)),

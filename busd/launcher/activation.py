@@ -19,6 +19,7 @@ from ..bus.activation import (
     SYSTEMD_NAME, ActivationError, HeldMessage, PendingStart, StartRequest, SystemdRequest,
 )
 from ..bus.core import _close
+from ..bus.observers import BusObserver
 from ..bus.ownership import NameEvent
 from ..config.model import ServiceDir
 from ..wire.message import METHOD_CALL, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, read_body
@@ -55,7 +56,7 @@ DAEMON_ONLY_VARIABLES = ("JOURNAL_STREAM", "LISTEN_FDNAMES", "LISTEN_FDS", "LIST
 BUS_ADDRESS_VARIABLES = {"session": "DBUS_SESSION_BUS_ADDRESS", "system": "DBUS_SYSTEM_BUS_ADDRESS"}
 
 
-class Activation:
+class Activation(BusObserver):
     """Starts services for a bus: hooks into its driver, holds messages, reports failures."""
 
     def __init__(self, bus: "Bus", servicedirs: Sequence[ServiceDir], address: str, *,
@@ -84,8 +85,7 @@ class Activation:
         driver.is_activatable = self.is_activatable
         driver.start_service = self.auto_start
         bus.start_service_by_name = self.start_by_name
-        bus.names_changed = self.names_changed
-        bus.on_driver_signal = self.driver_signal
+        bus.add_observer(self)  # name changes and systemd's ActivationFailure
         driver.on_environment_update = self.forward_environment
         if self.systemd_activation and "SystemdActivation" not in driver.features:
             driver.features.append("SystemdActivation")
