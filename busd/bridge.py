@@ -47,7 +47,7 @@ from .bus import errors
 from .bus.match import MatchRule
 from .bus.observers import BusObserver
 from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
-from .connection import Credentials
+from .bus.ports import Credentials
 from .interfaces import introspection_xml
 from .wire.address import AddressError
 from .wire.errors import ProtocolError
@@ -69,29 +69,27 @@ CONNECT_TIMEOUT = 10.0
 
 
 class VirtualConnection:
-    """What the bus needs of a Connection, for a peer that lives inside the daemon; messages go to `on_message`."""
-
-    virtual = True
+    """The PeerLink of a peer that lives inside the daemon; messages routed to it go to `on_message`."""
 
     def __init__(self, bridge: "Bridge", label: str,
                  on_message: Callable[["VirtualConnection", bytes, Any, list[int] | None], None]):
         self.bridge = bridge
         self.label = label
         self.on_message = on_message
-        self.peer: "Peer | None" = None
         self.closed = False
         self.credentials = Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(),
                                                                                              *os.getgroups()})))
-        self.counted_uid: int | None = None
-        self.throttled: set = set()
-        self.throttled_by: set = set()
         self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
         self.serial = 0
         self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
 
+    @property
+    def peer(self) -> "Peer | None":
+        return self.bridge.bus.peer_of(self)
+
     # Queued bytes and fd passing are the upstream link's: that is where our messages wait.
     @property
-    def unix_fd(self) -> bool:
+    def can_pass_fds(self) -> bool:
         link = self.bridge.link
         return link is not None and link.unix_fd
 
@@ -112,11 +110,14 @@ class VirtualConnection:
     def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
         self.on_message(self, head, body, fds)
 
-    def pause_reading(self) -> None:
+    def hold_input(self) -> None:
         self.bridge.pause_upstream(self)
 
-    def resume_reading(self) -> None:
+    def release_input(self) -> None:
         self.bridge.resume_upstream(self)
+
+    def registered(self) -> None:
+        pass  # attached with a unique name already
 
     def note_dropped_broadcast(self, limit: int) -> None:
         pass  # the upstream link never drops: it queues, and the bus throttles its senders
@@ -124,13 +125,13 @@ class VirtualConnection:
     def flush(self) -> None:
         pass
 
-    def close(self, reason: str = "", level: int = logging.DEBUG) -> None:
+    def drop(self, reason: str = "", level: int = logging.DEBUG) -> None:
         if self.closed:
             return
         self.closed = True
         log.debug("bridge: %s leaves the bus: %s", self.label, reason)
         self.bridge.resume_upstream(self)
-        self.bridge.bus.connection_closed(self)
+        self.bridge.bus.link_closed(self)
         self.bridge.virtual_closed(self)
 
 
@@ -215,7 +216,7 @@ class Bridge(BusObserver):
         bus.driver.introspection = self._introspection
         for name in list(self.export_owners):
             self._export_owner_changed(name, None)
-        self.home.close("the bridge stopped")
+        self.home.drop("the bridge stopped")
         log.info("bridge: stopped")
 
     def virtual_closed(self, conn: VirtualConnection) -> None:
@@ -244,8 +245,8 @@ class Bridge(BusObserver):
         limits = self.bus.limits
         while not self.stopped:
             link = UpstreamLink(loop, self.from_upstream, self._link_lost, on_drained=self._upstream_drained,
-                                schedule_flush=self.bus.schedule_flush, on_read_start=self._read_start,
-                                on_read_done=self._read_done, max_message_size=limits.max_message_size,
+                                schedule_flush=self.bus.schedule_flush, on_read_start=self.bus.input_started,
+                                on_read_done=self.bus.input_done, max_message_size=limits.max_message_size,
                                 max_message_unix_fds=limits.max_message_unix_fds)
             link.low_water = self.bus.soft_queue_limit // 2
             try:
@@ -301,7 +302,7 @@ class Bridge(BusObserver):
     def _withdraw(self, reason: str) -> None:
         """Forget everything that lived on the upstream connection; local callers get NoReply from the bus."""
         for mirror in list(self.mirrors.values()):
-            mirror.close(reason)
+            mirror.drop(reason)
         self.forwarded.clear()
         self.exported.clear()
         for peer, entries in self.local_rules.items():
@@ -323,18 +324,9 @@ class Bridge(BusObserver):
         if not self.paused_by and self.link is not None:
             self.link.resume_reading()
 
-    # As for the daemon's own connections: what one read delivers here is written at its end, in one go.
-    def _read_start(self) -> None:
-        self.bus.reading = True
-
-    def _read_done(self) -> None:
-        self.bus.reading = False
-        self.bus.flush_all()
-
     def _upstream_drained(self) -> None:
         for conn in [self.home, *self.mirrors.values()]:
-            if conn.throttled:
-                self.bus.release_throttled(conn)
+            self.bus.output_flushed(conn)
 
     # ------------------------------------------------------------ imports: upstream names here
 
@@ -404,7 +396,7 @@ class Bridge(BusObserver):
 
     def _still_there(self, link: UpstreamLink, mirror: Mirror, h: Header, buf: bytes) -> None:
         if link is self.link and h.type == METHOD_RETURN and not read_body(buf, h)[0]:
-            mirror.close("it had left the upstream bus")
+            mirror.drop("it had left the upstream bus")
 
     # ------------------------------------------------------------ exports: local names upstream
 
@@ -601,7 +593,7 @@ class Bridge(BusObserver):
         if name[0] == ":":
             mirror = self.mirrors.get(name)
             if not new and mirror is not None:
-                mirror.close("it left the upstream bus")
+                mirror.drop("it left the upstream bus")
             return
         if matches_any(self.settings.imports, name):
             self._set_import_owner(name, new or None)

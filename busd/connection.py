@@ -23,6 +23,7 @@ import struct
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
 
+from .bus.ports import Credentials
 from .wire.errors import ProtocolError
 from .wire.message import FIXED_HEADER_SIZE, frame_size, parse_header
 from .wire.sasl import ServerAuthenticator
@@ -49,29 +50,20 @@ def close_fds(fds) -> None:
             pass
 
 
-class Credentials:
-    """What the kernel says about the process at the other end of a unix socket."""
-
-    __slots__ = ("pid", "uid", "gid", "groups")
-
-    def __init__(self, pid: int | None = None, uid: int | None = None, gid: int | None = None,
-                 groups: tuple[int, ...] = ()):
-        self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups
-
-    @classmethod
-    def from_socket(cls, sock: socket.socket) -> "Credentials":
-        if sock.family != socket.AF_UNIX:
-            return cls()
-        try:
-            pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-        except OSError:
-            return cls()
-        groups = {gid}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
-        try:
-            groups.update(_peer_groups(sock))
-        except OSError:
-            pass
-        return cls(pid or None, uid, gid, tuple(sorted(groups)))
+def credentials_of(sock: socket.socket) -> Credentials:
+    """What the kernel says about the process at the other end of a unix socket (nothing for TCP)."""
+    if sock.family != socket.AF_UNIX:
+        return Credentials()
+    try:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return Credentials()
+    groups = {gid}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
+    try:
+        groups.update(_peer_groups(sock))
+    except OSError:
+        pass
+    return Credentials(pid or None, uid, gid, tuple(sorted(groups)))
 
 
 def _peer_groups(sock: socket.socket) -> list[int]:
@@ -102,7 +94,7 @@ def _libc() -> ctypes.CDLL:
 
 
 class Connection:
-    """The I/O side of one peer. The bus side is a Peer, created once SASL succeeds."""
+    """The I/O side of one peer, a PeerLink. The bus side is a Peer, created once SASL succeeds."""
 
     def __init__(self, bus: "Bus", sock: socket.socket,
                  make_auth: "Callable[[Credentials], ServerAuthenticator]", label: str):
@@ -110,16 +102,10 @@ class Connection:
         self.sock = sock
         self.fileno = sock.fileno()
         self.label = label
-        self.credentials = Credentials.from_socket(sock)
+        self.credentials = credentials_of(sock)
         self.auth: ServerAuthenticator | None = make_auth(self.credentials)
-        # Incomplete until Hello, as in dbus-daemon: counted against max_incomplete_connections
-        # and closed by auth_timer when auth_timeout expires first.
-        self.complete = False
-        bus.incomplete_connections += 1
-        bus.connections.add(self)
         self.peer: "Peer | None" = None
-        self.counted_uid: int | None = None  # counted against max_connections_per_user
-        self.unix_fd = False
+        self.can_pass_fds = False
         self.closed = False
         self._rbuf = bytearray()
         self._received_fds: deque[int] = deque()
@@ -133,17 +119,18 @@ class Connection:
         self._writing = False
         self._flush_scheduled = False
         self.reading = True
-        self.throttled: set[Connection] = set()  # senders paused until our queue drains
-        self.throttled_by: set[Connection] = set()  # recipients whose full queues paused us
         self.dropped_broadcasts = 0
+        # Incomplete until Hello, as in dbus-daemon: the bus counts it against
+        # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
         self.auth_timer = None
+        bus.link_opened(self)
         bus.loop.add_reader(self.fileno, self._on_readable)
 
     # ------------------------------------------------------------ reading
 
     def _on_readable(self) -> None:
         try:
-            if self.unix_fd:
+            if self.can_pass_fds:
                 data, ancdata, msg_flags, _ = self.sock.recvmsg(READ_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
                 for level, kind, cdata in ancdata:
                     if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
@@ -151,10 +138,10 @@ class Connection:
                         fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
                         self._received_fds.extend(fds)
                 if msg_flags & socket.MSG_CTRUNC:
-                    self.close("too many unix fds in one read")
+                    self.drop("too many unix fds in one read")
                     return
                 if len(self._received_fds) > self.bus.limits.max_incoming_unix_fds:
-                    self.close(f"sent {len(self._received_fds)} unix fds not yet claimed by messages: "
+                    self.drop(f"sent {len(self._received_fds)} unix fds not yet claimed by messages: "
                                f"max_incoming_unix_fds={self.bus.limits.max_incoming_unix_fds}")
                     return
             else:
@@ -162,21 +149,20 @@ class Connection:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self.close(f"read failed: {exc.strerror or exc}", level=logging.DEBUG)
+            self.drop(f"read failed: {exc.strerror or exc}", level=logging.DEBUG)
             return
         if not data:
-            self.close("peer closed the connection", level=logging.DEBUG)
+            self.drop("peer closed the connection", level=logging.DEBUG)
             return
         bus = self.bus
-        bus.reading = True
+        bus.input_started()
         try:
             if self.auth is not None:
                 self._feed_auth(data)
             else:
                 self._feed(data)
         finally:
-            bus.reading = False
-        bus.flush_all()
+            bus.input_done()
 
     def _feed_auth(self, data: bytes) -> None:
         """Feed the handshake in slices, dropping a peer that leaves over MAX_AUTH_BUFFER of replies unread.
@@ -193,7 +179,7 @@ class Connection:
             if self.closed:
                 return
             if self.auth is not None and self.out_bytes > MAX_AUTH_BUFFER:
-                self.close(f"does not read its authentication replies: {self.out_bytes} bytes unsent, "
+                self.drop(f"does not read its authentication replies: {self.out_bytes} bytes unsent, "
                            f"the limit is {MAX_AUTH_BUFFER}")
                 return
         if pos < len(data) and self.peer is not None and not self.closed:
@@ -207,14 +193,14 @@ class Connection:
             last_words = getattr(exc, "reply", b"")
             if last_words:
                 self._send_raw(last_words)
-            self.close(f"authentication failed: {exc.reason}")
+            self.drop(f"authentication failed: {exc.reason}")
             return
         if reply:
             self._send_raw(reply)
         if auth.done:
             self.auth = None
-            self.unix_fd = bool(auth.unix_fd)
-            peer = self.bus.peer_authenticated(self, auth)
+            self.can_pass_fds = bool(auth.unix_fd)
+            peer = self.bus.peer_authenticated(self, auth.uid)
             if peer is None:
                 return
             self.peer = peer
@@ -223,8 +209,6 @@ class Connection:
 
     def registered(self) -> None:
         """The peer said Hello: the connection is complete and may stay past auth_timeout."""
-        self.complete = True
-        self.bus.incomplete_connection_ended()
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
@@ -253,7 +237,7 @@ class Connection:
                 if self.closed:
                     return
         except ProtocolError as exc:
-            self.close(f"protocol error: {exc.reason}")
+            self.drop(f"protocol error: {exc.reason}")
             return
         if view is rbuf:
             if pos:
@@ -268,7 +252,7 @@ class Connection:
         h = parse_header(message)
         fds = None
         if h.unix_fds:
-            if not self.unix_fd:
+            if not self.can_pass_fds:
                 raise ProtocolError("message carries unix fds but fd passing was not negotiated")
             if h.unix_fds > self.bus.limits.max_message_unix_fds:
                 raise ProtocolError(f"message carries {h.unix_fds} fds, the limit is "
@@ -278,12 +262,12 @@ class Connection:
             fds = [self._received_fds.popleft() for _ in range(h.unix_fds)]
         self.bus.receive(self.peer, message, h, fds)
 
-    def pause_reading(self) -> None:
+    def hold_input(self) -> None:
         if self.reading and not self.closed:
             self.reading = False
             self.bus.loop.remove_reader(self.fileno)
 
-    def resume_reading(self) -> None:
+    def release_input(self) -> None:
         if not self.reading and not self.closed:
             self.reading = True
             self.bus.loop.add_reader(self.fileno, self._on_readable)
@@ -333,7 +317,7 @@ class Connection:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                self.close(f"write failed: {exc.strerror or exc}", level=logging.DEBUG)
+                self.drop(f"write failed: {exc.strerror or exc}", level=logging.DEBUG)
                 return
             if fds:
                 out[0][1] = None
@@ -357,8 +341,7 @@ class Connection:
         elif not out and self._writing:
             self._writing = False
             self.bus.loop.remove_writer(self.fileno)
-        if self.throttled and self.out_bytes <= self.bus.soft_queue_limit // 2:
-            self.bus.release_throttled(self)
+        self.bus.output_flushed(self)
         if not out and self.dropped_broadcasts:
             log.info("%s caught up; %d broadcasts were dropped while its queue was full",
                      self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
@@ -376,7 +359,7 @@ class Connection:
 
     # ------------------------------------------------------------ closing
 
-    def close(self, reason: str, level: int = logging.WARNING) -> None:
+    def drop(self, reason: str, level: int = logging.WARNING) -> None:
         """Drop the connection; the bus forgets the peer and tells whoever must know."""
         if self.closed:
             return
@@ -392,22 +375,14 @@ class Connection:
         if self.auth_timer is not None:
             self.auth_timer.cancel()
         self.auth = None
-        if not self.complete:
-            self.complete = True
-            self.bus.incomplete_connection_ended()
         for item in self._out:
             if item[1]:
                 close_fds(item[1])
         self._out.clear()
-        if self.throttled:
-            self.bus.release_throttled(self)
-        for target in self.throttled_by:
-            target.throttled.discard(self)
-        self.throttled_by.clear()
         close_fds(self._received_fds)
         self._received_fds.clear()
         try:
             self.sock.close()
         except OSError:
             pass
-        self.bus.connection_closed(self)
+        self.bus.link_closed(self)

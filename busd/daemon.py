@@ -174,7 +174,7 @@ class Daemon(BusObserver):
                 log.warning("could not set up a connection: %s", exc)
                 sock.close()
                 continue
-            conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.close,
+            conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.drop,
                                                    f"no Hello within auth_timeout={limits.auth_timeout}ms")
 
     def incomplete_room(self) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable, Collection
+from typing import Any, Callable, Collection
 
 from ..wire.marshal import LITTLE
 from ..wire.message import (
@@ -34,9 +34,7 @@ from .match import MatchIndex, MatchRule
 from .observers import BusObserver
 from .ownership import NameEvent, NameRegistry
 from .policy import AllowEverything, BusPolicy
-
-if TYPE_CHECKING:
-    from ..connection import Connection
+from .ports import PeerLink
 
 log = logging.getLogger("busd.bus")
 
@@ -46,13 +44,13 @@ NOT_ACTIVE_YET = ":not.active.yet"  # the sender monitors see for a peer before 
 
 
 class Peer:
-    """The bus side of one authenticated connection."""
+    """The bus side of one authenticated connection; `conn` is its transport, seen through the PeerLink port."""
 
     __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
                  "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
-                 "match_count", "peak_match_count", "policy", "auth_uid", "__weakref__")
+                 "match_count", "peak_match_count", "policy", "auth_uid", "counted_uid", "__weakref__")
 
-    def __init__(self, conn: "Connection"):
+    def __init__(self, conn: PeerLink):
         self.conn = conn
         self.unique_name: str | None = None
         self.names: set[str] = set()  # unique name + primary-owned well-known names
@@ -64,6 +62,7 @@ class Peer:
         self.replies_outstanding = 0  # calls this peer made that await an answer
         self.credentials = conn.credentials
         self.auth_uid: int | None = conn.credentials.uid
+        self.counted_uid: int | None = None  # counted against max_connections_per_user (since Hello)
         self.serial_in = 0
         self.match_count = 0
         self.peak_match_count = 0
@@ -82,8 +81,8 @@ class Bus:
         self.limits = limits or Limits()
         self.bus_type = bus_type
         self.peers: dict[str, Peer] = {}
-        self.connections: set["Connection"] = set()
-        self.incomplete_connections = 0  # accepted, no Hello yet (counted by Connection)
+        self.links: dict[PeerLink, Peer | None] = {}  # every link, with its peer once authenticated
+        self._incomplete: set[PeerLink] = set()  # accepted, no Hello yet
         self.connections_per_uid: dict[int, int] = {}
         self.registry = NameRegistry()
         self.matches = MatchIndex()
@@ -91,8 +90,12 @@ class Bus:
         self.pending: dict[tuple[Peer, int, Peer], float] = {}  # (caller, serial, callee) -> deadline
         self._next_unique = 0
         self._driver_serial = 0
-        self._flush_queue: list["Connection"] = []
-        self.reading = False  # inside a connection's read: it flushes when done
+        self._flush_queue: list[PeerLink] = []
+        self._reading = False  # inside a link's read: input_done() flushes
+        # Back-pressure, both directions of one relation: a recipient whose queue is over
+        # soft_queue_limit holds back the senders that filled it, until it drains to half.
+        self._held_senders: dict[PeerLink, set[PeerLink]] = {}  # recipient -> senders it holds back
+        self._holders: dict[PeerLink, set[PeerLink]] = {}  # sender -> recipients holding it back
         self._driver_fields: dict[int, bytes] = {}
         self.started = time.monotonic()
         self.observers: list[BusObserver] = []  # registered where the daemon is assembled
@@ -116,50 +119,70 @@ class Bus:
 
     # ------------------------------------------------------------ connection lifecycle
 
-    def peer_authenticated(self, conn: "Connection", auth: Any) -> Peer | None:
-        uid = conn.credentials.uid if conn.credentials.uid is not None else auth.uid
+    @property
+    def incomplete_connections(self) -> int:
+        """Links accepted that have not said Hello yet (max_incomplete_connections counts them)."""
+        return len(self._incomplete)
+
+    def link_opened(self, link: PeerLink) -> None:
+        """A transport accepted a peer: it is incomplete until Hello, and authenticates next."""
+        self.links[link] = None
+        self._incomplete.add(link)
+
+    def peer_authenticated(self, link: PeerLink, auth_uid: int | None) -> Peer | None:
+        """The link's peer authenticated (as `auth_uid` when the kernel did not say): its Peer, or None if refused."""
+        uid = link.credentials.uid if link.credentials.uid is not None else auth_uid
         verdict = self.policy.allows_connection(uid)
         if not verdict.allowed:
-            conn.close(f"uid {uid} may not connect: "
-                       f"{verdict.rule or 'only the bus owner may, and no <allow user/group> rule lets it'}")
+            link.drop(f"uid {uid} may not connect: "
+                      f"{verdict.rule or 'only the bus owner may, and no <allow user/group> rule lets it'}")
             return None
-        peer = Peer(conn)
+        peer = Peer(link)
         peer.auth_uid = uid
-        peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
+        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.groups)
+        self.links[link] = peer
         return peer
 
-    def attach_virtual_peer(self, conn: Any) -> Peer:
+    def attach_virtual_peer(self, link: PeerLink) -> Peer:
         """A peer that lives inside the daemon (the bridge's end of an upstream bus).
 
-        `conn` stands in for a Connection: the bus calls its queue(head, body, fds)
-        with each message routed to the peer, and reads the same attributes it
-        reads of a Connection (closed, unix_fd, credentials, label, out_bytes,
-        out_fds, throttled, throttled_by, counted_uid=None, pause_reading, resume_reading). It gets a
-        unique name as if it had said Hello, and leaves through connection_closed().
+        It gets a unique name as if it had said Hello, and leaves through link_closed().
         """
-        self.connections.add(conn)
-        peer = Peer(conn)
-        peer.policy = self.policy.for_peer(conn.credentials.uid, conn.credentials.groups)
-        conn.peer = peer
+        peer = Peer(link)
+        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.groups)
+        self.links[link] = peer
         name = self.assign_unique_name(peer)
         peer.hello_done = True
         self.emit_name_events([NameEvent("owner_changed", name, None, peer)])
         return peer
 
-    def connection_closed(self, conn: "Connection") -> None:
-        self.connections.discard(conn)
-        uid = conn.counted_uid
+    def peer_of(self, link: PeerLink) -> Peer | None:
+        """The peer a link carries, None before authentication and after it closed."""
+        return self.links.get(link)
+
+    def link_closed(self, link: PeerLink) -> None:
+        """The link is gone: release what it held back, forget its peer and tell whoever must know."""
+        if link not in self.links:
+            return
+        peer = self.links.pop(link)
+        if link in self._incomplete:
+            self._incomplete_ended(link)
+        if link in self._held_senders:
+            self._release_senders(link)
+        for recipient in self._holders.pop(link, ()):
+            held = self._held_senders.get(recipient)
+            if held is not None:
+                held.discard(link)
+        if peer is None:
+            return
+        uid = peer.counted_uid
         if uid is not None:
-            conn.counted_uid = None
+            peer.counted_uid = None
             left = self.connections_per_uid[uid] - 1
             if left:
                 self.connections_per_uid[uid] = left
             else:
                 del self.connections_per_uid[uid]
-        peer = conn.peer
-        if peer is None:
-            return
-        conn.peer = None
         if peer.monitor:
             self.monitors.remove(peer)
         if peer.unique_name is None:
@@ -182,29 +205,66 @@ class Bus:
         events.append(NameEvent("owner_changed", peer.unique_name, peer, None))
         self.emit_name_events(events)
 
-    def incomplete_connection_ended(self) -> None:
-        """A connection said Hello, or closed before it."""
-        self.incomplete_connections -= 1
+    def _incomplete_ended(self, link: PeerLink) -> None:
+        """A link said Hello, or closed before it."""
+        self._incomplete.discard(link)
         if self.incomplete_connections < self.limits.max_incomplete_connections:
             for observer in self.observers:
                 observer.incomplete_room()
 
-    def schedule_flush(self, conn: "Connection") -> None:
-        """Write `conn`'s queue soon: at the end of the current read, or on the next loop turn."""
-        queue = self._flush_queue
-        if not queue and not self.reading:
-            self.loop.call_soon(self.flush_all)
-        queue.append(conn)
+    # ------------------------------------------------------------ writing, batched per read
 
-    def flush_all(self) -> None:
+    def input_started(self) -> None:
+        """A link is handing over the messages of one read: their writes wait for input_done()."""
+        self._reading = True
+
+    def input_done(self) -> None:
+        """The read is handed over: write every queue it filled, one sendmsg() per link."""
+        self._reading = False
+        self._flush_all()
+
+    def schedule_flush(self, link: PeerLink) -> None:
+        """Write `link`'s queue soon: at the end of the current read, or on the next loop turn."""
+        queue = self._flush_queue
+        if not queue and not self._reading:
+            self.loop.call_soon(self._flush_all)
+        queue.append(link)
+
+    def _flush_all(self) -> None:
         queue = self._flush_queue
         if not queue:
             return
         self._flush_queue = []
-        for conn in queue:
-            if not conn.closed:
-                conn.flush()
+        for link in queue:
+            if not link.closed:
+                link.flush()
 
+    def output_flushed(self, link: PeerLink) -> None:
+        """`link` wrote some of its queue: once below the low-water mark, the senders it held back read again."""
+        if link in self._held_senders and link.out_bytes <= self.soft_queue_limit // 2:
+            self._release_senders(link)
+
+    def _hold_sender(self, sender: PeerLink, recipient: PeerLink) -> None:
+        """Back-pressure: read no more from `sender` until `recipient` catches up."""
+        held = self._held_senders.get(recipient)
+        if held is None:
+            held = self._held_senders[recipient] = set()
+        held.add(sender)
+        holders = self._holders.get(sender)
+        if holders is None:
+            holders = self._holders[sender] = set()
+        holders.add(recipient)
+        sender.hold_input()
+
+    def _release_senders(self, recipient: PeerLink) -> None:
+        for sender in self._held_senders.pop(recipient):
+            holders = self._holders.get(sender)
+            if holders is None:
+                continue
+            holders.discard(recipient)
+            if not holders:
+                del self._holders[sender]
+                sender.release_input()
 
     # ------------------------------------------------------------ the per-message path
 
@@ -214,7 +274,7 @@ class Bus:
             self._receive_before_hello(peer, buf, h, fds)
             return
         if peer.monitor:
-            peer.conn.close("a monitor may not send messages")
+            peer.conn.drop("a monitor may not send messages")
             _close(fds)
             return
         h.sender = peer.unique_name
@@ -354,7 +414,8 @@ class Bus:
                 uid = peer.auth_uid
                 if uid is not None:
                     self.connections_per_uid[uid] = self.connections_per_uid.get(uid, 0) + 1
-                    peer.conn.counted_uid = uid
+                    peer.counted_uid = uid
+                self._incomplete_ended(peer.conn)
                 peer.conn.registered()
                 self.driver.hello(peer, h, buf)
                 return
@@ -369,7 +430,7 @@ class Bus:
                 peer.conn.queue(message, b"")
             return
         self._show_monitors_unregistered(buf, h)
-        peer.conn.close(f"sent {h.describe()} before Hello")
+        peer.conn.drop(f"sent {h.describe()} before Hello")
 
     def _show_monitors_unregistered(self, buf: bytes, h: Header) -> None:
         """Show monitors a message from a peer that has no unique name yet."""
@@ -462,10 +523,10 @@ class Bus:
     def set_policy(self, policy: BusPolicy) -> None:
         """Install a new policy and recompute every connection's rules at once (reload)."""
         self.policy = policy
-        for conn in self.connections:
-            if conn.peer is not None:
-                creds = conn.peer.credentials
-                conn.peer.policy = policy.for_peer(creds.uid, creds.groups)
+        for peer in self.links.values():
+            if peer is not None:
+                creds = peer.credentials
+                peer.policy = policy.for_peer(creds.uid, creds.groups)
 
     def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         conn = target.conn
@@ -473,7 +534,7 @@ class Bus:
                 fds and conn.out_fds + len(fds) > self.limits.max_outgoing_unix_fds):
             self._reject_full_queue(target, sender, h, fds)
             return
-        if fds and not conn.unix_fd:
+        if fds and not conn.can_pass_fds:
             # The recipient cannot receive fds: the caller gets an error, as from dbus-daemon.
             _close(fds)
             if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
@@ -490,19 +551,7 @@ class Bus:
         head, body = stamp_sender(buf, h, field)
         conn.queue(head, body, fds)
         if conn.out_bytes > self.soft_queue_limit and sender.conn is not conn:
-            # Back-pressure: read no more from the sender until the recipient catches up.
-            conn.throttled.add(sender.conn)
-            sender.conn.throttled_by.add(conn)
-            sender.conn.pause_reading()
-
-    def release_throttled(self, conn: "Connection") -> None:
-        """`conn`'s queue drained below the low-water mark: resume the senders it held back."""
-        held = conn.throttled
-        conn.throttled = set()
-        for sender_conn in held:
-            sender_conn.throttled_by.discard(conn)
-            if not sender_conn.throttled_by:
-                sender_conn.resume_reading()
+            self._hold_sender(sender.conn, conn)
 
     def _reject_full_queue(self, target: Peer, sender: Peer, h: Header, fds: list[int] | None) -> None:
         _close(fds)
@@ -556,7 +605,7 @@ class Bus:
                 conn.note_dropped_broadcast(hard_limit)
                 continue
             if fds:
-                if not conn.unix_fd:
+                if not conn.can_pass_fds:
                     self.refuse(sender, h, errors.NOT_SUPPORTED,
                                 f"broadcast cannot be delivered to {target.unique_name} because it does "
                                 f"not support receiving Unix fds", monitors_only=True)
@@ -726,8 +775,8 @@ class Bus:
 
     def close(self) -> None:
         self._sweeper.cancel()
-        for conn in list(self.connections):
-            conn.close("bus shutting down", level=logging.DEBUG)
+        for link in list(self.links):
+            link.drop("bus shutting down", level=logging.DEBUG)
 
 
 def _close(fds: list[int] | None) -> None:
