@@ -278,7 +278,7 @@ def test_every_call_has_a_timeout(any_bus, backend, peer):
             assert isinstance(expired.value, TimeoutError)
             with pytest.raises(NoReply):
                 await remote.Hang(timeout=0.1)
-            assert bus._pending == {}
+            assert bus.pending_calls == 0
             assert await remote.Sum([1], timeout=WAIT) == 1   # the connection is still fine
 
     run(scenario())

@@ -52,10 +52,16 @@ class BlockingBus:
                                "use the async API (the `bus` attribute) there")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    def _in_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+    def call_in_loop(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Run a plain function of the async API on the bus thread and return its result."""
         async def call() -> Any:
             return function(*args)
         return self.run(call())
+
+    @property
+    def running(self) -> bool:
+        """True until close(): the bus thread's loop is running."""
+        return self._loop.is_running()
 
     @property
     def unique_name(self) -> str:
@@ -67,7 +73,7 @@ class BlockingBus:
         return self.run(self.bus.call(destination, path, interface, member, *args, **options))
 
     def emit_signal(self, path: str, interface: str, member: str, *args: Any, **options: Any) -> None:
-        self._in_loop(lambda: self.bus.emit_signal(path, interface, member, *args, **options))
+        self.call_in_loop(lambda: self.bus.emit_signal(path, interface, member, *args, **options))
 
     def connect_signal(self, sender: str | None, path: str | None, interface: str | None,
                        member: str | None, slot: Callable[..., Any], **arg_filters: str) -> BlockingSubscription:
@@ -94,17 +100,17 @@ class BlockingBus:
 
     def export(self, path: str, obj: Any) -> Any:
         """Export an Interface instance; its signals may then be emitted from any thread."""
-        return self._in_loop(self.bus.export, path, obj)
+        return self.call_in_loop(self.bus.export, path, obj)
 
     def unexport(self, path: str, obj: Any = None) -> None:
-        self._in_loop(self.bus.unexport, path, obj)
+        self.call_in_loop(self.bus.unexport, path, obj)
 
     def proxy(self, name: str, path: str, interface: Any = None, *, timeout: float | None = None
               ) -> BlockingProxy:
         return BlockingProxy(self, self.run(self.bus.proxy(name, path, interface, timeout=timeout)))
 
     def close(self) -> None:
-        if not self._loop.is_running():
+        if not self.running:
             return
         try:
             self.run(self.bus.close(), timeout=10)
@@ -142,7 +148,7 @@ class BlockingSubscription:
         return self.subscription.closed
 
     def close(self) -> None:
-        if self.owner._loop.is_running():
+        if self.owner.running:
             self.owner.run(self.subscription.aclose())
 
     def __enter__(self) -> BlockingSubscription:
@@ -168,8 +174,8 @@ class BlockingNameWatcher:
         self.owner.run(self.watcher.wait_vanished(timeout))
 
     def close(self) -> None:
-        if self.owner._loop.is_running():
-            self.owner._in_loop(self.watcher.close)
+        if self.owner.running:
+            self.owner.call_in_loop(self.watcher.close)
 
     def __enter__(self) -> BlockingNameWatcher:
         return self

@@ -105,6 +105,13 @@ _PLAIN_SIGNATURES: dict[Any, str] = {
 }
 
 
+def message_info(message: Any) -> MessageInfo:
+    """The header fields of a received backend message, as handed to slots and methods."""
+    return MessageInfo(sender=message.sender, destination=message.destination, path=message.path,
+                       interface=message.interface, member=message.member,
+                       signature=message.signature, serial=message.serial)
+
+
 def strip_annotated(hint: Any) -> tuple[Any, str | None]:
     """Split `Annotated[T, DBusType(sig)]` into (T, sig); other hints come back as (hint, None)."""
     if typing.get_origin(hint) is Annotated:

@@ -1,23 +1,17 @@
-"""Bus names: owner tracking shared by subscriptions and watchers, the name watcher, and RequestName's flags and replies."""
+"""Bus names: RequestName/ReleaseName with their flags and replies, the names this connection owns, and the name watcher."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
+from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME
 
-from .matching import MatchRule
-
-if TYPE_CHECKING:
-    from .bus import Bus
+from ._router import NameTracker, Route, Router
 
 log = logging.getLogger("busd_client")
-
-OwnerListener = Callable[[str | None, str | None], None]
-"""Called with (old owner, new owner) when a tracked name changes hands."""
 
 
 class NameFlag(enum.IntFlag):
@@ -46,79 +40,51 @@ class ReleaseNameReply(enum.IntEnum):
     NOT_OWNER = 3
 
 
-def owner_changed_rule(name: str) -> MatchRule:
-    """The narrowest rule that reports ownership changes of `name`."""
-    return MatchRule.for_signal(DRIVER_NAME, DRIVER_PATH, DRIVER_INTERFACE,
-                                "NameOwnerChanged", arg0=name)
+class NameOwnership:
+    """The well-known names this connection asked for: RequestName/ReleaseName, the names it owns
+    (kept by NameAcquired/NameLost) and the callbacks run when one is acquired or lost."""
 
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.owned: set[str] = set()
+        self._callbacks: dict[str, tuple[Callable[..., Any] | None, Callable[..., Any] | None]] = {}
+        # The bus sends NameAcquired/NameLost without a match rule: a local route is enough.
+        for member in ("NameAcquired", "NameLost"):
+            router.add_route(Route(self._is_name_signal, self._on_name_signal, member))
 
-class NameTracker:
-    """Knows the current unique owner of one name, kept fresh by NameOwnerChanged.
-
-    One tracker per name per bus, shared (reference-counted) by every
-    subscription whose sender is that name and every watcher of it.  Its
-    GetNameOwner reply and NameOwnerChanged signals are applied in the order
-    they arrive on the connection, so the owner is never stale.
-    """
-
-    def __init__(self, bus: Bus, name: str) -> None:
-        self.bus = bus
-        self.name = name
-        self.owner: str | None = None
-        self.references = 0
-        self.listeners: list[OwnerListener] = []
-        self.ready: asyncio.Future[None] = bus._loop.create_future()
-        self._subscription: Any = None
-
-    async def start(self) -> None:
-        """Add the NameOwnerChanged rule, then ask for the current owner."""
+    async def request(self, name: str, flags: NameFlag, on_acquired: Callable[[str], Any] | None,
+                      on_lost: Callable[[str], Any] | None) -> RequestNameReply:
+        # Registered before the request: NameAcquired may arrive ahead of the reply.
+        self._callbacks[name] = (on_acquired, on_lost)
         try:
-            self._subscription = await self.bus._subscribe(
-                owner_changed_rule(self.name), self._on_owner_changed, before_ready=self._ask_owner)
-        except BaseException as error:
-            if not self.ready.done():
-                self.ready.set_exception(error)
-                self.ready.exception()  # retrieved: whoever awaits gets it, nobody else warns
+            reply = await self.router.call_driver("RequestName", name, int(flags), signature="su")
+        except BaseException:
+            self._callbacks.pop(name, None)
             raise
-        await self.ready
+        result = RequestNameReply(reply)
+        if result == RequestNameReply.EXISTS:
+            self._callbacks.pop(name, None)
+        return result
 
-    def _ask_owner(self) -> None:
-        # Sent right behind AddMatch, so every change after this reply arrives as a signal.
-        def on_reply(reply: Any, error: BaseException | None) -> None:
-            if self.ready.done():
-                return
-            if error is not None and not getattr(error, "name", "").endswith(".NameHasNoOwner"):
-                self.ready.set_exception(error)
-                self.ready.exception()
-                return
-            self._set_owner(reply[0] if error is None else None, notify=False)
-            self.ready.set_result(None)
+    async def release(self, name: str) -> ReleaseNameReply:
+        self._callbacks.pop(name, None)
+        result = ReleaseNameReply(await self.router.call_driver("ReleaseName", name, signature="s"))
+        self.owned.discard(name)
+        return result
 
-        self.bus._driver_call_soon("GetNameOwner", "s", [self.name], on_reply)
+    def _is_name_signal(self, message: Any) -> bool:
+        return (message.sender == DRIVER_NAME and message.interface == DRIVER_INTERFACE
+                and message.destination == self.router.unique_name)
 
-    def _on_owner_changed(self, message: Any) -> None:
-        _, old_owner, new_owner = message.body
-        self._set_owner(new_owner or None, notify=self.ready.done(), old=old_owner or None)
-
-    def _set_owner(self, owner: str | None, notify: bool, old: str | None = None) -> None:
-        previous = self.owner
-        self.owner = owner
-        if not notify:
-            return
-        if previous is None and old is not None and owner is not None:
-            previous = old
-        for listener in list(self.listeners):
-            try:
-                listener(previous, owner)
-            except Exception:
-                log.exception("name listener for %s failed", self.name)
-
-    def stop(self) -> None:
-        if self._subscription is not None:
-            self._subscription.close()
-            self._subscription = None
-        if not self.ready.done():
-            self.ready.cancel()
+    def _on_name_signal(self, message: Any) -> None:
+        (name,) = message.body
+        acquired = message.member == "NameAcquired"
+        if acquired:
+            self.owned.add(name)
+        else:
+            self.owned.discard(name)
+        on_acquired, on_lost = self._callbacks.get(name, (None, None))
+        self.router.call_back(on_acquired if acquired else on_lost, name)
 
 
 class NameWatcher:
@@ -130,20 +96,20 @@ class NameWatcher:
     owner calling both.  Callbacks may be plain functions or coroutines.
     """
 
-    def __init__(self, bus: Bus, name: str,
+    def __init__(self, router: Router, name: str,
                  on_appeared: Callable[[str, str], Any] | None,
                  on_vanished: Callable[[str], Any] | None) -> None:
-        self.bus = bus
+        self.router = router
         self.name = name
         self.on_appeared = on_appeared
         self.on_vanished = on_vanished
         self._tracker: NameTracker | None = None
         self._closed = False
         self._changed = asyncio.Event()
-        self._task = bus._spawn(self._start())
+        self._task = router.spawn(self._start())
 
     async def _start(self) -> None:
-        tracker = self.bus._acquire_tracker(self.name)
+        tracker = self.router.acquire_tracker(self.name)
         self._tracker = tracker
         try:
             await tracker.ready
@@ -154,18 +120,17 @@ class NameWatcher:
             return
         tracker.listeners.append(self._on_change)
         if tracker.owner is not None:
-            self.bus._call_back(self.on_appeared, self.name, tracker.owner)
+            self.router.call_back(self.on_appeared, self.name, tracker.owner)
         else:
-            self.bus._call_back(self.on_vanished, self.name)
+            self.router.call_back(self.on_vanished, self.name)
         self._changed.set()
 
     def _on_change(self, old: str | None, new: str | None) -> None:
         if old is not None:
-            self.bus._call_back(self.on_vanished, self.name)
+            self.router.call_back(self.on_vanished, self.name)
         if new is not None:
-            self.bus._call_back(self.on_appeared, self.name, new)
+            self.router.call_back(self.on_appeared, self.name, new)
         self._changed.set()
-
 
     @property
     def owner(self) -> str | None:
@@ -199,7 +164,7 @@ class NameWatcher:
         if self._tracker is not None:
             if self._on_change in self._tracker.listeners:
                 self._tracker.listeners.remove(self._on_change)
-            self.bus._release_tracker(self._tracker)
+            self.router.release_tracker(self._tracker)
             self._tracker = None
         if not self._task.done():
             self._task.cancel()

@@ -9,7 +9,7 @@
 
 Members are found by name across the object's interfaces; when two
 interfaces share a member name, or a member is called like one of the
-proxy's own attributes (name, path, bus, timeout...), reach it with
+proxy's own attributes (name, path, bus, router, timeout...), reach it with
 `proxy["the.Interface"].Member`.
 """
 
@@ -17,19 +17,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE
 
-from .bus import SlotInvoker, Subscription, unpack_reply
+from ._router import Router, Subscription, unpack_reply
+from ._slots import SlotInvoker
 from .convert import variant_signature
 from .errors import UnknownProperty
-from .introspection import (STANDARD_INTERFACE_NAMES, InterfaceSpec, MethodSpec, PropertySpec,
-                            SignalSpec, parse_xml)
+from .introspection import (
+    STANDARD_INTERFACE_NAMES,
+    InterfaceSpec,
+    MethodSpec,
+    PropertySpec,
+    SignalSpec,
+    parse_xml,
+)
 from .matching import MatchRule
-
-if TYPE_CHECKING:
-    from .bus import Bus
 
 log = logging.getLogger("busd_client")
 
@@ -38,11 +42,10 @@ class ProxyMethod:
     """A remote method: `await proxy.Method(*args, timeout=None, no_reply=False)`."""
 
     def __init__(self, proxy: Proxy, interface: str, spec: MethodSpec) -> None:
-        bus = proxy.bus
         self.proxy = proxy
         self.interface = interface
         self.spec = spec
-        self._encode = bus._codec.body_encoder(spec.in_signature, [arg.hint for arg in spec.in_args],
+        self._encode = proxy.router.codec.body_encoder(spec.in_signature, [arg.hint for arg in spec.in_args],
                                                f"{interface}.{spec.name}", [arg.name for arg in spec.in_args])
         self._out_hints = [arg.hint for arg in spec.out_args]
         self._decoders: dict[str, Any] = {}   # by reply signature
@@ -52,27 +55,27 @@ class ProxyMethod:
 
     async def __call__(self, *args: Any, timeout: float | None = None, no_reply: bool = False) -> Any:
         proxy = self.proxy
-        bus = proxy.bus
+        router = proxy.router
         body, fds = self._encode(args)
         if no_reply:
-            bus._send(bus._new_message(destination=proxy.name, path=proxy.path, interface=self.interface,
-                                       member=self._member, signature=self._signature, body=body, unix_fds=fds,
-                                       flags=bus._no_reply_flag), fds)
+            router.send(router.new_message(destination=proxy.name, path=proxy.path, interface=self.interface,
+                                           member=self._member, signature=self._signature, body=body,
+                                           unix_fds=fds, flags=router.no_reply_flag), fds)
             return None
-        # Bus._call_raw, inlined: this is the hot path of every proxy call.
-        future = bus._loop.create_future()
-        serial = bus._start_call(proxy.name, proxy.path, self.interface, self._member, self._signature,
-                                 body, fds, future, proxy.timeout if timeout is None else timeout)
+        # Router.call_raw, inlined: this is the hot path of every proxy call.
+        future = router.loop.create_future()
+        serial = router.start_call(proxy.name, proxy.path, self.interface, self._member, self._signature,
+                                   body, fds, future, proxy.timeout if timeout is None else timeout)
         try:
             reply = await future
         except BaseException:
-            bus._pending.pop(serial, None)
+            router.forget_call(serial)
             raise
         signature = reply.signature
         try:
             decode = self._decoders[signature]
         except KeyError:
-            decode = self._decoders[signature] = bus._codec.body_decoder(signature, self._out_hints)
+            decode = self._decoders[signature] = router.codec.body_decoder(signature, self._out_hints)
         values = decode(reply.body, reply.unix_fds) if decode else reply.body
         if len(values) == 1:
             return values[0]
@@ -94,12 +97,12 @@ class ProxyProperty:
         if not self.spec.readable:
             raise UnknownProperty(f"property {self.spec.name} of {self.interface} is write-only")
         proxy = self.proxy
-        reply = await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Get", "ss",
-                                          [self.interface, self.spec.name], None,
-                                          proxy.timeout if timeout is None else timeout)
+        reply = await proxy.router.call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Get", "ss",
+                                            [self.interface, self.spec.name], None,
+                                            proxy.timeout if timeout is None else timeout)
         (wrapped,) = reply.body
-        return proxy.bus._codec.decode_value(variant_signature(wrapped), wrapped.value,
-                                             self._hint_for(wrapped), reply.unix_fds)
+        return proxy.router.codec.decode_value(variant_signature(wrapped), wrapped.value,
+                                               self._hint_for(wrapped), reply.unix_fds)
 
     def _hint_for(self, wrapped: Any) -> Any:
         # Trust the hint only if the service sent the type it declared.
@@ -111,17 +114,17 @@ class ProxyProperty:
     async def set(self, value: Any, timeout: float | None = None) -> None:
         proxy = self.proxy
         fds: list[int] = []
-        wrapped = proxy.bus._codec.encode_variant(self.spec.signature, value, self.spec.hint, fds,
-                                                  f"{self.interface}.{self.spec.name}")
-        await proxy.bus._call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Set", "ssv",
-                                  [self.interface, self.spec.name, wrapped], fds,
-                                  proxy.timeout if timeout is None else timeout)
+        wrapped = proxy.router.codec.encode_variant(self.spec.signature, value, self.spec.hint, fds,
+                                                    f"{self.interface}.{self.spec.name}")
+        await proxy.router.call_raw(proxy.name, proxy.path, PROPERTIES_INTERFACE, "Set", "ssv",
+                                    [self.interface, self.spec.name, wrapped], fds,
+                                    proxy.timeout if timeout is None else timeout)
 
     async def connect(self, slot: Callable[[Any], Any]) -> Subscription:
         """Call `slot(new_value)` whenever the property changes (from PropertiesChanged; an invalidated
         property is fetched first).  Returns the Subscription."""
         proxy = self.proxy
-        bus = proxy.bus
+        router = proxy.router
         name = self.spec.name
         rule = MatchRule.for_signal(proxy.name, proxy.path, PROPERTIES_INTERFACE, "PropertiesChanged",
                                     arg0=self.interface)
@@ -131,19 +134,19 @@ class ProxyProperty:
             if name in changed:
                 wrapped = changed[name]
                 try:
-                    value = bus._codec.decode_value(variant_signature(wrapped), wrapped.value,
+                    value = router.codec.decode_value(variant_signature(wrapped), wrapped.value,
                                                     self._hint_for(wrapped), message.unix_fds)
                 except Exception:
                     log.exception("cannot convert the new value of %s", name)
                     return
-                bus._call_back(slot, value)
+                router.call_back(slot, value)
             elif name in invalidated:
-                bus._spawn(self._fetch_then_call(slot))
+                router.spawn(self._fetch_then_call(slot))
 
-        return await bus._subscribe(rule, deliver)
+        return await router.subscribe(rule, deliver)
 
     async def _fetch_then_call(self, slot: Callable[[Any], Any]) -> None:
-        self.proxy.bus._call_back(slot, await self.get())
+        self.proxy.router.call_back(slot, await self.get())
 
     def __repr__(self) -> str:
         return f"<ProxyProperty {self.interface}.{self.spec.name} {self.spec.signature} {self.spec.access}>"
@@ -160,8 +163,8 @@ class ProxySignal:
     async def connect(self, slot: Callable[..., Any], **arg_filters: str) -> Subscription:
         proxy = self.proxy
         rule = MatchRule.for_signal(proxy.name, proxy.path, self.interface, self.spec.name, **arg_filters)
-        invoker = SlotInvoker(proxy.bus, slot, [arg.hint for arg in self.spec.args])
-        return await proxy.bus._subscribe(rule, invoker)
+        invoker = SlotInvoker(proxy.router, slot, [arg.hint for arg in self.spec.args])
+        return await proxy.router.subscribe(rule, invoker)
 
     def __repr__(self) -> str:
         return f"<ProxySignal {self.interface}.{self.spec.name}({self.spec.signature})>"
@@ -195,14 +198,17 @@ class ProxyInterface:
 
 
 class Proxy:
-    """A remote object (see the module docstring).  Create it with `await bus.proxy(name, path)`."""
+    """A remote object (see the module docstring).  Create it with `await bus.proxy(name, path)`.
 
-    def __init__(self, bus: Bus, name: str, path: str, specs: Iterable[InterfaceSpec],
-                 children: Iterable[str] = (), timeout: float | None = None) -> None:
+    `bus` is the Bus that made it; calls go through that bus's router."""
+
+    def __init__(self, router: Router, name: str, path: str, specs: Iterable[InterfaceSpec],
+                 children: Iterable[str] = (), timeout: float | None = None, bus: Any = None) -> None:
+        self.router = router
         self.bus = bus
         self.name = name
         self.path = path
-        self.timeout = bus.timeout if timeout is None else timeout
+        self.timeout = router.timeout if timeout is None else timeout
         self.children = list(children)
         self.interfaces: dict[str, ProxyInterface] = {spec.name: ProxyInterface(self, spec) for spec in specs}
         found: dict[str, list[ProxyMember]] = {}
@@ -220,12 +226,12 @@ class Proxy:
                 self.__dict__[member_name] = members[0]
 
     @classmethod
-    async def create(cls, bus: Bus, name: str, path: str, interface: Any = None,
-                     timeout: float | None = None) -> Proxy:
+    async def create(cls, router: Router, name: str, path: str, interface: Any = None,
+                     timeout: float | None = None, bus: Any = None) -> Proxy:
         if interface is None:
-            reply = await bus._call_raw(name, path, INTROSPECTABLE_INTERFACE, "Introspect", timeout=timeout)
+            reply = await router.call_raw(name, path, INTROSPECTABLE_INTERFACE, "Introspect", timeout=timeout)
             specs, children = parse_xml(reply.body[0])
-            return cls(bus, name, path, specs.values(), children, timeout)
+            return cls(router, name, path, specs.values(), children, timeout, bus)
         classes = interface if isinstance(interface, (list, tuple)) else [interface]
         specs_from_classes = []
         for klass in classes:
@@ -233,7 +239,7 @@ class Proxy:
             if not isinstance(spec, InterfaceSpec):
                 raise TypeError(f"interface= takes Interface subclasses with a name, got {klass!r}")
             specs_from_classes.append(spec)
-        return cls(bus, name, path, specs_from_classes, (), timeout)
+        return cls(router, name, path, specs_from_classes, (), timeout, bus)
 
     def __getitem__(self, interface: str) -> ProxyInterface:
         try:
@@ -261,15 +267,15 @@ class Proxy:
             if len(own) != 1:
                 raise ValueError(f"say which interface: this object has {', '.join(own) or 'none'}")
             interface = own[0]
-        reply = await self.bus._call_raw(self.name, self.path, PROPERTIES_INTERFACE, "GetAll", "s", [interface],
-                                         None, self.timeout if timeout is None else timeout)
+        reply = await self.router.call_raw(self.name, self.path, PROPERTIES_INTERFACE, "GetAll", "s", [interface],
+                                           None, self.timeout if timeout is None else timeout)
         properties = self.interfaces[interface].spec.properties if interface in self.interfaces else {}
         values = {}
         for name, wrapped in reply.body[0].items():
             signature = variant_signature(wrapped)
             prop = properties.get(name)
             hint = prop.hint if prop is not None and prop.signature == signature else None
-            values[name] = self.bus._codec.decode_value(signature, wrapped.value, hint, reply.unix_fds)
+            values[name] = self.router.codec.decode_value(signature, wrapped.value, hint, reply.unix_fds)
         return values
 
     async def connect_property(self, name: str, slot: Callable[[Any], Any]) -> Subscription:

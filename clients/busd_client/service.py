@@ -28,21 +28,49 @@ import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PEER_INTERFACE, PROPERTIES_INTERFACE
+from busd.wire.wellknown import (
+    INTROSPECTABLE_INTERFACE,
+    PEER_INTERFACE,
+    PROPERTIES_INTERFACE,
+)
 
-from .bus import message_info
+from ._router import Router
 from .convert import variant_signature
-from .dbus_types import is_message_info, resolve_hints, return_signature, signature_of
-from .errors import (ArgumentTypeError, DBusError, Failed, InvalidArgs, PropertyReadOnly, UnknownInterface, UnknownMethod,
-                     UnknownObject, UnknownProperty)
-from .introspection import (ACCESS_VALUES, EMITS_CHANGED, EMITS_CHANGED_VALUES, NO_REPLY, ArgSpec,
-                            InterfaceSpec, MethodSpec, PropertySpec, SignalSpec, compare_interfaces,
-                            load_interface_file, node_to_xml, standard_interfaces)
-
-if TYPE_CHECKING:
-    from .bus import Bus
+from .dbus_types import (
+    is_message_info,
+    message_info,
+    resolve_hints,
+    return_signature,
+    signature_of,
+)
+from .errors import (
+    ArgumentTypeError,
+    DBusError,
+    Failed,
+    InvalidArgs,
+    PropertyReadOnly,
+    UnknownInterface,
+    UnknownMethod,
+    UnknownObject,
+    UnknownProperty,
+)
+from .introspection import (
+    ACCESS_VALUES,
+    EMITS_CHANGED,
+    EMITS_CHANGED_VALUES,
+    NO_REPLY,
+    ArgSpec,
+    InterfaceSpec,
+    MethodSpec,
+    PropertySpec,
+    SignalSpec,
+    compare_interfaces,
+    load_interface_file,
+    node_to_xml,
+    standard_interfaces,
+)
 
 log = logging.getLogger("busd_client")
 FunctionT = TypeVar("FunctionT", bound=Callable[..., Any])
@@ -112,10 +140,11 @@ class _BoundSignal:
         values = self.descriptor.values(args, kwargs)
         hints = [arg.hint for arg in spec.args]
         interface = type(instance).__dbus_interface__.name
-        for bus, path in _exports_of(instance):
-            body, fds = bus._codec.body_encoder(spec.signature, hints, f"{interface}.{spec.name}",
-                                                [arg.name for arg in spec.args])(values)
-            bus._emit(path, interface, spec.name, spec.signature, body, fds)
+        for tree, path in _exports_of(instance):
+            router = tree.router
+            body, fds = router.codec.body_encoder(spec.signature, hints, f"{interface}.{spec.name}",
+                                                  [arg.name for arg in spec.args])(values)
+            router.emit(path, interface, spec.name, spec.signature, body, fds)
 
 
 def signal(name: str | Callable[..., Any] | None = None) -> Any:
@@ -196,7 +225,7 @@ class Interface:
     """
 
     __dbus_interface__: ClassVar[InterfaceSpec]
-    _busd_exports: list[tuple[Bus, str]]
+    _busd_exports: list[tuple[ObjectTree, str]]
 
     def __init_subclass__(cls, name: str | None = None, xml: str | os.PathLike[str] | None = None,
                           **kwargs: Any) -> None:
@@ -220,12 +249,13 @@ class Interface:
         for name in list(changed) + list(invalidated):
             if name not in spec.properties:
                 raise ValueError(f"{spec.name} has no property {name}")
-        for bus, path in _exports_of(self):
+        for tree, path in _exports_of(self):
+            router = tree.router
             fds: list[int] = []
-            values = {name: bus._codec.encode_variant(spec.properties[name].signature, value,
-                                                     spec.properties[name].hint, fds, f"{spec.name}.{name}")
+            values = {name: router.codec.encode_variant(spec.properties[name].signature, value,
+                                                        spec.properties[name].hint, fds, f"{spec.name}.{name}")
                       for name, value in changed.items()}
-            bus._emit(path, PROPERTIES_INTERFACE, "PropertiesChanged", "sa{sv}as",
+            router.emit(path, PROPERTIES_INTERFACE, "PropertiesChanged", "sa{sv}as",
                       [spec.name, values, list(invalidated)], fds)
 
     @classmethod
@@ -234,12 +264,12 @@ class Interface:
         return cls.__dbus_interface__.to_xml()
 
     @property
-    def exported_at(self) -> list[tuple[Bus, str]]:
+    def exported_at(self) -> list[tuple[Any, str]]:
         """The (bus, path) pairs this object is exported at."""
-        return list(_exports_of(self))
+        return [(tree.bus, path) for tree, path in _exports_of(self)]
 
 
-def _exports_of(instance: Any) -> list[tuple[Bus, str]]:
+def _exports_of(instance: Any) -> list[tuple[ObjectTree, str]]:
     # Kept in the instance dict so subclasses need not call Interface.__init__.
     return instance.__dict__.setdefault("_busd_exports", [])
 
@@ -358,9 +388,12 @@ def _machine_id() -> str:
 
 
 class ObjectTree:
-    """The objects one bus connection exports, and the method-call dispatcher that serves them."""
+    """The objects one bus connection exports, and the method-call dispatcher that serves them.
 
-    def __init__(self, bus: Bus) -> None:
+    `router` carries the replies and signals; `bus` is the Bus that owns the tree, as `exported_at` reports it."""
+
+    def __init__(self, router: Router, bus: Any = None) -> None:
+        self.router = router
         self.bus = bus
         self._objects: dict[str, dict[str, Interface]] = {}
         standard = {
@@ -390,7 +423,7 @@ class ObjectTree:
         if name in interfaces:
             raise ValueError(f"{path} already exports {name}; unexport it first")
         interfaces[name] = obj
-        _exports_of(obj).append((self.bus, path))
+        _exports_of(obj).append((self, path))
         return Export(self, path, obj)
 
     def unexport(self, path: str, obj: Interface | None = None) -> None:
@@ -401,8 +434,8 @@ class ObjectTree:
             if obj is None or exported is obj:
                 del interfaces[name]
                 exports = _exports_of(exported)
-                if (self.bus, path) in exports:
-                    exports.remove((self.bus, path))
+                if (self, path) in exports:
+                    exports.remove((self, path))
         if not interfaces:
             del self._objects[path]
 
@@ -456,8 +489,7 @@ class ObjectTree:
         self._invoke(message, obj, method_spec)
 
     def _invoke(self, message: Any, obj: Interface, spec: MethodSpec) -> None:
-        codec = self.bus._codec
-        decode = codec.body_decoder(spec.in_signature, [arg.hint for arg in spec.in_args])
+        decode = self.router.codec.body_decoder(spec.in_signature, [arg.hint for arg in spec.in_args])
         try:
             args = decode(message.body, message.unix_fds) if decode else message.body
         except Exception as error:
@@ -469,7 +501,7 @@ class ObjectTree:
         else:
             result = function(obj, *args, **{spec.info_parameter: message_info(message)})
         if inspect.isawaitable(result):
-            self.bus._spawn(self._finish_async(message, spec, result))
+            self.router.spawn(self._finish_async(message, spec, result))
         else:
             self._reply(message, spec, result)
 
@@ -488,10 +520,10 @@ class ObjectTree:
             self._reply(message, spec, result)
 
     def _expects_reply(self, message: Any) -> bool:
-        return not (message.flags & self.bus._no_reply_flag)
+        return not (message.flags & self.router.no_reply_flag)
 
     def _reply(self, message: Any, spec: MethodSpec, result: Any) -> None:
-        if not self._expects_reply(message) or self.bus.closed:
+        if not self._expects_reply(message) or self.router.closed:
             return
         out = spec.out_args
         if not out:
@@ -505,8 +537,8 @@ class ObjectTree:
         else:
             values = tuple(result)
         try:
-            body, fds = self.bus._codec.body_encoder(spec.out_signature, [a.hint for a in out], spec.name,
-                                                     [a.name for a in out])(values)
+            body, fds = self.router.codec.body_encoder(spec.out_signature, [a.hint for a in out], spec.name,
+                                                       [a.name for a in out])(values)
             self._send_return(message, spec.out_signature, body, fds)
         except Exception as error:
             log.exception("cannot send the result of %s", spec.name)
@@ -515,20 +547,20 @@ class ObjectTree:
                 f"{spec.out_signature!r}: {error}"))
 
     def _send_return(self, message: Any, signature: str, body: list[Any], fds: list[int]) -> None:
-        bus = self.bus
-        reply = bus._new_message(message_type=bus._backend.MessageType.METHOD_RETURN,
-                                 reply_serial=message.serial, destination=message.sender,
-                                 signature=signature, body=body, unix_fds=fds)
-        bus._send(reply, fds)
+        router = self.router
+        reply = router.new_message(message_type=router.return_type,
+                                   reply_serial=message.serial, destination=message.sender,
+                                   signature=signature, body=body, unix_fds=fds)
+        router.send(reply, fds)
 
     def _reply_error(self, message: Any, error: DBusError) -> None:
-        if not self._expects_reply(message) or self.bus.closed:
+        if not self._expects_reply(message) or self.router.closed:
             return
-        bus = self.bus
-        reply = bus._new_message(message_type=bus._backend.MessageType.ERROR,
-                                 reply_serial=message.serial, destination=message.sender,
-                                 error_name=error.name, signature="s", body=[error.message])
-        bus._send(reply)
+        router = self.router
+        reply = router.new_message(message_type=router.error_type,
+                                   reply_serial=message.serial, destination=message.sender,
+                                   error_name=error.name, signature="s", body=[error.message])
+        router.send(reply)
 
     # -- standard interfaces ------------------------------------------------------
 
@@ -571,7 +603,7 @@ class ObjectTree:
     def _property_variant(self, prop: PropertySpec, interface: str, value: Any, fds: list[int]) -> Any:
         """A property's value for Get/GetAll; a value that does not fit is this service's fault: Failed."""
         try:
-            return self.bus._codec.encode_variant(prop.signature, value, prop.hint, fds, f"{interface}.{prop.name}")
+            return self.router.codec.encode_variant(prop.signature, value, prop.hint, fds, f"{interface}.{prop.name}")
         except ArgumentTypeError as error:
             raise Failed(f"the service's value does not fit: {error.message}") from None
 
@@ -594,7 +626,7 @@ class ObjectTree:
             raise UnknownProperty(f"{interface_name} has no property {name!r}")
         if not prop.writable:
             raise PropertyReadOnly(f"property {name} of {interface_name} is read-only")
-        codec = self.bus._codec
+        codec = self.router.codec
         signature = variant_signature(wire_value)
         if signature != prop.signature:
             raise InvalidArgs(f"property {name} has type {prop.signature!r}, got a value of type {signature!r}")
