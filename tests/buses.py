@@ -91,7 +91,8 @@ def busd_available() -> bool:
     return True
 
 
-def _daemon_command(kind: str) -> list[str]:
+def daemon_command(kind: str) -> list[str]:
+    """The command line that starts a bus daemon of `kind` ("busd" or "dbus-daemon")."""
     if kind == "dbus-daemon":
         return ["dbus-daemon"]
     if kind == "busd":
@@ -111,7 +112,7 @@ def start_bus(kind: str, extra_config: str = "", config_text: str | None = None,
         with open(config_path, "w") as f:
             f.write(text.replace("{socket}", socket_path).replace("{extra}", extra_config))
         read_fd, write_fd = os.pipe()
-        cmd = _daemon_command(kind) + [
+        cmd = daemon_command(kind) + [
             f"--config-file={config_path}", "--nofork", "--nopidfile",
             f"--print-address={write_fd}", *args,
         ]

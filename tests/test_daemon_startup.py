@@ -13,7 +13,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,20 +20,12 @@ from typing import Iterator
 
 import pytest
 
-from buses import SESSION_CONFIG, busd_available
+from buses import SESSION_CONFIG, daemon_command
 from busclient import BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, LineWatcher, RawClient, WaitTimeout
 
 # How a shell closes each standard stream, as libdbus's test-dbus-daemon-fork.sh does.
 CLOSE_REDIRECTION = {0: "<&-", 1: ">&-", 2: "2>&-"}
 CLOSED_STREAM_SETS = [closed for n in (1, 2, 3) for closed in itertools.combinations((0, 1, 2), n)]
-
-
-def daemon_command(kind: str) -> list[str]:
-    if kind == "busd":
-        if not busd_available():
-            pytest.skip("the busd daemon is not built yet")
-        return [sys.executable, "-m", "busd"]
-    return ["dbus-daemon"]
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import pytest
 
 import hostile_peer
-from buses import START_TIMEOUT, RunningBus, _daemon_command
+from buses import START_TIMEOUT, RunningBus, daemon_command
 from busclient import (
     BUS_KINDS, TIMEOUT, LineWatcher, RawClient, open_fd_count, running_bus, wait_owner,
 )
@@ -324,7 +324,7 @@ def test_listen_path_that_is_not_a_socket_is_left_alone(kind: str, tmp_path) -> 
     victim.write_text("data\n")
     config = tmp_path / "bus.conf"
     config.write_text(SYSTEM_CONFIG.replace("{socket}", str(victim)).replace("{extra}", ""))
-    started = subprocess.run([*_daemon_command(kind), f"--config-file={config}", "--nofork", "--nopidfile"],
+    started = subprocess.run([*daemon_command(kind), f"--config-file={config}", "--nofork", "--nopidfile"],
                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=START_TIMEOUT)
     assert started.returncode != 0, started
     assert LISTEN_REFUSAL[kind] in started.stderr, started.stderr

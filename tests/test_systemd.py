@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 from jeepney import DBusAddress, HeaderFields, new_signal
 
-from buses import SESSION_CONFIG, busd_available, start_bus
+from buses import SESSION_CONFIG, busd_available, daemon_command, start_bus
 from services.support import (
     DBUS, DBUS_PATH, SERVICE_SCRIPT, TEST_INTERFACE, TIMEOUT, Client, activation_config, is_signal,
     service_command, unique_service_name, write_service,
@@ -40,10 +40,6 @@ START_TIMEOUT_MS = 20_000
 def _need_busd(kind: str) -> None:
     if kind == "busd" and not busd_available():
         pytest.skip("the busd daemon is not built yet")
-
-
-def _daemon_command(kind: str) -> list[str]:
-    return [sys.executable, "-m", "busd"] if kind == "busd" else ["dbus-daemon"]
 
 
 # ------------------------------------------------------------ unit files
@@ -99,7 +95,7 @@ def test_socket_activation_through_systemd_socket_activate(kind):
     config = os.path.join(workdir, "bus.conf")
     with open(config, "w") as f:
         f.write(SESSION_CONFIG.replace("{socket}", os.path.join(workdir, "unused")).replace("{extra}", ""))
-    command = [tool, "-l", socket_path, *_daemon_command(kind), f"--config-file={config}", "--address=systemd:",
+    command = [tool, "-l", socket_path, *daemon_command(kind), f"--config-file={config}", "--address=systemd:",
                "--nofork", "--nopidfile"]
     activator = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
