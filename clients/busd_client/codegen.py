@@ -10,8 +10,9 @@ import argparse
 import keyword
 import sys
 
+from busd.wire.signature import TypeNode, parse_signature
+
 from .introspection import ArgSpec, InterfaceSpec, load_interface_file
-from .signature import SignatureNode, parse_signature
 
 _BASIC_HINTS = {
     "y": "Byte", "b": "bool", "n": "Int16", "q": "UInt16", "i": "int", "u": "UInt32",
@@ -21,7 +22,7 @@ _BASIC_HINTS = {
 _ALIASES = {"Byte", "Int16", "UInt16", "UInt32", "Int64", "UInt64", "ObjectPath", "Signature", "UnixFD"}
 
 
-def hint_for(node: SignatureNode) -> str:
+def hint_for(node: TypeNode) -> str:
     """Python annotation text whose D-Bus signature is `node`."""
     if node.code in _BASIC_HINTS:
         return _BASIC_HINTS[node.code]
@@ -35,7 +36,7 @@ def hint_for(node: SignatureNode) -> str:
         return f"list[{hint_for(element)}]"
     if node.code == "(":
         return "tuple[" + ", ".join(hint_for(child) for child in node.children) + "]"
-    raise ValueError(f"no Python hint for {node.text!r}")
+    raise ValueError(f"no Python hint for {node.signature!r}")
 
 
 def _return_hint(out_args: list[ArgSpec]) -> str:

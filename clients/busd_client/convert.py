@@ -17,11 +17,19 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from busd.wire.signature import TypeNode, is_valid_signature, parse_signature
+
 from ._backend import Backend
-from .dbus_types import (Variant, guess_signature, is_struct_class, strip_annotated,
-                         struct_builder, struct_fields, struct_values)
+from .dbus_types import (
+    Variant,
+    guess_signature,
+    is_struct_class,
+    strip_annotated,
+    struct_builder,
+    struct_fields,
+    struct_values,
+)
 from .errors import ArgumentTypeError
-from .signature import SignatureNode, is_valid_signature, parse_signature
 
 Encoder = Callable[[Any, list[int]], Any]
 """(Python value, fds collected so far) -> wire value."""
@@ -49,8 +57,8 @@ class Codec:
 
     # -- single complete types --------------------------------------------
 
-    def encoder(self, node: SignatureNode, hint: Any = None) -> Encoder | None:
-        key = (node.text, hint)
+    def encoder(self, node: TypeNode, hint: Any = None) -> Encoder | None:
+        key = (node.signature, hint)
         try:
             return self._encoders[key]
         except KeyError:
@@ -60,8 +68,8 @@ class Codec:
         encoder = self._encoders[key] = self._build_encoder(node, hint)
         return encoder
 
-    def decoder(self, node: SignatureNode, hint: Any = None) -> Decoder | None:
-        key = (node.text, hint)
+    def decoder(self, node: TypeNode, hint: Any = None) -> Decoder | None:
+        key = (node.signature, hint)
         try:
             return self._decoders[key]
         except KeyError:
@@ -71,7 +79,7 @@ class Codec:
         decoder = self._decoders[key] = self._build_decoder(node, hint)
         return decoder
 
-    def _build_encoder(self, node: SignatureNode, hint: Any) -> Encoder | None:
+    def _build_encoder(self, node: TypeNode, hint: Any) -> Encoder | None:
         base, _ = strip_annotated(hint)
         code = node.code
         if code == "h":
@@ -86,7 +94,7 @@ class Codec:
             return lambda value, fds: value.value if isinstance(value, enum.Enum) else value
         return None
 
-    def _array_encoder(self, element: SignatureNode, hint: Any) -> Encoder:
+    def _array_encoder(self, element: TypeNode, hint: Any) -> Encoder:
         if element.code == "y":
             return lambda value, fds: value if type(value) is bytes else bytes(value)
         if element.code == "{":
@@ -104,7 +112,7 @@ class Codec:
             return lambda value, fds: value if type(value) is list else list(value)
         return lambda value, fds: [encode_element(item, fds) for item in value]
 
-    def _struct_encoder(self, node: SignatureNode, hint: Any) -> Encoder:
+    def _struct_encoder(self, node: TypeNode, hint: Any) -> Encoder:
         names: list[str] | None = None
         if is_struct_class(hint):
             fields = _checked_fields(hint, node)
@@ -123,9 +131,9 @@ class Codec:
             elif is_struct_class(type(value)):
                 values = struct_values(value, [name for name, _ in struct_fields(type(value))])
             else:
-                raise TypeError(f"D-Bus struct {node.text} needs a tuple or a model, got {value!r}")
+                raise TypeError(f"D-Bus struct {node.signature} needs a tuple or a model, got {value!r}")
             if len(values) != arity:
-                raise TypeError(f"D-Bus struct {node.text} has {arity} fields, got {len(values)}: {value!r}")
+                raise TypeError(f"D-Bus struct {node.signature} has {arity} fields, got {len(values)}: {value!r}")
             return [encode_item(item, fds) if encode_item else item
                     for encode_item, item in zip(encoders, values)]
 
@@ -146,7 +154,7 @@ class Codec:
             raise TypeError(f"the variant of type '{signature}' holds a wrong value: {mismatch_text(*mismatch)}")
         return self.backend.Variant(signature, wire)
 
-    def _build_decoder(self, node: SignatureNode, hint: Any) -> Decoder | None:
+    def _build_decoder(self, node: TypeNode, hint: Any) -> Decoder | None:
         base, _ = strip_annotated(hint)
         code = node.code
         if code == "h":
@@ -162,7 +170,7 @@ class Codec:
             return lambda value, fds: base(value)
         return None
 
-    def _array_decoder(self, element: SignatureNode, hint: Any) -> Decoder | None:
+    def _array_decoder(self, element: TypeNode, hint: Any) -> Decoder | None:
         if element.code == "y":  # bytes, unless the hint asks for a list of numbers
             return (lambda value, fds: list(value)) if typing.get_origin(hint) is list else None
         if element.code == "{":
@@ -180,7 +188,7 @@ class Codec:
             return None
         return lambda value, fds: [decode_element(item, fds) for item in value]
 
-    def _struct_decoder(self, node: SignatureNode, hint: Any) -> Decoder:
+    def _struct_decoder(self, node: TypeNode, hint: Any) -> Decoder:
         if is_struct_class(hint):
             hints = [field_hint for _, field_hint in _checked_fields(hint, node)]
             build: Callable[[list[Any]], Any] = struct_builder(hint)
@@ -208,18 +216,18 @@ class Codec:
         wire = self._checked(node, self.encoder(node, hint), value, fds, member, None, None)
         return self.backend.Variant(signature, wire)
 
-    def _checked(self, node: SignatureNode, encode: Encoder | None, value: Any, fds: list[int],
+    def _checked(self, node: TypeNode, encode: Encoder | None, value: Any, fds: list[int],
                  member: str, position: int | None, name: str | None) -> Any:
         """`value` encoded for `node`, checked before the backend sees it (its own errors name no member)."""
         try:
             wire = encode(value, fds) if encode else value
         except (TypeError, ValueError, AttributeError, OverflowError) as error:
-            raise ArgumentTypeError(member, position, name, node.text, type_description(node), value,
+            raise ArgumentTypeError(member, position, name, node.signature, type_description(node), value,
                                     str(error)) from None
         mismatch = find_mismatch(node, wire, self.backend.Variant)
         if mismatch is not None:
             detail = mismatch_text(*mismatch) if mismatch[0] else ""  # say where, when it is inside
-            raise ArgumentTypeError(member, position, name, node.text, type_description(node), value, detail)
+            raise ArgumentTypeError(member, position, name, node.signature, type_description(node), value, detail)
         return wire
 
     def decode_value(self, signature: str, value: Any, hint: Any, fds: Sequence[int]) -> Any:
@@ -304,7 +312,7 @@ BASIC_TYPE_NAMES = {"y": "byte", "b": "boolean", "n": "16-bit integer", "q": "un
                     "o": "object path", "g": "type signature", "h": "file descriptor", "v": "variant"}
 
 
-def _type_noun(node: SignatureNode, plural: bool = False) -> str:
+def _type_noun(node: TypeNode, plural: bool = False) -> str:
     """The type in words, without an article: 'string', 'array of strings', 'dict of string to variant'."""
     code = node.code
     if code == "a":
@@ -328,7 +336,7 @@ def _type_noun(node: SignatureNode, plural: bool = False) -> str:
     return noun.replace(" (a float)", "") + "s"
 
 
-def type_description(node: SignatureNode) -> str:
+def type_description(node: TypeNode) -> str:
     """The type in plain words, with its article: 'a string', 'an unsigned 32-bit integer'."""
     noun = _type_noun(node)
     return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
@@ -341,7 +349,7 @@ def _is_object_path(value: str) -> bool:
         part and all(c.isascii() and (c.isalnum() or c == "_") for c in part) for part in value[1:].split("/"))
 
 
-def find_mismatch(node: SignatureNode, value: Any, variant_type: type) -> tuple[str, SignatureNode, Any] | None:
+def find_mismatch(node: TypeNode, value: Any, variant_type: type) -> tuple[str, TypeNode, Any] | None:
     """Where the wire value `value` does not fit `node`: (path inside it, the type there, the value there)."""
     code = node.code
     if code in INTEGER_RANGES:
@@ -387,11 +395,11 @@ def find_mismatch(node: SignatureNode, value: Any, variant_type: type) -> tuple[
     return None if fits else ("", node, value)
 
 
-def mismatch_text(where: str, node: SignatureNode, value: Any) -> str:
+def mismatch_text(where: str, node: TypeNode, value: Any) -> str:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return f"{where or 'it'} must be {type_description(node)} ('{node.text}'), not {type(value).__name__} {shown}"
+    return f"{where or 'it'} must be {type_description(node)} ('{node.signature}'), not {type(value).__name__} {shown}"
 
 
 def variant_signature(variant: Any) -> str:
@@ -402,11 +410,11 @@ def variant_signature(variant: Any) -> str:
     return signature
 
 
-def _checked_fields(cls: type, node: SignatureNode) -> list[tuple[str, Any]]:
+def _checked_fields(cls: type, node: TypeNode) -> list[tuple[str, Any]]:
     fields = struct_fields(cls)
     if len(fields) != len(node.children):
         raise TypeError(
-            f"{cls.__name__} has {len(fields)} fields but the D-Bus struct {node.text} "
+            f"{cls.__name__} has {len(fields)} fields but the D-Bus struct {node.signature} "
             f"has {len(node.children)}")
     return fields
 

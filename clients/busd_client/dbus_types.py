@@ -24,7 +24,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable
 
-from .signature import is_valid_signature, split_signature
+from busd.wire.errors import SignatureError
+from busd.wire.signature import parse_single_type
+
+
+def is_one_complete_type(signature: str) -> bool:
+    """True if `signature` is a valid signature of exactly one complete type (a variant's, a hint's)."""
+    try:
+        parse_single_type(signature)
+    except SignatureError:
+        return False
+    return True
 
 
 class DBusType:
@@ -33,7 +43,7 @@ class DBusType:
     __slots__ = ("signature",)
 
     def __init__(self, signature: str) -> None:
-        if not is_valid_signature(signature) or len(split_signature(signature)) != 1:
+        if not is_one_complete_type(signature):
             raise ValueError(f"DBusType needs one complete D-Bus type, got {signature!r}")
         self.signature = signature
 
@@ -67,7 +77,7 @@ class Variant:
     __slots__ = ("signature", "value")
 
     def __init__(self, signature: str, value: Any) -> None:
-        if not is_valid_signature(signature) or len(split_signature(signature)) != 1:
+        if not is_one_complete_type(signature):
             raise ValueError(f"a Variant holds one complete D-Bus type, got signature {signature!r}")
         self.signature = signature
         self.value = value

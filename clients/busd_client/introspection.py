@@ -7,7 +7,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .signature import SignatureError, parse_signature, split_signature
+from busd.wire.errors import SignatureError
+from busd.wire.signature import parse_signature
 
 DOCTYPE = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'
            ' "http://www.freedesktop.org/standards/dbus/1.0/introspect.dtd">')
@@ -250,7 +251,7 @@ def compare_interfaces(actual: InterfaceSpec, expected: InterfaceSpec) -> list[s
 def _compare_args(where: str, mine: list[ArgSpec], theirs: list[ArgSpec]) -> list[str]:
     mine_signature = "".join(arg.signature for arg in mine)
     theirs_signature = "".join(arg.signature for arg in theirs)
-    if split_signature(mine_signature) != split_signature(theirs_signature):
+    if mine_signature != theirs_signature:
         return [f"{where}-signature is {mine_signature!r}, expected {theirs_signature!r}"]
     return [f"{where}-argument {index} is named {a.name!r}, expected {b.name!r}"
             for index, (a, b) in enumerate(zip(mine, theirs)) if a.name and b.name and a.name != b.name]
