@@ -54,19 +54,30 @@ def parse_tap(returncode: int, output: str) -> TapResult:
                      output=output)
 
 
-def run_tap_program(argv: list[str], env: dict[str, str], workdir: Path, timeout: float = 240) -> TapResult:
+# Below pytest-timeout's 120 s, so a hung program is reported with its output so far.
+PROGRAM_TIMEOUT = 100.0
+
+
+def run_tap_program(argv: list[str], env: dict[str, str], workdir: Path,
+                    timeout: float = PROGRAM_TIMEOUT) -> TapResult:
     """Run `argv` in `workdir`, its output going to a file (a pipe would stay open as
     long as any leftover daemon holds it), then stop whatever it left behind."""
     output_path = workdir / "tap-output.txt"
+    timed_out = False
     with open(output_path, "w") as output:
         process = subprocess.Popen(argv, env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True)
         try:
             returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
         finally:
             stop_process_group(process.pid)
             process.wait()
-    return parse_tap(returncode, output_path.read_text(errors="replace"))
+    result = parse_tap(process.returncode if timed_out else returncode, output_path.read_text(errors="replace"))
+    if timed_out:
+        result.bail_out = f"timed out after {timeout:.0f} s (the program hung; its output so far follows)"
+    return result
 
 
 def live_group_members(pgid: int) -> list[int]:
