@@ -91,7 +91,7 @@ class VirtualConnection:
     @property
     def can_pass_fds(self) -> bool:
         link = self.bridge.link
-        return link is not None and link.unix_fd
+        return link is not None and link.can_pass_fds
 
     @property
     def out_bytes(self) -> int:
@@ -317,12 +317,12 @@ class Bridge(BusObserver):
         """A local recipient is full: read no more from upstream until it catches up."""
         self.paused_by.add(conn)
         if self.link is not None:
-            self.link.pause_reading()
+            self.link.hold_input()
 
     def resume_upstream(self, conn: VirtualConnection) -> None:
         self.paused_by.discard(conn)
         if not self.paused_by and self.link is not None:
-            self.link.resume_reading()
+            self.link.release_input()
 
     def _upstream_drained(self) -> None:
         for conn in [self.home, *self.mirrors.values()]:

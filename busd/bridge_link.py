@@ -1,41 +1,34 @@
 """The bridge's client connection to the upstream bus: connect, authenticate, Hello, then framed messages.
 
-Theory. Once open, the link is driven like the daemon's own connections: a
-reader callback reads what the kernel has, frames every complete message and
-hands it on in arrival order; sends are queued and written once per loop turn
-with one sendmsg() (fds ride with their message's first byte). Replies to the
-link's own driver calls (Hello, AddMatch, RequestName, ...) go to the callback
-given with the call, inline and in stream order, so a GetNameOwner answer and a
+Theory. Once open, the link is a busd.transport.stream.Stream like the daemon's
+own connections (one read, framing, fd and batched-write loop); it adds the
+client's SASL side, its own serials and reply table. Replies to the link's own
+driver calls (Hello, AddMatch, RequestName, ...) go to the callback given with
+the call, inline and in stream order, so a GetNameOwner answer and a
 NameOwnerChanged signal are always applied in the order the upstream bus sent
 them. Everything else goes to `on_message`.
 """
 
 from __future__ import annotations
 
-import array
 import asyncio
 import logging
 import os
 import socket
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .transport.stream import Stream, close_fds
 from .wire.address import Address, AddressError, parse_addresses
 from .wire.errors import ProtocolError
 from .wire.message import (
-    ERROR, FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, METHOD_CALL, METHOD_RETURN, Header,
-    build_message, frame_size, parse_header, read_body,
+    ERROR, MAX_MESSAGE_SIZE, METHOD_CALL, METHOD_RETURN, Header, build_message, read_body,
 )
 from .wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
 from .wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 log = logging.getLogger("busd.bridge")
 
-READ_SIZE = 262144
-MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
-_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
-_IOV_MAX = 512
 NONCE_SIZE = 16
 
 ReplyHandler = Callable[[Header, bytes], None]
@@ -43,14 +36,6 @@ ReplyHandler = Callable[[Header, bytes], None]
 
 class LinkError(Exception):
     """The upstream bus cannot be reached or would not let us in; the message says why."""
-
-
-def close_fds(fds: Any) -> None:
-    for fd in fds or ():
-        try:
-            os.close(fd)
-        except OSError:
-            pass
 
 
 def error_text(h: Header, buf: bytes) -> str:
@@ -106,44 +91,31 @@ async def _connect_tcp(loop: asyncio.AbstractEventLoop, address: Address) -> soc
 CONNECTORS = {"unix": _connect_unix, "tcp": _connect_tcp, "nonce-tcp": _connect_tcp}
 
 
-class UpstreamLink:
+class UpstreamLink(Stream):
     """One authenticated connection to the upstream bus, with its own serials and its own reply table."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
                  on_message: Callable[[bytes, Header, list[int] | None], None],
                  on_closed: Callable[[str], None],
                  on_drained: Callable[[], None] = lambda: None,
-                 schedule_flush: Callable[["UpstreamLink"], None] | None = None,
+                 schedule_flush: Callable[[Stream], None] | None = None,
                  on_read_start: Callable[[], None] = lambda: None, on_read_done: Callable[[], None] = lambda: None,
                  max_message_size: int = MAX_MESSAGE_SIZE, max_message_unix_fds: int = 1024):
-        self.loop = loop
+        # The bus's flush scheduler writes us with its own connections, at the end of the read in progress.
+        super().__init__(loop, schedule_flush or (lambda link: loop.call_soon(link.flush)))
         self.on_message = on_message
         self.started = False  # until start(), messages other than our replies wait in _early
         self._early: list[tuple[bytes, Header, list[int] | None]] = []
         self.on_closed = on_closed
         self.on_drained = on_drained
         self.on_read_start, self.on_read_done = on_read_start, on_read_done  # around the messages of one read
-        # The bus's flush scheduler writes us with its own connections, at the end of the read in progress.
-        self.schedule_flush = schedule_flush or (lambda link: loop.call_soon(link.flush))
         self.max_message_size = max_message_size
         self.max_message_unix_fds = max_message_unix_fds
-        self.sock: socket.socket | None = None
-        self.fileno = -1
         self.address = ""
         self.guid: str | None = None
         self.unique_name: str | None = None
-        self.unix_fd = False
-        self.closed = False
-        self.reading = False
         self._serial = 0
         self._replies: dict[int, ReplyHandler] = {}
-        self._rbuf = bytearray()
-        self._received_fds: deque[int] = deque()
-        self._out: deque[list] = deque()  # [buffer, fds or None]
-        self.out_bytes = 0
-        self.out_fds = 0
-        self._writing = False
-        self._flush_scheduled = False
         self.low_water = 1 << 20  # on_drained fires when the queue falls back below this
         self._high = False
 
@@ -169,17 +141,19 @@ class UpstreamLink:
             except OSError as exc:
                 problems.append(f"{address}: {exc.strerror or exc}")
                 continue
-            self.sock, self.fileno, self.address = sock, sock.fileno(), str(address)
+            self.attach(sock)
+            self.address = str(address)
             try:
-                await self._authenticate(sock, address, refuse_guid)
-                await self._hello()
+                leftover = await self._authenticate(sock, address, refuse_guid)
+                await self._hello(leftover)
             except BaseException:
                 self.close("could not finish connecting", notify=False)
                 raise
             return
         raise LinkError("; ".join(problems) or f"no address in {address_text!r}")
 
-    async def _authenticate(self, sock: socket.socket, address: Address, refuse_guid: str | None) -> None:
+    async def _authenticate(self, sock: socket.socket, address: Address, refuse_guid: str | None) -> bytes:
+        """The client's SASL side; returns what the bus sent after the handshake (the start of the stream)."""
         unix = address.transport == "unix"
         auth = ClientAuthenticator(uid=os.getuid(), mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS),
                                    negotiate_unix_fd=unix)
@@ -202,20 +176,20 @@ class UpstreamLink:
         if refuse_guid is not None and auth.guid == refuse_guid:
             raise LinkError(f"{address} is this bus itself: a bridge needs another bus upstream")
         self.guid = auth.guid
-        self.unix_fd = bool(auth.unix_fd)
-        if auth.leftover:
-            self._rbuf += auth.leftover
+        self.can_pass_fds = bool(auth.unix_fd)
+        return bytes(auth.leftover or b"")
 
-    async def _hello(self) -> None:
+    async def _hello(self, leftover: bytes) -> None:
         answer: asyncio.Future = self.loop.create_future()
 
         def got(h: Header, buf: bytes) -> None:
             if not answer.done():
                 answer.set_result((h, buf))
         self.call("Hello", handler=got)
-        self.reading = True
-        self.loop.add_reader(self.fileno, self._on_readable)
-        self._on_readable_buffered()
+        self.start_reading()
+        self.feed(leftover)
+        if self.closed:
+            raise LinkError(f"{self.address}: the bus closed the connection before Hello was answered")
         h, buf = await answer
         if h.type == ERROR:
             raise LinkError(f"{self.address}: Hello failed: {error_text(h, buf)}")
@@ -244,139 +218,25 @@ class UpstreamLink:
         if self.closed:
             close_fds(fds)
             return
-        out = self._out
-        out.append([head, fds])
-        size = len(head)
-        if body:
-            out.append([body, None])
-            size += len(body)
-        self.out_bytes += size
-        if fds:
-            self.out_fds += len(fds)
+        self.queue(head, body, fds)
         if self.out_bytes >= self.low_water:
             self._high = True
-        if not self._flush_scheduled and not self._writing:
-            self._flush_scheduled = True
-            self.schedule_flush(self)
 
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        sock = self.sock
-        while out and not self.closed:
-            fds = out[0][1]
-            buffers = [out[0][0]]
-            for i in range(1, min(len(out), _IOV_MAX)):
-                item = out[i]
-                if item[1]:
-                    break
-                buffers.append(item[0])
-            try:
-                if fds:
-                    sent = sock.sendmsg(buffers, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-                else:
-                    sent = sock.sendmsg(buffers)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.close(f"write failed: {exc.strerror or exc}")
-                return
-            if fds:
-                out[0][1] = None
-                self.out_fds -= len(fds)
-                close_fds(fds)
-            self.out_bytes -= sent
-            while sent:
-                item = out[0]
-                n = len(item[0])
-                if sent >= n:
-                    sent -= n
-                    out.popleft()
-                else:
-                    item[0] = memoryview(item[0])[sent:]
-                    sent = 0
-        if self.closed:
-            return
-        if out and not self._writing:
-            self._writing = True
-            self.loop.add_writer(self.fileno, self.flush)
-        elif not out and self._writing:
-            self._writing = False
-            self.loop.remove_writer(self.fileno)
+    def flushed(self) -> None:
         if self._high and self.out_bytes < self.low_water:
             self._high = False
             self.on_drained()
 
     # ------------------------------------------------------------ reading
 
-    def pause_reading(self) -> None:
-        if self.reading and not self.closed:
-            self.reading = False
-            self.loop.remove_reader(self.fileno)
-
-    def resume_reading(self) -> None:
-        if not self.reading and not self.closed:
-            self.reading = True
-            self.loop.add_reader(self.fileno, self._on_readable)
-
-    def _on_readable(self) -> None:
-        try:
-            if self.unix_fd:
-                data, ancdata, msg_flags, _ = self.sock.recvmsg(READ_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
-                for level, kind, cdata in ancdata:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        fds = array.array("i")
-                        fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
-                        self._received_fds.extend(fds)
-                if msg_flags & socket.MSG_CTRUNC:
-                    self.close("the upstream bus sent more fds in one read than the kernel passes")
-                    return
-            else:
-                data = self.sock.recv(READ_SIZE)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(f"read failed: {exc.strerror or exc}")
-            return
-        if not data:
-            self.close("the upstream bus closed the connection")
-            return
-        self._rbuf += data
+    def data_received(self, data: bytes) -> None:
         self.on_read_start()
         try:
-            self._on_readable_buffered()
+            self.feed(data)
         finally:
             self.on_read_done()
 
-    def _on_readable_buffered(self) -> None:
-        rbuf = self._rbuf
-        size = len(rbuf)
-        pos = 0
-        try:
-            while size - pos >= FIXED_HEADER_SIZE:
-                total = frame_size(rbuf, pos, self.max_message_size)
-                if size - pos < total:
-                    break
-                message = bytes(rbuf) if total == size else bytes(rbuf[pos:pos + total])
-                pos += total
-                self._handle(message)
-                if self.closed:
-                    return
-        except ProtocolError as exc:
-            self.close(f"protocol error from the upstream bus: {exc.reason}")
-            return
-        finally:
-            if pos and not self.closed:
-                del rbuf[:pos]
-
-    def _handle(self, message: bytes) -> None:
-        h = parse_header(message)
-        fds = None
-        if h.unix_fds:
-            if h.unix_fds > self.max_message_unix_fds or len(self._received_fds) < h.unix_fds:
-                raise ProtocolError(f"UNIX_FDS says {h.unix_fds} but {len(self._received_fds)} fds arrived "
-                                    f"(limit {self.max_message_unix_fds})")
-            fds = [self._received_fds.popleft() for _ in range(h.unix_fds)]
+    def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
         if h.type == METHOD_RETURN or h.type == ERROR:
             handler = self._replies.pop(h.reply_serial, None)
             if handler is not None:
@@ -400,26 +260,14 @@ class UpstreamLink:
 
     # ------------------------------------------------------------ closing
 
+    def drop(self, reason: str, level: int = logging.WARNING) -> None:
+        """The stream failed (read, write or protocol error): close and tell the bridge."""
+        self.close(reason)
+
     def close(self, reason: str, notify: bool = True) -> None:
         if self.closed:
             return
-        self.closed = True
-        if self.sock is not None:
-            if self.reading:
-                self.loop.remove_reader(self.fileno)
-            if self._writing:
-                self.loop.remove_writer(self.fileno)
-            try:
-                self.sock.close()
-            except OSError:
-                pass
-        self.reading = self._writing = False
-        for item in self._out:
-            close_fds(item[1])
-        self._out.clear()
-        self.out_bytes = self.out_fds = 0
-        close_fds(self._received_fds)
-        self._received_fds.clear()
+        self.shut()
         for _message, _h, fds in self._early:
             close_fds(fds)
         self._early.clear()

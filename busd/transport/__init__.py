@@ -1,0 +1,1 @@
+"""Transports: how a peer's bytes reach the bus (busd.transport.stream) and leave it."""

@@ -1,0 +1,281 @@
+"""One stream transport: a non-blocking socket read, framed and written the same way on every side.
+
+Theory. The loop never awaits a socket: a reader callback reads as much as the
+kernel has (with SCM_RIGHTS fds once fd passing is agreed), frames every
+complete message with busd.wire and hands each to message_received() in
+arrival order. Writes are queued and flushed once per loop turn, through the
+schedule_flush callable, with one sendmsg() carrying many messages
+(scatter/gather), so a burst costs one system call per peer, not one per
+message. Unix fds travel in the sendmsg() that starts with their message's
+first byte, as the specification requires; every fd a stream holds is closed
+once it has been sent or its message dropped.
+
+The server side (busd.connection.Connection) and the bridge's upstream link
+(busd.bridge_link.UpstreamLink) are both Streams; each adds only its SASL side
+and what it does with a message.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from typing import Any, Callable
+
+from ..wire.errors import ProtocolError
+from ..wire.message import FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, Header, frame_size, parse_header
+
+READ_SIZE = 262144
+MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+_IOV_MAX = 512
+UNLIMITED_FDS = 1 << 62
+
+
+def close_fds(fds: Any) -> None:
+    for fd in fds or ():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+class Stream:
+    """A framed D-Bus message stream over one non-blocking socket; subclasses say what a message means."""
+
+    # Overridden per side: the server's follow the bus's (reloadable) limits.
+    max_message_size = MAX_MESSAGE_SIZE
+    max_message_unix_fds = 1024
+    max_incoming_unix_fds = UNLIMITED_FDS
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, schedule_flush: Callable[["Stream"], None]):
+        self.loop = loop
+        self.schedule_flush = schedule_flush  # writes us at the end of the read in progress, or next turn
+        self.sock: socket.socket | None = None
+        self.fileno = -1
+        self.can_pass_fds = False  # agreed during authentication
+        self.closed = False
+        self.reading = False
+        self._rbuf = bytearray()
+        self._received_fds: deque[int] = deque()
+        self._out: deque[list] = deque()  # [buffer, fds or None]
+        self.out_bytes = 0
+        self.out_fds = 0
+        self.peak_out_bytes = 0
+        self.in_bytes = 0
+        self.peak_in_bytes = 0
+        self._writing = False
+        self._flush_scheduled = False
+
+    def attach(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fileno = sock.fileno()
+
+    # ------------------------------------------------------------ what a side adds
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes from one read: framed by default (the server side feeds its handshake first)."""
+        self.feed(data)
+
+    def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
+        raise NotImplementedError
+
+    def flushed(self) -> None:
+        """Some of the queue was written (or none could be)."""
+
+    def drop(self, reason: str, level: int = logging.WARNING) -> None:
+        """Close the stream for `reason`: a side logs it, calls shut() and tells its owner."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ reading
+
+    def start_reading(self) -> None:
+        self.reading = True
+        self.loop.add_reader(self.fileno, self._on_readable)
+
+    def hold_input(self) -> None:
+        if self.reading and not self.closed:
+            self.reading = False
+            self.loop.remove_reader(self.fileno)
+
+    def release_input(self) -> None:
+        if not self.reading and not self.closed:
+            self.reading = True
+            self.loop.add_reader(self.fileno, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            if self.can_pass_fds:
+                data, ancdata, msg_flags, _ = self.sock.recvmsg(READ_SIZE, _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+                for level, kind, cdata in ancdata:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        fds = array.array("i")
+                        fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+                        self._received_fds.extend(fds)
+                if msg_flags & socket.MSG_CTRUNC:
+                    self.drop("too many unix fds in one read")
+                    return
+                if len(self._received_fds) > self.max_incoming_unix_fds:
+                    self.drop(f"sent {len(self._received_fds)} unix fds not yet claimed by messages: "
+                              f"max_incoming_unix_fds={self.max_incoming_unix_fds}")
+                    return
+            else:
+                data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.drop(f"read failed: {exc.strerror or exc}", level=logging.DEBUG)
+            return
+        if not data:
+            self.drop("peer closed the connection", level=logging.DEBUG)
+            return
+        self.data_received(data)
+
+    def feed(self, data: bytes) -> None:
+        """Frame what has arrived and hand on every complete message; keep the rest for the next read."""
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            view: Any = rbuf
+        else:
+            view = data
+        size = len(view)
+        pos = 0
+        max_size = self.max_message_size
+        try:
+            while size - pos >= FIXED_HEADER_SIZE:
+                total = frame_size(view, pos, max_size)
+                if size - pos < total:
+                    break
+                if pos == 0 and total == size and view is data:
+                    message = data
+                else:
+                    message = bytes(view[pos:pos + total])
+                pos += total
+                self._frame(message)
+                if self.closed:
+                    return
+        except ProtocolError as exc:
+            self.drop(f"protocol error: {exc.reason}")
+            return
+        if view is rbuf:
+            if pos:
+                del rbuf[:pos]
+        elif pos < size:
+            rbuf += view[pos:]
+        self.in_bytes = len(rbuf)
+        if self.in_bytes > self.peak_in_bytes:
+            self.peak_in_bytes = self.in_bytes
+
+    def _frame(self, message: bytes) -> None:
+        h = parse_header(message)
+        fds = None
+        if h.unix_fds:
+            if not self.can_pass_fds:
+                raise ProtocolError("message carries unix fds but fd passing was not negotiated")
+            if h.unix_fds > self.max_message_unix_fds:
+                raise ProtocolError(f"message carries {h.unix_fds} fds, the limit is {self.max_message_unix_fds}")
+            if len(self._received_fds) < h.unix_fds:
+                raise ProtocolError(f"UNIX_FDS says {h.unix_fds} but only {len(self._received_fds)} fds arrived")
+            fds = [self._received_fds.popleft() for _ in range(h.unix_fds)]
+        self.message_received(message, h, fds)
+
+    # ------------------------------------------------------------ writing
+
+    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+        """Queue one message (header bytes + body view) for sending; fds are now ours."""
+        out = self._out
+        out.append([head, fds])
+        size = len(head)
+        if body:
+            out.append([body, None])
+            size += len(body)
+        self.out_bytes += size
+        if fds:
+            self.out_fds += len(fds)
+        if self.out_bytes > self.peak_out_bytes:
+            self.peak_out_bytes = self.out_bytes
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self.schedule_flush(self)
+
+    def send_now(self, data: bytes) -> None:
+        """Queue bytes outside the message stream (handshake lines) and write them at once."""
+        self._out.append([data, None])
+        self.out_bytes += len(data)
+        self.flush()
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        sock = self.sock
+        while out and not self.closed:
+            buffers = []
+            fds = out[0][1]
+            buffers.append(out[0][0])
+            for i in range(1, min(len(out), _IOV_MAX)):
+                item = out[i]
+                if item[1]:
+                    break
+                buffers.append(item[0])
+            try:
+                if fds:
+                    sent = sock.sendmsg(buffers, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                else:
+                    sent = sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.drop(f"write failed: {exc.strerror or exc}", level=logging.DEBUG)
+                return
+            if fds:
+                out[0][1] = None
+                self.out_fds -= len(fds)
+                close_fds(fds)
+            self.out_bytes -= sent
+            while sent:
+                item = out[0]
+                n = len(item[0])
+                if sent >= n:
+                    sent -= n
+                    out.popleft()
+                else:
+                    item[0] = memoryview(item[0])[sent:]
+                    sent = 0
+        if self.closed:
+            return
+        if out and not self._writing:
+            self._writing = True
+            self.loop.add_writer(self.fileno, self.flush)
+        elif not out and self._writing:
+            self._writing = False
+            self.loop.remove_writer(self.fileno)
+        self.flushed()
+
+    # ------------------------------------------------------------ closing
+
+    def shut(self) -> None:
+        """Stop reading and writing, close the socket and every fd still held (drop() calls this once)."""
+        self.closed = True
+        if self.sock is not None:
+            if self.reading:
+                self.loop.remove_reader(self.fileno)
+            if self._writing:
+                self.loop.remove_writer(self.fileno)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+        self.reading = self._writing = False
+        for item in self._out:
+            close_fds(item[1])
+        self._out.clear()
+        self.out_bytes = self.out_fds = 0
+        close_fds(self._received_fds)
+        self._received_fds.clear()
+
+
+__all__ = ["Stream", "close_fds"]
