@@ -25,9 +25,6 @@ ALLOWED_PRIVATE_ACCESS = {
     # busdctl's capture needs a captured message's bytes; dbus-next's Message marshals itself only
     # with a private method (issue 12: gone once capture runs on busd's own stream transport).
     ("busdctl/connection.py", "_marshall"),
-    # busdctl's value formatting walks dbus-next's cached signature trees (gone with the one parser).
-    ("busdctl/formatting.py", "_get"),
-    ("busdctl/typed_args.py", "_get"),
 }
 
 # A NamedTuple's _fields, _asdict, _replace and _make are its documented public API.

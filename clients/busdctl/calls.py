@@ -13,7 +13,7 @@ from busd.wire.wellknown import PROPERTIES_INTERFACE
 from .connection import make_message
 from .context import Context
 from .errors import EXIT_OK, INVALID_ARGS, BusError, CommandError
-from .formatting import format_short, format_verbose, json_body, json_variant, verbose_lines
+from .formatting import format_short, format_verbose, json_body, json_variant, variant_type, verbose_lines
 from .objects import describe_object
 from .typed_args import parse_arguments, parse_single_type
 
@@ -94,7 +94,7 @@ def _print_property(ctx: Context, value: Variant) -> None:
     if ctx.output.is_json:
         ctx.output.json(json_variant(value))
     elif ctx.options.verbose:
-        ctx.output.line("\n".join(verbose_lines(value.type, value.value)))
+        ctx.output.line("\n".join(verbose_lines(variant_type(value), value.value)))
     else:
         ctx.output.line(format_short(value.signature, [value.value]))
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dbus_next.signature import SignatureTree, SignatureType, Variant
+from dbus_next.signature import Variant
+
+from busd.wire.signature import TypeNode, parse_signature, parse_single_type
 
 INDENT = " " * 8
 
@@ -43,26 +45,31 @@ def format_double(value: float) -> str:
 
 # ---- the short form: `as 2 "a" "b"` ----
 
-def _short_basic(type_: SignatureType, value: Any) -> list[str]:
+def variant_type(variant: Variant) -> TypeNode:
+    """The type a variant holds, parsed by busd.wire (dbus-next's own parse is not used)."""
+    return parse_single_type(variant.signature)
+
+
+def _short_basic(type_: TypeNode, value: Any) -> list[str]:
     return [str(value)]
 
 
-def _short_boolean(type_: SignatureType, value: Any) -> list[str]:
+def _short_boolean(type_: TypeNode, value: Any) -> list[str]:
     return ["true" if value else "false"]
 
 
-def _short_double(type_: SignatureType, value: Any) -> list[str]:
+def _short_double(type_: TypeNode, value: Any) -> list[str]:
     return [format_double(value)]
 
 
-def _short_string(type_: SignatureType, value: Any) -> list[str]:
+def _short_string(type_: TypeNode, value: Any) -> list[str]:
     return [f'"{c_escape(value)}"']
 
 
-def _short_array(type_: SignatureType, value: Any) -> list[str]:
+def _short_array(type_: TypeNode, value: Any) -> list[str]:
     element = type_.children[0]
     words = [str(len(value))]
-    if element.token == "{":
+    if element.code == "{":
         key_type, value_type = element.children
         for key, item in value.items():
             words += short_words(key_type, key) + short_words(value_type, item)
@@ -72,18 +79,18 @@ def _short_array(type_: SignatureType, value: Any) -> list[str]:
     return words
 
 
-def _short_struct(type_: SignatureType, value: Any) -> list[str]:
+def _short_struct(type_: TypeNode, value: Any) -> list[str]:
     words: list[str] = []
     for field_type, field in zip(type_.children, value):
         words += short_words(field_type, field)
     return words
 
 
-def _short_variant(type_: SignatureType, value: Variant) -> list[str]:
-    return [value.signature] + short_words(value.type, value.value)
+def _short_variant(type_: TypeNode, value: Variant) -> list[str]:
+    return [value.signature] + short_words(variant_type(value), value.value)
 
 
-SHORT_FORMATTERS: dict[str, Callable[[SignatureType, Any], list[str]]] = {
+SHORT_FORMATTERS: dict[str, Callable[[TypeNode, Any], list[str]]] = {
     **{token: _short_basic for token in "ynqiuxth"},
     "b": _short_boolean,
     "d": _short_double,
@@ -96,12 +103,12 @@ SHORT_FORMATTERS: dict[str, Callable[[SignatureType, Any], list[str]]] = {
 }
 
 
-def short_words(type_: SignatureType, value: Any) -> list[str]:
+def short_words(type_: TypeNode, value: Any) -> list[str]:
     """The words busctl prints for one value of `type_`, without its signature."""
-    return SHORT_FORMATTERS[type_.token](type_, value)
+    return SHORT_FORMATTERS[type_.code](type_, value)
 
 
-def format_short_value(type_: SignatureType, value: Any) -> str:
+def format_short_value(type_: TypeNode, value: Any) -> str:
     """One value in busctl's short form, without its signature (as in introspect's VALUE column)."""
     return " ".join(short_words(type_, value))
 
@@ -109,14 +116,14 @@ def format_short_value(type_: SignatureType, value: Any) -> str:
 def format_short(signature: str, values: Sequence[Any]) -> str:
     """A message body as busctl call prints it: the signature, then every value (`s "hello"`)."""
     words = [signature]
-    for type_, value in zip(SignatureTree._get(signature).types, values):
+    for type_, value in zip(parse_signature(signature), values):
         words += short_words(type_, value)
     return " ".join(words)
 
 
 # ---- the verbose form: the tree busctl --verbose and busctl monitor print ----
 
-def _verbose_container(opening: str, children: list[tuple[SignatureType, Any]], depth: int) -> list[str]:
+def _verbose_container(opening: str, children: list[tuple[TypeNode, Any]], depth: int) -> list[str]:
     lines = [f"{INDENT * depth}{opening} {{"]
     for child_type, child in children:
         lines += verbose_lines(child_type, child, depth + 1)
@@ -124,31 +131,31 @@ def _verbose_container(opening: str, children: list[tuple[SignatureType, Any]], 
     return lines
 
 
-def _verbose_array(type_: SignatureType, value: Any, depth: int) -> list[str]:
+def _verbose_array(type_: TypeNode, value: Any, depth: int) -> list[str]:
     element = type_.children[0]
-    if element.token == "{":
+    if element.code == "{":
         children = [(element, entry) for entry in value.items()]
     else:
         children = [(element, item) for item in value]
     return _verbose_container(f'ARRAY "{element.signature}"', children, depth)
 
 
-def _verbose_struct(type_: SignatureType, value: Any, depth: int) -> list[str]:
+def _verbose_struct(type_: TypeNode, value: Any, depth: int) -> list[str]:
     inner = type_.signature[1:-1]
     return _verbose_container(f'STRUCT "{inner}"', list(zip(type_.children, value)), depth)
 
 
-def _verbose_dict_entry(type_: SignatureType, value: Any, depth: int) -> list[str]:
+def _verbose_dict_entry(type_: TypeNode, value: Any, depth: int) -> list[str]:
     inner = type_.signature[1:-1]
     return _verbose_container(f'DICT_ENTRY "{inner}"', list(zip(type_.children, value)), depth)
 
 
-def _verbose_variant(type_: SignatureType, value: Variant, depth: int) -> list[str]:
-    return _verbose_container(f'VARIANT "{value.signature}"', [(value.type, value.value)], depth)
+def _verbose_variant(type_: TypeNode, value: Variant, depth: int) -> list[str]:
+    return _verbose_container(f'VARIANT "{value.signature}"', [(variant_type(value), value.value)], depth)
 
 
-def _verbose_basic(type_: SignatureType, value: Any, depth: int) -> list[str]:
-    token = type_.token
+def _verbose_basic(type_: TypeNode, value: Any, depth: int) -> list[str]:
+    token = type_.code
     if token == "b":
         shown = "true" if value else "false"
     elif token == "d":
@@ -160,7 +167,7 @@ def _verbose_basic(type_: SignatureType, value: Any, depth: int) -> list[str]:
     return [f"{INDENT * depth}{BASIC_TYPE_NAMES[token]} {shown};"]
 
 
-VERBOSE_FORMATTERS: dict[str, Callable[[SignatureType, Any, int], list[str]]] = {
+VERBOSE_FORMATTERS: dict[str, Callable[[TypeNode, Any, int], list[str]]] = {
     **{token: _verbose_basic for token in BASIC_TYPE_NAMES},
     "a": _verbose_array,
     "(": _verbose_struct,
@@ -169,15 +176,15 @@ VERBOSE_FORMATTERS: dict[str, Callable[[SignatureType, Any, int], list[str]]] = 
 }
 
 
-def verbose_lines(type_: SignatureType, value: Any, depth: int = 0) -> list[str]:
+def verbose_lines(type_: TypeNode, value: Any, depth: int = 0) -> list[str]:
     """One value as lines of busctl's verbose tree, indented `depth` levels."""
-    return VERBOSE_FORMATTERS[type_.token](type_, value, depth)
+    return VERBOSE_FORMATTERS[type_.code](type_, value, depth)
 
 
 def format_verbose(signature: str, values: Sequence[Any], prefix: str = "") -> str:
     """A message body as busctl --verbose prints it: `MESSAGE "sig" { ... };`."""
     lines = [f'MESSAGE "{signature}" {{']
-    for type_, value in zip(SignatureTree._get(signature).types, values):
+    for type_, value in zip(parse_signature(signature), values):
         lines += verbose_lines(type_, value, 1)
     lines.append("};")
     return "\n".join(prefix + line for line in lines)
@@ -185,22 +192,22 @@ def format_verbose(signature: str, values: Sequence[Any], prefix: str = "") -> s
 
 # ---- JSON: the shapes busctl --json prints ----
 
-def _json_key(type_: SignatureType, key: Any) -> str:
+def _json_key(type_: TypeNode, key: Any) -> str:
     """A dictionary key as a JSON object key (JSON keys are strings)."""
-    if type_.token == "b":
+    if type_.code == "b":
         return "true" if key else "false"
     return key if isinstance(key, str) else str(key)
 
 
-def json_value(type_: SignatureType, value: Any) -> Any:
+def json_value(type_: TypeNode, value: Any) -> Any:
     """One value as JSON data: variants as {"type", "data"}, structs as lists, dicts as objects."""
-    token = type_.token
+    token = type_.code
     if token == "a":
         element = type_.children[0]
-        if element.token == "{":
+        if element.code == "{":
             key_type, value_type = element.children
             return {_json_key(key_type, key): json_value(value_type, item) for key, item in value.items()}
-        if element.token == "y":
+        if element.code == "y":
             return list(value)
         return [json_value(element, item) for item in value]
     if token == "(":
@@ -211,10 +218,10 @@ def json_value(type_: SignatureType, value: Any) -> Any:
 
 
 def json_variant(variant: Variant) -> dict[str, Any]:
-    return {"type": variant.signature, "data": json_value(variant.type, variant.value)}
+    return {"type": variant.signature, "data": json_value(variant_type(variant), variant.value)}
 
 
 def json_body(signature: str, values: Sequence[Any]) -> dict[str, Any]:
     """A message body as busctl --json prints it: {"type": signature, "data": [values]}."""
-    types = SignatureTree._get(signature).types
+    types = parse_signature(signature)
     return {"type": signature, "data": [json_value(t, v) for t, v in zip(types, values)]}

@@ -12,7 +12,7 @@ from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE
 from .connection import BusConnection
 from .context import Context
 from .errors import EXIT_FAILURE, EXIT_OK, BusError, CommandError
-from .formatting import format_short_value, json_variant
+from .formatting import format_short_value, json_variant, variant_type
 from .introspection import Interface, Member, ObjectDescription, child_path, parse_introspection
 from .output import Column, warn
 
@@ -136,7 +136,7 @@ async def _property_values(bus: BusConnection, service: str, path: str,
 
 def _member_row(member: Member, value: Variant | None) -> list[str]:
     if member.kind == "property":
-        shown = format_short_value(value.type, value.value) if value is not None else "-"
+        shown = format_short_value(variant_type(value), value.value) if value is not None else "-"
         return [f".{member.name}", "property", member.signature or "-", shown, " ".join(member.flags) or "-"]
     return [f".{member.name}", member.kind, member.signature or "-", member.result or "-",
             " ".join(member.flags) or "-"]

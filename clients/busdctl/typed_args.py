@@ -12,9 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dbus_next.errors import InvalidSignatureError, SignatureBodyMismatchError
-from dbus_next.signature import SignatureTree, SignatureType, Variant
+from dbus_next.errors import SignatureBodyMismatchError
+from dbus_next.signature import SignatureTree, Variant
 from dbus_next.validators import is_object_path_valid
+
+from busd.wire import signature as wire_signature
+from busd.wire.errors import SignatureError
+from busd.wire.signature import TypeNode
 
 from .errors import UsageError
 
@@ -53,39 +57,40 @@ class _Words:
         return len(self._words) - self._next
 
 
-def parse_signature(signature: str) -> SignatureTree:
-    """The signature tree of `signature`, or a usage error saying why it is not one."""
+def parse_signature(signature: str) -> tuple[TypeNode, ...]:
+    """The complete types of `signature` (busd.wire's parser), or a usage error saying why it is not one."""
     try:
-        return SignatureTree._get(signature)
-    except InvalidSignatureError as error:
+        return wire_signature.parse_signature(signature)
+    except SignatureError as error:
         raise UsageError(f"Invalid signature '{signature}': {error}") from None
 
 
-def parse_single_type(signature: str) -> SignatureType:
+def parse_single_type(signature: str) -> TypeNode:
     """The one complete type `signature` must hold (for variants and properties)."""
-    tree = parse_signature(signature)
-    if len(tree.types) != 1:
+    types = parse_signature(signature)
+    if len(types) != 1:
         raise UsageError(f"Signature '{signature}' must be exactly one complete type.")
-    return tree.types[0]
+    return types[0]
 
 
 def parse_arguments(signature: str, words: Sequence[str]) -> list[Any]:
     """Turn busctl-style argument words into dbus-next values for `signature`."""
-    tree = parse_signature(signature)
+    types = parse_signature(signature)
     remaining = _Words(words)
-    values = [parse_value(type_, remaining) for type_ in tree.types]
+    values = [parse_value(type_, remaining) for type_ in types]
     if remaining.left:
         raise UsageError("Too many parameters for signature.")
     try:
-        tree.verify(values)
+        # dbus-next's own check of the body it will marshal
+        SignatureTree(signature).verify(values)
     except SignatureBodyMismatchError as error:
         raise UsageError(f"Arguments do not match signature '{signature}': {error}") from None
     return values
 
 
-def parse_value(type_: SignatureType, words: _Words) -> Any:
+def parse_value(type_: TypeNode, words: _Words) -> Any:
     """Consume the words for one value of `type_`."""
-    token = type_.token
+    token = type_.code
     if token in INTEGER_TYPES:
         return _parse_integer(token, words.take())
     return VALUE_PARSERS[token](type_, words)
@@ -116,7 +121,7 @@ def _c_style_integer(word: str) -> int | None:
     return None
 
 
-def _parse_boolean(_type: SignatureType, words: _Words) -> bool:
+def _parse_boolean(_type: TypeNode, words: _Words) -> bool:
     word = words.take()
     if word.lower() in TRUE_WORDS:
         return True
@@ -125,7 +130,7 @@ def _parse_boolean(_type: SignatureType, words: _Words) -> bool:
     raise UsageError(f"Failed to parse '{word}' as boolean: use true/false, yes/no, on/off or 1/0.")
 
 
-def _parse_double(_type: SignatureType, words: _Words) -> float:
+def _parse_double(_type: TypeNode, words: _Words) -> float:
     word = words.take()
     try:
         return float(word)
@@ -133,28 +138,28 @@ def _parse_double(_type: SignatureType, words: _Words) -> float:
         raise UsageError(f"Failed to parse '{word}' as double precision floating point.") from None
 
 
-def _parse_string(_type: SignatureType, words: _Words) -> str:
+def _parse_string(_type: TypeNode, words: _Words) -> str:
     return words.take()
 
 
-def _parse_object_path(_type: SignatureType, words: _Words) -> str:
+def _parse_object_path(_type: TypeNode, words: _Words) -> str:
     word = words.take()
     if not is_object_path_valid(word):
         raise UsageError(f"'{word}' is not a valid object path (like /org/example/Object).")
     return word
 
 
-def _parse_signature_value(_type: SignatureType, words: _Words) -> str:
+def _parse_signature_value(_type: TypeNode, words: _Words) -> str:
     word = words.take()
     parse_signature(word)
     return word
 
 
-def _parse_unix_fd(_type: SignatureType, _words: _Words) -> int:
+def _parse_unix_fd(_type: TypeNode, _words: _Words) -> int:
     raise UsageError("UNIX file descriptor arguments (type 'h') are not supported.")
 
 
-def _parse_array(type_: SignatureType, words: _Words) -> Any:
+def _parse_array(type_: TypeNode, words: _Words) -> Any:
     count_word = words.take()
     try:
         count = int(count_word, 0)
@@ -163,7 +168,7 @@ def _parse_array(type_: SignatureType, words: _Words) -> Any:
     if count < 0:
         raise UsageError(f"Array length '{count_word}' must not be negative.")
     element = type_.children[0]
-    if element.token == "{":
+    if element.code == "{":
         key_type, value_type = element.children
         entries: dict[Any, Any] = {}
         for _ in range(count):
@@ -171,20 +176,20 @@ def _parse_array(type_: SignatureType, words: _Words) -> Any:
             entries[key] = parse_value(value_type, words)
         return entries
     items = [parse_value(element, words) for _ in range(count)]
-    return bytes(items) if element.token == "y" else items
+    return bytes(items) if element.code == "y" else items
 
 
-def _parse_struct(type_: SignatureType, words: _Words) -> list[Any]:
+def _parse_struct(type_: TypeNode, words: _Words) -> list[Any]:
     return [parse_value(field, words) for field in type_.children]
 
 
-def _parse_variant(_type: SignatureType, words: _Words) -> Variant:
+def _parse_variant(_type: TypeNode, words: _Words) -> Variant:
     signature = words.take()
     inner = parse_single_type(signature)
     return Variant(signature, parse_value(inner, words))
 
 
-VALUE_PARSERS: dict[str, Callable[[SignatureType, _Words], Any]] = {
+VALUE_PARSERS: dict[str, Callable[[TypeNode, _Words], Any]] = {
     "b": _parse_boolean,
     "d": _parse_double,
     "s": _parse_string,
