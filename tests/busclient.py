@@ -14,6 +14,7 @@ import asyncio
 import os
 import queue
 import re
+import select
 import socket
 import subprocess
 import threading
@@ -49,6 +50,19 @@ class BusClosed(Exception):
 
 class WaitTimeout(AssertionError):
     """An awaited event did not happen in time (an assertion failure, so pytest reports it as one)."""
+
+
+def wait_exit(pid: int, timeout: float = TIMEOUT) -> None:
+    """Wait until process `pid` (perhaps not our child), by its pidfd has exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            raise WaitTimeout(f"process {pid} is still running")
+    finally:
+        os.close(pidfd)
 
 
 class DBusErrorReply(Exception):

@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 
 from buses import busd_available
-from busclient import BUS_KINDS, DBUS, TIMEOUT, LineWatcher, RawClient, WaitTimeout
+from busclient import BUS_KINDS, DBUS, TIMEOUT, LineWatcher, RawClient, wait_exit
 
 CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -105,19 +105,6 @@ def launched(kind: str, directory: str, args: list[str], *, listen: list[str] | 
         if process.poll() is None:
             process.terminate()
             process.wait(TIMEOUT)
-
-
-def wait_exit(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait until process `pid` (not our child) has exited."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        if not select.select([pidfd], [], [], timeout)[0]:
-            raise WaitTimeout(f"process {pid} is still running")
-    finally:
-        os.close(pidfd)
 
 
 def works(address: str, **options) -> str:

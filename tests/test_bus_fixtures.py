@@ -8,8 +8,6 @@ when the test process is interrupted.
 
 from __future__ import annotations
 
-import os
-import select
 import signal
 import subprocess
 import sys
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from buses import start_bus
-from busclient import BUS_KINDS, TIMEOUT, WaitTimeout
+from busclient import BUS_KINDS, TIMEOUT, wait_exit
 from busd.pytest_plugin import private_session
 from busd.run_session import BusStartError
 
@@ -33,19 +31,6 @@ def private_tmp(tmp_path, monkeypatch) -> Path:
     directory.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(directory))
     return directory
-
-
-def wait_exit(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait until process `pid` (not our child) has exited."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        if not select.select([pidfd], [], [], timeout)[0]:
-            raise WaitTimeout(f"process {pid} is still running")
-    finally:
-        os.close(pidfd)
 
 
 @pytest.mark.parametrize("kind", BUS_KINDS)

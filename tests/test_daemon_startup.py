@@ -21,7 +21,7 @@ from typing import Iterator
 import pytest
 
 from buses import SESSION_CONFIG, daemon_command
-from busclient import BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, LineWatcher, RawClient, WaitTimeout
+from busclient import BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, LineWatcher, RawClient, WaitTimeout, wait_exit
 
 # How a shell closes each standard stream, as libdbus's test-dbus-daemon-fork.sh does.
 CLOSE_REDIRECTION = {0: "<&-", 1: ">&-", 2: "2>&-"}
@@ -50,19 +50,6 @@ def read_line(fd: int) -> str:
         if not select.select([reader], [], [], TIMEOUT * 2)[0]:
             raise WaitTimeout("the daemon printed nothing")
         return reader.readline().strip()
-
-
-def wait_exit(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait until process `pid` (perhaps not our child) has exited."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return
-    try:
-        if not select.select([pidfd], [], [], timeout)[0]:
-            raise WaitTimeout(f"process {pid} is still running")
-    finally:
-        os.close(pidfd)
 
 
 @dataclass
