@@ -14,7 +14,8 @@ from .bus.core import Bus
 from .bus.limits import Limits
 from .bus.observers import BusObserver
 from .connection import Connection, Credentials
-from .launcher.activation import Activation, install_activation, servicedirs_of, servicehelper_of
+from .config.model import ServiceDir
+from .launcher.activation import Activation, install_activation
 from .launcher.policy import compile_policy
 from .notify import Watchdog, notify_stopping
 from .server import Listener, ListenError, listen
@@ -43,7 +44,8 @@ class DaemonSettings:
     keep_umask: bool = False
     pidfile: str | None = None
     syslog: bool = False
-    servicedirs: list[str] = field(default_factory=list)
+    servicedirs: list[ServiceDir] = field(default_factory=list)
+    servicehelper: str | None = None  # <servicehelper>: starts system services as their User=
     limits: Limits = field(default_factory=Limits)
     config: object | None = None  # the parsed BusConfig, for policy and activation
     config_path: str | None = None
@@ -88,8 +90,9 @@ class Daemon(BusObserver):
         self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))
-        self.activation = install_activation(self.bus, self.settings, self.addresses(),
-                                             self.settings.systemd_activation)
+        settings = self.settings
+        self.activation = install_activation(self.bus, settings.servicedirs, settings.servicehelper,
+                                             self.addresses(), settings.systemd_activation)
         self._stopped = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
         for listener in self.listeners:
@@ -235,6 +238,7 @@ class Daemon(BusObserver):
         self.settings.auth = new.auth
         self.settings.allow_anonymous = new.allow_anonymous
         self.settings.servicedirs = new.servicedirs
+        self.settings.servicehelper = new.servicehelper
         self.settings.config = new.config
         self.bus.limits = new.limits
         self.settings.limits = new.limits
@@ -242,7 +246,7 @@ class Daemon(BusObserver):
             self.bus.set_policy(policy)
         self.bus.config_reloaded(new)
         if self.activation is not None:
-            self.activation.reload(servicedirs_of(new), servicehelper_of(new))
+            self.activation.reload(new.servicedirs, new.servicehelper)
         log.info("configuration reloaded")
 
 

@@ -21,9 +21,6 @@ ALLOWED = {
     ("busd/bus/match.py", "signature"): "MatchRule.matches() takes any header-like object; one without a "
                                         "signature compares arguments by Python type",
     ("busd/wire/marshal.py", "__iter__"): "telling a sequence from a scalar value while marshalling",
-    ("busd/bus/driver.py", "start_service_by_name"): "until the Activator port (issue 12, step 2)",
-    ("busd/launcher/activation.py", "config"): "until settings fields are declared (issue 12, step 2)",
-    ("busd/launcher/activation.py", "servicehelper"): "until settings fields are declared (issue 12, step 2)",
     ("busd/config/loader.py", "user"): "the config parser filling its own parse state from an element",
     ("busd/config/loader.py", "type"): "the config parser filling its own parse state from an element",
     ("busd/config/loader.py", "pidfile"): "the config parser filling its own parse state from an element",
@@ -68,17 +65,8 @@ def test_no_attribute_is_looked_up_or_set_by_a_literal_name() -> None:
     assert set(ALLOWED) - {(file, name) for file, _, _, name in found} == set(), "gone: drop it from ALLOWED"
 
 
-# (file, target): why it is still assigned there.
-ALLOWED_ASSIGNMENTS = {
-    ("busd/launcher/activation.py", "driver.on_environment_update"): "until the Activator port (issue 12, step 2)",
-}
-
-
 def test_no_hook_is_assigned_onto_another_object() -> None:
-    found = hooks_assigned_on_others()
-    assert [f"{file}:{line}: {target} = ..." for file, line, target in found
-            if (file, target) not in ALLOWED_ASSIGNMENTS] == []
-    assert set(ALLOWED_ASSIGNMENTS) - {(file, target) for file, _, target in found} == set()
+    assert [f"{file}:{line}: {target} = ..." for file, line, target in hooks_assigned_on_others()] == []
 
 
 def test_the_checks_see_what_they_forbid(tmp_path: Path) -> None:

@@ -1,25 +1,31 @@
 """Service activation, the bus side: messages held for names being started, in arrival order.
 
 Theory (as dbus-broker's bus/activation.c). A message to an activatable name
-nobody owns opens a `PendingStart` for that name: the message, and every later
-one for the name, is held in arrival order while the launcher starts the
-service (launcher/activation.py: .service files, spawning, systemd). When a
-connection acquires the name, each held message is handed back to
-`Bus.receive()`, so it takes the ordinary path (policy, reply tracking,
-monitors) as if it had just arrived. When the start fails, every held caller
-gets the error dbus-daemon would send. Nothing here reads a file or starts a
-process.
+nobody owns opens a `PendingStart` for that name in `PendingStarts`: the
+message, and every later one for the name, is held in arrival order, a timer
+runs (service_start_timeout), and the `Activator` (the launcher: .service files,
+spawning, systemd) is asked to start the name. When a connection acquires the
+name, each held message is handed back to `Bus.receive()`, so it takes the
+ordinary path (policy, reply tracking, monitors) as if it had just arrived. When
+the start fails or times out, every held caller gets the error dbus-daemon would
+send. Nothing here reads a file or starts a process.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.message import Header
+from . import errors
 from .core import _close
+from .observers import BusObserver
 
 if TYPE_CHECKING:
     from .core import Bus, Peer
+    from .ownership import NameEvent
+
+log = logging.getLogger("busd.activation")
 
 SYSTEMD_NAME = "org.freedesktop.systemd1"
 
@@ -33,10 +39,26 @@ class ActivationError(Exception):
         self.text = text
 
 
-class StartedProcess(Protocol):
-    """The launcher's handle on a spawned service: killed when its start times out."""
+class Activator(Protocol):
+    """What the bus asks of the launcher: which names can start, and starting them."""
 
-    def kill(self) -> None: ...
+    def is_activatable(self, name: str, *, auto_start: bool = True) -> bool:
+        """Whether `name` can be started: by a message to it (`auto_start`), or else by StartServiceByName,
+        which needs a .service file (systemd itself, with systemd activation, starts only by message)."""
+
+    def activatable_names(self) -> list[str]:
+        """The names ListActivatableNames returns (without the bus's own)."""
+
+    def start(self, name: str, requester: "Peer | None") -> None:
+        """Begin starting `name` for `requester`; raise ActivationError if it cannot. The launcher
+        reports a failure later with PendingStarts.fail(); success is the name getting an owner.
+        `requester` None is the bus itself waiting for systemd to connect: nothing is started then."""
+
+    def cancel(self, name: str) -> None:
+        """The bus stopped waiting for `name` (its start timed out): stop what was started."""
+
+    def environment_updated(self, env: dict[str, str]) -> None:
+        """UpdateActivationEnvironment added `env` to Driver.activation_environment."""
 
 
 class HeldMessage:
@@ -98,18 +120,129 @@ class SystemdRequest:
         pass  # the start that asked for it has its own timeout
 
 
+Entry = HeldMessage | StartRequest | SystemdRequest
+
+
 class PendingStart:
     """A name being started, and everything waiting for it in arrival order."""
 
-    __slots__ = ("name", "service", "entries", "timer", "process", "systemd_unit")
+    __slots__ = ("name", "entries", "timer")
 
-    def __init__(self, name: str, service: Any):  # the launcher's ServiceFile, or None (systemd itself)
+    def __init__(self, name: str):
         self.name = name
-        self.service = service
-        self.entries: list[HeldMessage | StartRequest | SystemdRequest] = []
+        self.entries: list[Entry] = []
         self.timer: Any = None
-        self.process: StartedProcess | None = None
-        self.systemd_unit: str | None = None
 
 
-__all__ = ["ActivationError", "HeldMessage", "PendingStart", "StartRequest", "StartedProcess", "SystemdRequest"]
+class PendingStarts(BusObserver):
+    """The names being started on a bus, their held messages and timers; the `activator` starts them."""
+
+    def __init__(self, bus: "Bus", activator: Activator):
+        self.bus = bus
+        self.activator = activator
+        self.pending: dict[str, PendingStart] = {}
+        self.held = 0  # entries in all pending starts, against max_pending_service_starts
+
+    def waiting_for(self, name: str) -> bool:
+        return name in self.pending
+
+    def auto_start(self, peer: "Peer", h: Header, buf: bytes, fds: list[int] | None) -> bool:
+        """A message to a well-known name nobody owns: hold it and start the name. False: not activatable."""
+        name = h.destination
+        if not self.activator.is_activatable(name):
+            return False
+        bus = self.bus
+        if bus.policy.enforced:
+            verdict = peer.policy.can_send(h, (name,), False, len(fds) if fds else 0)
+            if not verdict.allowed:
+                log.warning("policy denied auto-starting %s for %s (uid %s) by send rule %s", name,
+                            peer.unique_name, peer.credentials.uid, verdict.rule or "(default deny)")
+                HeldMessage(peer, buf, h, fds).fail(bus, errors.ACCESS_DENIED,
+                                                    f"Rejected send message: {h.describe()} "
+                                                    f"(send rule {verdict.rule or 'default deny'})")
+                return True
+        self.hold(name, HeldMessage(peer, buf, h, fds), peer)
+        return True
+
+    def start_by_name(self, peer: "Peer", h: Header, name: str) -> None:
+        """StartServiceByName for an unowned activatable name: SUCCESS once it has an owner, or the error."""
+        self.hold(name, StartRequest(peer, h), peer)
+
+    def hold(self, name: str, entry: Entry, requester: "Peer | None") -> None:
+        """Hold `entry` until `name` has an owner, asking the activator to start it if nobody has yet."""
+        bus = self.bus
+        limit = bus.limits.max_pending_service_starts
+        if self.held >= limit:
+            entry.fail(bus, errors.LIMITS_EXCEEDED,
+                       f"The maximum number of pending activations has been reached, activation of {name} "
+                       f"failed (max_pending_service_starts={limit})")
+            return
+        self.held += 1
+        pending = self.pending.get(name)
+        if pending is not None:
+            pending.entries.append(entry)
+            return
+        pending = self.pending[name] = PendingStart(name)
+        pending.entries.append(entry)
+        timeout_ms = bus.limits.service_start_timeout
+        pending.timer = bus.loop.call_later(timeout_ms / 1000, self._timed_out, pending, timeout_ms)
+        try:
+            self.activator.start(name, requester)
+        except ActivationError as exc:
+            self._fail(pending, exc.name, exc.text)
+
+    def fail(self, name: str, error: str, text: str) -> None:
+        """The launcher says the start of `name` failed: every held caller gets `error`."""
+        pending = self.pending.get(name)
+        if pending is not None:
+            self._fail(pending, error, text)
+
+    def names_changed(self, events: list["NameEvent"]) -> None:
+        """A name being started got its owner: what waited for it goes on."""
+        if not self.pending:
+            return
+        for event in events:
+            if event.kind == "owner_changed" and event.new_owner is not None:
+                pending = self.pending.get(event.name)
+                if pending is not None:
+                    self._succeeded(pending)
+
+    def close(self) -> None:
+        for pending in self.pending.values():
+            if pending.timer is not None:
+                pending.timer.cancel()
+            for entry in pending.entries:
+                if isinstance(entry, HeldMessage):
+                    _close(entry.fds)
+        self.pending.clear()
+        self.held = 0
+
+    def _finish(self, pending: PendingStart) -> None:
+        if self.pending.get(pending.name) is pending:
+            del self.pending[pending.name]
+        self.held -= len(pending.entries)
+        if pending.timer is not None:
+            pending.timer.cancel()
+            pending.timer = None
+
+    def _succeeded(self, pending: PendingStart) -> None:
+        self._finish(pending)
+        log.info("Successfully activated service '%s'", pending.name)
+        for entry in pending.entries:
+            entry.deliver(self.bus)
+
+    def _fail(self, pending: PendingStart, error: str, text: str) -> None:
+        self._finish(pending)
+        log.warning("Activated service '%s' failed: %s", pending.name, text)
+        for entry in pending.entries:
+            entry.fail(self.bus, error, text)
+
+    def _timed_out(self, pending: PendingStart, timeout_ms: int) -> None:
+        pending.timer = None
+        self.activator.cancel(pending.name)
+        self._fail(pending, errors.TIMED_OUT,
+                   f"Failed to activate service '{pending.name}': timed out (service_start_timeout={timeout_ms}ms)")
+
+
+__all__ = ["ActivationError", "Activator", "HeldMessage", "PendingStart", "PendingStarts", "StartRequest",
+           "SystemdRequest"]

@@ -28,6 +28,7 @@ from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
 from .ownership import NameEvent
 
 if TYPE_CHECKING:
+    from .activation import PendingStarts
     from .core import Bus, Peer
 
 log = logging.getLogger("busd.driver")
@@ -67,13 +68,9 @@ class Driver:
         self.bus = bus
         self.introspection = _load_introspection()
         self.machine_id = machine_id()
-        self.activatable: Callable[[], list[str]] = lambda: []
-        # Whether a name has a .service file; activation rescans its directories on a miss, as dbus-daemon.
-        self.is_activatable: Callable[[str], bool] = lambda name: name in self.activatable()
-        self.start_service: Callable[["Peer", Header, str, bytes, Any], bool] | None = None
+        self.activation: PendingStarts | None = None  # the names being started, once a launcher is attached
         self.activation_environment: dict[str, str] = {}
         self.features: list[str] = list(FEATURES)  # activation adds "SystemdActivation" when it is on
-        self.on_environment_update: Callable[[dict[str, str]], None] | None = None
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
         self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
         self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
@@ -170,11 +167,14 @@ class Driver:
             raise DriverError(errors.NAME_HAS_NO_OWNER, f"Could not get {what} of name '{name}': no such name")
         return target
 
+    def attach_activation(self, activation: "PendingStarts") -> None:
+        """Service activation: the driver holds messages in `activation`, whose Activator starts names."""
+        self.activation = activation
+
     def try_activation(self, peer: "Peer", h: Header, buf: bytes, fds: Any) -> bool:
-        """A call to a well-known name nobody owns: True if activation took the message."""
-        if self.start_service is None:
-            return False
-        return bool(self.start_service(peer, h, h.destination, buf, fds))
+        """A message to a well-known name nobody owns: True if activation took it."""
+        activation = self.activation
+        return activation is not None and activation.auto_start(peer, h, buf, fds)
 
     def answer_as_peer(self, peer: "Peer", h: Header) -> None:
         """A call with no destination: the bus's end of the connection answers as a plain peer.
@@ -277,12 +277,14 @@ class Driver:
     def start_service_by_name(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         name, _flags = args
         bus = self.bus
-        # As dbus-daemon: only a name with a .service file can be started or "already running".
-        if self.is_activatable(name):
+        activation = self.activation
+        # As dbus-daemon: only an activatable name can be started or "already running"
+        # (the launcher rescans its directories on a miss).
+        if activation is not None and activation.activator.is_activatable(name):
             if bus.registry.owner(name) is not None:
                 return "u", [2]  # DBUS_START_REPLY_ALREADY_RUNNING
-            starter = getattr(bus, "start_service_by_name", None)
-            if starter is not None and starter(peer, h, name):
+            if activation.activator.is_activatable(name, auto_start=False):
+                activation.start_by_name(peer, h, name)
                 return None, []
         raise DriverError(errors.SERVICE_UNKNOWN, f"The name {name} was not provided by any .service files")
 
@@ -296,8 +298,8 @@ class Driver:
             log.info("UpdateActivationEnvironment from %s: ignoring invalid names %s", peer.unique_name,
                      sorted(set(args[0]) - set(env)))
         self.activation_environment.update(env)
-        if self.on_environment_update is not None:
-            self.on_environment_update(env)  # with systemd activation, systemd hears of it too
+        if self.activation is not None:
+            self.activation.activator.environment_updated(env)  # with systemd activation, systemd hears of it too
         return "", []
 
     def name_has_owner(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
@@ -313,7 +315,8 @@ class Driver:
         return "as", [[DRIVER_NAME, *bus.peers.keys(), *bus.registry.names()]]
 
     def list_activatable_names(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        return "as", [[DRIVER_NAME, *self.activatable()]]
+        names = self.activation.activator.activatable_names() if self.activation is not None else []
+        return "as", [[DRIVER_NAME, *names]]
 
     def add_match(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
         try:

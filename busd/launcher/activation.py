@@ -1,10 +1,11 @@
 """Service activation, the launcher side: finding, spawning and asking systemd to start services.
 
-The bus side (bus/activation.py) holds the messages; this side decides whether a
-name is activatable (the `ServiceCatalog`, kept in step with the directories by a
-`DirectoryWatcher`), starts it (a `ServiceProcess`, the servicehelper, or a
-request to systemd) and reports how the start ended. Rules and error texts
-follow dbus-daemon's bus/activation.c.
+The bus side (bus/activation.py's `PendingStarts`) holds the messages and the
+timers and asks this side, its `Activator`, to start a name. This side decides
+whether a name is activatable (the `ServiceCatalog`, kept in step with the
+directories by a `DirectoryWatcher`), starts it (a `ServiceProcess`, the
+servicehelper, or a request to systemd) and reports a failed start back. Rules
+and error texts follow dbus-daemon's bus/activation.c.
 """
 
 from __future__ import annotations
@@ -15,12 +16,8 @@ import subprocess
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ..bus import errors
-from ..bus.activation import (
-    SYSTEMD_NAME, ActivationError, HeldMessage, PendingStart, StartRequest, SystemdRequest,
-)
-from ..bus.core import _close
+from ..bus.activation import SYSTEMD_NAME, ActivationError, PendingStarts, SystemdRequest
 from ..bus.observers import BusObserver
-from ..bus.ownership import NameEvent
 from ..config.model import ServiceDir
 from ..wire.message import METHOD_CALL, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, read_body
 from ..wire.names import is_valid_error_name
@@ -56,8 +53,19 @@ DAEMON_ONLY_VARIABLES = ("JOURNAL_STREAM", "LISTEN_FDNAMES", "LISTEN_FDS", "LIST
 BUS_ADDRESS_VARIABLES = {"session": "DBUS_SESSION_BUS_ADDRESS", "system": "DBUS_SYSTEM_BUS_ADDRESS"}
 
 
+class Launch:
+    """How the launcher is starting one name: its .service file, and the process or systemd unit."""
+
+    __slots__ = ("service", "process", "systemd_unit")
+
+    def __init__(self, service: ServiceFile | None):  # None: systemd itself, which needs no file
+        self.service = service
+        self.process: ServiceProcess | None = None
+        self.systemd_unit: str | None = None
+
+
 class Activation(BusObserver):
-    """Starts services for a bus: hooks into its driver, holds messages, reports failures."""
+    """Starts services for a bus (its Activator) and hears systemd's ActivationFailure (a BusObserver)."""
 
     def __init__(self, bus: "Bus", servicedirs: Sequence[ServiceDir], address: str, *,
                  systemd_activation: bool = False, servicehelper: str | None = None,
@@ -69,8 +77,8 @@ class Activation(BusObserver):
         self.environment = {k: v for k, v in (os.environ if environ is None else environ).items()
                             if k not in DAEMON_ONLY_VARIABLES}
         self.catalog = ServiceCatalog(servicedirs)
-        self.pending: dict[str, PendingStart] = {}
-        self.held = 0  # entries in all pending starts, against max_pending_service_starts
+        self.starts = PendingStarts(bus, self)  # the bus side: held messages and timers
+        self.launches: dict[str, Launch] = {}  # by name, the latest start of each
         self.processes: set[ServiceProcess] = set()
         self._watch = watch
         self.watcher: DirectoryWatcher | None = None
@@ -78,15 +86,13 @@ class Activation(BusObserver):
         self._start_watching()
 
     def install(self) -> "Activation":
-        """Connect to the bus's hooks: auto-start, StartServiceByName, ListActivatableNames, name changes."""
+        """Attach to the bus: the driver holds messages in `starts`, which hears name changes; this
+        hears the signals addressed to the bus."""
         bus = self.bus
         driver = bus.driver
-        driver.activatable = self.names
-        driver.is_activatable = self.is_activatable
-        driver.start_service = self.auto_start
-        bus.start_service_by_name = self.start_by_name
-        bus.add_observer(self)  # name changes and systemd's ActivationFailure
-        driver.on_environment_update = self.forward_environment
+        driver.attach_activation(self.starts)
+        bus.add_observer(self.starts)
+        bus.add_observer(self)
         if self.systemd_activation and "SystemdActivation" not in driver.features:
             driver.features.append("SystemdActivation")
         return self
@@ -95,11 +101,26 @@ class Activation(BusObserver):
         if self._watch:
             self.watcher = DirectoryWatcher(self.bus.loop, self.catalog.watched_paths(), self.directories_changed)
 
-    def names(self) -> list[str]:
+    # ------------------------------------------------------------ the Activator port
+
+    def activatable_names(self) -> list[str]:
         return self.catalog.names()
 
-    def is_activatable(self, name: str) -> bool:
-        return self._find(name) is not None or self._is_systemd_itself(name)
+    def is_activatable(self, name: str, *, auto_start: bool = True) -> bool:
+        return self._find(name) is not None or auto_start and self._is_systemd_itself(name)
+
+    def start(self, name: str, requester: "Peer | None") -> None:
+        # The bus's own requests to systemd wait for it to connect: nothing is spawned for them.
+        launch = self.launches[name] = Launch(self._find(name) if requester is not None else None)
+        self._launch(name, launch, requester)
+
+    def cancel(self, name: str) -> None:
+        launch = self.launches.pop(name, None)
+        if launch is not None and launch.process is not None:
+            launch.process.kill()
+
+    def environment_updated(self, env: dict[str, str]) -> None:
+        self.forward_environment(env)
 
     # ------------------------------------------------------------ configuration
 
@@ -118,13 +139,8 @@ class Activation(BusObserver):
         self.bus.emit_driver_signal("ActivatableServicesChanged", "", [])
 
     def close(self) -> None:
-        for pending in self.pending.values():
-            if pending.timer is not None:
-                pending.timer.cancel()
-            for entry in pending.entries:
-                if isinstance(entry, HeldMessage):
-                    _close(entry.fds)
-        self.pending.clear()
+        self.starts.close()
+        self.launches.clear()
         if self.watcher is not None:
             self.watcher.close()
             self.watcher = None
@@ -132,41 +148,7 @@ class Activation(BusObserver):
             process.detach()
         self.processes.clear()
 
-    # ------------------------------------------------------------ driver hooks
-
-    def auto_start(self, peer: "Peer", h: Header, name: str, buf: bytes, fds: list[int] | None) -> bool:
-        """A message to `name`, which nobody owns: hold it and start the service. False: not activatable."""
-        service = self._find(name)
-        if service is None and not self._is_systemd_itself(name):
-            return False
-        bus = self.bus
-        if bus.policy.enforced:
-            verdict = peer.policy.can_send(h, (name,), False, len(fds) if fds else 0)
-            if not verdict.allowed:
-                log.warning("policy denied auto-starting %s for %s (uid %s) by send rule %s", name,
-                            peer.unique_name, peer.credentials.uid, verdict.rule or "(default deny)")
-                HeldMessage(peer, buf, h, fds).fail(bus, errors.ACCESS_DENIED,
-                                                    f"Rejected send message: {h.describe()} "
-                                                    f"(send rule {verdict.rule or 'default deny'})")
-                return True
-        self._hold(name, service, HeldMessage(peer, buf, h, fds), peer)
-        return True
-
-    def start_by_name(self, peer: "Peer", h: Header, name: str) -> bool:
-        """StartServiceByName for an unowned name: reply SUCCESS later, or an error. False: not activatable."""
-        service = self._find(name)
-        if service is None:
-            return False
-        self._hold(name, service, StartRequest(peer, h), peer)
-        return True
-
-    def names_changed(self, events: list[NameEvent]) -> None:
-        """After RequestName/ReleaseName: a name being started got its owner."""
-        for event in events:
-            if event.kind == "owner_changed" and event.new_owner is not None:
-                pending = self.pending.get(event.name)
-                if pending is not None:
-                    self._succeeded(pending)
+    # ------------------------------------------------------------ bus events
 
     def driver_signal(self, peer: "Peer", buf: bytes, h: Header) -> None:
         """A signal addressed to the bus: systemd's ActivationFailure is the only one that means anything."""
@@ -183,8 +165,9 @@ class Activation(BusObserver):
         if not is_valid_error_name(error):
             error = errors.SPAWN_FAILED
         log.warning("activation via systemd failed for unit '%s': %s", unit, text)
-        for pending in [p for p in self.pending.values() if p.systemd_unit == unit]:
-            self._fail(pending, error, text)
+        for name in [name for name, launch in self.launches.items()
+                     if launch.systemd_unit == unit and self.starts.waiting_for(name)]:
+            self.starts.fail(name, error, text)
 
     # ------------------------------------------------------------ starting
 
@@ -195,38 +178,15 @@ class Activation(BusObserver):
     def _find(self, name: str) -> ServiceFile | None:
         return self.catalog.find(name)
 
-    def _hold(self, name: str, service: ServiceFile | None,
-              entry: HeldMessage | StartRequest | SystemdRequest, requester: "Peer | None") -> None:
-        limit = self.bus.limits.max_pending_service_starts
-        if self.held >= limit:
-            entry.fail(self.bus, errors.LIMITS_EXCEEDED,
-                       f"The maximum number of pending activations has been reached, activation of {name} "
-                       f"failed (max_pending_service_starts={limit})")
-            return
-        self.held += 1
-        pending = self.pending.get(name)
-        if pending is not None:
-            pending.entries.append(entry)
-            return
-        pending = self.pending[name] = PendingStart(name, service)
-        pending.entries.append(entry)
-        timeout_ms = self.bus.limits.service_start_timeout
-        pending.timer = self.bus.loop.call_later(timeout_ms / 1000, self._timed_out, pending, timeout_ms)
-        try:
-            self._launch(pending, requester)
-        except ActivationError as exc:
-            self._fail(pending, exc.name, exc.text)
-
-    def _launch(self, pending: PendingStart, requester: "Peer | None") -> None:
-        name = pending.name
-        service = pending.service
+    def _launch(self, name: str, launch: Launch, requester: "Peer | None") -> None:
+        service = launch.service
         who = _describe_peer(requester)
         if self.systemd_activation:
             if service is None:
                 log.info("waiting for systemd to connect (%s)", name)
                 return
             if service.systemd_service:
-                self._ask_systemd(pending, service.systemd_service, who)
+                self._ask_systemd(name, launch, service.systemd_service, who)
                 return
         if self.servicehelper:
             if not service.user:
@@ -237,7 +197,7 @@ class Activation(BusObserver):
         else:
             argv = split_command_line(service.exec)
             log.info("Activating service name='%s' requested by %s", name, who)
-        pending.process = self._spawn(name, argv, self._user_switch(service))
+        launch.process = self._spawn(name, argv, self._user_switch(service))
 
     def _user_switch(self, service: ServiceFile) -> dict[str, Any]:
         """Popen arguments that run a system service as its User=, when the bus can (it runs as root)."""
@@ -279,17 +239,17 @@ class Activation(BusObserver):
         log.info("started %s as pid %d: %s", name, process.pid, " ".join(argv))
         return process
 
-    def _ask_systemd(self, pending: PendingStart, unit: str, who: str) -> None:
-        pending.systemd_unit = unit
+    def _ask_systemd(self, name: str, launch: Launch, unit: str, who: str) -> None:
+        launch.systemd_unit = unit
         if self.bus.registry.owner(SYSTEMD_NAME) is not None:
-            log.info("Activating via systemd: service name='%s' unit='%s' requested by %s", pending.name, unit, who)
+            log.info("Activating via systemd: service name='%s' unit='%s' requested by %s", name, unit, who)
             self.send_activation_request(unit)
         else:
             log.info("Activating systemd to hand-off: service name='%s' unit='%s' requested by %s",
-                     pending.name, unit, who)
+                     name, unit, who)
             message = self._activation_request(unit)
             self.bus.send_from_driver(None, message)  # monitors see it now, systemd when it is here
-            self._hold(SYSTEMD_NAME, None, SystemdRequest(message), None)
+            self.starts.hold(SYSTEMD_NAME, SystemdRequest(message), None)
 
     def send_activation_request(self, unit: str) -> None:
         """org.freedesktop.systemd1.Activator.ActivationRequest(unit), a signal from the bus to systemd."""
@@ -318,7 +278,7 @@ class Activation(BusObserver):
             bus.send_from_driver(systemd, message)
         else:
             bus.send_from_driver(None, message)
-            self._hold(SYSTEMD_NAME, None, SystemdRequest(message), None)
+            self.starts.hold(SYSTEMD_NAME, SystemdRequest(message), None)
 
     def _activation_request(self, unit: str) -> bytes:
         return build_message(SIGNAL, self.bus.next_driver_serial(), path=DRIVER_PATH, interface=SYSTEMD_ACTIVATOR,
@@ -327,59 +287,34 @@ class Activation(BusObserver):
 
     # ------------------------------------------------------------ outcomes
 
-    def _finish(self, pending: PendingStart) -> None:
-        if self.pending.get(pending.name) is pending:
-            del self.pending[pending.name]
-        self.held -= len(pending.entries)
-        if pending.timer is not None:
-            pending.timer.cancel()
-            pending.timer = None
-
-    def _succeeded(self, pending: PendingStart) -> None:
-        self._finish(pending)
-        log.info("Successfully activated service '%s'", pending.name)
-        for entry in pending.entries:
-            entry.deliver(self.bus)
-
-    def _fail(self, pending: PendingStart, error: str, text: str) -> None:
-        self._finish(pending)
-        log.warning("Activated service '%s' failed: %s", pending.name, text)
-        for entry in pending.entries:
-            entry.fail(self.bus, error, text)
-
-    def _timed_out(self, pending: PendingStart, timeout_ms: int) -> None:
-        pending.timer = None
-        if pending.process is not None:
-            pending.process.kill()
-        self._fail(pending, errors.TIMED_OUT,
-                   f"Failed to activate service '{pending.name}': timed out (service_start_timeout={timeout_ms}ms)")
-
     def _process_exited(self, process: ServiceProcess) -> None:
         self.processes.discard(process)
         returncode = process.returncode
-        pending = self.pending.get(process.service_name)
-        if pending is None or pending.process is not process:
-            log.info("service %s (pid %d) %s", process.service_name, process.pid, describe_exit(returncode))
+        name = process.service_name
+        launch = self.launches.get(name)
+        if launch is None or launch.process is not process or not self.starts.waiting_for(name):
+            log.info("service %s (pid %d) %s", name, process.pid, describe_exit(returncode))
             return
         if returncode == 0:
             # A program that "daemonizes" exits 0 before its child owns the name: keep waiting, as dbus-daemon.
             log.info("service %s (pid %d) exited with status 0 before owning its name; still waiting",
-                     process.service_name, process.pid)
-            pending.process = None
+                     name, process.pid)
+            launch.process = None
             return
         if self.servicehelper and returncode > 0:
             error, text = SERVICEHELPER_EXIT_ERRORS.get(
                 returncode, (errors.SPAWN_CHILD_EXITED, f"Launch helper exited with unknown return code {returncode}"))
         elif returncode < 0:
-            error, text = errors.SPAWN_CHILD_SIGNALED, f"Process {pending.name} received signal {-returncode}"
+            error, text = errors.SPAWN_CHILD_SIGNALED, f"Process {name} received signal {-returncode}"
         else:
-            error, text = errors.SPAWN_CHILD_EXITED, f"Process {pending.name} exited with status {returncode}"
+            error, text = errors.SPAWN_CHILD_EXITED, f"Process {name} exited with status {returncode}"
         # Other names started by the same program fail with it (dbus-daemon does the same).
-        command = pending.service.exec if pending.service else None
-        for other in [p for p in self.pending.values()
-                      if p is not pending and p.service is not None and p.service.exec == command]:
-            self._fail(other, error, text)
-        self._fail(pending, error, text)
+        command = launch.service.exec if launch.service else None
+        for other in [other for other, started in self.launches.items()
+                      if other != name and started.service is not None and started.service.exec == command
+                      and self.starts.waiting_for(other)]:
+            self.starts.fail(other, error, text)
+        self.starts.fail(name, error, text)
 
 
 def _describe_peer(peer: "Peer | None") -> str:
@@ -389,12 +324,12 @@ def _describe_peer(peer: "Peer | None") -> str:
     return f"'{peer.unique_name}' (uid={creds.uid} pid={creds.pid})"
 
 
-def install_activation(bus: "Bus", settings: Any, address: str, systemd_activation: bool = False) -> Activation:
-    """Activation for a daemon's bus, from its DaemonSettings (the parsed config when there is one)."""
-    directories = servicedirs_of(settings)
-    create_transient_servicedirs(directories)
-    return Activation(bus, directories, address, systemd_activation=systemd_activation,
-                      servicehelper=servicehelper_of(settings)).install()
+def install_activation(bus: "Bus", servicedirs: Sequence[ServiceDir], servicehelper: str | None, address: str,
+                       systemd_activation: bool = False) -> Activation:
+    """Activation for a daemon's bus, attached to it."""
+    create_transient_servicedirs(servicedirs)
+    return Activation(bus, servicedirs, address, systemd_activation=systemd_activation,
+                      servicehelper=servicehelper).install()
 
 
 def create_transient_servicedirs(directories: Iterable[ServiceDir]) -> None:
@@ -409,16 +344,4 @@ def create_transient_servicedirs(directories: Iterable[ServiceDir]) -> None:
                             exc.strerror or exc)
 
 
-def servicedirs_of(settings: Any) -> list[ServiceDir]:
-    config = getattr(settings, "config", None)
-    if config is not None:
-        return list(config.servicedirs)
-    return [ServiceDir(path=path) for path in settings.servicedirs]
-
-
-def servicehelper_of(settings: Any) -> str | None:
-    config = getattr(settings, "config", None)
-    return getattr(config, "servicehelper", None) if config is not None else None
-
-
-__all__ = ["Activation", "create_transient_servicedirs", "install_activation", "servicedirs_of", "servicehelper_of"]
+__all__ = ["Activation", "Launch", "create_transient_servicedirs", "install_activation"]
