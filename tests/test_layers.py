@@ -1,7 +1,8 @@
 """The layering busd is built on, read from the imports of every module (no bus needed).
 
 busd/wire is the protocol and imports nothing else of busd; busd/bus is bus semantics
-and imports only busd.wire and itself (no sockets, files or configuration); the
+and imports only busd.wire and itself (no sockets, files or configuration); busd/transport
+moves bytes with busd.wire and meets the bus only through busd.bus.ports; the
 clients (busd_client, busdctl) use only busd.wire of busd. Function-level imports
 count as much as top-level ones.
 """
@@ -20,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ROOMS = {
     "busd/wire": ("busd.wire",),
     "busd/bus": ("busd.wire", "busd.bus", "busd.interfaces"),
+    # the stream transport frames with busd.wire and knows nothing of the bus (its sides do, through the port)
+    "busd/transport": ("busd.wire", "busd.transport", "busd.bus.ports"),
     "clients/busd_client": ("busd.wire",),
     "clients/busdctl": ("busd.wire",),
 }
