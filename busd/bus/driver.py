@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..interfaces import introspection_xml
@@ -45,6 +46,22 @@ EMPTY_INTROSPECTION = ('<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object 
 Handler = Callable[["Peer", Header, list], tuple[str, list]]
 
 
+@dataclass(frozen=True)
+class DriverMethod:
+    """One row of the driver's table; the dispatcher checks the signature and privilege before `handler` runs.
+
+    Every method needs Hello first (the bus answers anything else before Hello itself). `privileged`:
+    only root or the bus's own user may call it; `driver_path_only`: and only at DRIVER_PATH.
+    """
+
+    interface: str
+    member: str
+    in_signature: str
+    handler: Handler
+    privileged: bool = False
+    driver_path_only: bool = False
+
+
 def _load_introspection() -> str:
     return introspection_xml(DRIVER_NAME)
 
@@ -73,40 +90,44 @@ class Driver:
         self.features: list[str] = list(FEATURES)  # activation adds "SystemdActivation" when it is on
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
         self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
-        self.methods: dict[tuple[str, str], tuple[str, Handler]] = {
-            (DRIVER_INTERFACE, "Hello"): ("", self.hello_again),
-            (DRIVER_INTERFACE, "RequestName"): ("su", self.request_name),
-            (DRIVER_INTERFACE, "ReleaseName"): ("s", self.release_name),
-            (DRIVER_INTERFACE, "StartServiceByName"): ("su", self.start_service_by_name),
-            (DRIVER_INTERFACE, "UpdateActivationEnvironment"): ("a{ss}", self.update_activation_environment),
-            (DRIVER_INTERFACE, "NameHasOwner"): ("s", self.name_has_owner),
-            (DRIVER_INTERFACE, "ListNames"): ("", self.list_names),
-            (DRIVER_INTERFACE, "ListActivatableNames"): ("", self.list_activatable_names),
-            (DRIVER_INTERFACE, "AddMatch"): ("s", self.add_match),
-            (DRIVER_INTERFACE, "RemoveMatch"): ("s", self.remove_match),
-            (DRIVER_INTERFACE, "GetNameOwner"): ("s", self.get_name_owner),
-            (DRIVER_INTERFACE, "ListQueuedOwners"): ("s", self.list_queued_owners),
-            (DRIVER_INTERFACE, "GetConnectionUnixUser"): ("s", self.get_connection_unix_user),
-            (DRIVER_INTERFACE, "GetConnectionUnixProcessID"): ("s", self.get_connection_unix_process_id),
-            (DRIVER_INTERFACE, "GetAdtAuditSessionData"): ("s", self.get_adt_audit_session_data),
-            (DRIVER_INTERFACE, "GetConnectionSELinuxSecurityContext"): ("s", self.get_selinux_context),
-            (DRIVER_INTERFACE, "ReloadConfig"): ("", self.reload_config),
-            (DRIVER_INTERFACE, "GetId"): ("", self.get_id),
-            (DRIVER_INTERFACE, "GetConnectionCredentials"): ("s", self.get_connection_credentials),
-            (PROPERTIES_INTERFACE, "Get"): ("ss", self.properties_get),
-            (PROPERTIES_INTERFACE, "GetAll"): ("s", self.properties_get_all),
-            (PROPERTIES_INTERFACE, "Set"): ("ssv", self.properties_set),
-            (INTROSPECTABLE_INTERFACE, "Introspect"): ("", self.introspect),
-            (PEER_INTERFACE, "Ping"): ("", lambda peer, h, args: ("", [])),
-            (PEER_INTERFACE, "GetMachineId"): ("", lambda peer, h, args: ("s", [self.machine_id])),
-            (MONITORING_INTERFACE, "BecomeMonitor"): ("asu", self.become_monitor),
-            (STATS_INTERFACE, "GetStats"): ("", self.get_stats),
-            (STATS_INTERFACE, "GetConnectionStats"): ("s", self.get_connection_stats),
-            (STATS_INTERFACE, "GetAllMatchRules"): ("", self.get_all_match_rules),
-        }
-        self._by_member: dict[str, tuple[str, str, Handler]] = {}
-        for (iface, member), (sig, handler) in self.methods.items():
-            self._by_member.setdefault(member, (iface, sig, handler))
+        D, PROPS, INTRO, PEER, MON, STATS = (DRIVER_INTERFACE, PROPERTIES_INTERFACE, INTROSPECTABLE_INTERFACE,
+                                              PEER_INTERFACE, MONITORING_INTERFACE, STATS_INTERFACE)
+        rows = [
+            DriverMethod(D, "Hello", "", self.hello_again),
+            DriverMethod(D, "RequestName", "su", self.request_name),
+            DriverMethod(D, "ReleaseName", "s", self.release_name),
+            DriverMethod(D, "StartServiceByName", "su", self.start_service_by_name),
+            DriverMethod(D, "UpdateActivationEnvironment", "a{ss}", self.update_activation_environment,
+                         privileged=True, driver_path_only=True),
+            DriverMethod(D, "NameHasOwner", "s", self.name_has_owner),
+            DriverMethod(D, "ListNames", "", self.list_names),
+            DriverMethod(D, "ListActivatableNames", "", self.list_activatable_names),
+            DriverMethod(D, "AddMatch", "s", self.add_match),
+            DriverMethod(D, "RemoveMatch", "s", self.remove_match),
+            DriverMethod(D, "GetNameOwner", "s", self.get_name_owner),
+            DriverMethod(D, "ListQueuedOwners", "s", self.list_queued_owners),
+            DriverMethod(D, "GetConnectionUnixUser", "s", self.get_connection_unix_user),
+            DriverMethod(D, "GetConnectionUnixProcessID", "s", self.get_connection_unix_process_id),
+            DriverMethod(D, "GetAdtAuditSessionData", "s", self.get_adt_audit_session_data),
+            DriverMethod(D, "GetConnectionSELinuxSecurityContext", "s", self.get_selinux_context),
+            DriverMethod(D, "ReloadConfig", "", self.reload_config),
+            DriverMethod(D, "GetId", "", self.get_id),
+            DriverMethod(D, "GetConnectionCredentials", "s", self.get_connection_credentials),
+            DriverMethod(PROPS, "Get", "ss", self.properties_get),
+            DriverMethod(PROPS, "GetAll", "s", self.properties_get_all),
+            DriverMethod(PROPS, "Set", "ssv", self.properties_set),
+            DriverMethod(INTRO, "Introspect", "", self.introspect),
+            DriverMethod(PEER, "Ping", "", lambda peer, h, args: ("", [])),
+            DriverMethod(PEER, "GetMachineId", "", lambda peer, h, args: ("s", [self.machine_id])),
+            DriverMethod(MON, "BecomeMonitor", "asu", self.become_monitor, privileged=True),
+            DriverMethod(STATS, "GetStats", "", self.get_stats),
+            DriverMethod(STATS, "GetConnectionStats", "s", self.get_connection_stats),
+            DriverMethod(STATS, "GetAllMatchRules", "", self.get_all_match_rules),
+        ]
+        self.methods: dict[tuple[str, str], DriverMethod] = {(row.interface, row.member): row for row in rows}
+        self._by_member: dict[str, DriverMethod] = {}
+        for row in rows:
+            self._by_member.setdefault(row.member, row)
 
     # ------------------------------------------------------------ dispatch
 
@@ -127,23 +148,23 @@ class Driver:
         member = h.member
         if iface is None:
             row = self._by_member.get(member)
-            entry = (row[1], row[2]) if row else None
-            iface = row[0] if row else DRIVER_INTERFACE
+            iface = row.interface if row else DRIVER_INTERFACE
         else:
-            entry = self.methods.get((iface, member))
+            row = self.methods.get((iface, member))
         wants_reply = not h.no_reply_expected
         try:
             if iface not in EVERYWHERE and h.path != DRIVER_PATH or (
-                    entry is None and iface not in {i for i, _ in self.methods}):
+                    row is None and iface not in {i for i, _ in self.methods}):
                 raise DriverError(errors.UNKNOWN_INTERFACE, f"{DRIVER_NAME} does not understand message {member}")
-            if entry is None:
+            if row is None:
                 raise DriverError(errors.UNKNOWN_METHOD, f"{DRIVER_NAME} does not understand message {member}")
-            in_sig, handler = entry
-            if h.signature != in_sig:
+            if h.signature != row.in_signature:
                 raise DriverError(errors.INVALID_ARGS,
-                                  f"Call to {member} has wrong args ({h.signature}, expected {in_sig})\n")
+                                  f"Call to {member} has wrong args ({h.signature}, expected {row.in_signature})\n")
+            if row.privileged:
+                self._require_privileged(peer, member, h if row.driver_path_only else None)
             args = read_body(buf, h)
-            out_sig, values = handler(peer, h, args)
+            out_sig, values = row.handler(peer, h, args)
         except DriverError as exc:
             if wants_reply:
                 bus.send_error(peer, h.serial, exc.name, exc.text)
@@ -289,7 +310,6 @@ class Driver:
         raise DriverError(errors.SERVICE_UNKNOWN, f"The name {name} was not provided by any .service files")
 
     def update_activation_environment(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        self._require_privileged(peer, "UpdateActivationEnvironment", h)
         if self.bus.bus_type == "system":
             raise DriverError(errors.ACCESS_DENIED, "Cannot change activation environment on a system bus.")
         # dbus-daemon accepts any name; one that no environment can hold is left out here.
@@ -479,7 +499,6 @@ class Driver:
     # ------------------------------------------------------------ monitoring and stats
 
     def become_monitor(self, peer: "Peer", h: Header, args: list) -> tuple[str, list]:
-        self._require_privileged(peer, "BecomeMonitor")
         rule_texts, flags = args
         if flags != 0:
             raise DriverError(errors.INVALID_ARGS, "BecomeMonitor does not support any flags yet")
