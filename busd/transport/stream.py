@@ -51,9 +51,10 @@ class Stream:
     max_message_unix_fds = 1024
     max_incoming_unix_fds = UNLIMITED_FDS
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, schedule_flush: Callable[["Stream"], None]):
+    def __init__(self, loop: asyncio.AbstractEventLoop, schedule_flush: Callable[[Any], None]):
         self.loop = loop
-        self.schedule_flush = schedule_flush  # writes us at the end of the read in progress, or next turn
+        # Writes us at the end of the read in progress, or next turn (the bus's takes the PeerLink a side is).
+        self.schedule_flush = schedule_flush
         self.sock: socket.socket | None = None
         self.fileno = -1
         self.can_pass_fds = False  # agreed during authentication
