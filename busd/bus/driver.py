@@ -25,6 +25,7 @@ from ..wire.wellknown import (
 )
 from . import errors
 from .errors import DriverError
+from .ports import Credentials
 from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
 from .ownership import NameEvent
 
@@ -397,7 +398,6 @@ class Driver:
 
     def _credentials_of(self, name: str, what: str):
         if name == DRIVER_NAME:
-            from ..connection import Credentials
             return Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted(set(os.getgroups()))))
         return self._peer_of(name, what).credentials
 
