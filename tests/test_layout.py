@@ -43,6 +43,16 @@ def tree_files() -> dict[str, bytes]:
     return files
 
 
+def test_every_package_of_the_tree_is_shipped():
+    # A package missing from pyproject.toml works in a checkout and an editable install
+    # but is absent from a wheel: a regular install then fails to import it.
+    shipped = {directory.resolve() for directory in package_directories().values()}
+    roots = [REPO / "busd", *{directory for name, directory in package_directories().items() if "." not in name}]
+    in_tree = {init.parent.resolve() for root in roots for init in root.rglob("__init__.py")
+               if "__pycache__" not in init.parts}
+    assert sorted(map(str, in_tree - shipped)) == []
+
+
 def test_busd_interfaces_is_the_top_level_interfaces_directory():
     import busd.interfaces
     assert Path(busd.interfaces.__file__).resolve().parent == REPO / "interfaces"
