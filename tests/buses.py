@@ -17,7 +17,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 SESSION_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -89,6 +91,16 @@ def busd_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+@contextmanager
+def workdir(prefix: str) -> Iterator[str]:
+    """A temporary directory for one test's files, removed whatever happens."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def daemon_command(kind: str) -> list[str]:

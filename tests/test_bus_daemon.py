@@ -11,18 +11,16 @@ from __future__ import annotations
 import ipaddress
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import pytest
 
-from buses import busd_available
+from buses import busd_available, workdir
 from busclient import BUS_KINDS, DBUS, TIMEOUT, LineWatcher, RawClient, wait_exit
 
 CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
@@ -62,15 +60,6 @@ class Launched:
     @property
     def address(self) -> str:
         return self.lines[0]
-
-
-@contextmanager
-def workdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="busd-daemon-test-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_config(directory: str, listen: list[str], extra: str = "", name: str = "bus.conf") -> str:
@@ -142,7 +131,7 @@ def test_introspect_prints_the_same_xml_as_dbus_daemon():
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_print_address_to_stdout(kind):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         config = write_config(directory, [f"unix:path={directory}/bus"])
         process = subprocess.Popen(command(kind) + [f"--config-file={config}", "--nofork", "--print-address"],
                                    stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
@@ -158,7 +147,7 @@ def test_print_address_to_stdout(kind):
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_print_address_and_pid_to_separate_fds(kind):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         pid_read, pid_write = os.pipe()
         with os.fdopen(pid_read) as pid_reader:
             try:
@@ -174,7 +163,7 @@ def test_print_address_and_pid_to_separate_fds(kind):
 
 
 def test_print_address_and_pid_to_one_fd():
-    with workdir() as directory, launched("busd", directory, ["--nofork", "--print-address={fd}", "--print-pid={fd}"],
+    with workdir("busd-daemon-test-") as directory, launched("busd", directory, ["--nofork", "--print-address={fd}", "--print-pid={fd}"],
                                           listen=[f"unix:path={directory}/bus"], lines=2) as bus:
         assert bus.lines[0].startswith("unix:path=") and ",guid=" in bus.lines[0]
         assert bus.lines[1] == str(bus.process.pid)
@@ -182,7 +171,7 @@ def test_print_address_and_pid_to_one_fd():
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_address_flag_overrides_the_configs_listen(kind):
-    with workdir() as directory, launched(kind, directory, ["--nofork", "--print-address={fd}",
+    with workdir("busd-daemon-test-") as directory, launched(kind, directory, ["--nofork", "--print-address={fd}",
                                                             f"--address=unix:path={directory}/override"],
                                           listen=[f"unix:path={directory}/configured"]) as bus:
         assert bus.address.startswith(f"unix:path={directory}/override,guid=")
@@ -192,7 +181,7 @@ def test_address_flag_overrides_the_configs_listen(kind):
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_the_config_file_may_go_once_the_address_is_printed(kind):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         included = os.path.join(directory, "limits.conf")
         with open(included, "w") as f:
             f.write('<busconfig><limit name="max_match_rules_per_connection">1</limit></busconfig>')
@@ -211,7 +200,7 @@ def test_the_config_file_may_go_once_the_address_is_printed(kind):
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_listen_on_every_kind_of_address_at_once(kind):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         name = os.path.basename(directory)
         listen = [f"unix:path={directory}/bus", f"unix:abstract=busd-test-{name}", f"unix:dir={directory}",
                   f"unix:tmpdir={directory}", "unix:runtime=yes", "tcp:host=127.0.0.1,port=0", "tcp:host=localhost"]
@@ -233,7 +222,7 @@ def test_listen_on_every_kind_of_address_at_once(kind):
 
 
 def test_tcp_listens_on_loopback_by_default():
-    with workdir() as directory, launched("busd", directory, ["--nofork", "--print-address={fd}"],
+    with workdir("busd-daemon-test-") as directory, launched("busd", directory, ["--nofork", "--print-address={fd}"],
                                           listen=["tcp:port=0"], extra=ANONYMOUS) as bus:
         port = int(bus.address.split("port=")[1].split(",")[0])
         local = listening_addresses(port)
@@ -263,7 +252,7 @@ def listening_addresses(port: int) -> list[str]:
 @pytest.mark.parametrize("kind", BUS_KINDS)
 @pytest.mark.parametrize("flags", [["--systemd-activation", "--syslog"], ["--syslog-only"], ["--session", "--nosyslog"]])
 def test_accepted_flags(kind, flags):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         args = ["--nofork", "--print-address={fd}", f"--address=unix:path={directory}/bus", *flags]
         with launched(kind, directory, args, listen=None if "--session" in flags else [f"unix:dir={directory}"]) \
                 as bus:
@@ -271,7 +260,7 @@ def test_accepted_flags(kind, flags):
 
 
 def test_fork_detaches_from_the_callers_streams():
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         config = write_config(directory, [f"unix:dir={directory}"])
         parent = subprocess.Popen(command("busd") + [f"--config-file={config}", "--fork", "--print-address",
                                                       "--print-pid", "--nopidfile"],
@@ -294,7 +283,7 @@ def test_fork_detaches_from_the_callers_streams():
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_clean_exit_removes_socket_files(signum):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         with launched("busd", directory, ["--nofork", "--print-address={fd}"],
                       listen=[f"unix:path={directory}/bus", f"unix:dir={directory}"]) as bus:
             paths = [a.split("path=")[1].split(",")[0] for a in bus.address.split(";")]
@@ -308,7 +297,7 @@ def test_clean_exit_removes_socket_files(signum):
 
 
 def test_pidfile_is_written_and_removed():
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         pidfile = os.path.join(directory, "bus.pid")
         with launched("busd", directory, ["--nofork", "--print-address={fd}"], listen=[f"unix:dir={directory}"],
                       extra=f"<pidfile>{pidfile}</pidfile>") as bus:
@@ -324,7 +313,7 @@ def test_pidfile_is_written_and_removed():
 
 
 def test_no_config_file_runs_the_builtin_session_bus():
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         env = {**os.environ, "TMPDIR": directory, "XDG_RUNTIME_DIR": directory}
         with launched("busd", directory, ["--nofork", "--print-address={fd}"], env=env) as bus:
             assert bus.address.startswith("unix:")
@@ -333,7 +322,7 @@ def test_no_config_file_runs_the_builtin_session_bus():
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_sighup_reloads_and_keeps_every_connection(kind):
-    with workdir() as directory:
+    with workdir("busd-daemon-test-") as directory:
         read_end, write_end = os.pipe()
         config = write_config(directory, [f"unix:path={directory}/bus"])
         args = [f"--config-file={config}", "--nofork", f"--print-address={write_end}"]
@@ -361,7 +350,7 @@ def test_sighup_reloads_and_keeps_every_connection(kind):
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
 def test_a_broken_config_is_refused_on_reload_and_the_old_one_kept(kind):
-    with workdir() as directory, launched(kind, directory, ["--nofork", "--print-address={fd}"],
+    with workdir("busd-daemon-test-") as directory, launched(kind, directory, ["--nofork", "--print-address={fd}"],
                                           listen=[f"unix:path={directory}/bus"],
                                           extra='<limit name="max_match_rules_per_connection">1</limit>') as bus, \
             RawClient(bus.address) as client:

@@ -13,28 +13,18 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
 import pytest
 
-from buses import SESSION_CONFIG, daemon_command
+from buses import SESSION_CONFIG, daemon_command, workdir
 from busclient import BUS_KINDS, DBUS, DBUS_PATH, TIMEOUT, LineWatcher, RawClient, WaitTimeout, wait_exit
 
 # How a shell closes each standard stream, as libdbus's test-dbus-daemon-fork.sh does.
 CLOSE_REDIRECTION = {0: "<&-", 1: ">&-", 2: "2>&-"}
 CLOSED_STREAM_SETS = [closed for n in (1, 2, 3) for closed in itertools.combinations((0, 1, 2), n)]
-
-
-@contextmanager
-def workdir() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="busd-startup-test-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def write_session_config(directory: str, extra: str = "") -> str:
@@ -61,7 +51,7 @@ class Started:
 @contextmanager
 def started_with_closed_streams(kind: str, closed: tuple[int, ...], fork: bool) -> Iterator[Started]:
     """Run the daemon from a shell that closes the `closed` standard streams; stop it by its printed pid."""
-    with workdir() as directory:
+    with workdir("busd-startup-test-") as directory:
         config = write_session_config(directory)
         address_r, address_w = os.pipe()
         pid_r, pid_w = os.pipe()
@@ -149,7 +139,7 @@ def private_copy_of_busd(directory: str) -> str:
 
 def outcomes_after_the_drop(kind: str) -> tuple[list[tuple], str]:
     """What each of CALLS_AFTER_THE_DROP gets from a bus that dropped to DROPPED_TO, and the bus's stderr."""
-    with workdir() as directory:
+    with workdir("busd-startup-test-") as directory:
         config = write_session_config(directory, DROP_CONFIG)
         env = dict(os.environ)
         if kind == "busd":
