@@ -52,7 +52,7 @@ class RunningBus:
 
     def client_env(self) -> dict[str, str]:
         """The environment a client process needs to use this bus as its session bus."""
-        env = dict(os.environ)
+        env = helper_env()
         env["DBUS_SESSION_BUS_ADDRESS"] = self.address
         return env
 
@@ -63,6 +63,16 @@ class RunningBus:
             shutil.rmtree(self.workdir, ignore_errors=True)
             _RUNNING[:] = [bus for bus in _RUNNING if bus is not self]
 
+
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def helper_env() -> dict[str, str]:
+    """This environment, with tests/ on PYTHONPATH: a test file run as a script imports these helpers."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS_DIR, env.get("PYTHONPATH")]))
+    return env
 
 # Buses not stopped yet: whatever ends the test process (KeyboardInterrupt included) stops them at exit.
 _RUNNING: list[RunningBus] = []

@@ -1,12 +1,25 @@
-"""Shared fixtures: real bus daemons, busd and dbus-daemon, for live tests."""
+"""Shared fixtures: real bus daemons, busd and dbus-daemon, for live tests.
+
+tests/unit holds tests that start no process (tests/unit/conftest.py enforces it); tests/live holds the
+rest, and every test there carries the `live` marker, so `pytest -m "not live"` is the quick offline run.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from buses import RunningBus, busd_available, start_bus
 
 BUS_KINDS = ["busd", "dbus-daemon"]
+LIVE_DIR = Path(__file__).resolve().parent / "live"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if LIVE_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.live)
 
 
 def _start_or_skip(kind: str) -> RunningBus:

@@ -1,6 +1,6 @@
 """The attacks of the hostile-peer suite, each run in a forked child that has become uid nobody.
 
-tests/test_hostile.py forks, drops the child to `nobody` (setgroups, setgid,
+tests/live/test_hostile.py forks, drops the child to `nobody` (setgroups, setgid,
 setuid) and calls one of these functions there with a Channel to the test:
   holding ...    the attack is in place (its resources are held); the test measures
                  the daemon now, then closes the channel to let the attacker go

@@ -21,7 +21,7 @@ from busclient import BUS_KINDS, TIMEOUT, wait_exit
 from busd.pytest_plugin import private_session
 from busd.run_session import BusStartError
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ that are accepted must also be readable and forwardable.
 
 CI runs a few hundred examples; run it long with
 
-    BUSD_FUZZ_EXAMPLES=200000 python3 -m pytest -q tests/test_wire_fuzz.py
+    BUSD_FUZZ_EXAMPLES=200000 python3 -m pytest -q tests/unit/test_wire_fuzz.py
 
 Inputs that once found a bug live in tests/corpus/ and are replayed by a test.
 """
@@ -36,7 +36,7 @@ from test_message import header_values, message_specs, raw_field, raw_message
 EXAMPLES = int(os.environ.get("BUSD_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 
 
 def _seed_messages() -> list[bytes]:

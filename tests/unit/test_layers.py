@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # busd.interfaces holds the introspection XML (the single source of truth, read at import);
 # it imports nothing of busd, so the bus may take its own interface's XML from it.

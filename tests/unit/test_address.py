@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 
 import pytest
@@ -270,13 +269,6 @@ def test_helpers_read_os_environ_by_default(monkeypatch) -> None:
     assert runtime_dir() == "/run/user/4242"
 
 
-@pytest.mark.live
-def test_parses_the_address_dbus_daemon_prints(reference_bus) -> None:
-    (address,) = parse_addresses(reference_bus.address)
-    assert address.transport == "unix"
-    assert os.path.exists(address.params["path"])
-    assert address.guid is not None and len(address.guid) == 32
-    assert parse_address(address.format()) == address
 
 
 @pytest.mark.parametrize("env", [

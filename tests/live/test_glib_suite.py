@@ -22,7 +22,7 @@ from buses import busd_available
 from installed_tests import run_tap_program
 
 TESTS_DIR = Path("/usr/libexec/installed-tests/glib")
-SHIM_DIR = Path(__file__).parent / "shims"
+SHIM_DIR = Path(__file__).resolve().parents[1] / "shims"
 SHIM_STARTED_BUSD = "dbus-daemon shim: running busd"
 
 # The programs that start a bus. Left out: those that never do, so test nothing of a

@@ -1,4 +1,4 @@
-"""The peer process the SDK tests talk to (run as `python3 tests/test_sdk_peer.py`), and the helpers they share.
+"""The peer process the SDK tests talk to (run as `python3 tests/live/test_sdk_peer.py`), and the helpers they share.
 
 The peer is a separate process exporting dev.busd.SdkTest1 with busd_client,
 on the backend named by $BUSD_CLIENT_BACKEND.  It prints "ready <unique
@@ -30,7 +30,7 @@ PEER_NAME = "dev.busd.SdkTest"
 PEER_PATH = "/dev/busd/SdkTest"
 PEER_INTERFACE = "dev.busd.SdkTest1"
 CALLBACK_PATH = "/dev/busd/SdkCallback"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "clients" / "examples"
 BACKENDS = ["dbus_next", "dbus_fast"]
 WAIT = 20.0  # seconds any single expected event may take before a test fails

@@ -25,7 +25,7 @@ from busd_client.errors import InvalidArgs, NoReply, UnknownMethod
 from busd_client.introspection import compare_interfaces, load_interface_file, parse_xml
 from busd_client.matching import MatchRule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_XML = REPO / "interfaces" / "dev.busd.Example1.xml"
 BACKENDS = ["dbus_next", "dbus_fast"]
 

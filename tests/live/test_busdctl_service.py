@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from buses import busd_available, start_bus
+from buses import busd_available, helper_env, start_bus
 
 SERVICE_NAME = "org.example.Demo"
 SERVICE_PATH = "/org/example/Demo"
@@ -192,7 +192,7 @@ class DemoService:
 def start_demo(address: str, name: str = SERVICE_NAME) -> DemoService:
     """Start the demo service on `address` and wait until it owns `name`."""
     process = subprocess.Popen([sys.executable, __file__, address, name], stdout=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL)
+                               stdin=subprocess.DEVNULL, env=helper_env())
     line = LineReader(process.stdout).expect(lambda l: l.startswith("READY "), f"{name} to appear")
     return DemoService(process, line.split()[1], name)
 

@@ -34,7 +34,7 @@ from busclient import LineWatcher
 
 pytestmark = pytest.mark.live
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 SHELL_LANGUAGES = ("sh", "console")
 OTHER_LANGUAGES = ("python", "xml", "text")

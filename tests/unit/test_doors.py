@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILTINS = {"getattr", "setattr", "hasattr", "delattr"}
 
 # (file, attribute): why a literal-named lookup there is not a hook.
