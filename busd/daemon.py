@@ -13,12 +13,12 @@ from typing import Any, Callable
 from .bus.core import Bus
 from .bus.limits import Limits
 from .bus.observers import BusObserver
-from .connection import Connection, Credentials
+from .transport.connection import Connection, Credentials
 from .config.model import ServiceDir
 from .launcher.activation import Activation, install_activation
 from .launcher.policy import compile_policy
 from .notify import Watchdog, notify_stopping
-from .server import Listener, ListenError, listen
+from .transport.listeners import Listener, ListenError, listen
 from .wire.sasl import ServerAuthenticator
 
 try:

@@ -107,7 +107,7 @@ def start(args: argparse.Namespace) -> int:
     from .daemon import Daemon, run
     from .launch import load_settings, log_config_notes
     from .notify import notify_ready
-    from .server import ListenError
+    from .transport.listeners import ListenError
 
     try:
         address_fd = _fd_number(args.print_address)

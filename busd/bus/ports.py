@@ -1,18 +1,21 @@
-"""The door between the bus and whatever carries a peer's bytes: the PeerLink port.
+"""The doors between the bus and whatever carries a peer's bytes: the PeerLink and BusEntry ports.
 
 The bus calls only what PeerLink declares; a transport (busd.transport's socket
 Connection, the bridge's stand-in peers, the in-memory links of the routing
-tests) calls only the Bus's public entry points: link_opened(), peer_authenticated(),
+tests) calls only what BusEntry declares of the Bus: link_opened(), peer_authenticated(),
 receive(), input_started()/input_done(), schedule_flush(), output_flushed() and
-link_closed(). Back-pressure state (who holds whose input) lives on the bus
+link_closed(), and reads its loop and limits. Back-pressure state (who holds whose input) lives on the bus
 side only: a link is told hold_input()/release_input() and reports its queue
 through out_bytes and output_flushed().
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from ..wire.message import Header
 
 
 class Credentials:
@@ -81,3 +84,63 @@ class PeerLink(Protocol):
 
     def drop(self, reason: str, level: int = logging.WARNING) -> None:
         """Disconnect the peer, logging `reason`; the link then calls Bus.link_closed()."""
+
+
+
+class PeerHandle(Protocol):
+    """The bus's side of one authenticated peer, as its link holds it: opaque but for its name."""
+
+    @property
+    def unique_name(self) -> str | None:
+        """Its unique name once it said Hello."""
+
+
+class LinkLimits(Protocol):
+    """The bus's limits a link enforces while framing (a configuration reload may change them)."""
+
+    @property
+    def max_message_size(self) -> int: ...
+
+    @property
+    def max_message_unix_fds(self) -> int: ...
+
+    @property
+    def max_incoming_unix_fds(self) -> int: ...
+
+
+# The bus's own peer type: a link hands back to receive() what peer_authenticated() gave it.
+PeerT = TypeVar("PeerT", bound=PeerHandle)
+
+
+class BusEntry(Protocol[PeerT]):
+    """What a transport calls on the bus (busd.bus.core.Bus is one)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def limits(self) -> LinkLimits: ...
+
+    def link_opened(self, link: PeerLink) -> None:
+        """A peer connected: it is incomplete until Hello, and authenticates next."""
+
+    def peer_authenticated(self, link: PeerLink, auth_uid: int | None) -> PeerT | None:
+        """SASL succeeded: the bus's peer for the link, or None when the bus refused it (and dropped the link)."""
+
+    def receive(self, peer: PeerT, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        """One whole message from the peer; the fds are now the bus's."""
+
+    def input_started(self) -> None:
+        """A link starts handing over what one read brought (writes wait for input_done())."""
+
+    def input_done(self) -> None:
+        """The read is handed over: flush what it queued."""
+
+    def schedule_flush(self, link: PeerLink) -> None:
+        """Flush the link's queue at the end of the read in progress, or next loop turn."""
+
+    def output_flushed(self, link: PeerLink) -> None:
+        """The link wrote some of its queue (senders it held back may be released)."""
+
+    def link_closed(self, link: PeerLink) -> None:
+        """The link is gone: forget its peer."""

@@ -10,7 +10,7 @@ message. Unix fds travel in the sendmsg() that starts with their message's
 first byte, as the specification requires; every fd a stream holds is closed
 once it has been sent or its message dropped.
 
-The server side (busd.connection.Connection) and the bridge's upstream link
+The server side (busd.transport.connection.Connection) and the bridge's upstream link
 (busd.bridge_link.UpstreamLink) are both Streams; each adds only its SASL side
 and what it does with a message.
 """

@@ -1,5 +1,6 @@
 """mypy's view of busd's ports: every implementation of PeerLink (the server connection, the bridge's stand-ins,
-the in-memory link of tests/unit/test_router_memory.py) is accepted where the bus wants one."""
+the in-memory link of tests/unit/test_router_memory.py) is accepted where the bus wants one, and the Bus is
+accepted where the transport wants a BusEntry."""
 
 from __future__ import annotations
 
@@ -14,17 +15,22 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_port_implementations_type_check() -> None:
-    """mypy checks the same structurally: every implementation is accepted where the bus wants a PeerLink."""
+    """mypy checks the same structurally: every implementation is accepted where the bus wants a PeerLink,
+    and the bus where a connection wants a BusEntry."""
     if not _has_mypy():
         pytest.skip("mypy is not installed (pip install mypy)")
     snippet = textwrap.dedent("""
         from busd.bridge import Mirror, VirtualConnection
-        from busd.bus.ports import PeerLink
-        from busd.connection import Connection
+        from busd.bus.core import Bus, Peer
+        from busd.bus.ports import BusEntry, PeerLink
+        from busd.transport.connection import Connection
         from tests.unit.test_router_memory import MemoryLink
 
-        def links(a: Connection, b: VirtualConnection, c: Mirror, d: MemoryLink) -> list[PeerLink]:
+        def links(a: Connection[Peer], b: VirtualConnection, c: Mirror, d: MemoryLink) -> list[PeerLink]:
             return [a, b, c, d]
+
+        def entry(bus: Bus) -> BusEntry[Peer]:
+            return bus
     """)
     command = [sys.executable, "-m", "mypy", "--follow-imports=silent", "--ignore-missing-imports",
                "--no-incremental", "-c", snippet]

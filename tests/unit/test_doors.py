@@ -16,8 +16,8 @@ BUILTINS = {"getattr", "setattr", "hasattr", "delattr"}
 
 # (file, attribute): why a literal-named lookup there is not a hook.
 ALLOWED = {
-    ("busd/connection.py", "SO_PEERGROUPS"): "a socket constant that older Pythons lack (the kernel's value is the default)",
-    ("busd/connection.py", "reply"): "the last SASL words an exception may carry, read when the peer is dropped",
+    ("busd/transport/connection.py", "SO_PEERGROUPS"): "a socket constant that older Pythons lack (the kernel's value is the default)",
+    ("busd/transport/connection.py", "reply"): "the last SASL words an exception may carry, read when the peer is dropped",
     ("busd/bus/match.py", "signature"): "MatchRule.matches() takes any header-like object; one without a "
                                         "signature compares arguments by Python type",
     ("busd/wire/marshal.py", "__iter__"): "telling a sequence from a scalar value while marshalling",

@@ -8,6 +8,7 @@ credentials and the PeerLink members the bus reads.
 from __future__ import annotations
 
 import array
+import asyncio
 import ctypes
 import errno
 import functools
@@ -15,16 +16,13 @@ import logging
 import os
 import socket
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Generic
 
-from .bus.ports import Credentials
-from .transport.stream import Stream
-from .wire.errors import ProtocolError
-from .wire.message import Header
-from .wire.sasl import ServerAuthenticator
-
-if TYPE_CHECKING:
-    from .bus.core import Bus, Peer
+from ..bus.ports import BusEntry, Credentials, PeerT
+from ..wire.errors import ProtocolError
+from ..wire.message import Header
+from ..wire.sasl import ServerAuthenticator
+from .stream import Stream
 
 log = logging.getLogger("busd.connection")
 
@@ -76,22 +74,22 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-class Connection(Stream):
-    """The I/O side of one peer, a PeerLink. The bus side is a Peer, created once SASL succeeds."""
+class Connection(Stream, Generic[PeerT]):
+    """The I/O side of one peer, a PeerLink. The bus side (a PeerT) is the bus's, made once SASL succeeds."""
 
-    def __init__(self, bus: "Bus", sock: socket.socket,
-                 make_auth: "Callable[[Credentials], ServerAuthenticator]", label: str):
+    def __init__(self, bus: BusEntry[PeerT], sock: socket.socket,
+                 make_auth: Callable[[Credentials], ServerAuthenticator], label: str):
         super().__init__(bus.loop, bus.schedule_flush)
         self.bus = bus
         self.attach(sock)
         self.label = label
         self.credentials = credentials_of(sock)
         self.auth: ServerAuthenticator | None = make_auth(self.credentials)
-        self.peer: "Peer | None" = None
+        self.peer: PeerT | None = None
         self.dropped_broadcasts = 0
         # Incomplete until Hello, as in dbus-daemon: the bus counts it against
         # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
-        self.auth_timer = None
+        self.auth_timer: asyncio.TimerHandle | None = None
         bus.link_opened(self)
         self.start_reading()
 
