@@ -20,7 +20,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from busd.bus.match import SIGNAL, MatchIndex, MatchRule  # noqa: E402
+from busd.bus.match import SIGNAL, MatchRule  # noqa: E402
+from busd.bus.match_index import MatchIndex  # noqa: E402
 
 OWNERS = 1000
 RULES_PER_OWNER = 10

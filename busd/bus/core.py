@@ -30,7 +30,8 @@ from . import errors
 from .driver import Driver
 from .errors import DriverError
 from .limits import Limits
-from .match import MatchIndex, MatchRule
+from .match import MatchRule
+from .match_index import MatchIndex
 from .observers import BusObserver
 from .ownership import NameEvent, NameRegistry
 from .policy import AllowEverything, BusPolicy

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import itertools
-from busd.bus.match import MatchIndex, MatchRule, MatchRuleInvalid, MatchRuleNotFound, SIGNAL
+from busd.bus.match import MatchRule, MatchRuleInvalid, MatchRuleNotFound, SIGNAL
+from busd.bus.match_index import MatchIndex
 from jeepney import DBusAddress, HeaderFields, new_method_call, new_signal
 from jeepney.io.blocking import open_dbus_connection
 from jeepney import MessageType

@@ -10,9 +10,10 @@ from hypothesis import given, settings, strategies as st
 from jeepney import DBusAddress
 
 from busd.bus.match import (
-    ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, ArgKind, ArgMatch, MatchIndex, MatchRule, MatchRuleInvalid,
-    MatchRuleNotFound, MatchRuleTooLong,
+    ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, ArgKind, ArgMatch, MatchRule, MatchRuleInvalid, MatchRuleNotFound,
+    MatchRuleTooLong,
 )
+from busd.bus.match_index import MatchIndex
 
 BUS_DRIVER = DBusAddress("/org/freedesktop/DBus", bus_name="org.freedesktop.DBus",
                          interface="org.freedesktop.DBus")

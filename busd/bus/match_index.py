@@ -1,0 +1,227 @@
+"""MatchIndex: every connection's match rules, bucketed so a message finds its recipients without scanning them all.
+
+Delivery semantics (dbus-daemon's, which the spec describes): a match rule never
+makes its owner a recipient of a message addressed to someone else unless the
+rule says ``eavesdrop='true'``. The addressed recipient gets such a message
+anyway; the daemon sends it there itself, and `MatchIndex.recipients` leaves it
+out so that it is not delivered twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Hashable, Iterator
+from operator import itemgetter
+from typing import Any
+
+from .match import MatchRule, MatchRuleNotFound
+
+# A rule's "shape" says which of the exactly-compared fields it sets. Rules are
+# bucketed by shape and by those fields' values, so a message only probes one
+# bucket per shape present on the bus (times the sender's names for shapes with
+# a sender) and never looks at a rule that differs in one of those fields.
+_TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER = 1, 2, 4, 8, 16
+_SHAPE_FIELDS = (_TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER)  # positions in a key-fields tuple
+
+
+def _shape_of(rule: MatchRule) -> int:
+    shape = 0
+    for bit, value in zip(_SHAPE_FIELDS, (rule.type, rule.interface, rule.member, rule.path, rule.sender)):
+        if value is not None:
+            shape |= bit
+    return shape
+
+
+def _key_getter(shape: int) -> Callable[[tuple], Any]:
+    positions = [i for i, bit in enumerate(_SHAPE_FIELDS) if shape & bit]
+    if not positions:
+        return lambda fields: None
+    return itemgetter(*positions)
+
+
+class _ShapeTable:
+    """Rules bucketed by shape, then by the values of the shape's fields."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        # shape -> (key getter, key -> {rule: (needs_full_check, owners)})
+        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, tuple[bool, dict]]]]] = {}
+
+    def insert(self, rule: MatchRule, owners: dict[Hashable, None]) -> None:
+        shape = _shape_of(rule)
+        entry = self.buckets.get(shape)
+        if entry is None:
+            entry = self.buckets[shape] = (_key_getter(shape), {})
+        getter, table = entry
+        key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
+        # Only destination, path_namespace and args are left once the bucket key matched.
+        needs_check = rule.destination is not None or rule.path_namespace is not None or bool(rule.args)
+        table.setdefault(key, {})[rule] = (needs_check, owners)
+
+    def discard(self, rule: MatchRule) -> None:
+        shape = _shape_of(rule)
+        getter, table = self.buckets[shape]
+        key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
+        rules = table[key]
+        del rules[rule]
+        if not rules:
+            del table[key]
+            if not table:
+                del self.buckets[shape]
+
+    def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, tuple[bool, dict]]]:
+        """Every rule whose exactly-compared fields equal the message's."""
+        first = fields_by_sender[0]
+        for shape, (getter, table) in self.buckets.items():
+            for fields in (fields_by_sender if shape & _SENDER else (first,)):
+                rules = table.get(getter(fields))
+                if rules:
+                    yield from rules.items()
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets)
+
+    def __len__(self) -> int:
+        return sum(len(rules) for _, table in self.buckets.values() for rules in table.values())
+
+
+class MatchIndex:
+    """The match rules of every connection on the bus, indexed for delivery.
+
+    The same rule added twice by one owner must be removed twice (dbus-daemon
+    keeps one entry per AddMatch). `owner` is any hashable; the daemon passes
+    its connection objects.
+    """
+
+    def __init__(self) -> None:
+        self._counts: dict[Hashable, dict[MatchRule, int]] = {}
+        self._owners: dict[MatchRule, dict[Hashable, None]] = {}
+        self._broadcast_rules = _ShapeTable()  # eavesdrop='false': only see broadcasts
+        self._eavesdrop_rules = _ShapeTable()  # eavesdrop='true': may also see unicast messages
+        self._by_unique_name: dict[str, set[MatchRule]] = {}
+
+    def _table(self, rule: MatchRule) -> _ShapeTable:
+        return self._eavesdrop_rules if rule.eavesdrop else self._broadcast_rules
+
+    def add(self, owner: Hashable, rule: MatchRule) -> None:
+        per_owner = self._counts.setdefault(owner, {})
+        count = per_owner.get(rule, 0)
+        per_owner[rule] = count + 1
+        if count:
+            return
+        owners = self._owners.get(rule)
+        if owners is None:
+            owners = self._owners[rule] = {}
+            self._table(rule).insert(rule, owners)
+            for name in rule.unique_names():
+                self._by_unique_name.setdefault(name, set()).add(rule)
+        owners[owner] = None
+
+    def remove(self, owner: Hashable, rule: MatchRule) -> None:
+        """Undo one `add` of `rule` by `owner`; raises MatchRuleNotFound if there is none."""
+        per_owner = self._counts.get(owner)
+        count = per_owner.get(rule, 0) if per_owner else 0
+        if not count:
+            raise MatchRuleNotFound()
+        if count > 1:
+            per_owner[rule] = count - 1
+            return
+        del per_owner[rule]
+        if not per_owner:
+            del self._counts[owner]
+        self._forget_owner_of(rule, owner)
+
+    def remove_owner(self, owner: Hashable, unique_name: str | None = None) -> None:
+        """Drop every rule of `owner` (it disconnected).
+
+        With `unique_name` (the owner's), also drop other owners' rules whose
+        sender or destination is that name: unique names are never reused, so
+        dbus-daemon removes those rules too, and a later RemoveMatch of one of
+        them fails with MatchRuleNotFound. Like dbus-daemon, it does so only
+        when the departing owner had match rules of its own.
+        """
+        own_rules = self._counts.pop(owner, {})
+        for rule in own_rules:
+            self._forget_owner_of(rule, owner)
+        if unique_name is None or not own_rules:
+            return
+        for rule in list(self._by_unique_name.get(unique_name, ())):
+            for other in list(self._owners.get(rule, ())):
+                per_owner = self._counts[other]
+                del per_owner[rule]
+                if not per_owner:
+                    del self._counts[other]
+                self._forget_owner_of(rule, other)
+
+    def _forget_owner_of(self, rule: MatchRule, owner: Hashable) -> None:
+        owners = self._owners[rule]
+        del owners[owner]
+        if owners:
+            return
+        del self._owners[rule]
+        self._table(rule).discard(rule)
+        for name in rule.unique_names():
+            rules = self._by_unique_name[name]
+            rules.discard(rule)
+            if not rules:
+                del self._by_unique_name[name]
+
+    def count(self, owner: Hashable) -> int:
+        """How many rules `owner` has, counting each AddMatch (for max_match_rules_per_connection)."""
+        return sum(self._counts.get(owner, {}).values())
+
+    def rules(self, owner: Hashable) -> list[MatchRule]:
+        """`owner`'s rules, one entry per AddMatch (Debug.Stats.GetAllMatchRules)."""
+        return [rule for rule, count in self._counts.get(owner, {}).items() for _ in range(count)]
+
+    @property
+    def has_eavesdroppers(self) -> bool:
+        """Whether any rule says eavesdrop='true'; if not, a unicast message needs no lookup."""
+        return bool(self._eavesdrop_rules)
+
+    def owners(self) -> list[Hashable]:
+        return list(self._counts)
+
+    def __len__(self) -> int:
+        """Distinct rules on the bus."""
+        return len(self._owners)
+
+    def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], list[Any]], *,
+                   addressed_recipient: Hashable | None = None,
+                   recipient_names: Collection[str] | None = None) -> set[Hashable]:
+        """Every owner with a rule matching `msg`, each once, as `MatchRule.matches` decides.
+
+        For a broadcast (no destination) that is every owner with a matching
+        rule. For a message with a destination only eavesdrop='true' rules can
+        match; pass the connection it is addressed to as `addressed_recipient`
+        (it is left out: the daemon delivers to it directly) and the names it
+        is primary owner of as `recipient_names` (for rules with a
+        destination). `get_args` is called at most once, and only if a
+        candidate rule filters on arguments.
+        """
+        body: list[Any] = []
+        fetched = False
+
+        def args_once() -> list[Any]:
+            nonlocal body, fetched
+            if not fetched:
+                body, fetched = get_args(), True
+            return body
+
+        senders = [msg.sender, *sender_names] if msg.sender is not None else list(sender_names) or [None]
+        base = (msg.type, msg.interface, msg.member, msg.path)
+        fields_by_sender = [(*base, name) for name in senders]
+        broadcast = msg.destination is None
+        tables = (self._broadcast_rules, self._eavesdrop_rules) if broadcast else (self._eavesdrop_rules,)
+        found: set[Hashable] = set()
+        for table in tables:
+            for rule, (needs_check, owners) in table.candidates(fields_by_sender):
+                if (not needs_check and broadcast) or \
+                        rule.matches_beyond_header_key(msg, args_once, recipient_names):
+                    found.update(owners)
+        if addressed_recipient is not None:
+            found.discard(addressed_recipient)
+        return found
+
+
+__all__ = ["MatchIndex"]
