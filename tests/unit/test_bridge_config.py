@@ -9,8 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from busd.bridge import Bridge
-from busd.bridge_config import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings, check_upstream
-from busd.bridge_wire import readdressed
+from busd.bridge.readdress import readdressed
+from busd.bridge.settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings, check_upstream
+from busd.bridge.subscriptions import Subscriptions
 from busd.bus.core import Bus
 from busd.bus.match import MatchRule
 from busd.config.loader import load_config
@@ -228,12 +229,11 @@ def bridge():
     ("type='signal',destination=':1.9'", None),  # unicast
 ])
 def test_which_local_rules_need_an_upstream_subscription(bridge, local, upstream):
-    translated = bridge._upstream_rule(MatchRule.parse(local))
+    translated = bridge.subscriptions.upstream_rule(MatchRule.parse(local))
     assert (translated[0] if translated else None) == upstream
     if translated:
         assert MatchRule.parse(translated[0]) is not None  # upstream accepts what we send
 
 
-def test_without_imports_nothing_is_subscribed_upstream(bridge):
-    bridge.settings = BridgeSettings("session", (), (NamePattern("org.down.*"),))
-    assert bridge._upstream_rule(MatchRule.parse("type='signal'")) is None
+def test_without_imports_nothing_is_subscribed_upstream():
+    assert Subscriptions((), lambda local_name: None).upstream_rule(MatchRule.parse("type='signal'")) is None

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import struct
 
-from .wire.marshal import LITTLE
-from .wire.message import PROTOCOL_VERSION, Header
+from ..wire.marshal import LITTLE
+from ..wire.message import PROTOCOL_VERSION, Header
 
 _PAD = b"\0" * 8
 _FIXED_LE = struct.Struct("<BBBBIII")

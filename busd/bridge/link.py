@@ -18,14 +18,14 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .transport.stream import Stream, close_fds
-from .wire.address import Address, AddressError, parse_addresses
-from .wire.errors import ProtocolError
-from .wire.message import (
+from ..transport.stream import Stream, close_fds
+from ..wire.address import Address, AddressError, parse_addresses
+from ..wire.errors import ProtocolError
+from ..wire.message import (
     ERROR, MAX_MESSAGE_SIZE, METHOD_CALL, METHOD_RETURN, Header, build_message, read_body,
 )
-from .wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
-from .wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
+from ..wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
+from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 log = logging.getLogger("busd.bridge")
 

@@ -1,64 +1,39 @@
-"""The bridge: chosen names, their calls and their signals crossing between this bus and an upstream bus.
+"""The bridge's orchestration: one upstream connection, the mirrors, imports, exports and the traffic between.
 
-Theory. The bridge is one client connection to the upstream bus (an
-UpstreamLink, with its own serials and reply table) plus virtual peers on the
-local bus, so local routing needs no special case:
-
-- Each upstream connection that owns an imported name, or that calls an exported
-  one, appears here as a *mirror*: a virtual peer with a unique name of its own
-  that owns exactly the imported names its upstream twin owns. GetNameOwner,
-  NameOwnerChanged and sender matching therefore tell services apart as they do
-  upstream, and a local service sees an upstream caller leave when it leaves.
-- A local call to a mirror reaches Mirror.queue(); the bridge sends it upstream
-  under a fresh upstream serial, remembering (mirror, caller, local serial) under
-  that serial. The upstream reply is injected back with bus.receive() from the
-  mirror, so the bus's own reply tracking checks it and delivers it. Upstream
-  calls to exported names go the other way: injected from the caller's mirror
-  under a fresh local serial, answered through Mirror.queue().
-- Signals: local match rules that could match a signal from an imported name
-  become upstream match rules, counted, and removed with the last local rule
-  that needs them; an upstream signal is re-emitted here only if its sender owns
-  an imported name, and local match rules decide who gets it. Signals from local
-  owners of exported names reach the bridge's own virtual peer (its `home`)
-  through local rules sender='<exported name>', and are emitted upstream.
-- Nothing else crosses: upstream names outside --import do not exist here, local
-  names outside --export do not exist upstream (ServiceUnknown), and broadcasts
-  of other peers are dropped on both sides.
-
-When the upstream bus goes away every mirror leaves (imported names vanish,
-waiting callers get NoReply from the bus), busd serves on, and the bridge
-reconnects with backoff and restores imports, exports and subscriptions.
+Bridge keeps the upstream link connected (reconnecting with backoff), turns
+upstream name owners into mirrors owning imported names here, requests exported
+names upstream for their local owners, and carries calls, replies and signals
+across, re-addressed. The theory is in busd/bridge/__init__.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .bridge_config import BridgeSettings, matches_any, NAME_OWNER_CHANGED_RULE
-from .bridge_link import LinkError, UpstreamLink, close_fds, error_text
-from .bridge_wire import readdressed
-from .bus import errors
-from .bus.match import MatchRule
-from .bus.observers import BusObserver
-from .bus.ownership import EXISTS, IN_QUEUE, NameEvent
-from .bus.ports import Credentials
-from .interfaces import introspection_xml
-from .wire.address import AddressError
-from .wire.errors import ProtocolError
-from .wire.marshal import Variant
-from .wire.message import (
+from ..bus import errors
+from ..bus.match import MatchRule
+from ..bus.observers import BusObserver
+from ..bus.ownership import EXISTS, IN_QUEUE, NameEvent
+from ..interfaces import introspection_xml
+from ..wire.address import AddressError
+from ..wire.errors import ProtocolError
+from ..wire.marshal import Variant
+from ..wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, build_message, parse_header, read_body,
 )
-from .wire.wellknown import DRIVER_NAME
+from ..wire.wellknown import DRIVER_NAME
+from .link import LinkError, UpstreamLink, close_fds, error_text
+from .mirror import Home, Mirror, VirtualConnection
+from .readdress import readdressed
+from .settings import NAME_OWNER_CHANGED_RULE, BridgeSettings, matches_any
+from .subscriptions import Subscriptions
 
 if TYPE_CHECKING:
-    from .bus.core import Bus, Peer
+    from ..bus.core import Bus, Peer
 
 log = logging.getLogger("busd.bridge")
 
@@ -66,83 +41,6 @@ BRIDGE_INTERFACE = "dev.busd.Bridge1"
 INITIAL_BACKOFF = 0.1  # seconds before the first reconnection attempt; doubles up to MAX_BACKOFF
 MAX_BACKOFF = 10.0
 CONNECT_TIMEOUT = 10.0
-
-
-class VirtualConnection:
-    """The PeerLink of a peer that lives inside the daemon; messages routed to it go to `on_message`."""
-
-    def __init__(self, bridge: "Bridge", label: str,
-                 on_message: Callable[["VirtualConnection", bytes, Any, list[int] | None], None]):
-        self.bridge = bridge
-        self.label = label
-        self.on_message = on_message
-        self.closed = False
-        self.credentials = Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(),
-                                                                                             *os.getgroups()})))
-        self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
-        self.serial = 0
-        self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
-
-    @property
-    def peer(self) -> "Peer | None":
-        return self.bridge.bus.peer_of(self)
-
-    # Queued bytes and fd passing are the upstream link's: that is where our messages wait.
-    @property
-    def can_pass_fds(self) -> bool:
-        link = self.bridge.link
-        return link is not None and link.can_pass_fds
-
-    @property
-    def out_bytes(self) -> int:
-        link = self.bridge.link
-        return link.out_bytes if link is not None else 0
-
-    @property
-    def out_fds(self) -> int:
-        link = self.bridge.link
-        return link.out_fds if link is not None else 0
-
-    def next_serial(self) -> int:
-        self.serial = serial = (self.serial % 0xFFFFFFFF) + 1
-        return serial
-
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
-        self.on_message(self, head, body, fds)
-
-    def hold_input(self) -> None:
-        self.bridge.pause_upstream(self)
-
-    def release_input(self) -> None:
-        self.bridge.resume_upstream(self)
-
-    def registered(self) -> None:
-        pass  # attached with a unique name already
-
-    def note_dropped_broadcast(self, limit: int) -> None:
-        pass  # the upstream link never drops: it queues, and the bus throttles its senders
-
-    def flush(self) -> None:
-        pass
-
-    def drop(self, reason: str = "", level: int = logging.DEBUG) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        log.debug("bridge: %s leaves the bus: %s", self.label, reason)
-        self.bridge.resume_upstream(self)
-        self.bridge.bus.link_closed(self)
-        self.bridge.virtual_closed(self)
-
-
-class Mirror(VirtualConnection):
-    """The local stand-in for one upstream connection (`upstream_name`)."""
-
-    def __init__(self, bridge: "Bridge", upstream_name: str):
-        super().__init__(bridge, f"upstream {upstream_name}", bridge.from_mirror)
-        self.upstream_name = upstream_name
-        self.imported: set[str] = set()  # imported names it owns (or waits for) here
-        self.calls: dict[int, int] = {}  # local serial of a call injected from it -> the upstream caller's serial
 
 
 def _xml_interface() -> str:
@@ -161,18 +59,18 @@ class Bridge(BusObserver):
         self.upstream_address = settings.upstream
         self.connects = 0
         self.last_error = ""
-        self.home = VirtualConnection(self, "bridge", self.from_home)
+        self.home = Home(self)
         self.mirrors: dict[str, Mirror] = {}  # upstream unique name -> its mirror
         self.by_local_name: dict[str, Mirror] = {}  # a mirror's local unique name -> the mirror
         self.imported: dict[str, str] = {}  # imported name -> its upstream owner
         self.forwarded: dict[int, tuple[Mirror, str, int]] = {}  # upstream serial -> (mirror, caller, local serial)
         self.export_owners: dict[str, "Peer"] = {}  # local names to export -> their local owner
         self.exported: set[str] = set()  # names the bridge owns upstream
-        self.upstream_rules: dict[str, int] = {}  # upstream match rule -> how many local rules need it
-        self.local_rules: dict["Peer", list[tuple[MatchRule, str, bool]]] = {}  # (rule, upstream rule, bound)
+        self.subscriptions = Subscriptions(settings.imports, self._upstream_name_of)
         self.paused_by: set[VirtualConnection] = set()
         self.task: asyncio.Task | None = None
         self._lost: asyncio.Future | None = None
+        self._introspection = ""  # the driver's introspection before start() added dev.busd.Bridge1 to it
         self.stopped = False
 
     @property
@@ -286,7 +184,7 @@ class Bridge(BusObserver):
             link.call("ListNames", handler=partial(self._names_listed, link))
         for name in self.export_owners:
             self._request_upstream(name)
-        for rule in self.upstream_rules:
+        for rule in self.subscriptions:
             link.call("AddMatch", "s", [rule])
         link.start()
 
@@ -305,11 +203,7 @@ class Bridge(BusObserver):
             mirror.drop(reason)
         self.forwarded.clear()
         self.exported.clear()
-        for peer, entries in self.local_rules.items():
-            bound = [entry for entry in entries if entry[2]]
-            for entry in bound:
-                entries.remove(entry)
-                self._unsubscribe(entry[1], send=False)
+        self.subscriptions.unbind()
         for conn in list(self.paused_by):
             self.resume_upstream(conn)
 
@@ -455,8 +349,8 @@ class Bridge(BusObserver):
                 continue
             if event.name[0] == ":":
                 if event.new_owner is None:
-                    for _rule, upstream_rule, _bound in self.local_rules.pop(event.old_owner, ()):
-                        self._unsubscribe(upstream_rule)
+                    for upstream_rule in self.subscriptions.peer_left(event.old_owner):
+                        self._remove_upstream_match(upstream_rule)
                 continue
             if self.settings.exports:
                 self._export_owner_changed(event.name, event.new_owner)
@@ -464,56 +358,24 @@ class Bridge(BusObserver):
     def match_added(self, peer: "Peer", rule: MatchRule) -> None:
         if isinstance(peer.conn, VirtualConnection):
             return
-        translated = self._upstream_rule(rule)
-        if translated is None:
-            return
-        upstream_rule, bound = translated
-        self.local_rules.setdefault(peer, []).append((rule, upstream_rule, bound))
-        self._subscribe(upstream_rule)
-
-    def match_removed(self, peer: "Peer", rule: MatchRule) -> None:
-        entries = self.local_rules.get(peer)
-        if not entries:
-            return
-        for index, entry in enumerate(entries):
-            if entry[0] == rule:
-                del entries[index]
-                self._unsubscribe(entry[1])
-                return
-
-    def _upstream_rule(self, rule: MatchRule) -> tuple[str, bool] | None:
-        """The upstream rule a local rule needs (and whether it names an upstream unique name), or None."""
-        if not self.settings.imports or rule.type not in (None, SIGNAL) or rule.destination is not None:
-            return None
-        sender = rule.sender
-        bound = False
-        if sender is not None:
-            if sender[0] == ":":
-                mirror = self.by_local_name.get(sender)
-                if mirror is None:
-                    return None
-                sender, bound = mirror.upstream_name, True
-            elif not matches_any(self.settings.imports, sender):
-                return None
-        return str(dataclasses.replace(rule, type=SIGNAL, sender=sender, eavesdrop=False)), bound
-
-    def _subscribe(self, upstream_rule: str) -> None:
-        count = self.upstream_rules.get(upstream_rule, 0)
-        self.upstream_rules[upstream_rule] = count + 1
-        if not count and self.connected:
+        upstream_rule = self.subscriptions.add(peer, rule)
+        if upstream_rule is not None and self.connected:
             self.link.call("AddMatch", "s", [upstream_rule])
 
-    def _unsubscribe(self, upstream_rule: str, send: bool = True) -> None:
-        count = self.upstream_rules.get(upstream_rule)
-        if count is None:
-            return
-        if count > 1:
-            self.upstream_rules[upstream_rule] = count - 1
-            return
-        del self.upstream_rules[upstream_rule]
-        if send and self.connected:
+    def match_removed(self, peer: "Peer", rule: MatchRule) -> None:
+        upstream_rule = self.subscriptions.remove(peer, rule)
+        if upstream_rule is not None:
+            self._remove_upstream_match(upstream_rule)
+
+    def _remove_upstream_match(self, upstream_rule: str) -> None:
+        if self.connected:
             # Upstream may have dropped it already (a rule naming a peer that left): no complaint then.
             self.link.call("RemoveMatch", "s", [upstream_rule], handler=_ignore)
+
+    def _upstream_name_of(self, local_name: str) -> str | None:
+        """The upstream unique name of the mirror that is `local_name` here; None for a local peer."""
+        mirror = self.by_local_name.get(local_name)
+        return mirror.upstream_name if mirror is not None else None
 
     # ------------------------------------------------------------ messages from upstream
 
@@ -649,7 +511,7 @@ class Bridge(BusObserver):
         link.send(readdressed(h, serial, destination, reply_serial)[0], memoryview(message)[h.body_start:]
                   if h.body_len else b"", fds)
 
-    def from_home(self, home: VirtualConnection, head: bytes, body: Any, fds: list[int] | None) -> None:
+    def from_home(self, home: Home, head: bytes, body: Any, fds: list[int] | None) -> None:
         """A signal from the local owner of an exported name (by the home peer's rules), or a stray call."""
         message = head + body if body else head
         h = parse_header(message, validate_body=False)
@@ -691,7 +553,7 @@ class Bridge(BusObserver):
             "Imported": Variant("a{s(ss)}", dict(sorted(imported.items()))),
             "Exported": Variant("a{s(ss)}", dict(sorted(exported.items()))),
             "ExportsWaiting": Variant("as", waiting),
-            "Subscriptions": Variant("a{su}", dict(self.upstream_rules)),
+            "Subscriptions": Variant("a{su}", dict(self.subscriptions.counts)),
             "Connects": Variant("u", self.connects),
             "LastError": Variant("s", self.last_error),
         }
@@ -709,33 +571,4 @@ def _listed(patterns: tuple) -> str:
     return ", ".join(str(p) for p in patterns) or "nothing"
 
 
-class BridgeManager(BusObserver):
-    """The daemon's bridge, if its settings ask for one: started with the bus, replaced when a reload changes it.
-
-    `settings_for(config)` turns a (reloaded) BusConfig into BridgeSettings, merging the command line.
-    """
-
-    def __init__(self, bus: "Bus", settings_for: Callable[[Any], BridgeSettings | None], config: Any):
-        self.bus = bus
-        self.settings_for = settings_for
-        self.bridge: Bridge | None = None
-        self._apply(settings_for(config))
-        bus.add_observer(self)
-
-    def _apply(self, settings: BridgeSettings | None) -> None:
-        current = self.bridge.settings if self.bridge is not None else None
-        if settings == current:
-            return
-        if self.bridge is not None:
-            log.warning("bridge: configuration changed; restarting the bridge")
-            self.bridge.stop()
-            self.bridge = None
-        if settings is not None:
-            self.bridge = Bridge(self.bus, settings)
-            self.bridge.start()
-
-    def config_reloaded(self, new_settings: Any) -> None:
-        self._apply(self.settings_for(new_settings.config))
-
-
-__all__ = ["BRIDGE_INTERFACE", "Bridge", "BridgeManager", "Mirror", "VirtualConnection"]
+__all__ = ["BRIDGE_INTERFACE", "Bridge"]

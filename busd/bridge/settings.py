@@ -6,9 +6,9 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .wire.address import AddressError, parse_addresses, session_bus_address
-from .wire.names import is_valid_well_known_name
-from .wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
+from ..wire.address import AddressError, parse_addresses, session_bus_address
+from ..wire.names import is_valid_well_known_name
+from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 SESSION = "session"
 # The transports the bridge can connect over (the others are for listening, or need a launcher).

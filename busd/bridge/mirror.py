@@ -1,0 +1,138 @@
+"""The bridge's stand-in peers on the local bus: PeerLinks that live inside the daemon, not behind a socket.
+
+The bridge's own peer (its `home`) and one *mirror* per upstream connection that
+owns an imported name or calls an exported one. The bus routes to them as to any
+peer (busd.bus.ports.PeerLink); what it queues for them goes to the bridge, and
+their back-pressure is the upstream link's. They reach the bridge only through
+MirrorHost, so this module needs nothing of the orchestration.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..bus.ports import Credentials
+from .link import UpstreamLink
+
+if TYPE_CHECKING:
+    from ..bus.core import Bus, Peer
+
+log = logging.getLogger("busd.bridge")
+
+class MirrorHost(Protocol):
+    """What a virtual peer needs of the bridge that made it (busd.bridge.bridge.Bridge is one)."""
+
+    @property
+    def bus(self) -> "Bus": ...
+
+    @property
+    def link(self) -> UpstreamLink | None:
+        """The upstream connection, None while there is none: our messages wait in its queue."""
+
+    def from_home(self, home: "Home", head: bytes, body: Any, fds: list[int] | None) -> None:
+        """A message the local bus routed to the bridge's own peer."""
+
+    def from_mirror(self, mirror: "Mirror", head: bytes, body: Any, fds: list[int] | None) -> None:
+        """A message the local bus routed to a mirror."""
+
+    def pause_upstream(self, conn: "VirtualConnection") -> None:
+        """`conn`'s recipients are full: read no more from upstream."""
+
+    def resume_upstream(self, conn: "VirtualConnection") -> None:
+        """`conn` may be fed again."""
+
+    def virtual_closed(self, conn: "VirtualConnection") -> None:
+        """`conn` left the local bus."""
+
+
+class VirtualConnection:
+    """The PeerLink of a peer that lives inside the daemon; a subclass says where messages routed to it go."""
+
+    def __init__(self, bridge: MirrorHost, label: str):
+        self.bridge = bridge
+        self.label = label
+        self.closed = False
+        self.credentials = Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(),
+                                                                                             *os.getgroups()})))
+        self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
+        self.serial = 0
+        self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
+
+    @property
+    def peer(self) -> "Peer | None":
+        return self.bridge.bus.peer_of(self)
+
+    # Queued bytes and fd passing are the upstream link's: that is where our messages wait.
+    @property
+    def can_pass_fds(self) -> bool:
+        link = self.bridge.link
+        return link is not None and link.can_pass_fds
+
+    @property
+    def out_bytes(self) -> int:
+        link = self.bridge.link
+        return link.out_bytes if link is not None else 0
+
+    @property
+    def out_fds(self) -> int:
+        link = self.bridge.link
+        return link.out_fds if link is not None else 0
+
+    def next_serial(self) -> int:
+        self.serial = serial = (self.serial % 0xFFFFFFFF) + 1
+        return serial
+
+    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+        raise NotImplementedError
+
+    def hold_input(self) -> None:
+        self.bridge.pause_upstream(self)
+
+    def release_input(self) -> None:
+        self.bridge.resume_upstream(self)
+
+    def registered(self) -> None:
+        pass  # attached with a unique name already
+
+    def note_dropped_broadcast(self, limit: int) -> None:
+        pass  # the upstream link never drops: it queues, and the bus throttles its senders
+
+    def flush(self) -> None:
+        pass
+
+    def drop(self, reason: str = "", level: int = logging.DEBUG) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        log.debug("bridge: %s leaves the bus: %s", self.label, reason)
+        self.bridge.resume_upstream(self)
+        self.bridge.bus.link_closed(self)
+        self.bridge.virtual_closed(self)
+
+
+class Home(VirtualConnection):
+    """The bridge's own peer: it receives the signals of exported names' local owners (and stray calls)."""
+
+    def __init__(self, bridge: MirrorHost):
+        super().__init__(bridge, "bridge")
+
+    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+        self.bridge.from_home(self, head, body, fds)
+
+
+class Mirror(VirtualConnection):
+    """The local stand-in for one upstream connection (`upstream_name`)."""
+
+    def __init__(self, bridge: MirrorHost, upstream_name: str):
+        super().__init__(bridge, f"upstream {upstream_name}")
+        self.upstream_name = upstream_name
+        self.imported: set[str] = set()  # imported names it owns (or waits for) here
+        self.calls: dict[int, int] = {}  # local serial of a call injected from it -> the upstream caller's serial
+
+    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+        self.bridge.from_mirror(self, head, body, fds)
+
+
+__all__ = ["Home", "Mirror", "MirrorHost", "VirtualConnection"]
