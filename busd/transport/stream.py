@@ -11,7 +11,7 @@ first byte, as the specification requires; every fd a stream holds is closed
 once it has been sent or its message dropped.
 
 The server side (busd.transport.connection.Connection) and the bridge's upstream link
-(busd.bridge_link.UpstreamLink) are both Streams; each adds only its SASL side
+(busd.bridge.link.UpstreamLink) are both Streams; each adds only its SASL side
 and what it does with a message.
 """
 
