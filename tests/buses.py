@@ -97,7 +97,7 @@ def _end(process: subprocess.Popen) -> None:
 
 def busd_available() -> bool:
     try:
-        import busd.launch  # noqa: F401  (the daemon with its config loader)
+        import busd.daemon.settings  # noqa: F401  (the daemon with its config loader)
     except ImportError:
         return False
     return True

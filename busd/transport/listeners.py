@@ -11,7 +11,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field
 
-from .wire.address import Address, AddressError, escape_value, parse_addresses, runtime_dir
+from ..wire.address import Address, AddressError, escape_value, parse_addresses, runtime_dir
 
 log = logging.getLogger("busd.server")
 

@@ -1,6 +1,6 @@
 """The test buses clean up after themselves: no directory or socket is left behind, whatever happens.
 
-tests/buses.py (the suite's buses) and busd.pytest_plugin (busd_session, for
+tests/buses.py (the suite's buses) and busd.testing.pytest_plugin (busd_session, for
 other projects' tests) each start a daemon in a fresh temporary directory; it
 must go when the bus stops, when the daemon cannot start, when it crashed, and
 when the test process is interrupted.
@@ -18,8 +18,8 @@ import pytest
 
 from buses import start_bus
 from busclient import BUS_KINDS, TIMEOUT, wait_exit
-from busd.pytest_plugin import private_session
-from busd.run_session import BusStartError
+from busd.testing.pytest_plugin import private_session
+from busd.testing.run_session import BusStartError
 
 TESTS_DIR = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from services.support import SERVICE_SCRIPT
 pytestmark = [pytest.mark.live,
               pytest.mark.skipif(not busd_available(), reason="the busd daemon is not built yet")]
 
-RUN_SESSION = [sys.executable, "-m", "busd.run_session"]
+RUN_SESSION = [sys.executable, "-m", "busd.testing.run_session"]
 
 # A program run inside the session: reports what it sees, as JSON on stdout.
 PROBE = textwrap.dedent("""
@@ -163,13 +163,13 @@ INNER_TESTS = textwrap.dedent("""
 
 
 def _plugin_registered() -> bool:
-    return any(entry.value == "busd.pytest_plugin" for entry in importlib.metadata.entry_points(group="pytest11"))
+    return any(entry.value == "busd.testing.pytest_plugin" for entry in importlib.metadata.entry_points(group="pytest11"))
 
 
 def test_the_fixture_gives_a_test_its_own_bus(tmp_path):
     record = str(tmp_path / "record.json")
     (tmp_path / "test_inner.py").write_text(INNER_TESTS.format(script=SERVICE_SCRIPT, record=record))
-    plugin = [] if _plugin_registered() else ["-p", "busd.pytest_plugin"]
+    plugin = [] if _plugin_registered() else ["-p", "busd.testing.pytest_plugin"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DBUS_")}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin, "test_inner.py"],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping, Sequence
 
-from . import __version__
+from .. import __version__
 
 USAGE = """\
 busd-run-session [OPTIONS] [--] PROGRAM [ARGUMENTS]

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 
-from .config.loader import builtin_session_config, load_config
-from .config.model import BusConfig
-from .daemon import DaemonSettings
+from ..bus.limits import Limits
+from ..config.loader import builtin_session_config, load_config
+from ..config.model import BusConfig, ServiceDir
 
 log = logging.getLogger("busd")
 
 SYSTEM_CONFIG = "/usr/share/dbus-1/system.conf"
 SESSION_CONFIG = "/usr/share/dbus-1/session.conf"
+
+
+@dataclass
+class DaemonSettings:
+    """Everything the daemon takes from its XML config and command line."""
+
+    bus_type: str = "session"
+    listen: list[str] = field(default_factory=lambda: ["unix:tmpdir=/tmp"])
+    auth: list[str] = field(default_factory=lambda: ["EXTERNAL"])
+    allow_anonymous: bool = False
+    user: str | None = None
+    fork: bool = False
+    keep_umask: bool = False
+    pidfile: str | None = None
+    syslog: bool = False
+    servicedirs: list[ServiceDir] = field(default_factory=list)
+    servicehelper: str | None = None  # <servicehelper>: starts system services as their User=
+    limits: Limits = field(default_factory=Limits)
+    config: object | None = None  # the parsed BusConfig, for policy and activation
+    config_path: str | None = None
+    systemd_activation: bool = False  # --systemd-activation
 
 
 def settings_from_config(config: BusConfig, path: str | None) -> DaemonSettings:

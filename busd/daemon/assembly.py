@@ -1,4 +1,4 @@
-"""The daemon process: settings from the config, listeners, the accept loop, signals."""
+"""The assembled daemon: the bus, its listeners and accept loop, the launcher, signals and reload."""
 
 from __future__ import annotations
 
@@ -7,19 +7,18 @@ import errno
 import logging
 import signal
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .bus.core import Bus
-from .bus.limits import Limits
-from .bus.observers import BusObserver
-from .transport.connection import Connection, Credentials
-from .config.model import ServiceDir
-from .launcher.activation import Activation, install_activation
-from .launcher.policy import compile_policy
+from ..bus.core import Bus
+from ..bus.observers import BusObserver
+from ..bus.ports import Credentials
+from ..launcher.activation import Activation, install_activation
+from ..launcher.policy import compile_policy
+from ..transport.connection import Connection
+from ..transport.listeners import Listener, ListenError, listen
+from ..wire.sasl import ServerAuthenticator
 from .notify import Watchdog, notify_stopping
-from .transport.listeners import Listener, ListenError, listen
-from .wire.sasl import ServerAuthenticator
+from .settings import DaemonSettings
 
 try:
     import uvloop
@@ -29,27 +28,6 @@ except ImportError:
 log = logging.getLogger("busd")
 
 ACCEPT_BATCH = 64
-
-
-@dataclass
-class DaemonSettings:
-    """Everything the daemon takes from its XML config and command line."""
-
-    bus_type: str = "session"
-    listen: list[str] = field(default_factory=lambda: ["unix:tmpdir=/tmp"])
-    auth: list[str] = field(default_factory=lambda: ["EXTERNAL"])
-    allow_anonymous: bool = False
-    user: str | None = None
-    fork: bool = False
-    keep_umask: bool = False
-    pidfile: str | None = None
-    syslog: bool = False
-    servicedirs: list[ServiceDir] = field(default_factory=list)
-    servicehelper: str | None = None  # <servicehelper>: starts system services as their User=
-    limits: Limits = field(default_factory=Limits)
-    config: object | None = None  # the parsed BusConfig, for policy and activation
-    config_path: str | None = None
-    systemd_activation: bool = False  # --systemd-activation
 
 
 class Daemon(BusObserver):

@@ -101,13 +101,12 @@ def start(args: argparse.Namespace) -> int:
     # Everything the daemon will run is imported here, before <user> drops privileges: after
     # the drop, Python's and busd's own files may be unreadable (a python3 under a private
     # home directory, as pyenv's in /root).
-    from .bridge import BridgeManager
-    from .bridge_config import BridgeConfigError, bridge_settings
-    from .config.loader import ConfigError
-    from .daemon import Daemon, run
-    from .launch import load_settings, log_config_notes
+    from ..bridge import BridgeConfigError, BridgeManager, bridge_settings
+    from ..config.loader import ConfigError
+    from .assembly import Daemon, run
+    from .settings import load_settings, log_config_notes
     from .notify import notify_ready
-    from .transport.listeners import ListenError
+    from ..transport.listeners import ListenError
 
     try:
         address_fd = _fd_number(args.print_address)
