@@ -27,12 +27,13 @@ from typing import Any, Awaitable, Callable, Iterable, Iterator, TypeVar
 import pytest
 
 from buses import RunningBus, busd_available, start_bus
+from busd.transport.keyring import KeyringDirectory
 from busd.wire.address import parse_addresses
 from busd.wire.message import (
     ERROR, FIXED_HEADER_SIZE, METHOD_CALL, METHOD_RETURN, SIGNAL, TYPE_NAMES, Header, build_message,
     frame_size, parse_header, read_body,
 )
-from busd.wire.sasl import ClientAuthenticator
+from busd.wire.sasl_client import ClientAuthenticator
 
 DBUS = "org.freedesktop.DBus"
 DBUS_PATH = "/org/freedesktop/DBus"
@@ -178,7 +179,8 @@ class RawClient:
 
     def authenticate(self, negotiate_unix_fd: bool = True, mechanisms: tuple[str, ...] = ("EXTERNAL",)) -> None:
         auth = ClientAuthenticator(uid=os.getuid(), mechanisms=mechanisms,
-                                   negotiate_unix_fd=negotiate_unix_fd and self.unix)
+                                   negotiate_unix_fd=negotiate_unix_fd and self.unix,
+                                   keyring=KeyringDirectory(uid=os.getuid()))
         self.sock.sendall(auth.initial_bytes())
         while not auth.done:
             data = self._recv_some(time.monotonic() + TIMEOUT)

@@ -18,13 +18,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..transport.keyring import KeyringDirectory
 from ..transport.stream import Stream, close_fds
 from ..wire.address import Address, AddressError, parse_addresses
 from ..wire.errors import ProtocolError
 from ..wire.message import (
     ERROR, MAX_MESSAGE_SIZE, METHOD_CALL, METHOD_RETURN, Header, build_message, read_body,
 )
-from ..wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator
+from ..wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL
+from ..wire.sasl_client import ClientAuthenticator
 from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 log = logging.getLogger("busd.bridge")
@@ -156,7 +158,7 @@ class UpstreamLink(Stream):
         """The client's SASL side; returns what the bus sent after the handshake (the start of the stream)."""
         unix = address.transport == "unix"
         auth = ClientAuthenticator(uid=os.getuid(), mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1, ANONYMOUS),
-                                   negotiate_unix_fd=unix)
+                                   negotiate_unix_fd=unix, keyring=KeyringDirectory(uid=os.getuid()))
         loop = self.loop
         try:
             await loop.sock_sendall(sock, auth.initial_bytes())

@@ -9,14 +9,18 @@ import signal
 import uuid
 from typing import Any, Callable
 
-from ..bus.core import Bus
+from ..bus.router import Bus
 from ..bus.observers import BusObserver
 from ..bus.ports import Credentials
+from ..interfaces import introspection_xml
 from ..launcher.activation import Activation, install_activation
 from ..launcher.policy import compile_policy
 from ..transport.connection import Connection
+from ..transport.keyring import KeyringDirectory
 from ..transport.listeners import Listener, ListenError, listen
-from ..wire.sasl import ServerAuthenticator
+from ..wire.sasl_server import ServerAuthenticator
+from ..wire.wellknown import DRIVER_NAME
+from .machine_id import read_machine_id
 from .notify import Watchdog, notify_stopping
 from .settings import DaemonSettings
 
@@ -64,7 +68,8 @@ class Daemon(BusObserver):
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
+        self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type,
+                       machine_id=read_machine_id(), introspection=introspection_xml(DRIVER_NAME))
         self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))
@@ -127,7 +132,7 @@ class Daemon(BusObserver):
         def make(creds: Credentials) -> ServerAuthenticator:
             return ServerAuthenticator(self.guid, mechanisms=tuple(settings.auth) or ("EXTERNAL",),
                                        peer_uid=creds.uid, allow_anonymous=settings.allow_anonymous,
-                                       unix_fd_possible=unix)
+                                       unix_fd_possible=unix, keyring=KeyringDirectory())
         return make
 
     def _on_accept(self, listener: Listener) -> None:

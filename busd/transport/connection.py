@@ -21,7 +21,7 @@ from typing import Callable, Generic
 from ..bus.ports import BusEntry, Credentials, PeerT
 from ..wire.errors import ProtocolError
 from ..wire.message import Header
-from ..wire.sasl import ServerAuthenticator
+from ..wire.sasl_server import ServerAuthenticator
 from .stream import Stream
 
 log = logging.getLogger("busd.connection")

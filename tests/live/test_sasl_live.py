@@ -16,8 +16,11 @@ from buses import SESSION_CONFIG, RunningBus, busd_available, start_bus
 from dbus_next import Message, MessageType
 from dbus_next._private.unmarshaller import Unmarshaller
 
+from busd.transport.keyring import KeyringDirectory
 from busd.wire.address import Address, parse_addresses
-from busd.wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, ClientAuthenticator, ServerAuthenticator
+from busd.wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL
+from busd.wire.sasl_client import ClientAuthenticator
+from busd.wire.sasl_server import ServerAuthenticator
 
 pytestmark = pytest.mark.live
 
@@ -95,7 +98,8 @@ def test_client_falls_back_to_cookie_sha1(kind: str) -> None:
     config = SESSION_CONFIG.replace("<auth>EXTERNAL</auth>", "<auth>DBUS_COOKIE_SHA1</auth>")
     bus = start_or_skip(kind, config)
     try:
-        client = ClientAuthenticator(mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1), negotiate_unix_fd=False)
+        client = ClientAuthenticator(mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1), negotiate_unix_fd=False,
+                                     keyring=KeyringDirectory(uid=os.getuid()))
         with connect(bus.address) as sock:
             authenticate(sock, client)
             reply = say_hello(sock, client.leftover)
@@ -183,7 +187,7 @@ def test_real_clients_authenticate_with_external(client: str) -> None:
 @pytest.mark.parametrize("client", ["dbus-send", "gdbus"])
 def test_real_clients_authenticate_with_cookie_sha1(client: str) -> None:
     # The server must use the keyring the real client reads: ~/.dbus-keyrings.
-    auth, first = serve_one_client(CLIENT_COMMANDS[client], mechanisms=(DBUS_COOKIE_SHA1,))
+    auth, first = serve_one_client(CLIENT_COMMANDS[client], mechanisms=(DBUS_COOKIE_SHA1,), keyring=KeyringDirectory())
     assert auth.mechanism == DBUS_COOKIE_SHA1 and auth.uid == os.geteuid()
     assert first.member == "Hello"
 
@@ -201,6 +205,7 @@ def test_gdbus_reads_a_keyring_written_by_the_server(tmp_path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     auth, first = serve_one_client(CLIENT_COMMANDS["gdbus"], env={**os.environ, "HOME": str(home)},
-                                   mechanisms=(DBUS_COOKIE_SHA1,), keyring_dir=str(home / ".dbus-keyrings"))
+                                   mechanisms=(DBUS_COOKIE_SHA1,),
+                                   keyring=KeyringDirectory(str(home / ".dbus-keyrings")))
     assert auth.mechanism == DBUS_COOKIE_SHA1 and first.member == "Hello"
     assert len((home / ".dbus-keyrings" / "org_freedesktop_general").read_text().splitlines()) == 1
