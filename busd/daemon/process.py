@@ -102,7 +102,7 @@ def start(args: argparse.Namespace) -> int:
     # the drop, Python's and busd's own files may be unreadable (a python3 under a private
     # home directory, as pyenv's in /root).
     from ..bridge import BridgeConfigError, BridgeManager, bridge_settings
-    from ..config.loader import ConfigError
+    from ..config.errors import ConfigError
     from .assembly import Daemon, run
     from .settings import load_settings, log_config_notes
     from .notify import notify_ready

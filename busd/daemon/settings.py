@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 
 from ..bus.limits import Limits
-from ..config.loader import builtin_session_config, load_config
+from ..config.builtin import builtin_session_config
+from ..config.loader import load_config
 from ..config.model import BusConfig, ServiceDir
 
 log = logging.getLogger("busd")

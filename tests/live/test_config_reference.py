@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import subprocess
 import sys
-from busd.config.loader import ConfigError, load_config, load_config_text
+from busd.config.errors import ConfigError
+from busd.config.loader import load_config, load_config_text
 from buses import start_bus
 from busd.config.model import MAX_MESSAGE_UNIX_FDS
 from test_config import BUILTIN_SESSION, LISTEN, config_with, write

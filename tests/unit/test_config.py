@@ -10,11 +10,11 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from busd.config.loader import (
-    ConfigError, builtin_session_config, builtin_system_config, load_config, load_config_text,
-    standard_session_servicedirs, standard_system_servicedirs,
-)
+from busd.config.builtin import builtin_session_config, builtin_system_config
+from busd.config.errors import ConfigError
+from busd.config.loader import load_config, load_config_text
 from busd.config.model import INT_LIMITS, MAX_MESSAGE_UNIX_FDS, SESSION_LIMITS, LimitSettings, ServiceDir
+from busd.config.servicedirs import standard_session_servicedirs, standard_system_servicedirs
 
 STOCK_SESSION = Path("/usr/share/dbus-1/session.conf")
 STOCK_SYSTEM = Path("/usr/share/dbus-1/system.conf")

@@ -21,10 +21,6 @@ ALLOWED = {
     ("busd/bus/match.py", "signature"): "MatchRule.matches() takes any header-like object; one without a "
                                         "signature compares arguments by Python type",
     ("busd/wire/marshal.py", "__iter__"): "telling a sequence from a scalar value while marshalling",
-    ("busd/config/loader.py", "user"): "the config parser filling its own parse state from an element",
-    ("busd/config/loader.py", "type"): "the config parser filling its own parse state from an element",
-    ("busd/config/loader.py", "pidfile"): "the config parser filling its own parse state from an element",
-    ("busd/config/loader.py", "servicehelper"): "the config parser filling its own parse state from an element",
 }
 
 

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from busd.bus import policy as policy_module
 from busd.bus.policy import AllowEverything, ConfigPolicy, describe_rule
 from busd.launcher.policy import compile_policy
-from busd.config.loader import builtin_session_config, load_config, load_config_text
+from busd.config.builtin import builtin_session_config
+from busd.config.loader import load_config, load_config_text
 from busd.config.model import MAX_MESSAGE_UNIX_FDS, BusConfig, Policy, PolicyRule
 
 from buses import SESSION_CONFIG

@@ -1,0 +1,23 @@
+"""busd's own session and system bus configurations, shipped next to this module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .loader import load_config
+from .model import BusConfig
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def builtin_session_config() -> BusConfig:
+    """busd's own self-contained session bus configuration (busd/config/session.conf)."""
+    return load_config(_PACKAGE_DIR / "session.conf")
+
+
+def builtin_system_config() -> BusConfig:
+    """busd's own system bus configuration (busd/config/system.conf)."""
+    return load_config(_PACKAGE_DIR / "system.conf")
+
+
+__all__ = ["builtin_session_config", "builtin_system_config"]
