@@ -10,6 +10,7 @@ from .model import MAX_MESSAGE_UNIX_FDS
 
 
 def lookup_uid(user: str) -> int | None:
+    """The uid of a user name or decimal uid; None if there is no such user."""
     if user.isascii() and user.isdigit():
         return int(user)
     try:
@@ -19,6 +20,7 @@ def lookup_uid(user: str) -> int | None:
 
 
 def lookup_gid(group: str) -> int | None:
+    """The gid of a group name or decimal gid; None if there is no such group."""
     if group.isascii() and group.isdigit():
         return int(group)
     try:
@@ -33,6 +35,7 @@ def wildcard(value: str | None) -> str | None:
 
 
 def true_false(attrs: dict[str, str], name: str) -> bool | None:
+    """A "true"/"false" attribute; None when it is absent."""
     value = attrs.get(name)
     if value is None:
         return None
@@ -42,6 +45,7 @@ def true_false(attrs: dict[str, str], name: str) -> bool | None:
 
 
 def yes_no(attrs: dict[str, str], name: str) -> bool:
+    """A "yes"/"no" attribute, "no" when absent."""
     value = attrs.get(name, "no")
     if value not in ("yes", "no"):
         raise Reject(f'{name} attribute must have value "yes" or "no"')
@@ -49,6 +53,7 @@ def yes_no(attrs: dict[str, str], name: str) -> bool:
 
 
 def fd_count(attrs: dict[str, str], name: str, default: int) -> int:
+    """A max_fds/min_fds attribute: a number of fds a message may carry."""
     value = attrs.get(name)
     if value is None:
         return default
@@ -63,6 +68,7 @@ def fd_count(attrs: dict[str, str], name: str, default: int) -> int:
 
 
 def message_type(value: str | None) -> str | None:
+    """A send_type/receive_type value; None for any type."""
     value = wildcard(value)
     if value is not None and value not in ("method_call", "method_return", "error", "signal"):
         raise Reject(f'Bad message type "{value}"')
@@ -70,6 +76,7 @@ def message_type(value: str | None) -> str | None:
 
 
 def check_attributes(element: str, attrs: dict[str, str], allowed: tuple[str, ...] = ()) -> None:
+    """Reject an attribute the element does not take."""
     for name in attrs:
         if name not in allowed:
             raise Reject(f'Attribute "{name}" is invalid on <{element}> element in this context')

@@ -9,13 +9,12 @@ from .attributes import fd_count, lookup_gid, lookup_uid, message_type, true_fal
 from .errors import Reject
 from .model import MAX_MESSAGE_UNIX_FDS
 
-
 _SEND_ATTRIBUTES = ("send_interface", "send_member", "send_error", "send_destination", "send_destination_prefix",
                     "send_path", "send_type", "send_broadcast", "send_requested_reply")
 _RECEIVE_ATTRIBUTES = ("receive_interface", "receive_member", "receive_error", "receive_sender", "receive_path",
                        "receive_type", "receive_requested_reply")
 RULE_ATTRIBUTES = (*_SEND_ATTRIBUTES, *_RECEIVE_ATTRIBUTES, "eavesdrop", "max_fds", "min_fds",
-                    "own", "own_prefix", "user", "group", "log")
+                   "own", "own_prefix", "user", "group", "log")
 
 
 def rule_kind(element: str, attrs: dict[str, str]) -> str:
@@ -102,6 +101,7 @@ def _identity_fields(attr: str, id_attr: str, lookup: Callable[[str], int | None
     return fields
 
 
+# rule kind -> the PolicyRule fields from the attributes (None: an unknown user or group, the rule is ignored)
 RULE_FIELDS: dict[str, Callable[[dict[str, str]], dict[str, Any] | None]] = {
     "send": _send_fields,
     "receive": _receive_fields,

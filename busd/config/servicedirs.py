@@ -45,6 +45,7 @@ def standard_system_servicedirs() -> list[ServiceDir]:
 
 
 def add_servicedir(dirs: list[ServiceDir], new: ServiceDir) -> None:
+    """Append `new` to `dirs` unless its path is there already (the order of first mention counts)."""
     for i, existing in enumerate(dirs):
         if existing.path == new.path:
             # A directory listed both ways is watched and loosely named, as dbus-daemon does.
