@@ -33,7 +33,8 @@ from .settings import NAME_OWNER_CHANGED_RULE, BridgeSettings, matches_any
 from .subscriptions import Subscriptions
 
 if TYPE_CHECKING:
-    from ..bus.core import Bus, Peer
+    from ..bus.peer import Peer
+    from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
 

@@ -11,7 +11,7 @@ from .bridge import Bridge
 from .settings import BridgeSettings
 
 if TYPE_CHECKING:
-    from ..bus.core import Bus
+    from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
 

@@ -17,7 +17,8 @@ from ..bus.ports import Credentials
 from .link import UpstreamLink
 
 if TYPE_CHECKING:
-    from ..bus.core import Bus, Peer
+    from ..bus.peer import Peer
+    from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
 

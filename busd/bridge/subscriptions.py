@@ -20,7 +20,7 @@ from ..wire.message import SIGNAL
 from .settings import NamePattern, matches_any
 
 if TYPE_CHECKING:
-    from ..bus.core import Peer
+    from ..bus.peer import Peer
 
 
 @dataclasses.dataclass(frozen=True)

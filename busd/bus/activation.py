@@ -13,17 +13,21 @@ send. Nothing here reads a file or starts a process.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.message import Header
 from . import errors
-from .core import _close
+from .fds import close_fds
 from .observers import BusObserver
 
 if TYPE_CHECKING:
-    from .core import Bus, Peer
-    from .ownership import NameEvent
+    from .limits import Limits
+    from .outbox import DriverOutbox
+    from .ownership import NameEvent, NameRegistry
+    from .peer import Peer
+    from .policy import BusPolicy
 
 log = logging.getLogger("busd.activation")
 
@@ -49,7 +53,7 @@ class Activator(Protocol):
     def activatable_names(self) -> list[str]:
         """The names ListActivatableNames returns (without the bus's own)."""
 
-    def start(self, name: str, requester: "Peer | None") -> None:
+    def start(self, name: str, requester: Peer | None) -> None:
         """Begin starting `name` for `requester`; raise ActivationError if it cannot. The launcher
         reports a failure later with PendingStarts.fail(); success is the name getting an owner.
         `requester` None is the bus itself waiting for systemd to connect: nothing is started then."""
@@ -61,25 +65,47 @@ class Activator(Protocol):
         """UpdateActivationEnvironment added `env` to Driver.activation_environment."""
 
 
+class ActivationHost(Protocol):
+    """What pending starts need of the bus (busd.bus.router.Bus is one)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+    @property
+    def policy(self) -> BusPolicy: ...
+
+    @property
+    def registry(self) -> NameRegistry: ...
+
+    @property
+    def outbox(self) -> DriverOutbox: ...
+
+    def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None, monitored: bool = True) -> None:
+        """Route a held message as if it had just arrived (`monitored=False`: monitors saw it already)."""
+
+
 class HeldMessage:
     """A message that triggered or joined an auto-start; re-dispatched once the name has an owner."""
 
     __slots__ = ("peer", "buf", "h", "fds")
 
-    def __init__(self, peer: "Peer", buf: bytes, h: Header, fds: list[int] | None):
+    def __init__(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None):
         self.peer, self.buf, self.h, self.fds = peer, buf, h, fds
 
-    def deliver(self, bus: "Bus") -> None:
+    def deliver(self, bus: ActivationHost) -> None:
         if self.peer.conn.closed:
-            _close(self.fds)
+            close_fds(self.fds)
             return
         # Monitors saw the message when it arrived; as with dbus-daemon they do not see it a second time.
         bus.receive(self.peer, self.buf, self.h, self.fds, monitored=False)
 
-    def fail(self, bus: "Bus", error: str, text: str) -> None:
-        _close(self.fds)
+    def fail(self, bus: ActivationHost, error: str, text: str) -> None:
+        close_fds(self.fds)
         if not self.peer.conn.closed:
-            bus.refuse(self.peer, self.h, error, text)  # monitors see it even when no reply is expected
+            bus.outbox.refuse(self.peer, self.h, error, text)  # monitors see it even when no reply is expected
 
 
 class StartRequest:
@@ -87,16 +113,16 @@ class StartRequest:
 
     __slots__ = ("peer", "serial", "wants_reply")
 
-    def __init__(self, peer: "Peer", h: Header):
+    def __init__(self, peer: Peer, h: Header):
         self.peer, self.serial, self.wants_reply = peer, h.serial, not h.no_reply_expected
 
-    def deliver(self, bus: "Bus") -> None:
+    def deliver(self, bus: ActivationHost) -> None:
         if self.wants_reply and not self.peer.conn.closed:
-            bus.send_reply(self.peer, self.serial, "u", [1])  # DBUS_START_REPLY_SUCCESS
+            bus.outbox.send_reply(self.peer, self.serial, "u", [1])  # DBUS_START_REPLY_SUCCESS
 
-    def fail(self, bus: "Bus", error: str, text: str) -> None:
+    def fail(self, bus: ActivationHost, error: str, text: str) -> None:
         if self.wants_reply:
-            bus.send_error(self.peer, self.serial, error, text)
+            bus.outbox.send_error(self.peer, self.serial, error, text)
 
 
 class SystemdRequest:
@@ -111,12 +137,12 @@ class SystemdRequest:
     def __init__(self, message: bytes):
         self.message = message
 
-    def deliver(self, bus: "Bus") -> None:
+    def deliver(self, bus: ActivationHost) -> None:
         systemd = bus.registry.owner(SYSTEMD_NAME)
         if systemd is not None and not systemd.conn.closed:
             systemd.conn.queue(self.message, b"")
 
-    def fail(self, bus: "Bus", error: str, text: str) -> None:
+    def fail(self, bus: ActivationHost, error: str, text: str) -> None:
         pass  # the start that asked for it has its own timeout
 
 
@@ -137,7 +163,7 @@ class PendingStart:
 class PendingStarts(BusObserver):
     """The names being started on a bus, their held messages and timers; the `activator` starts them."""
 
-    def __init__(self, bus: "Bus", activator: Activator):
+    def __init__(self, bus: ActivationHost, activator: Activator):
         self.bus = bus
         self.activator = activator
         self.pending: dict[str, PendingStart] = {}
@@ -146,7 +172,7 @@ class PendingStarts(BusObserver):
     def waiting_for(self, name: str) -> bool:
         return name in self.pending
 
-    def auto_start(self, peer: "Peer", h: Header, buf: bytes, fds: list[int] | None) -> bool:
+    def auto_start(self, peer: Peer, h: Header, buf: bytes, fds: list[int] | None) -> bool:
         """A message to a well-known name nobody owns: hold it and start the name. False: not activatable."""
         name = h.destination
         if not self.activator.is_activatable(name):
@@ -164,11 +190,11 @@ class PendingStarts(BusObserver):
         self.hold(name, HeldMessage(peer, buf, h, fds), peer)
         return True
 
-    def start_by_name(self, peer: "Peer", h: Header, name: str) -> None:
+    def start_by_name(self, peer: Peer, h: Header, name: str) -> None:
         """StartServiceByName for an unowned activatable name: SUCCESS once it has an owner, or the error."""
         self.hold(name, StartRequest(peer, h), peer)
 
-    def hold(self, name: str, entry: Entry, requester: "Peer | None") -> None:
+    def hold(self, name: str, entry: Entry, requester: Peer | None) -> None:
         """Hold `entry` until `name` has an owner, asking the activator to start it if nobody has yet."""
         bus = self.bus
         limit = bus.limits.max_pending_service_starts
@@ -197,7 +223,7 @@ class PendingStarts(BusObserver):
         if pending is not None:
             self._fail(pending, error, text)
 
-    def names_changed(self, events: list["NameEvent"]) -> None:
+    def names_changed(self, events: list[NameEvent]) -> None:
         """A name being started got its owner: what waited for it goes on."""
         if not self.pending:
             return
@@ -213,7 +239,7 @@ class PendingStarts(BusObserver):
                 pending.timer.cancel()
             for entry in pending.entries:
                 if isinstance(entry, HeldMessage):
-                    _close(entry.fds)
+                    close_fds(entry.fds)
         self.pending.clear()
         self.held = 0
 
@@ -244,5 +270,5 @@ class PendingStarts(BusObserver):
                    f"Failed to activate service '{pending.name}': timed out (service_start_timeout={timeout_ms}ms)")
 
 
-__all__ = ["ActivationError", "Activator", "HeldMessage", "PendingStart", "PendingStarts", "StartRequest",
-           "SystemdRequest"]
+__all__ = ["ActivationError", "ActivationHost", "Activator", "HeldMessage", "PendingStart", "PendingStarts",
+           "StartRequest", "SystemdRequest"]

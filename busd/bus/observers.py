@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..wire.message import Header
-    from .core import Peer
+    from .peer import Peer
     from .match import MatchRule
     from .ownership import NameEvent
 

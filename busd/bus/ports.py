@@ -113,7 +113,7 @@ PeerT = TypeVar("PeerT", bound=PeerHandle)
 
 
 class BusEntry(Protocol[PeerT]):
-    """What a transport calls on the bus (busd.bus.core.Bus is one)."""
+    """What a transport calls on the bus (busd.bus.router.Bus is one)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop: ...

@@ -9,15 +9,18 @@ import signal
 import uuid
 from typing import Any, Callable
 
-from ..bus.core import Bus
+from ..bus.router import Bus
 from ..bus.observers import BusObserver
 from ..bus.ports import Credentials
+from ..interfaces import introspection_xml
 from ..launcher.activation import Activation, install_activation
 from ..launcher.policy import compile_policy
 from ..transport.connection import Connection
 from ..transport.keyring import KeyringDirectory
 from ..transport.listeners import Listener, ListenError, listen
 from ..wire.sasl_server import ServerAuthenticator
+from ..wire.wellknown import DRIVER_NAME
+from .machine_id import read_machine_id
 from .notify import Watchdog, notify_stopping
 from .settings import DaemonSettings
 
@@ -65,7 +68,8 @@ class Daemon(BusObserver):
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
-        self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type)
+        self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type,
+                       machine_id=read_machine_id(), introspection=introspection_xml(DRIVER_NAME))
         self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))

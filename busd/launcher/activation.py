@@ -27,7 +27,8 @@ from .services import ServiceCatalog, ServiceFile, split_command_line
 from .spawn import ServiceProcess, describe_exit
 
 if TYPE_CHECKING:
-    from ..bus.core import Bus, Peer
+    from ..bus.peer import Peer
+    from ..bus.router import Bus
 
 log = logging.getLogger("busd.activation")
 
@@ -136,7 +137,7 @@ class Activation(BusObserver):
     def directories_changed(self) -> None:
         self.catalog.scan()
         # dbus-daemon announces every reload, whether or not the names changed.
-        self.bus.emit_driver_signal("ActivatableServicesChanged", "", [])
+        self.bus.outbox.emit_signal("ActivatableServicesChanged", "", [])
 
     def close(self) -> None:
         self.starts.close()
@@ -248,7 +249,7 @@ class Activation(BusObserver):
             log.info("Activating systemd to hand-off: service name='%s' unit='%s' requested by %s",
                      name, unit, who)
             message = self._activation_request(unit)
-            self.bus.send_from_driver(None, message)  # monitors see it now, systemd when it is here
+            self.bus.outbox.send(None, message)  # monitors see it now, systemd when it is here
             self.starts.hold(SYSTEMD_NAME, SystemdRequest(message), None)
 
     def send_activation_request(self, unit: str) -> None:
@@ -257,7 +258,7 @@ class Activation(BusObserver):
         systemd = bus.registry.owner(SYSTEMD_NAME)
         if systemd is None:
             return
-        bus.send_from_driver(systemd, self._activation_request(unit))
+        bus.outbox.send(systemd, self._activation_request(unit))
 
     def forward_environment(self, env: dict[str, str]) -> None:
         """UpdateActivationEnvironment with systemd activation: systemd's Manager.SetEnvironment too.
@@ -269,19 +270,19 @@ class Activation(BusObserver):
             return
         bus = self.bus
         systemd = bus.registry.owner(SYSTEMD_NAME)
-        message = build_message(METHOD_CALL, bus.next_driver_serial(), path="/org/freedesktop/systemd1",
+        message = build_message(METHOD_CALL, bus.outbox.next_serial(), path="/org/freedesktop/systemd1",
                                 interface="org.freedesktop.systemd1.Manager", member="SetEnvironment",
                                 destination=systemd.unique_name if systemd is not None else SYSTEMD_NAME,
                                 sender=DRIVER_NAME, signature="as", body=[[f"{k}={v}" for k, v in env.items()]],
                                 flags=NO_REPLY_EXPECTED)
         if systemd is not None:
-            bus.send_from_driver(systemd, message)
+            bus.outbox.send(systemd, message)
         else:
-            bus.send_from_driver(None, message)
+            bus.outbox.send(None, message)
             self.starts.hold(SYSTEMD_NAME, SystemdRequest(message), None)
 
     def _activation_request(self, unit: str) -> bytes:
-        return build_message(SIGNAL, self.bus.next_driver_serial(), path=DRIVER_PATH, interface=SYSTEMD_ACTIVATOR,
+        return build_message(SIGNAL, self.bus.outbox.next_serial(), path=DRIVER_PATH, interface=SYSTEMD_ACTIVATOR,
                              member="ActivationRequest", destination=SYSTEMD_NAME, sender=DRIVER_NAME,
                              signature="s", body=[unit])
 

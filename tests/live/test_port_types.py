@@ -21,7 +21,8 @@ def test_the_port_implementations_type_check() -> None:
         pytest.skip("mypy is not installed (pip install mypy)")
     snippet = textwrap.dedent("""
         from busd.bridge import Mirror, VirtualConnection
-        from busd.bus.core import Bus, Peer
+        from busd.bus.peer import Peer
+        from busd.bus.router import Bus
         from busd.bus.ports import BusEntry, PeerLink
         from busd.transport.connection import Connection
         from tests.unit.test_router_memory import MemoryLink

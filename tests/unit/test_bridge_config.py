@@ -12,12 +12,14 @@ from busd.bridge import Bridge
 from busd.bridge.readdress import readdressed
 from busd.bridge.settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings, check_upstream
 from busd.bridge.subscriptions import Subscriptions
-from busd.bus.core import Bus
+from busd.bus.router import Bus
 from busd.bus.match import MatchRule
 from busd.config.loader import load_config
+from busd.interfaces import introspection_xml
 from busd.wire.address import AddressError
 from busd.wire.marshal import BIG, LITTLE
 from busd.wire.message import ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, build_message, parse_header
+from busd.wire.wellknown import DRIVER_NAME
 
 # ---------------------------------------------------------------- name patterns
 
@@ -210,7 +212,7 @@ def test_readdressing_changes_only_serial_and_addresses(buf, serial, destination
 @pytest.fixture
 def bridge():
     loop = asyncio.new_event_loop()
-    bus = Bus(loop, "0" * 32)
+    bus = Bus(loop, "0" * 32, machine_id="0" * 32, introspection=introspection_xml(DRIVER_NAME))
     yield Bridge(bus, BridgeSettings("session", (NamePattern("org.up.*"),), (NamePattern("org.down.*"),)))
     bus.close()
     loop.close()

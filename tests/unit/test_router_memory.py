@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from busd.bus.core import Bus
+from busd.bus.router import Bus
+from busd.bus.driver import DriverMethod
 from busd.bus.limits import Limits
 from busd.bus.ports import Credentials, PeerLink
+from busd.interfaces import introspection_xml
 from busd.wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, parse_header, read_body,
 )
@@ -106,7 +110,7 @@ class MemoryLink:
 @pytest.fixture
 def bus():
     loop = asyncio.new_event_loop()
-    bus = Bus(loop, "0" * 32)
+    bus = Bus(loop, "0" * 32, machine_id="0" * 32, introspection=introspection_xml(DRIVER_NAME))
     yield bus
     bus.close()
     loop.close()
@@ -136,7 +140,7 @@ def test_a_call_and_its_reply(bus: Bus) -> None:
     callee.send(METHOD_RETURN, reply_serial=call.serial, destination=caller.unique_name, signature="s", body=["ho"])
     [(reply, body)] = caller.take()
     assert (reply.type, reply.reply_serial, reply.sender, body) == (METHOD_RETURN, serial, callee.unique_name, ["ho"])
-    assert bus.pending == {}
+    assert bus.replies.pending == {}
 
 
 def test_a_signal_reaches_only_a_matching_rule(bus: Bus) -> None:
@@ -209,5 +213,174 @@ def test_every_link_kind_implements_the_port(bus: Bus) -> None:
     assert isinstance(Mirror(bridge, ":1.42"), PeerLink)
 
 
+# ---------------------------------------------------------------- replies the bus expects
 
 
+def call(link: MemoryLink, target: MemoryLink, serial: int, member: str = "Slow") -> None:
+    """A method call with a serial of the test's choosing (MemoryLink.send numbers its own)."""
+    message = build_message(METHOD_CALL, serial, path="/x", interface="com.example.X", member=member,
+                            destination=target.unique_name)
+    link.bus.receive(link.peer, message, parse_header(message), None)
+
+
+def errors_of(messages: list[tuple[Header, list]]) -> list[tuple[str | None, list]]:
+    return [(h.error_name, body) for h, body in messages if h.type == ERROR]
+
+
+def test_a_call_reusing_the_serial_of_a_pending_call_to_the_same_callee_is_refused(bus: Bus) -> None:
+    caller, callee, other = MemoryLink(bus, "caller"), MemoryLink(bus, "callee"), MemoryLink(bus, "other")
+    for link in (caller, callee, other):
+        link.hello()
+    call(caller, callee, 7)
+    call(caller, other, 7)  # the same serial to another callee is a different call
+    call(caller, callee, 7)
+    assert errors_of(caller.take()) == [(
+        "org.freedesktop.DBus.Error.AccessDenied",
+        ["Message has the same reply serial as a currently-outstanding existing method call"])]
+    assert len(callee.take()) == 1 and len(other.take()) == 1
+    assert caller.peer.replies_outstanding == 2 and len(bus.replies.pending) == 2
+
+
+def test_a_caller_over_max_replies_per_connection_is_refused(bus: Bus) -> None:
+    bus.limits = Limits(max_replies_per_connection=1)
+    caller, callee = MemoryLink(bus, "caller"), MemoryLink(bus, "callee")
+    caller.hello(), callee.hello()
+    call(caller, callee, 100)
+    call(caller, callee, 101)
+    assert errors_of(caller.take()) == [(
+        "org.freedesktop.DBus.Error.LimitsExceeded",
+        ["The maximum number of pending replies per connection has been reached"])]
+    [(first, _)] = callee.take()
+    callee.send(METHOD_RETURN, reply_serial=first.serial, destination=caller.unique_name)
+    assert caller.peer.replies_outstanding == 0 and not callee.peer.expecting and bus.replies.pending == {}
+
+
+def test_a_call_past_its_reply_timeout_gets_no_reply_and_its_late_answer_is_dropped(bus: Bus) -> None:
+    bus.limits = Limits(reply_timeout=0)
+    caller, callee = MemoryLink(bus, "caller"), MemoryLink(bus, "callee")
+    caller.hello(), callee.hello()
+    call(caller, callee, 5)
+    [(delivered, _)] = callee.take()
+    bus._sweep_replies()
+    assert errors_of(caller.take()) == [(
+        "org.freedesktop.DBus.Error.NoReply", ["Message did not receive a reply (timeout by message bus)"])]
+    assert bus.replies.pending == {} and caller.peer.replies_outstanding == 0 and not callee.peer.expecting
+    callee.send(METHOD_RETURN, reply_serial=delivered.serial, destination=caller.unique_name)
+    assert caller.take() == []
+
+
+# ---------------------------------------------------------------- the driver's table and its checks
+
+DRIVER_XML = Path(__file__).resolve().parents[2] / "interfaces" / "org.freedesktop.DBus.xml"
+
+
+def test_every_driver_row_declares_the_signatures_its_introspection_xml_gives() -> None:
+    """The rows' input and output signatures are the ones org.freedesktop.DBus.xml publishes, method by method."""
+    published = {}
+    for interface in ET.parse(DRIVER_XML).getroot().iter("interface"):
+        for method in interface.iter("method"):
+            args = method.findall("arg")
+            published[(interface.get("name"), method.get("name"))] = (
+                "".join(a.get("type") for a in args if a.get("direction", "in") == "in"),
+                "".join(a.get("type") for a in args if a.get("direction") == "out"))
+    loop = asyncio.new_event_loop()
+    bus = Bus(loop, "0" * 32, machine_id="0" * 32, introspection=DRIVER_XML.read_text())
+    try:
+        rows: dict[tuple[str, str], DriverMethod] = bus.driver.methods
+        assert {key: (row.in_signature, row.out_signature) for key, row in rows.items()} == published
+        assert [row.member for row in rows.values() if not row.needs_hello] == ["Hello"]
+    finally:
+        bus.close()
+        loop.close()
+
+
+def test_the_machine_id_and_introspection_are_the_ones_the_bus_was_given() -> None:
+    loop = asyncio.new_event_loop()
+    xml = introspection_xml(DRIVER_NAME)
+    bus = Bus(loop, "0" * 32, machine_id="ab" * 16, introspection=xml)
+    try:
+        link = MemoryLink(bus, "a")
+        link.hello()
+        link.send(METHOD_CALL, path="/", interface="org.freedesktop.DBus.Peer", member="GetMachineId",
+                  destination=DRIVER_NAME)
+        link.send(METHOD_CALL, path=DRIVER_PATH, interface="org.freedesktop.DBus.Introspectable",
+                  member="Introspect", destination=DRIVER_NAME)
+        assert [body for _, body in link.take()] == [["ab" * 16], [xml]]
+    finally:
+        bus.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("member, name, text", [
+    ("RequestName", "not..valid", 'Requested bus name "not..valid" is not valid'),
+    ("ReleaseName", "not..valid", 'Given bus name "not..valid" is not valid'),
+    ("RequestName", ":1.7", "Cannot acquire a service starting with ':' such as \":1.7\""),
+    ("ReleaseName", ":1.7", "Cannot release a service starting with ':' such as \":1.7\""),
+    ("RequestName", DRIVER_NAME, 'Connection ":1.0" is not allowed to own the service "org.freedesktop.DBus" '
+                                 "because it is reserved for D-Bus' use only"),
+    ("ReleaseName", DRIVER_NAME, "Cannot release the org.freedesktop.DBus service because it is owned by the bus"),
+])
+def test_request_and_release_name_refuse_what_is_not_a_claimable_name(bus: Bus, member: str, name: str,
+                                                                         text: str) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    link.call_driver(member, "su" if member == "RequestName" else "s",
+                     [name, 0] if member == "RequestName" else [name])
+    assert errors_of(link.take()) == [("org.freedesktop.DBus.Error.InvalidArgs", [text])]
+
+
+def test_request_name_announces_the_name_before_answering(bus: Bus) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    serial = link.call_driver("RequestName", "su", ["com.example.Name", 0])
+    (acquired, body), (reply, code) = link.take()
+    assert (acquired.member, body) == ("NameAcquired", ["com.example.Name"])
+    assert (reply.reply_serial, code) == (serial, [1])
+    serial = link.call_driver("ReleaseName", "s", ["com.example.Name"])
+    (lost, body), (reply, code) = link.take()
+    assert (lost.member, body, reply.reply_serial, code) == ("NameLost", ["com.example.Name"], serial, [1])
+
+
+@pytest.mark.parametrize("member, what", [
+    ("GetConnectionUnixUser", "UID"), ("GetConnectionUnixProcessID", "PID"),
+    ("GetConnectionCredentials", "credentials"), ("GetAdtAuditSessionData", "audit session data"),
+    ("GetConnectionSELinuxSecurityContext", "security context"),
+])
+def test_credential_lookups_of_a_name_nobody_owns_say_which_was_asked(bus: Bus, member: str, what: str) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    link.call_driver(member, "s", [":1.99"])
+    assert errors_of(link.take()) == [("org.freedesktop.DBus.Error.NameHasNoOwner",
+                                       [f"Could not get {what} of name ':1.99': no such name"])]
+
+
+def test_credential_lookups_of_the_bus_itself_give_the_daemon_s_process(bus: Bus) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    link.call_driver("GetConnectionUnixUser", "s", [DRIVER_NAME])
+    link.call_driver("GetConnectionUnixProcessID", "s", [DRIVER_NAME])
+    assert [body for _, body in link.take()] == [[os.getuid()], [os.getpid()]]
+
+
+def test_a_method_with_a_path_restriction_is_refused_elsewhere(bus: Bus) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    link.send(METHOD_CALL, path="/", interface=DRIVER_INTERFACE, member="UpdateActivationEnvironment",
+              destination=DRIVER_NAME, signature="a{ss}", body=[{"A": "b"}])
+    assert errors_of(link.take()) == [(
+        "org.freedesktop.DBus.Error.AccessDenied",
+        ["UpdateActivationEnvironment is only allowed on the object path /org/freedesktop/DBus"])]
+
+
+def test_only_hello_is_served_before_hello(bus: Bus) -> None:
+    link = MemoryLink(bus, "a")
+    link.call_driver("GetId")
+    assert errors_of(link.take()) == [(
+        "org.freedesktop.DBus.Error.AccessDenied",
+        ["Client tried to send a message other than Hello without being registered"])]
+    assert link.hello() == ":1.0"
+    link.call_driver("Hello")
+    assert errors_of(link.take()) == [("org.freedesktop.DBus.Error.Failed", ["Already handled an Hello message"])]
+    bystander = MemoryLink(bus, "b")
+    bystander.send(SIGNAL, path="/p", interface="com.example.X", member="Early", destination=link.unique_name)
+    assert bystander.closed and link.take() == []

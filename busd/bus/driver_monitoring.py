@@ -1,0 +1,142 @@
+"""org.freedesktop.DBus's methods about traffic: match rules, becoming a monitor, and the Debug.Stats counters.
+
+Handlers take (peer, header, arguments) and return the reply's body (its
+signature is the driver table's), or None when they answered by themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from ..wire.marshal import Variant
+from ..wire.message import Header
+from ..wire.wellknown import DRIVER_NAME
+from . import errors
+from .driver_names import peer_of_name
+from .errors import DriverError
+from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
+from .ownership import NameEvent
+
+if TYPE_CHECKING:
+    from .driver_host import DriverHost
+    from .peer import Peer
+
+log = logging.getLogger("busd.driver")
+
+
+def _parse_rule(text: str) -> MatchRule:
+    try:
+        return MatchRule.parse(text)
+    except MatchRuleInvalid as exc:
+        raise DriverError(exc.error_name, exc.driver_text) from None
+
+
+class MonitoringMethods:
+    """AddMatch, RemoveMatch, BecomeMonitor, GetStats, GetConnectionStats and GetAllMatchRules."""
+
+    def __init__(self, bus: DriverHost):
+        self.bus = bus
+
+    # ------------------------------------------------------------ match rules
+
+    def add_match(self, peer: Peer, h: Header, args: list) -> list:
+        rule = _parse_rule(args[0])
+        bus = self.bus
+        limit = bus.limits.max_match_rules_per_connection
+        if peer.match_count >= limit:
+            raise DriverError(errors.LIMITS_EXCEEDED,
+                              f'Connection "{peer.unique_name}" is not allowed to add more match rules '
+                              f"(increase limits in configuration file if required; "
+                              f"max_match_rules_per_connection={limit})")
+        bus.matches.add(peer, rule)
+        peer.match_count += 1
+        peer.peak_match_count = max(peer.peak_match_count, peer.match_count)
+        for observer in bus.observers:
+            observer.match_added(peer, rule)
+        return []
+
+    def remove_match(self, peer: Peer, h: Header, args: list) -> list:
+        rule = _parse_rule(args[0])
+        bus = self.bus
+        try:
+            bus.matches.remove(peer, rule)
+        except MatchRuleNotFound:
+            raise DriverError(errors.MATCH_RULE_NOT_FOUND,
+                              "The given match rule wasn't found and can't be removed") from None
+        peer.match_count -= 1
+        for observer in bus.observers:
+            observer.match_removed(peer, rule)
+        return []
+
+    # ------------------------------------------------------------ monitoring
+
+    def become_monitor(self, peer: Peer, h: Header, args: list) -> None:
+        rule_texts, flags = args
+        if flags != 0:
+            raise DriverError(errors.INVALID_ARGS, "BecomeMonitor does not support any flags yet")
+        rules = [_parse_rule(text).with_eavesdrop() for text in rule_texts]  # monitors see unicast too
+        bus = self.bus
+        if not h.no_reply_expected:  # answered while still a plain peer, before its names go
+            bus.outbox.send_reply(peer, h.serial)
+        # A monitor owns no names and has no match rules. As from dbus-daemon, it loses its
+        # unique name first, then every well-known name, each with NameLost.
+        name = peer.unique_name
+        events = [NameEvent("lost", name, peer, None), NameEvent("owner_changed", name, peer, None)]
+        events += bus.registry.remove_peer(peer)
+        bus.matches.remove_owner(peer)
+        peer.match_count = 0
+        bus.emit_name_events(events)
+        del bus.peers[name]
+        peer.monitor = True
+        peer.monitor_rules = rules
+        bus.monitors.append(peer)
+        log.info("%s became a monitor with %d match rules", name, len(rules))
+        return None
+
+    # ------------------------------------------------------------ org.freedesktop.DBus.Debug.Stats
+
+    def get_stats(self, peer: Peer, h: Header, args: list) -> list:
+        bus = self.bus
+        peers = bus.peers.values()
+        stats = {
+            "Serial": Variant("u", bus.outbox.serial),
+            "ActiveConnections": Variant("u", len(bus.peers)),
+            "IncompleteConnections": Variant("u", bus.incomplete_connections),
+            "MatchRules": Variant("u", sum(p.match_count for p in peers)),
+            "PeakMatchRulesPerConnection": Variant("u", max((p.peak_match_count for p in peers), default=0)),
+            "BusNames": Variant("u", len(bus.registry.names())),
+        }
+        return [stats]
+
+    def get_connection_stats(self, peer: Peer, h: Header, args: list) -> list:
+        name = args[0]
+        if name == DRIVER_NAME:
+            raise DriverError(errors.INVALID_ARGS,
+                              f'GetConnectionStats is not meaningful for the message bus "{DRIVER_NAME}" itself')
+        bus = self.bus
+        target = peer_of_name(bus, name, "statistics")
+        conn = target.conn
+        stats = {
+            "Serial": Variant("u", bus.outbox.serial),
+            "UniqueName": Variant("s", target.unique_name),
+            "IncomingBytes": Variant("u", conn.in_bytes),
+            "IncomingFDs": Variant("u", 0),
+            "OutgoingBytes": Variant("u", conn.out_bytes),
+            "OutgoingFDs": Variant("u", conn.out_fds),
+            "PeakIncomingBytes": Variant("u", conn.peak_in_bytes),
+            "PeakOutgoingBytes": Variant("u", conn.peak_out_bytes),
+            "MatchRules": Variant("u", target.match_count),
+            "PeakMatchRules": Variant("u", target.peak_match_count),
+            "OwnedNames": Variant("u", len(bus.registry.owned_by(target))),
+            "PendingReplies": Variant("u", target.replies_outstanding),
+        }
+        return [stats]
+
+    def get_all_match_rules(self, peer: Peer, h: Header, args: list) -> list:
+        bus = self.bus
+        # Every connection, as dbus-daemon.
+        return [{name: [str(rule) for rule in bus.matches.rules(p)] for name, p in bus.peers.items()}]
+
+
+__all__ = ["MonitoringMethods"]

@@ -1,0 +1,44 @@
+"""The bus's record of one authenticated connection: its names, its reply bookkeeping, its policy."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .ports import PeerLink
+
+if TYPE_CHECKING:
+    from .match import MatchRule
+    from .policy import PeerPolicy
+
+
+class Peer:
+    """The bus side of one authenticated connection; `conn` is its transport, seen through the PeerLink port."""
+
+    __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
+                 "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
+                 "match_count", "peak_match_count", "policy", "auth_uid", "counted_uid", "__weakref__")
+
+    policy: PeerPolicy  # set by the bus when the peer authenticates, replaced on a policy reload
+
+    def __init__(self, conn: PeerLink):
+        self.conn = conn
+        self.unique_name: str | None = None
+        self.names: set[str] = set()  # unique name + primary-owned well-known names
+        self.sender_fields: dict[int, bytes] = {}  # the SENDER header field, marshalled once per byte order
+        self.hello_done = False
+        self.monitor = False
+        self.monitor_rules: list[MatchRule] = []
+        self.expecting: set[tuple[Peer, int, Peer]] = set()  # keys of the calls this peer must answer (replies.py)
+        self.replies_outstanding = 0  # calls this peer made that await an answer
+        self.credentials = conn.credentials
+        self.auth_uid: int | None = conn.credentials.uid
+        self.counted_uid: int | None = None  # counted against max_connections_per_user (since Hello)
+        self.serial_in = 0
+        self.match_count = 0
+        self.peak_match_count = 0
+
+    def __repr__(self) -> str:
+        return f"<Peer {self.unique_name or self.conn.label}>"
+
+
+__all__ = ["Peer"]

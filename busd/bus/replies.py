@@ -1,0 +1,88 @@
+"""Expected replies: the calls whose answer the bus lets through, each with its deadline.
+
+Theory. A METHOD_RETURN or ERROR passes only when a call is pending for it:
+`pending` maps (caller, serial, callee) to the call's deadline, kept in
+insertion order so expiry is a sweep from the front. As in dbus-daemon, a
+caller may reuse a serial for calls to different callees, but a call that
+would duplicate a key still pending is refused. Each callee keeps the keys it
+must answer (Peer.expecting), so its departure answers them with NoReply; each
+caller counts its calls still unanswered (Peer.replies_outstanding) against
+max_replies_per_connection.
+
+The router reads `pending` and settles an answered call inline on its
+per-message path (what forget() does), to spend no call per reply.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from . import errors
+
+if TYPE_CHECKING:
+    from .limits import Limits
+    from .peer import Peer
+
+ReplyKey = tuple["Peer", int, "Peer"]  # (caller, serial of its call, callee)
+
+
+class ReplyTracker:
+    """The pending calls of one bus."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending: dict[ReplyKey, float] = {}  # key -> deadline (time.monotonic()), oldest first
+
+    def expect(self, caller: Peer, serial: int, callee: Peer, limits: Limits) -> tuple[str, str] | None:
+        """Track the reply to a call; or, when the bus will not, why: the error name and text for the caller."""
+        key = (caller, serial, callee)
+        pending = self.pending
+        if key in pending:
+            return (errors.ACCESS_DENIED,
+                    "Message has the same reply serial as a currently-outstanding existing method call")
+        if caller.replies_outstanding >= limits.max_replies_per_connection:
+            return (errors.LIMITS_EXCEEDED, "The maximum number of pending replies per connection has been reached")
+        caller.replies_outstanding += 1
+        pending[key] = time.monotonic() + limits.reply_timeout / 1000
+        callee.expecting.add(key)
+        return None
+
+    def forget(self, key: ReplyKey) -> bool:
+        """Stop tracking a call (answered, or never delivered); False if it was not tracked."""
+        if self.pending.pop(key, None) is None:
+            return False
+        caller, _, callee = key
+        callee.expecting.discard(key)
+        caller.replies_outstanding -= 1
+        return True
+
+    def callee_gone(self, callee: Peer) -> list[tuple[Peer, int]]:
+        """`callee` left: stop tracking the calls it did not answer, and return them as (caller, serial)."""
+        unanswered = []
+        for key in list(callee.expecting):
+            if self.pending.pop(key, None) is not None:
+                caller, serial, _ = key
+                caller.replies_outstanding -= 1
+                unanswered.append((caller, serial))
+        callee.expecting.clear()
+        return unanswered
+
+    def expired(self, now: float) -> list[tuple[Peer, int]]:
+        """Stop tracking the calls whose deadline passed, and return them as (caller, serial), oldest first."""
+        pending = self.pending
+        keys = []
+        for key, deadline in pending.items():
+            if deadline > now:
+                break
+            keys.append(key)
+        for key in keys:
+            del pending[key]
+            caller, _, callee = key
+            callee.expecting.discard(key)
+            caller.replies_outstanding -= 1
+        return [(caller, serial) for caller, serial, _ in keys]
+
+
+__all__ = ["ReplyKey", "ReplyTracker"]
