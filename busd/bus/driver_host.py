@@ -27,7 +27,7 @@ class DriverHost(Protocol):
 
     @property
     def bus_type(self) -> str:
-        """"session", "system" or another <type> (UpdateActivationEnvironment is refused on "system")."""
+        """The configuration's <type>: UpdateActivationEnvironment is refused on a "system" bus."""
 
     @property
     def limits(self) -> Limits: ...
