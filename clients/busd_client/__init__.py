@@ -18,7 +18,8 @@ from .dbus_types import (Byte, DBusType, Double, Int16, Int32, Int64, MessageInf
 from .errors import DBusError
 from .names import NameFlag, NameWatcher, ReleaseNameReply, RequestNameReply
 from .proxy import Proxy
-from .service import Export, Interface, check_interface, dbus_property, method, signal
+from .object_tree import Export
+from .service import Interface, check_interface, dbus_property, method, signal
 from .blocking import BlockingBus, connect_blocking
 
 __all__ = [

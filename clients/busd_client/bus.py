@@ -3,7 +3,7 @@
 `connect()` opens the backend connection and hands it to a `Router` (see
 `_router`), which carries every message; `Bus` puts the public API on top:
 calls, signal subscriptions, names (`names.NameOwnership`), exported objects
-(`service.ObjectTree`) and proxies (`proxy.Proxy`), each of which talks to the
+(`object_tree.ObjectTree`) and proxies (`proxy.Proxy`), each of which talks to the
 router, not to the Bus.
 """
 
@@ -21,7 +21,9 @@ from busd.wire.wellknown import (
     PEER_INTERFACE,
 )
 
-from ._router import Router, Subscription, open_connection, unpack_reply
+from ._replies import unpack_reply
+from ._router import Router, open_connection
+from ._signals import Subscription
 from ._slots import SlotInvoker
 from .dbus_types import guess_signature
 from .errors import DBusError, Disconnected
@@ -34,7 +36,8 @@ from .names import (
     RequestNameReply,
 )
 from .proxy import Proxy
-from .service import Export, Interface, ObjectTree
+from .object_tree import Export, ObjectTree
+from .service import Interface
 
 __all__ = ["DEFAULT_TIMEOUT", "Bus", "Subscription", "connect", "resolve_address", "run_coroutine"]
 
@@ -115,7 +118,7 @@ class Bus:
     @property
     def match_rules(self) -> dict[str, int]:
         """The match rules this connection has added, with how many subscriptions share each."""
-        return self._router.match_rules
+        return self._router.signals.match_rules
 
     @property
     def pending_calls(self) -> int:
@@ -194,7 +197,7 @@ class Bus:
         the name to whichever process owns it, across restarts.
         """
         rule = MatchRule.for_signal(sender, path, interface, member, **arg_filters)
-        return await self._router.subscribe(rule, SlotInvoker(self._router, slot))
+        return await self._router.signals.subscribe(rule, SlotInvoker(self._router, slot))
 
     def emit_signal(self, path: str, interface: str, member: str, *args: Any,
                     signature: str | None = None, destination: str | None = None) -> None:

@@ -9,7 +9,8 @@ from typing import Any, Callable
 
 from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME
 
-from ._router import NameTracker, Route, Router
+from ._router import Router
+from ._signals import NameTracker, Route
 
 log = logging.getLogger("busd_client")
 
@@ -50,7 +51,7 @@ class NameOwnership:
         self._callbacks: dict[str, tuple[Callable[..., Any] | None, Callable[..., Any] | None]] = {}
         # The bus sends NameAcquired/NameLost without a match rule: a local route is enough.
         for member in ("NameAcquired", "NameLost"):
-            router.add_route(Route(self._is_name_signal, self._on_name_signal, member))
+            router.signals.add_route(Route(self._is_name_signal, self._on_name_signal, member))
 
     async def request(self, name: str, flags: NameFlag, on_acquired: Callable[[str], Any] | None,
                       on_lost: Callable[[str], Any] | None) -> RequestNameReply:
@@ -109,7 +110,7 @@ class NameWatcher:
         self._task = router.spawn(self._start())
 
     async def _start(self) -> None:
-        tracker = self.router.acquire_tracker(self.name)
+        tracker = self.router.signals.acquire_tracker(self.name)
         self._tracker = tracker
         try:
             await tracker.ready
@@ -164,7 +165,7 @@ class NameWatcher:
         if self._tracker is not None:
             if self._on_change in self._tracker.listeners:
                 self._tracker.listeners.remove(self._on_change)
-            self.router.release_tracker(self._tracker)
+            self.router.signals.release_tracker(self._tracker)
             self._tracker = None
         if not self._task.done():
             self._task.cancel()

@@ -21,7 +21,9 @@ from typing import Any
 
 from busd.wire.wellknown import INTROSPECTABLE_INTERFACE, PROPERTIES_INTERFACE
 
-from ._router import Router, Subscription, unpack_reply
+from ._replies import unpack_reply
+from ._router import Router
+from ._signals import Subscription
 from ._slots import SlotInvoker
 from .convert import variant_signature
 from .errors import UnknownProperty
@@ -143,7 +145,7 @@ class ProxyProperty:
             elif name in invalidated:
                 router.spawn(self._fetch_then_call(slot))
 
-        return await router.subscribe(rule, deliver)
+        return await router.signals.subscribe(rule, deliver)
 
     async def _fetch_then_call(self, slot: Callable[[Any], Any]) -> None:
         self.proxy.router.call_back(slot, await self.get())
@@ -164,7 +166,7 @@ class ProxySignal:
         proxy = self.proxy
         rule = MatchRule.for_signal(proxy.name, proxy.path, self.interface, self.spec.name, **arg_filters)
         invoker = SlotInvoker(proxy.router, slot, [arg.hint for arg in self.spec.args])
-        return await proxy.router.subscribe(rule, invoker)
+        return await proxy.router.signals.subscribe(rule, invoker)
 
     def __repr__(self) -> str:
         return f"<ProxySignal {self.interface}.{self.spec.name}({self.spec.signature})>"
