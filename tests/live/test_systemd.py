@@ -31,7 +31,7 @@ from services.support import (
 pytestmark = pytest.mark.live
 
 KINDS = ["busd", "dbus-daemon"]
-UNITS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "systemd")
+UNITS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "systemd")
 SYSTEMD_NAME = "org.freedesktop.systemd1"
 ACTIVATOR = "org.freedesktop.systemd1.Activator"
 START_TIMEOUT_MS = 20_000
