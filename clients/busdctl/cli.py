@@ -8,13 +8,15 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 from .bridge import bridge
 from .calls import call, emit, get_property, set_property
-from .connection import DEFAULT_TIMEOUT, choose_bus, connect
+from .connection import DEFAULT_TIMEOUT, BusConnection, choose_bus, connect
 from .context import Context
 from .errors import EXIT_FAILURE, EXIT_OK, CommandError, UsageError
+from .link import WireLink, open_link
 from .names import list_names, status
 from .objects import introspect, tree
 from .output import JSON_MODES, Output, warn
@@ -95,7 +97,7 @@ Exit status:
      or an argument that does not parse for its signature
 """
 
-Handler = Callable[[Context, list[str]], Awaitable[int]]
+Handler = Callable[[Context[Any], list[str]], Awaitable[int]]
 
 
 @dataclass(frozen=True)
@@ -105,13 +107,15 @@ class Verb:
     min_args: int = 0
     max_args: int | None = None
     unix_fds: bool = False  # monitors may be handed messages that carry descriptors
+    # On busdctl's own link (raw bytes, the bus's GUID and credentials) rather than on dbus-next.
+    link: bool = False
 
 
 VERBS: dict[str, Verb] = {
     "list": Verb(list_names, "list", 0, 0),
-    "status": Verb(status, "status [SERVICE|PID]", 0, 1),
-    "monitor": Verb(monitor, "monitor [SERVICE...]", unix_fds=True),
-    "capture": Verb(capture, "capture [SERVICE...]", unix_fds=True),
+    "status": Verb(status, "status [SERVICE|PID]", 0, 1, link=True),
+    "monitor": Verb(monitor, "monitor [SERVICE...]", unix_fds=True, link=True),
+    "capture": Verb(capture, "capture [SERVICE...]", unix_fds=True, link=True),
     "tree": Verb(tree, "tree [SERVICE...]"),
     "introspect": Verb(introspect, "introspect SERVICE OBJECT [INTERFACE]", 2, 3),
     "call": Verb(call, "call SERVICE OBJECT INTERFACE METHOD [SIGNATURE [ARGUMENT...]]", 4),
@@ -223,7 +227,12 @@ async def run(options: argparse.Namespace) -> int:
         raise UsageError(f"Usage: busdctl {verb.usage}")
     output = Output(options.json, legend=options.legend, pager=options.pager)
     timeout = options.timeout if options.timeout is not None else DEFAULT_TIMEOUT
-    bus = await connect(choose_bus(options.address, options.scope), timeout, negotiate_unix_fd=verb.unix_fds)
+    choice = choose_bus(options.address, options.scope)
+    bus: BusConnection | WireLink
+    if verb.link:
+        bus = await open_link(choice, timeout, unix_fds=verb.unix_fds)
+    else:
+        bus = await connect(choice, timeout, negotiate_unix_fd=verb.unix_fds)
     try:
         return await verb.handler(Context(options, output, bus), args)
     finally:

@@ -1,15 +1,15 @@
-"""busdctl's connection to a bus: choosing the address, calling methods, and tapping raw traffic."""
+"""busdctl's connection to a bus: choosing the address, and calling methods on dbus-next.
+
+status, monitor and capture need a bus's raw bytes, GUID and credentials, which dbus-next keeps
+private: they run on busdctl's own link instead (link.WireLink, on busd's stream transport).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import struct
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from dbus_next import Message, MessageFlag, MessageType
 from dbus_next.aio import MessageBus
@@ -27,9 +27,6 @@ DEFAULT_TIMEOUT = 25.0  # seconds, as sd-bus and libdbus wait for a reply
 
 INVALID_MESSAGE_ERRORS = (InvalidBusNameError, InvalidObjectPathError, InvalidInterfaceNameError,
                           InvalidMemberNameError, InvalidMessageError, SignatureBodyMismatchError)
-
-# A tap receives each message, its bytes as they arrived, and the time it arrived.
-Tap = Callable[[Message, bytes, float], None]
 
 
 @dataclass(frozen=True)
@@ -58,93 +55,20 @@ def choose_bus(address: str | None, scope: str) -> BusChoice:
     return BusChoice(system_bus_address(), "the system bus")
 
 
-class TapBus(MessageBus):
-    """A dbus-next bus that can hand every incoming message, raw bytes and all, to a tap.
+class DriverCalls(Protocol):
+    """What list and status ask of a connection, be it on dbus-next or on busdctl's own link."""
 
-    Once tapping starts (when the reply to the call that made us a monitor arrives), only replies
-    to our own calls reach dbus-next's dispatch: a monitor must never answer the calls it sees.
-    """
+    @property
+    def choice(self) -> BusChoice: ...
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._tap: Tap | None = None
-        self._tap_starts_after: int | None = None
-        self.server_guid: str | None = None
-
-    async def _auth_readline(self) -> str:
-        line = await super()._auth_readline()
-        if line.startswith("OK "):
-            self.server_guid = line[3:].strip()  # the bus ID busctl shows
-        return line
-
-    def tap_after_reply(self, serial: int, tap: Tap) -> None:
-        """Tap every message that arrives after the reply to our call with `serial`."""
-        self._tap = tap
-        self._tap_starts_after = serial
-
-    def stop_tap(self) -> None:
-        self._tap = None
-        self._tap_starts_after = None
-
-    def _on_message(self, msg: Message) -> None:
-        if self._tap is None or self._is_reply_to_us(msg):
-            if self._tap is not None and msg.reply_serial == self._tap_starts_after:
-                self._tap_starts_after = None  # the reply that starts tapping
-            super()._on_message(msg)
-            return
-        if self._tap_starts_after is not None:
-            super()._on_message(msg)  # not a monitor yet: business as usual
-            return
-        if self._is_own_name_lost(msg):
-            return  # the bus taking our name as we become a monitor: not traffic worth showing
-        raw = self._raw_bytes(msg)
-        for fd in msg.unix_fds:  # a monitor has no use for passed descriptors
-            try:
-                os.close(fd)
-            except (OSError, TypeError):
-                pass
-        self._tap(msg, raw, time.time())
-
-    def _is_reply_to_us(self, msg: Message) -> bool:
-        return (msg.message_type in (MessageType.METHOD_RETURN, MessageType.ERROR)
-                and msg.destination == self.unique_name
-                and msg.reply_serial in self._method_return_handlers)
-
-    def _is_own_name_lost(self, msg: Message) -> bool:
-        return (msg.message_type == MessageType.SIGNAL and msg.member == "NameLost"
-                and msg.sender == DRIVER_NAME and msg.destination == self.unique_name
-                and msg.body == [self.unique_name])
-
-    def _raw_bytes(self, msg: Message) -> bytes:
-        # dbus-next reads each message into a fresh unmarshaller, so its buffer holds exactly
-        # the bytes the bus sent; marshal the parsed message again only if that ever changes.
-        buffer = getattr(getattr(self, "_unmarshaller", None), "buf", None)
-        if buffer and len(buffer) == message_length(buffer):
-            return bytes(buffer)
-        return bytes(msg._marshall())
-
-    def peer_credentials(self) -> tuple[int, int, int] | None:
-        """(pid, uid, gid) of the process at the other end of a unix socket: the bus daemon."""
-        try:
-            raw = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-        except (OSError, AttributeError):
-            return None
-        return struct.unpack("3i", raw)
-
-
-def message_length(data: bytes | bytearray) -> int:
-    """The length of the D-Bus message `data` starts with, from its fixed header; 0 if too short."""
-    if len(data) < 16:
-        return 0
-    endian = "<" if data[0:1] == b"l" else ">"
-    body_length, _serial, fields_length = struct.unpack_from(endian + "III", data, 4)
-    return 16 + fields_length + (-fields_length % 8) + body_length
+    async def driver(self, member: str, signature: str = "", body: Sequence[Any] = (),
+                     interface: str = DRIVER_INTERFACE) -> list[Any]: ...
 
 
 class BusConnection:
     """A connected bus with the calls busdctl makes on it, turning D-Bus errors into BusError."""
 
-    def __init__(self, bus: TapBus, choice: BusChoice, timeout: float | None) -> None:
+    def __init__(self, bus: MessageBus, choice: BusChoice, timeout: float | None) -> None:
         self.bus = bus
         self.choice = choice
         self.timeout = timeout
@@ -209,7 +133,7 @@ async def connect(choice: BusChoice, timeout: float | None = DEFAULT_TIMEOUT,
                   negotiate_unix_fd: bool = False) -> BusConnection:
     """Connect and say Hello, or explain why we could not."""
     try:
-        bus = TapBus(bus_address=choice.address, negotiate_unix_fd=negotiate_unix_fd)
+        bus = MessageBus(bus_address=choice.address, negotiate_unix_fd=negotiate_unix_fd)
         await asyncio.wait_for(bus.connect(), timeout)
     except InvalidAddressError as error:
         raise UsageError(f"Invalid bus address '{choice.address}': {error}") from None

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from .connection import BusConnection
+from .link import WireLink
 from .output import Output
+
+# Most verbs talk through dbus-next (BusConnection); status, monitor and capture through busdctl's own link.
+BusT = TypeVar("BusT", BusConnection, WireLink)
 
 
 @dataclass
-class Context:
+class Context(Generic[BusT]):
     options: argparse.Namespace
     output: Output
-    bus: BusConnection
+    bus: BusT

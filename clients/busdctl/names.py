@@ -1,4 +1,8 @@
-"""The `list` and `status` verbs: who is on the bus, and what we know about one peer."""
+"""The `list` and `status` verbs: who is on the bus, and what we know about one peer.
+
+status runs on busdctl's own link (link.WireLink): the bus's BusID is the GUID it sent while
+authenticating us, and its PID comes from the socket's peer credentials, as busctl shows them.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ from typing import Any
 
 from busd.wire.wellknown import DRIVER_NAME
 
-from .connection import BusConnection
+from .connection import DriverCalls
 from .context import Context
 from .creds import ProcessFacts, read_process, user_name
 from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError
+from .link import WireLink
 from .output import Column
 
 LIST_COLUMNS = (Column("NAME"), Column("PID", right=True), Column("PROCESS"), Column("USER"),
@@ -35,7 +40,7 @@ class PeerFacts:
         return self.owner if self.owner.startswith(":") else None
 
 
-async def peer_facts(bus: BusConnection, name: str) -> PeerFacts | None:
+async def peer_facts(bus: DriverCalls, name: str) -> PeerFacts | None:
     """Owner and credentials of `name`; None if nobody owns it (any more)."""
     try:
         owner, credentials = await asyncio.gather(_owner(bus, name), _credentials(bus, name))
@@ -50,13 +55,13 @@ async def peer_facts(bus: BusConnection, name: str) -> PeerFacts | None:
         security_label=bytes(label).rstrip(b"\0").decode("utf-8", "replace") if label else None)
 
 
-async def _owner(bus: BusConnection, name: str) -> str:
+async def _owner(bus: DriverCalls, name: str) -> str:
     if name.startswith(":"):
         return name
     return (await bus.driver("GetNameOwner", "s", [name]))[0]
 
 
-async def _credentials(bus: BusConnection, name: str) -> dict[str, Any]:
+async def _credentials(bus: DriverCalls, name: str) -> dict[str, Any]:
     try:
         [credentials] = await bus.driver("GetConnectionCredentials", "s", [name])
         return {key: variant.value for key, variant in credentials.items()}
@@ -101,7 +106,7 @@ def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-async def _list_entry(bus: BusConnection, name: str, kind: str, augment: bool) -> dict[str, Any] | None:
+async def _list_entry(bus: DriverCalls, name: str, kind: str, augment: bool) -> dict[str, Any] | None:
     entry: dict[str, Any] = {"name": name, "pid": None, "process": None, "user": None, "connection": None,
                              "unit": None, "session": None, "description": None,
                              "activatable": kind == "activatable"}
@@ -125,7 +130,7 @@ async def _list_entry(bus: BusConnection, name: str, kind: str, augment: bool) -
 
 # ---- status ----
 
-async def status(ctx: Context, args: list[str]) -> int:
+async def status(ctx: Context[WireLink], args: list[str]) -> int:
     target = args[0] if args else None
     if target is None:
         fields = await _bus_owner_fields(ctx)
@@ -150,13 +155,13 @@ def _status_text(value: Any) -> str:
     return str(value)
 
 
-async def _bus_owner_fields(ctx: Context) -> list[tuple[str, Any]]:
+async def _bus_owner_fields(ctx: Context[WireLink]) -> list[tuple[str, Any]]:
     bus = ctx.bus
     # busctl shows the server GUID from authentication; GetId is the same on most buses.
-    bus_id = bus.bus.server_guid or (await bus.driver("GetId"))[0]
+    bus_id = bus.guid or (await bus.driver("GetId"))[0]
     fields: list[tuple[str, Any]] = [("BusAddress", bus.choice.address), ("BusID", bus_id)]
-    peer = bus.bus.peer_credentials()
-    pid = peer[0] if peer else None
+    peer = bus.peer_credentials()
+    pid = peer.pid if peer else None
     if not pid:
         facts = await peer_facts(bus, DRIVER_NAME)
         pid = facts.pid if facts else None
@@ -166,7 +171,7 @@ async def _bus_owner_fields(ctx: Context) -> list[tuple[str, Any]]:
     return fields
 
 
-async def _pid_fields(ctx: Context, pid: int) -> list[tuple[str, Any]]:
+async def _pid_fields(ctx: Context[WireLink], pid: int) -> list[tuple[str, Any]]:
     process = read_process(pid)
     if process is None:
         raise CommandError(f"No process with PID {pid} (or it is not visible from here).")
@@ -181,7 +186,7 @@ async def _pid_fields(ctx: Context, pid: int) -> list[tuple[str, Any]]:
     return _with_capabilities_last(fields, process)
 
 
-async def _name_fields(ctx: Context, name: str) -> list[tuple[str, Any]]:
+async def _name_fields(ctx: Context[WireLink], name: str) -> list[tuple[str, Any]]:
     facts = await peer_facts(ctx.bus, name)
     if facts is None:
         raise BusError(f"Failed to get credentials of {name}", "org.freedesktop.DBus.Error.NameHasNoOwner",
@@ -196,7 +201,7 @@ async def _name_fields(ctx: Context, name: str) -> list[tuple[str, Any]]:
     return _with_capabilities_last(fields, process)
 
 
-async def owned_names(bus: BusConnection, unique_name: str) -> list[str]:
+async def owned_names(bus: DriverCalls, unique_name: str) -> list[str]:
     """The well-known names `unique_name` owns now."""
     names = [n for n in (await bus.driver("ListNames"))[0] if not n.startswith(":")]
     facts = await asyncio.gather(*(peer_facts(bus, n) for n in names))

@@ -1,7 +1,8 @@
 """The SDK's structure, read from its source (no bus needed).
 
 busd_client's modules talk through declared doors: the private router
-(`_router.Router`) and each module's public names.  No module reads another
+(`_router.Router`, which composes `_replies.PendingCalls` and
+`_signals.SignalRoutes`) and each module's public names.  No module reads another
 object's `_private` members, and the modules import each other without a
 cycle (function-level and TYPE_CHECKING imports count too: a cycle dodged is
 still a cycle).  busdctl is held to the same rule on private members.
@@ -22,9 +23,6 @@ ALLOWED_PRIVATE_ACCESS = {
     # The write guard must replace the writer's socket: dbus-next/dbus-fast treat EAGAIN as a lost
     # connection (python-dbus-next #153) and offer no public way to change that.
     ("busd_client/_backend.py", "_writer"),
-    # busdctl's capture needs a captured message's bytes; dbus-next's Message marshals itself only
-    # with a private method (issue 12: gone once capture runs on busd's own stream transport).
-    ("busdctl/connection.py", "_marshall"),
 }
 
 # A NamedTuple's _fields, _asdict, _replace and _make are its documented public API.
@@ -98,14 +96,15 @@ def test_the_checker_sees_reach_ins(tmp_path: Path) -> None:
     assert private_reach_ins(sample) == [(3, "_codec"), (4, "_spawn")]
 
 
-def import_graph(package: Path) -> dict[str, set[str]]:
-    """Module -> the modules of the same package it imports (anywhere in the file)."""
+def import_graph(package: Path, root: Path = CLIENTS) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (anywhere in the file: function-level and
+    TYPE_CHECKING imports count)."""
     prefix = package.name
     graph: dict[str, set[str]] = {}
     for path in sorted(package.glob("*.py")):
         module = f"{prefix}.{path.stem}" if path.stem != "__init__" else prefix
         targets = set()
-        for _, name in imported_modules(path, CLIENTS):
+        for _, name in imported_modules(path, root):
             if name.startswith(prefix + "."):
                 parts = name.split(".")
                 # "from . import x" resolves to package.x; "from .a import b" to package.a
@@ -149,9 +148,36 @@ def test_the_cycle_finder_finds_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+def test_the_import_graph_sees_function_level_and_type_checking_imports(tmp_path: Path) -> None:
+    """A cycle dodged with a late or a typing-only import is still a cycle."""
+    package = tmp_path / "clients" / "sdk"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from . import b\n")
+    (package / "b.py").write_text("def later():\n    from .c import thing\n")
+    (package / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import A\n")
+    graph = import_graph(package, tmp_path)
+    assert graph["sdk.b"] == {"sdk.c"} and graph["sdk.c"] == {"sdk.a"}
+    assert find_cycle(graph) == ["sdk.a", "sdk.b", "sdk.c", "sdk.a"]
+
+
 def test_proxy_service_names_and_blocking_sit_on_the_router_not_the_facade() -> None:
     graph = import_graph(SDK)
-    for module in ("proxy", "service", "names", "_slots"):
+    for module in ("proxy", "service", "object_tree", "names", "_slots"):
         assert "busd_client.bus" not in graph[f"busd_client.{module}"], module
         assert "busd_client._router" in graph[f"busd_client.{module}"], module
     assert "busd_client.bus" not in graph["busd_client._router"]
+
+
+def test_the_router_composes_reply_waiting_and_signal_routing() -> None:
+    """Replies and signal routes are the router's parts: they know it only through a declared door."""
+    graph = import_graph(SDK)
+    assert {"busd_client._replies", "busd_client._signals"} <= graph["busd_client._router"]
+    for part in ("_replies", "_signals"):
+        assert not graph[f"busd_client.{part}"] & {"busd_client._router", "busd_client.bus"}, part
+
+
+def test_no_sdk_module_is_over_600_lines() -> None:
+    lengths = {path.relative_to(CLIENTS).as_posix(): len(path.read_text(encoding="utf-8").splitlines())
+               for path in sorted(CLIENTS.rglob("*.py"))}
+    assert {where: n for where, n in lengths.items() if n > 600} == {}
