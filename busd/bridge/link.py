@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from ..transport.dial import can_dial, dial
 from ..transport.keyring import KeyringDirectory
 from ..transport.stream import Stream, close_fds
 from ..wire.address import Address, AddressError, parse_addresses
@@ -31,7 +32,6 @@ from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 log = logging.getLogger("busd.bridge")
 
-NONCE_SIZE = 16
 
 ReplyHandler = Callable[[Header, bytes], None]
 
@@ -50,47 +50,6 @@ def error_text(h: Header, buf: bytes) -> str:
     return f"{h.error_name}: {text}" if text else str(h.error_name)
 
 
-async def _connect_unix(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
-    params = address.params
-    target = params["path"] if "path" in params else "\0" + params["abstract"]
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, target)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _connect_tcp(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
-    params = address.params
-    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(params.get("family", ""), socket.AF_UNSPEC)
-    infos = await loop.getaddrinfo(params.get("host", "localhost"), int(params["port"]), family=family,
-                                   type=socket.SOCK_STREAM)
-    last: OSError = OSError(f"no address for host {params.get('host', 'localhost')}")
-    for family, kind, proto, _name, sockaddr in infos:
-        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, sockaddr)
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        if address.transport == "nonce-tcp":
-            try:
-                with open(params["noncefile"], "rb") as f:
-                    nonce = f.read(NONCE_SIZE)
-                await loop.sock_sendall(sock, nonce)
-            except OSError:
-                sock.close()
-                raise
-        return sock
-    raise last
-
-
-CONNECTORS = {"unix": _connect_unix, "tcp": _connect_tcp, "nonce-tcp": _connect_tcp}
 
 
 class UpstreamLink(Stream):
@@ -134,12 +93,11 @@ class UpstreamLink(Stream):
             raise LinkError(str(exc)) from None
         problems = []
         for address in addresses:
-            connect = CONNECTORS.get(address.transport)
-            if connect is None or not address.connectable:
+            if not can_dial(address):
                 problems.append(f"{address}: the bridge connects only over unix: and tcp:")
                 continue
             try:
-                sock = await connect(self.loop, address)
+                sock = await dial(self.loop, address)
             except OSError as exc:
                 problems.append(f"{address}: {exc.strerror or exc}")
                 continue

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from busd.transport.dial import TRANSPORTS, dial
 from busd.transport.stream import Stream, close_fds
 from busd.wire.address import Address, AddressError, parse_addresses
 from busd.wire.errors import ProtocolError
@@ -45,7 +46,6 @@ from .errors import BusError, CommandError, UsageError
 Tap = Callable[[Header, bytes, float], None]
 """Receives each tapped message: its header, its bytes as they arrived, and the time it arrived."""
 
-NONCE_SIZE = 16
 NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
 
 
@@ -62,50 +62,11 @@ class LinkClosed(ConnectionError):
     """The connection ended: the bus hung up, or a read or write failed."""
 
 
-async def _dial_unix(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
-    params = address.params
-    target = params["path"] if "path" in params else "\0" + params["abstract"]
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
-    try:
-        await loop.sock_connect(sock, target)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _dial_tcp(loop: asyncio.AbstractEventLoop, address: Address) -> socket.socket:
-    params = address.params
-    family = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(params.get("family", ""), socket.AF_UNSPEC)
-    infos = await loop.getaddrinfo(params.get("host", "localhost"), int(params["port"]), family=family,
-                                   type=socket.SOCK_STREAM)
-    last: OSError = OSError(f"no address for host {params.get('host', 'localhost')}")
-    for family, kind, proto, _name, sockaddr in infos:
-        sock = socket.socket(family, kind | socket.SOCK_CLOEXEC, proto)
-        sock.setblocking(False)
-        try:
-            await loop.sock_connect(sock, sockaddr)
-            if address.transport == "nonce-tcp":
-                with open(params["noncefile"], "rb") as nonce_file:
-                    await loop.sock_sendall(sock, nonce_file.read(NONCE_SIZE))
-        except OSError as error:
-            sock.close()
-            last = error
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-    raise last
-
-
-DIALERS = {"unix": _dial_unix, "tcp": _dial_tcp, "nonce-tcp": _dial_tcp}
 
 
 def _usable(address: Address) -> None:
     """Raise AddressError unless busdctl can connect to `address` (worded as for the other verbs)."""
-    if address.transport not in DIALERS:
+    if address.transport not in TRANSPORTS:
         raise AddressError(f"got unknown address transport: {address.transport}")
     if not address.connectable:  # dir=, tmpdir=, runtime=: addresses to listen on
         raise AddressError(f"got {address.transport} transport with unknown path specifier")
@@ -147,7 +108,7 @@ class WireLink(Stream):
         last: OSError = OSError(f"no address in {self.choice.address!r}")
         for address in addresses:
             try:
-                sock = await DIALERS[address.transport](self.loop, address)
+                sock = await dial(self.loop, address)
             except OSError as error:
                 last = error
                 continue
