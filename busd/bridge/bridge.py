@@ -71,7 +71,6 @@ class Bridge(BusObserver):
         self.paused_by: set[VirtualConnection] = set()
         self.task: asyncio.Task | None = None
         self._lost: asyncio.Future | None = None
-        self._introspection = ""  # the driver's introspection before start() added dev.busd.Bridge1 to it
         self.stopped = False
 
     @property
@@ -83,11 +82,7 @@ class Bridge(BusObserver):
     def start(self) -> None:
         bus = self.bus
         bus.add_observer(self)
-        bus.driver.property_sources[BRIDGE_INTERFACE] = self.properties
-        self._introspection = bus.driver.introspection
-        marker = "</node>"
-        at = bus.driver.introspection.rindex(marker)
-        bus.driver.introspection = bus.driver.introspection[:at] + _xml_interface() + bus.driver.introspection[at:]
+        bus.driver.add_interface(BRIDGE_INTERFACE, _xml_interface(), self.properties)
         bus.attach_virtual_peer(self.home)
         # Rules and names that exist already (a bridge started by a reload).
         for owner in bus.matches.owners():
@@ -111,8 +106,7 @@ class Bridge(BusObserver):
         self.link = None
         bus = self.bus
         bus.remove_observer(self)
-        bus.driver.property_sources.pop(BRIDGE_INTERFACE, None)
-        bus.driver.introspection = self._introspection
+        bus.driver.remove_interface(BRIDGE_INTERFACE)
         for name in list(self.export_owners):
             self._export_owner_changed(name, None)
         self.home.drop("the bridge stopped")

@@ -83,13 +83,15 @@ class Driver:
 
     def __init__(self, bus: DriverHost, *, machine_id: str, introspection: str):
         self.bus = bus
-        self.introspection = introspection  # the bridge adds its interface while it runs
+        self._base_introspection = introspection
+        self.introspection = introspection  # the base plus the interfaces served beside it (add_interface)
+        self._extra_interfaces: dict[str, str] = {}
         self.machine_id = machine_id
         self.activation: PendingStarts | None = None  # the names being started, once a launcher is attached
         self.activation_environment: dict[str, str] = {}
         self.features: list[str] = list(FEATURES)  # activation adds "SystemdActivation" when it is on
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
-        self.property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
+        self._property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
         names, monitoring = NameMethods(bus), MonitoringMethods(bus)
         D, PROPS, INTRO, PEER, MON, STATS = (DRIVER_INTERFACE, PROPERTIES_INTERFACE, INTROSPECTABLE_INTERFACE,
                                               PEER_INTERFACE, MONITORING_INTERFACE, STATS_INTERFACE)
@@ -327,7 +329,7 @@ class Driver:
 
     def _properties_of(self, iface: str) -> dict[str, Variant]:
         """The properties of `iface`: none for the driver's other interfaces, as with dbus-daemon."""
-        source = self.property_sources.get(iface)
+        source = self._property_sources.get(iface)
         if source is not None:
             return source()
         if iface in self.interfaces:
@@ -351,6 +353,23 @@ class Driver:
         iface, name, _value = args
         self._property_of(iface, name)
         raise DriverError(errors.PROPERTY_READ_ONLY, f"Property '{iface}.{name}' cannot be set")
+
+    def add_interface(self, name: str, xml: str, properties: Callable[[], dict[str, Variant]]) -> None:
+        """Serve interface `name` at DRIVER_PATH beside the driver's own (the bridge's, while it runs):
+        `xml` is its <interface> element, `properties` gives its current property values."""
+        self._extra_interfaces[name] = xml
+        self._property_sources[name] = properties
+        self._rebuild_introspection()
+
+    def remove_interface(self, name: str) -> None:
+        self._extra_interfaces.pop(name, None)
+        self._property_sources.pop(name, None)
+        self._rebuild_introspection()
+
+    def _rebuild_introspection(self) -> None:
+        base = self._base_introspection
+        at = base.rindex("</node>")
+        self.introspection = base[:at] + "".join(self._extra_interfaces.values()) + base[at:]
 
     def introspect(self, peer: Peer, h: Header, args: list) -> list:
         path = h.path

@@ -21,6 +21,7 @@ from busd.bus.driver import DriverMethod
 from busd.bus.limits import Limits
 from busd.bus.ports import Credentials, PeerLink
 from busd.interfaces import introspection_xml
+from busd.wire.marshal import Variant
 from busd.wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, parse_header, read_body,
 )
@@ -309,6 +310,29 @@ def test_the_machine_id_and_introspection_are_the_ones_the_bus_was_given() -> No
     finally:
         bus.close()
         loop.close()
+
+
+def test_an_interface_added_beside_the_driver_is_introspected_and_its_properties_served(bus: Bus) -> None:
+    link = MemoryLink(bus, "a")
+    link.hello()
+    xml = '  <interface name="dev.example.Extra">\n    <property name="Up" type="b" access="read"/>\n  </interface>\n'
+
+    def introspect_and_get() -> list[list]:
+        link.send(METHOD_CALL, path=DRIVER_PATH, interface="org.freedesktop.DBus.Introspectable",
+                  member="Introspect", destination=DRIVER_NAME)
+        link.send(METHOD_CALL, path=DRIVER_PATH, interface="org.freedesktop.DBus.Properties", member="Get",
+                  destination=DRIVER_NAME, signature="ss", body=["dev.example.Extra", "Up"])
+        return [body for _, body in link.take()]
+
+    base = introspect_and_get()[0][0]
+    bus.driver.add_interface("dev.example.Extra", xml, lambda: {"Up": Variant("b", True)})
+    served, value = introspect_and_get()
+    assert served == [base.replace("</node>", xml + "</node>")]
+    assert value == [Variant("b", True)]
+    bus.driver.remove_interface("dev.example.Extra")
+    served, error = introspect_and_get()
+    assert served == [base]
+    assert "dev.example.Extra" in error[0]
 
 
 @pytest.mark.parametrize("member, name, text", [
