@@ -756,7 +756,7 @@ def open_to_everyone(bus: RunningBus) -> None:
     """Let other users reach the bus socket in its private test directory.
 
     The socket itself is made world-writable as dbus-daemon makes its own;
-    busd (server.py) leaves it to the umask.
+    busd (busd/transport/listeners.py) leaves it to the umask.
     """
     os.chmod(bus.workdir, 0o755)
     os.chmod(bus.address.split("path=", 1)[1].split(",", 1)[0], 0o777)

@@ -4,8 +4,8 @@ busd/wire is the protocol and imports nothing else of busd; busd/bus is bus sema
 and imports only busd.wire and itself (no sockets, files or configuration); busd/transport
 moves bytes with busd.wire and meets the bus only through busd.bus.ports; busd/config
 and busd/launcher turn configuration into what the bus takes; busd/bridge never imports
-the daemon shell; busd/daemon assembles everything; the clients (busd_client, busdctl)
-use only busd.wire of busd. Function-level and TYPE_CHECKING imports count as much as
+the daemon shell; busd/daemon assembles everything; the SDK (busd_client) uses only
+busd.wire of busd, and busdctl busd.wire plus busd.transport (its monitor link is a Stream). Function-level and TYPE_CHECKING imports count as much as
 top-level ones, for the rooms and for import cycles (none allowed). No module is over
 MAX_LINES lines.
 """
