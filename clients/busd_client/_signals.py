@@ -24,7 +24,7 @@ from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 
 from ._replies import DriverCallback
 from .errors import DBusError, Disconnected
-from .matching import MatchRule
+from .matching import SignalRule
 
 log = logging.getLogger("busd_client")
 
@@ -122,9 +122,9 @@ class _RuleEntry:
         self.added = added
 
 
-def owner_changed_rule(name: str) -> MatchRule:
+def owner_changed_rule(name: str) -> SignalRule:
     """The narrowest rule that reports ownership changes of `name`."""
-    return MatchRule.for_signal(DRIVER_NAME, DRIVER_PATH, DRIVER_INTERFACE,
+    return SignalRule.for_signal(DRIVER_NAME, DRIVER_PATH, DRIVER_INTERFACE,
                                 "NameOwnerChanged", arg0=name)
 
 
@@ -223,7 +223,7 @@ class SignalRoutes:
 
     # -- subscriptions and match rules ---------------------------------------------
 
-    async def subscribe(self, rule: MatchRule, deliver: Callable[[Any], None], *,
+    async def subscribe(self, rule: SignalRule, deliver: Callable[[Any], None], *,
                         before_ready: Callable[[], None] | None = None) -> Subscription:
         """Route signals matching `rule` to `deliver` and add the rule on the bus; returns once the bus
         has it (and, for a well-known sender, once its owner is known).  `before_ready` runs right

@@ -27,7 +27,7 @@ from ._signals import Subscription
 from ._slots import SlotInvoker
 from .dbus_types import guess_signature
 from .errors import DBusError, Disconnected
-from .matching import MatchRule
+from .matching import SignalRule
 from .names import (
     NameFlag,
     NameOwnership,
@@ -196,7 +196,7 @@ class Bus:
         fields.  When `sender` is a well-known name the subscription follows
         the name to whichever process owns it, across restarts.
         """
-        rule = MatchRule.for_signal(sender, path, interface, member, **arg_filters)
+        rule = SignalRule.for_signal(sender, path, interface, member, **arg_filters)
         return await self._router.signals.subscribe(rule, SlotInvoker(self._router, slot))
 
     def emit_signal(self, path: str, interface: str, member: str, *args: Any,

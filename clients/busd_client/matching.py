@@ -1,4 +1,4 @@
-"""Signal match rules: build the exact rule string for AddMatch, and apply the same rule locally."""
+"""SignalRule: a signal match rule as the SDK subscribes with it: the exact rule string for AddMatch, and the same rule applied locally."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def _namespace_matches(value: str, namespace: str) -> bool:
 
 
 @dataclass(frozen=True)
-class MatchRule:
+class SignalRule:
     """A signal match rule.  `None` fields match anything; `args` holds the argN/argNpath/arg0namespace filters."""
 
     sender: str | None = None
@@ -49,7 +49,7 @@ class MatchRule:
 
     @classmethod
     def for_signal(cls, sender: str | None, path: str | None, interface: str | None,
-                   member: str | None, **filters: str) -> MatchRule:
+                   member: str | None, **filters: str) -> SignalRule:
         """Build a rule from connect_signal's arguments; `filters` are argN=..., argNpath=..., arg0namespace=...,
         path_namespace=... or destination=...."""
         path_namespace = filters.pop("path_namespace", None)

@@ -35,7 +35,7 @@ from .introspection import (
     SignalSpec,
     parse_xml,
 )
-from .matching import MatchRule
+from .matching import SignalRule
 
 log = logging.getLogger("busd_client")
 
@@ -128,7 +128,7 @@ class ProxyProperty:
         proxy = self.proxy
         router = proxy.router
         name = self.spec.name
-        rule = MatchRule.for_signal(proxy.name, proxy.path, PROPERTIES_INTERFACE, "PropertiesChanged",
+        rule = SignalRule.for_signal(proxy.name, proxy.path, PROPERTIES_INTERFACE, "PropertiesChanged",
                                     arg0=self.interface)
 
         def deliver(message: Any) -> None:
@@ -164,7 +164,7 @@ class ProxySignal:
 
     async def connect(self, slot: Callable[..., Any], **arg_filters: str) -> Subscription:
         proxy = self.proxy
-        rule = MatchRule.for_signal(proxy.name, proxy.path, self.interface, self.spec.name, **arg_filters)
+        rule = SignalRule.for_signal(proxy.name, proxy.path, self.interface, self.spec.name, **arg_filters)
         invoker = SlotInvoker(proxy.router, slot, [arg.hint for arg in self.spec.args])
         return await proxy.router.signals.subscribe(rule, invoker)
 

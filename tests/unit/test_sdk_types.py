@@ -23,7 +23,7 @@ from busd_client.convert import Codec, close_fds
 from busd_client.dbus_types import guess_signature, return_signature
 from busd_client.errors import InvalidArgs, NoReply, UnknownMethod
 from busd_client.introspection import compare_interfaces, load_interface_file, parse_xml
-from busd_client.matching import MatchRule
+from busd_client.matching import SignalRule
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_XML = REPO / "interfaces" / "dev.busd.Example1.xml"
@@ -215,16 +215,16 @@ def test_any_typed_value_survives_encoding_marshalling_and_decoding(typed, backe
 # -- match rules -----------------------------------------------------------------------------
 
 def test_match_rule_strings_hold_exactly_what_was_asked():
-    rule = MatchRule.for_signal("dev.busd.X", "/a", "dev.busd.X", "Changed", arg0="it's", arg2path="/p/")
+    rule = SignalRule.for_signal("dev.busd.X", "/a", "dev.busd.X", "Changed", arg0="it's", arg2path="/p/")
     assert rule.to_string() == ("type='signal',sender='dev.busd.X',interface='dev.busd.X',member='Changed',"
                                 "path='/a',arg0='it'\\''s',arg2path='/p/'")
-    assert MatchRule.for_signal(None, None, None, None).to_string() == "type='signal'"
+    assert SignalRule.for_signal(None, None, None, None).to_string() == "type='signal'"
     with pytest.raises(TypeError, match="unknown signal filter"):
-        MatchRule.for_signal(None, None, None, None, arg64="x")
+        SignalRule.for_signal(None, None, None, None, arg64="x")
     with pytest.raises(TypeError, match="only arg0namespace"):
-        MatchRule.for_signal(None, None, None, None, arg1namespace="x")
+        SignalRule.for_signal(None, None, None, None, arg1namespace="x")
     with pytest.raises(ValueError, match="either path or path_namespace"):
-        MatchRule.for_signal(None, "/a", None, None, path_namespace="/a")
+        SignalRule.for_signal(None, "/a", None, None, path_namespace="/a")
 
 
 class _Message:
@@ -237,22 +237,22 @@ def test_match_rules_apply_locally_as_the_bus_applies_them():
     class Owner:
         owner = ":1.7"
 
-    named = MatchRule.for_signal("dev.busd.Named", None, None, None).compile(Owner())
+    named = SignalRule.for_signal("dev.busd.Named", None, None, None).compile(Owner())
     assert named(_Message(sender=":1.7")) and not named(_Message(sender=":1.8"))
     assert named(_Message(sender="dev.busd.Named"))
-    headers = MatchRule.for_signal(":1.7", "/p", "i.f", "M").compile()
+    headers = SignalRule.for_signal(":1.7", "/p", "i.f", "M").compile()
     assert headers(_Message(sender=":1.7", path="/p")) and not headers(_Message(sender=":1.7", path="/q"))
     with pytest.raises(ValueError, match="needs the owner"):
-        MatchRule.for_signal("dev.busd.Named", None, None, None).compile()
-    path_arg = MatchRule.for_signal(None, None, None, None, arg0path="/aa/bb/").compile()
+        SignalRule.for_signal("dev.busd.Named", None, None, None).compile()
+    path_arg = SignalRule.for_signal(None, None, None, None, arg0path="/aa/bb/").compile()
     assert [path_arg(_Message(body=[arg])) for arg in ("/aa/bb/", "/aa/bb/cc", "/aa/", "/aa/b", "/aa")] == \
         [True, True, True, False, False]
-    namespace = MatchRule.for_signal(None, None, None, None, arg0namespace="com.example").compile()
+    namespace = SignalRule.for_signal(None, None, None, None, arg0namespace="com.example").compile()
     assert [namespace(_Message(body=[arg])) for arg in ("com.example", "com.example.A", "com.examples")] == \
         [True, True, False]
-    subtree = MatchRule.for_signal(None, None, None, None, path_namespace="/a/b").compile()
+    subtree = SignalRule.for_signal(None, None, None, None, path_namespace="/a/b").compile()
     assert [subtree(_Message(path=p)) for p in ("/a/b", "/a/b/c", "/a/bc", "/a")] == [True, True, False, False]
-    string_arg = MatchRule.for_signal(None, None, None, None, arg1="x").compile()
+    string_arg = SignalRule.for_signal(None, None, None, None, arg1="x").compile()
     assert [string_arg(_Message(body=body)) for body in (["a", "x"], ["x"], ["a", 5])] == [True, False, False]
 
 
