@@ -69,6 +69,7 @@ class Bridge(BusObserver):
         self.exported: set[str] = set()  # names the bridge owns upstream
         self.subscriptions = Subscriptions(settings.imports, self._upstream_name_of)
         self.paused_by: set[VirtualConnection] = set()
+        self.refused: set[str] = set()  # local peers refused a message to an upstream peer (logged once each)
         self.task: asyncio.Task | None = None
         self._lost: asyncio.Future | None = None
         self.stopped = False
@@ -344,6 +345,7 @@ class Bridge(BusObserver):
                 continue
             if event.name[0] == ":":
                 if event.new_owner is None:
+                    self.refused.discard(event.name)
                     for upstream_rule in self.subscriptions.peer_left(event.old_owner):
                         self._remove_upstream_match(upstream_rule)
                 continue
@@ -487,6 +489,9 @@ class Bridge(BusObserver):
         if link is None or link.closed or (h.type == SIGNAL and h.sender == DRIVER_NAME):
             close_fds(fds)  # the local driver's NameAcquired and NameLost are for the mirror alone
             return
+        if h.type in (METHOD_CALL, SIGNAL) and not mirror.imported and not self._serves_upstream(h.sender):
+            self._refuse_local(mirror, h, fds)
+            return
         destination = h.destination
         if destination is None or destination[0] == ":":
             destination = mirror.upstream_name
@@ -505,6 +510,29 @@ class Bridge(BusObserver):
             serial = link.next_serial()
         link.send(readdressed(h, serial, destination, reply_serial)[0], memoryview(message)[h.body_start:]
                   if h.body_len else b"", fds)
+
+    def _serves_upstream(self, local_name: str | None) -> bool:
+        """Is `local_name` the local owner of a name the bridge exports (whose upstream callers it may call back)?"""
+        peer = self.bus.peers.get(local_name) if local_name else None
+        return peer is not None and not peer.names.isdisjoint(self.export_owners)
+
+    def _refuse_local(self, mirror: Mirror, h: Header, fds: list[int] | None) -> None:
+        """A local peer addressed the mirror of an upstream caller (it owns no imported name): ServiceUnknown.
+
+        What may reach that upstream peer is the answers to its calls and what exported services send it.
+        """
+        close_fds(fds)
+        if h.sender not in self.refused:
+            self.refused.add(h.sender)  # one line per peer, however much it sends
+            log.warning("bridge: refusing %s: %s is upstream %s, which owns no imported name", h.describe(),
+                        mirror.peer_name, mirror.upstream_name)
+        if h.type == METHOD_CALL and not h.no_reply_expected:
+            error = build_message(ERROR, mirror.next_serial(), error_name=errors.SERVICE_UNKNOWN,
+                                  reply_serial=h.serial, destination=h.sender, signature="s",
+                                  body=[f"{mirror.peer_name} is an upstream peer that busd's bridge does not import"])
+            # Once the call is routed, so that monitors see it before its answer.
+            self.bus.loop.call_soon(lambda: mirror.closed or self.bus.receive(mirror.peer, error,
+                                                                              parse_header(error), None))
 
     def from_home(self, home: Home, head: bytes, body: Any, fds: list[int] | None) -> None:
         """A signal from the local owner of an exported name (by the home peer's rules), or a stray call."""

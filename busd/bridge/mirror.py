@@ -5,6 +5,15 @@ owns an imported name or calls an exported one. The bus routes to them as to any
 peer (busd.bus.ports.PeerLink); what it queues for them goes to the bridge, and
 their back-pressure is the upstream link's. They reach the bridge only through
 MirrorHost, so this module needs nothing of the orchestration.
+
+Credentials. The home is the daemon and says so. A mirror stands for a process
+on another bus, so it has no unix credentials here (no uid, gid, groups or pid),
+like a peer that authenticated without them: GetConnectionUnixUser fails,
+GetConnectionCredentials is empty, and only the policy's default and mandatory
+contexts apply to it. The upstream bus could say who its peer is, but that is a
+claim of another daemon, perhaps run by another user, perhaps on another machine
+(tcp:) where uids mean someone else; taking it would let whoever runs the upstream
+bus make its peers root here.
 """
 
 from __future__ import annotations
@@ -21,6 +30,12 @@ if TYPE_CHECKING:
     from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
+
+
+def daemon_credentials() -> Credentials:
+    """The daemon's own: the home peer is the daemon."""
+    return Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(), *os.getgroups()})))
+
 
 class MirrorHost(Protocol):
     """What a virtual peer needs of the bridge that made it (busd.bridge.bridge.Bridge is one)."""
@@ -51,12 +66,11 @@ class MirrorHost(Protocol):
 class VirtualConnection:
     """The PeerLink of a peer that lives inside the daemon; a subclass says where messages routed to it go."""
 
-    def __init__(self, bridge: MirrorHost, label: str):
+    def __init__(self, bridge: MirrorHost, label: str, credentials: Credentials):
         self.bridge = bridge
         self.label = label
         self.closed = False
-        self.credentials = Credentials(os.getpid(), os.getuid(), os.getgid(), tuple(sorted({os.getgid(),
-                                                                                             *os.getgroups()})))
+        self.credentials = credentials
         self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
         self.serial = 0
         self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
@@ -117,7 +131,7 @@ class Home(VirtualConnection):
     """The bridge's own peer: it receives the signals of exported names' local owners (and stray calls)."""
 
     def __init__(self, bridge: MirrorHost):
-        super().__init__(bridge, "bridge")
+        super().__init__(bridge, "bridge", daemon_credentials())
 
     def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
         self.bridge.from_home(self, head, body, fds)
@@ -127,7 +141,7 @@ class Mirror(VirtualConnection):
     """The local stand-in for one upstream connection (`upstream_name`)."""
 
     def __init__(self, bridge: MirrorHost, upstream_name: str):
-        super().__init__(bridge, f"upstream {upstream_name}")
+        super().__init__(bridge, f"upstream {upstream_name}", Credentials())  # unknown: see the module's doc
         self.upstream_name = upstream_name
         self.imported: set[str] = set()  # imported names it owns (or waits for) here
         self.calls: dict[int, int] = {}  # local serial of a call injected from it -> the upstream caller's serial
