@@ -116,6 +116,11 @@ class Connection(Stream, Generic[PeerT]):
                 self._feed_auth(data)
             else:
                 self.feed(data)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, this peer alone pays for it
+            # Its framing state is lost mid-read: drop it. The finally still writes what
+            # the read queued for other peers.
+            log.debug("the error happened here", exc_info=exc)
+            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
         finally:
             bus.input_done()
 
@@ -174,7 +179,12 @@ class Connection(Stream, Generic[PeerT]):
     # ------------------------------------------------------------ writing
 
     def flushed(self) -> None:
-        self.bus.output_flushed(self)
+        try:
+            self.bus.output_flushed(self)
+        except Exception as exc:  # noqa: BLE001 - the bus flushes many links in a row: never stop the others
+            log.debug("the error happened here", exc_info=exc)
+            self.drop(f"internal error after writing to it: {type(exc).__name__}: {exc}", level=logging.ERROR)
+            return
         if not self._out and self.dropped_broadcasts:
             log.info("%s caught up; %d broadcasts were dropped while its queue was full",
                      self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
