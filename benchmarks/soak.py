@@ -1,0 +1,434 @@
+"""Soak run: minutes of mixed traffic on busd and dbus-daemon side by side; is the daemon's RSS flat?
+
+    python3 benchmarks/soak.py                       # 10 minutes, busd and dbus-daemon
+    python3 benchmarks/soak.py --minutes 3 --json    # the series as JSON on stdout
+    python3 benchmarks/soak.py --diagnose --minutes 4  # busd under tracemalloc: what grows, by traceback
+
+Each bus is a separate daemon with the same configuration and the same paced
+load (soak_load.py: calls, signals with subscribers, connection churn, an
+activatable service killed with SIGKILL and restarted, junk and never-reading
+clients, a slow consumer), each bus's load in its own process. Every
+--interval seconds the daemon's RSS and open fds are read from /proc. The
+verdict: the least-squares slope of RSS over minutes --warmup..N must be below
+--bound MiB/minute for every daemon (exit status 1 otherwise).
+
+--diagnose runs busd in a child process of this script that starts tracemalloc
+before importing busd (no switch in busd itself): after the warm-up and at the
+end it snapshots the Python heap, and prints what grew in between, by
+traceback, and the object types whose count grew.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+TESTS = os.path.join(REPO, "tests")
+sys.path[:0] = [path for path in (HERE, TESTS) if path not in sys.path]
+
+import soak_load  # noqa: E402
+from buses import SESSION_CONFIG, START_TIMEOUT, RunningBus, start_bus  # noqa: E402
+
+# The same for both daemons: dbus-daemon's built-in defaults would refuse the churn
+# (256 connections per user) long before busd's would.
+LIMITS = """
+  <limit name="max_completed_connections">10000</limit>
+  <limit name="max_incomplete_connections">1000</limit>
+  <limit name="max_connections_per_user">10000</limit>
+  <limit name="max_match_rules_per_connection">5000</limit>
+  <limit name="max_replies_per_connection">5000</limit>
+  <limit name="auth_timeout">5000</limit>
+  <limit name="service_start_timeout">60000</limit>
+"""
+TRACE_FRAMES = 12
+MIB = 1024 * 1024
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of a daemon from /proc: seconds since the load started, RSS (KiB), fds, zombie children."""
+
+    t: float
+    rss_kib: int
+    fds: int
+    zombies: int
+
+
+def read_sample(pid: int, t: float) -> Sample:
+    with open(f"/proc/{pid}/status") as status:
+        rss = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+    return Sample(round(t, 1), rss, len(os.listdir(f"/proc/{pid}/fd")), zombie_children(pid))
+
+
+def zombie_children(pid: int) -> int:
+    """Children of `pid` that exited and were never reaped (a daemon that forgets its services)."""
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                count += 1
+    return count
+
+
+def slope(samples: list[Sample], since: float) -> float | None:
+    """Least-squares slope of RSS in MiB per minute over the samples taken at or after `since` seconds."""
+    points = [(s.t / 60, s.rss_kib / 1024) for s in samples if s.t >= since]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    if var == 0:
+        return None
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+
+
+@dataclass
+class Series:
+    """Everything the soak learned about one daemon."""
+
+    kind: str
+    pid: int
+    samples: list[Sample] = field(default_factory=list)
+    tally: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    log_lines: int = 0
+    log_tail: list[str] = field(default_factory=list)
+
+    def slope(self, since: float) -> float | None:
+        return slope(self.samples, since)
+
+    def as_json(self, since: float) -> dict:
+        return {"kind": self.kind, "pid": self.pid, "slope_mib_per_min": self.slope(since),
+                "samples": [[s.t, s.rss_kib, s.fds, s.zombies] for s in self.samples],
+                "sample_fields": ["seconds", "rss_kib", "fds", "zombie_children"],
+                "load": self.tally, "load_errors": self.errors, "log_lines": self.log_lines,
+                "log_tail": self.log_tail}
+
+
+# ---------------------------------------------------------------- the load, in a process per bus
+
+
+def _load_main(address: str, rate: float, seed: int, stop: multiprocessing.Event,
+               started: multiprocessing.Event, results: multiprocessing.Queue) -> None:
+    load = soak_load.Load(address, rate, seed)
+    try:
+        load.start()
+        started.set()
+        stop.wait()
+    finally:
+        tally = load.stop()
+        results.put((dict(tally.counts), tally.errors))
+
+
+class LoadProcess:
+    """soak_load.Load on one bus, in a process of its own (its threads must not share a GIL with the sampler)."""
+
+    def __init__(self, address: str, rate: float, seed: int):
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._started = context.Event()
+        self._results = context.Queue()
+        self.process = context.Process(target=_load_main, daemon=True,
+                                       args=(address, rate, seed, self._stop, self._started, self._results))
+        self.process.start()
+
+    def wait_started(self, timeout: float = 60) -> None:
+        if not self._started.wait(timeout):
+            self.close()
+            raise RuntimeError("the load did not start (is the bus answering?)")
+
+    def finish(self, timeout: float = 60) -> tuple[dict, list[str]]:
+        self._stop.set()
+        try:
+            return self._results.get(timeout=timeout)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+# ---------------------------------------------------------------- the buses
+
+
+def soak_config(servicedir: str) -> str:
+    return f"<servicedir>{servicedir}</servicedir>{LIMITS}"
+
+
+@contextmanager
+def soak_bus(kind: str, log_path: str) -> Iterator[RunningBus]:
+    """A bus of `kind` ('busd', 'dbus-daemon', or 'busd-traced' for --diagnose) with the soak's
+    configuration and its activatable service; the daemon's stderr (its log) goes to `log_path`."""
+    servicedir = tempfile.mkdtemp(prefix="soak-services-")
+    try:
+        soak_load.service_file(servicedir)
+        # The daemon inherits our stderr: point fd 2 at its log file just while it is spawned.
+        saved = os.dup(2)
+        try:
+            with open(log_path, "w") as daemon_log:
+                os.dup2(daemon_log.fileno(), 2)
+            if kind == "busd-traced":
+                bus = TracedBusd(soak_config(servicedir))
+            else:
+                bus = start_bus(kind, soak_config(servicedir))
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        try:
+            yield bus
+        finally:
+            bus.stop()
+    finally:
+        shutil.rmtree(servicedir, ignore_errors=True)
+
+
+class TracedBusd(RunningBus):
+    """busd run by this script in a child process under tracemalloc; snapshot() asks it for its heap."""
+
+    def __init__(self, extra_config: str):
+        workdir = tempfile.mkdtemp(prefix="busd-traced-")
+        config_path = os.path.join(workdir, "bus.conf")
+        with open(config_path, "w") as f:
+            f.write(SESSION_CONFIG.replace("{socket}", os.path.join(workdir, "bus")).replace("{extra}", extra_config))
+        address_r, address_w = os.pipe()
+        control_r, self._control = os.pipe()
+        self._answers, answer_w = os.pipe()
+        command = [sys.executable, os.path.abspath(__file__), "--traced-daemon", f"{control_r},{answer_w}",
+                   "--", f"--config-file={config_path}", "--nofork", "--nopidfile", f"--print-address={address_w}"]
+        process = subprocess.Popen(command, pass_fds=(address_w, control_r, answer_w), stdin=subprocess.DEVNULL)
+        for fd in (address_w, control_r, answer_w):
+            os.close(fd)
+        with os.fdopen(address_r) as reader:
+            ready = select.select([reader], [], [], START_TIMEOUT * 3)[0]
+            address = reader.readline().strip() if ready else ""
+        if not address:
+            process.kill()
+            process.wait()
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise RuntimeError("the traced busd printed no address")
+        super().__init__(kind="busd-traced", address=address, process=process, workdir=workdir)
+
+    def snapshot(self, path: str) -> None:
+        """Ask the daemon to write its tracemalloc snapshot to `path` (and its object counts to path.types)."""
+        os.write(self._control, f"{path}\n".encode())
+        if not select.select([self._answers], [], [], 300)[0] or not os.read(self._answers, 64):
+            raise RuntimeError("the traced busd took no snapshot")
+
+    def stop(self) -> None:
+        for fd in (self._control, self._answers):
+            if fd >= 0:
+                os.close(fd)
+        self._control = self._answers = -1
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def traced_daemon(fds: str, daemon_args: list[str]) -> int:
+    """The child of --diagnose: tracemalloc first, then busd; snapshots on request from a thread."""
+    import tracemalloc
+    tracemalloc.start(TRACE_FRAMES)
+    control, answers = (int(fd) for fd in fds.split(","))
+
+    def serve_snapshots() -> None:
+        with os.fdopen(control) as requests:
+            for line in requests:
+                path = line.strip()
+                gc.collect()
+                tracemalloc.take_snapshot().dump(path)
+                types = Counter(type(o).__qualname__ for o in gc.get_objects())
+                with open(path + ".types", "w") as f:
+                    json.dump(types, f)
+                os.write(answers, b"ok\n")
+
+    threading.Thread(target=serve_snapshots, daemon=True).start()
+    from busd.daemon.cli import main
+    return main(daemon_args)
+
+
+def print_growth(before_path: str, after_path: str, top: int, out=sys.stdout) -> None:
+    """What the traced daemon's heap gained between two snapshots, by traceback, and by object type."""
+    import tracemalloc
+    before = tracemalloc.Snapshot.load(before_path)
+    after = tracemalloc.Snapshot.load(after_path)
+    total = sum(s.size for s in after.statistics("filename")) - sum(s.size for s in before.statistics("filename"))
+    print(f"traced heap: {total / MIB:+.2f} MiB between the snapshots", file=out)
+    for stat in after.compare_to(before, "traceback")[:top]:
+        if stat.size_diff <= 0:
+            break
+        print(f"\n{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks (now {stat.size / 1024:.1f} KiB)",
+              file=out)
+        for line in stat.traceback.format(limit=TRACE_FRAMES, most_recent_first=True):
+            print("   " + line, file=out)
+    with open(before_path + ".types") as f:
+        types_before = Counter(json.load(f))
+    with open(after_path + ".types") as f:
+        types_after = Counter(json.load(f))
+    grown = sorted(((types_after[t] - types_before[t], t) for t in types_after), reverse=True)
+    print("\nobject types whose count grew:", file=out)
+    for diff, name in grown[:top]:
+        if diff <= 0:
+            break
+        print(f"  {diff:+8d}  {name} (now {types_after[name]})", file=out)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def soak(kinds: list[str], minutes: float, interval: float, rate: float, log, diagnose_dir: str | None = None,
+         warmup: float = 60.0, log_dir: str | None = None) -> list[Series]:
+    """Run the load on every bus of `kinds` at once for `minutes`; sample each daemon every `interval` s.
+
+    Each daemon's log goes to log_dir/KIND.log (a temporary directory when None).
+    """
+    with ExitStack() as stack:
+        if log_dir is None:
+            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-logs-"))
+        log_paths = [os.path.join(log_dir, f"{kind}.log") for kind in kinds]
+        buses = [stack.enter_context(soak_bus(kind, path)) for kind, path in zip(kinds, log_paths)]
+        loads = [LoadProcess(bus.address, rate, seed) for seed, bus in enumerate(buses)]
+        for load in loads:
+            stack.callback(load.close)
+        for load in loads:
+            load.wait_started()
+        series = [Series(bus.kind, bus.process.pid) for bus in buses]
+        start = time.monotonic()
+        end = start + minutes * 60
+        snapshots: list[str] = []
+        next_sample = start
+        log("   t(s)  " + "  ".join(f"{s.kind:>24}" for s in series))
+        while True:
+            now = time.monotonic()
+            for bus, one in zip(buses, series):
+                if bus.process.poll() is not None:
+                    raise RuntimeError(f"{bus.kind} exited with status {bus.process.returncode} during the soak")
+                one.samples.append(read_sample(one.pid, now - start))
+            log(f"{now - start:7.0f}  " + "  ".join(
+                f"{s.samples[-1].rss_kib / 1024:9.1f} MiB {s.samples[-1].fds:5d} fds" for s in series))
+            if diagnose_dir is not None and not snapshots and now - start >= warmup:
+                snapshots.append(os.path.join(diagnose_dir, "after-warmup.snapshot"))
+                buses[0].snapshot(snapshots[-1])
+            if now >= end:
+                break
+            next_sample += interval
+            time.sleep(max(0.0, min(next_sample, end) - time.monotonic()))
+        if diagnose_dir is not None:
+            snapshots.append(os.path.join(diagnose_dir, "end.snapshot"))
+            buses[0].snapshot(snapshots[-1])
+        for load, one in zip(loads, series):
+            one.tally, one.errors = load.finish()
+        for bus in buses:
+            bus.stop()  # before reading the logs: the daemon's last words are in them
+        for path, one in zip(log_paths, series):
+            with open(path, errors="replace") as f:
+                lines = f.read().splitlines()
+            one.log_lines = len(lines)
+            one.log_tail = lines[-5:]
+    if diagnose_dir is not None and len(snapshots) == 2:
+        print_growth(*snapshots, top=25)
+    return series
+
+
+def report(series: list[Series], warmup: float, bound: float, interval: float) -> tuple[str, bool]:
+    """The table of samples (one row per minute or so) and the verdict, and whether every daemon passed."""
+    lines = []
+    step = max(1, round(60 / interval))
+    lines.append(f"{'t (s)':>7}  " + "  ".join(f"{s.kind + ' RSS MiB':>18} {'fds':>5}" for s in series))
+    count = min(len(s.samples) for s in series)
+    for i in list(range(0, count, step)) + ([count - 1] if (count - 1) % step else []):
+        lines.append(f"{series[0].samples[i].t:7.0f}  " + "  ".join(
+            f"{s.samples[i].rss_kib / 1024:18.1f} {s.samples[i].fds:5d}" for s in series))
+    ok = True
+    lines.append("")
+    for one in series:
+        value = one.slope(warmup)
+        first = one.samples[0].rss_kib / 1024
+        last = one.samples[-1].rss_kib / 1024
+        fds = [s.fds for s in one.samples if s.t >= warmup]
+        passed = value is not None and value < bound and one.tally.get("errors", 0) == 0
+        ok = ok and passed
+        slope_text = "n/a (too few samples after the warm-up)" if value is None else f"{value:+.3f} MiB/min"
+        lines.append(f"{one.kind}: RSS {first:.1f} -> {last:.1f} MiB; slope after {warmup:.0f}s {slope_text} "
+                     f"(bound {bound} MiB/min); fds after warm-up {min(fds, default=0)}..{max(fds, default=0)}; "
+                     f"zombie children {one.samples[-1].zombies}: {'PASS' if passed else 'FAIL'}")
+        lines.append(f"  load: " + ", ".join(f"{k}={v}" for k, v in sorted(one.tally.items())))
+        for error in one.errors:
+            lines.append(f"  load error: {error}")
+        lines.append(f"  daemon log: {one.log_lines} lines" + ("; the last:" if one.log_tail else ""))
+        lines.extend(f"    {line}" for line in one.log_tail)
+    return "\n".join(lines), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--traced-daemon"]:
+        return traced_daemon(argv[1], argv[3:])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--minutes", type=float, default=10.0, help="how long the load runs (default 10)")
+    p.add_argument("--buses", default="busd,dbus-daemon", help="comma-separated daemons (default busd,dbus-daemon)")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the slope (default 60)")
+    p.add_argument("--bound", type=float, default=0.1, help="largest acceptable RSS slope, MiB/min (default 0.1)")
+    p.add_argument("--rate", type=float, default=1.0, help="scale of the load (default 1.0)")
+    p.add_argument("--json", action="store_true", help="print the series as JSON instead of the table")
+    p.add_argument("--logs", metavar="DIR", help="keep each daemon's log in DIR/KIND.log")
+    p.add_argument("--diagnose", action="store_true",
+                   help="run busd alone under tracemalloc and print what grew after the warm-up")
+    args = p.parse_args(argv)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    kinds = ["busd-traced"] if args.diagnose else args.buses.split(",")
+    with ExitStack() as stack:
+        diagnose_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="soak-diagnose-")) \
+            if args.diagnose else None
+        series = soak(kinds, args.minutes, args.interval, args.rate, log, diagnose_dir, args.warmup, args.logs)
+    text, ok = report(series, args.warmup, args.bound, args.interval)
+    if args.json:
+        print(json.dumps({"warmup_seconds": args.warmup, "bound_mib_per_min": args.bound, "passed": ok,
+                          "buses": [s.as_json(args.warmup) for s in series]}, indent=1))
+        log(text)
+    else:
+        print(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
