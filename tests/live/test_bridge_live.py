@@ -22,7 +22,7 @@ import sys
 import pytest
 
 from buses import RunningBus, start_bus
-from busd.wire.message import METHOD_CALL, METHOD_RETURN
+from busd.wire.message import METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL
 from busclient import DBUS, DBUS_PATH, LineWatcher, RawClient, start_bus_logged, watch_name
 
 UP = "dev.busd.Up"  # imported: --import=dev.busd.Up.*
@@ -481,6 +481,33 @@ def test_a_local_service_may_call_back_its_upstream_caller(pair):
         assert service.reply_to(back).value() == "ok"
         service.reply(call)
         assert caller.reply_to(serial).type == METHOD_RETURN
+
+
+@pytest.mark.live
+def test_only_answers_and_exported_services_reach_an_upstream_caller(pair):
+    """Issue 13 #9: the stand-in of an upstream caller is no way upstream for other local peers.
+
+    A stranger's call gets ServiceUnknown, its signal and no-reply call are dropped; the service
+    the caller called still answers and calls back; the caller sees only what that service sent.
+    """
+    name = f"{DOWN}.Guarded"
+    with RawClient(pair.local.address) as service, RawClient(pair.up.address) as caller, \
+            RawClient(pair.local.address) as stranger:
+        assert service.request_name(name) == 1
+        wait_owned(caller, name)
+        serial = caller.call(name, "/", "dev.busd.Test.Raw", "Register")
+        call = service.wait_call("Register")
+        stand_in = call.sender
+        stranger.send(SIGNAL, destination=stand_in, path="/", interface="dev.busd.Test.Raw", member="Forged")
+        stranger.call(stand_in, "/", "dev.busd.Test.Raw", "Silent", flags=NO_REPLY_EXPECTED)
+        refused = stranger.call_wait(stand_in, "/", "dev.busd.Test.Raw", "Hijack")
+        assert refused.error_name == SERVICE_UNKNOWN and refused.sender == stand_in
+        service.reply(call, "s", ["registered"])
+        assert caller.reply_to(serial).value() == "registered"
+        service.emit("/", "dev.busd.Test.Raw", "Done", destination=stand_in)
+        caller.wait_signal("Done", TIMEOUT)  # sent after all of the stranger's: anything of it came first
+        assert [m.member for m in caller.drain() if m.member in ("Forged", "Silent", "Hijack")] == []
+        pair.logs.wait_for(rf"bridge: refusing .*sender={re.escape(stranger.unique_name)}\b", TIMEOUT)
 
 
 def pair_bridge_name(client: RawClient, exported: str) -> str:
