@@ -139,6 +139,7 @@ class Conversation:
 
     def __init__(self, state: str, max_line_length: int):
         self.done = False
+        self.waiting = False  # a handler waits for something the caller looks up; lines wait meanwhile
         self.leftover = b""
         self._state = state
         self._lines = LineReader(max_line_length)
@@ -151,7 +152,11 @@ class Conversation:
             return b""
         self._lines.feed(self._before_lines(data))
         self._output = []
-        while not self.done:
+        return self._run_lines()
+
+    def _run_lines(self) -> bytes:
+        """Handle every whole line received, until done or waiting; return the replies."""
+        while not self.done and not self.waiting:
             line = self._lines.next_line()
             if line is None:
                 break

@@ -16,6 +16,7 @@ import os
 import pwd
 import re
 import secrets
+from typing import NamedTuple
 
 from .sasl import (
     ALL_MECHANISMS, ANONYMOUS, CHALLENGE_BYTES, DBUS_COOKIE_SHA1, DEFAULT_COOKIE_CONTEXT, DEFAULT_MAX_LINE_LENGTH,
@@ -28,6 +29,29 @@ DEFAULT_MAX_FAILURES = 6         # dbus-daemon's max_failures
 _GUID = re.compile(r"[0-9a-fA-F]{32}\Z")
 _UID = re.compile(r"[0-9]{1,10}\Z")
 _UNIX_FD_REFUSED = "Unix FD passing not supported, not authenticated or otherwise not possible"
+
+
+class CookieWanted(NamedTuple):
+    """What a waiting DBUS_COOKIE_SHA1 exchange needs looked up: the identity the client named, and the context."""
+
+    identity: bytes
+    context: str
+
+
+def cookie_for_identity(keyring: CookieStore, wanted: CookieWanted) -> Cookie | None:
+    """The cookie to challenge `wanted.identity` with, or None to reject it.
+
+    This may block (a login name goes to the user database; the keyring may wait
+    for its lock file), so a server on an event loop calls it in a thread; see
+    ServerAuthenticator's `defer_cookies`.
+    """
+    # The keyring lives in the server user's home, so only that user can authenticate this way.
+    if _uid_of(wanted.identity, usernames=True) != os.geteuid():
+        return None
+    try:
+        return keyring.best_cookie(wanted.context)
+    except KeyringError:
+        return None
 
 
 def _uid_of(identity: bytes, usernames: bool) -> int | None:
@@ -53,14 +77,18 @@ class ServerAuthenticator(Conversation):
 
     DBUS_COOKIE_SHA1, if offered, takes its secrets from `keyring`, synchronously:
     with busd.transport.keyring's files that can block for up to 8 s while another
-    process holds the keyring lock (dbus-daemon's wait).
+    process holds the keyring lock (dbus-daemon's wait), and a login name as the
+    identity is a user database lookup. With `defer_cookies` the machine does
+    neither: it sets `cookie_wanted` and `waiting` and handles no more lines
+    until the caller has run cookie_for_identity() (in a thread) and passed the
+    result to cookie_found().
     """
 
     def __init__(self, guid: str, mechanisms: tuple[str, ...] | list[str] = (EXTERNAL,),
                  peer_uid: int | None = None, allow_anonymous: bool = False,
                  unix_fd_possible: bool = True, cookie_context: str = DEFAULT_COOKIE_CONTEXT,
                  keyring: CookieStore | None = None, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
-                 max_failures: int = DEFAULT_MAX_FAILURES):
+                 max_failures: int = DEFAULT_MAX_FAILURES, defer_cookies: bool = False):
         if not _GUID.match(guid):
             raise ValueError(f"server GUID {guid!r} must be 32 hex digits")
         unknown = [name for name in mechanisms if name not in ALL_MECHANISMS]
@@ -76,6 +104,8 @@ class ServerAuthenticator(Conversation):
         self.cookie_context = cookie_context
         self.keyring = keyring
         self.max_failures = max_failures
+        self.defer_cookies = defer_cookies
+        self.cookie_wanted: CookieWanted | None = None
         # ANONYMOUS is offered only when both listed and allowed; see the module docstring.
         self.offered = tuple(name for name in ALL_MECHANISMS
                              if name in mechanisms and (name != ANONYMOUS or allow_anonymous))
@@ -216,14 +246,29 @@ class ServerAuthenticator(Conversation):
             self._cookie_verify(response)
 
     def _cookie_challenge(self, identity: bytes) -> None:
-        # The keyring lives in the server user's home, so only that user can authenticate this way.
-        if _uid_of(identity, usernames=True) != os.geteuid():
-            self._reject()
+        wanted = CookieWanted(identity, self.cookie_context)
+        if self.defer_cookies:
+            self.cookie_wanted = wanted
+            self.waiting = True
             return
         assert self.keyring is not None  # __init__ refuses DBUS_COOKIE_SHA1 without one
-        try:
-            cookie = self.keyring.best_cookie(self.cookie_context)
-        except KeyringError:
+        self._challenge_with(cookie_for_identity(self.keyring, wanted))
+
+    def cookie_found(self, cookie: Cookie | None) -> bytes:
+        """Resume a waiting DBUS_COOKIE_SHA1 exchange with cookie_for_identity()'s answer; the bytes to send.
+
+        Like receive_data(), it handles the lines that arrived meanwhile, and raises AuthError.
+        """
+        if not self.waiting:
+            raise ValueError("no DBUS_COOKIE_SHA1 exchange is waiting for a cookie")
+        self.waiting = False
+        self.cookie_wanted = None
+        self._output = []
+        self._challenge_with(cookie)
+        return self._run_lines()
+
+    def _challenge_with(self, cookie: Cookie | None) -> None:
+        if cookie is None:
             self._reject()
             return
         self._cookie = cookie

@@ -17,7 +17,7 @@ from saslplay import (
 from busd.transport.keyring import KeyringDirectory
 from busd.wire.errors import ProtocolError
 from busd.wire.sasl import ANONYMOUS, DBUS_COOKIE_SHA1, EXTERNAL, AuthError, cookie_hash
-from busd.wire.sasl_server import ServerAuthenticator
+from busd.wire.sasl_server import CookieWanted, ServerAuthenticator, cookie_for_identity
 
 
 # --- EXTERNAL -----------------------------------------------------------------------------------
@@ -393,3 +393,47 @@ def test_server_refuses_cookie_sha1_without_a_keyring() -> None:
     with pytest.raises(ValueError, match="needs a keyring"):
         make_server(mechanisms=(EXTERNAL, DBUS_COOKIE_SHA1))
     make_server(mechanisms=(EXTERNAL, ANONYMOUS))  # the other mechanisms need none
+
+
+# --- DBUS_COOKIE_SHA1 with the lookup deferred to the caller (the daemon runs it in a thread) ---------------
+
+
+def test_deferred_cookie_waits_for_the_caller_and_keeps_later_lines(tmp_path) -> None:
+    keyrings = tmp_path / "keyrings"
+    server = cookie_server(keyrings, defer_cookies=True)
+    # The identity line, then a line that must wait until the cookie is known.
+    assert server.receive_data(b"\0AUTH DBUS_COOKIE_SHA1 " + hexed(ME) + b"\r\nCANCEL\r\n") == b""
+    assert server.waiting and server.cookie_wanted == CookieWanted(str(ME).encode(), "org_freedesktop_general")
+    assert not keyrings.exists(), "the machine touched no keyring itself"
+    cookie = cookie_for_identity(server.keyring, server.cookie_wanted)
+    reply = server.cookie_found(cookie)
+    data, rejected = reply.split(b"\r\n")[:2]
+    context, cookie_id, _challenge = bytes.fromhex(data[5:].decode()).decode().split(" ")
+    assert context == "org_freedesktop_general" and int(cookie_id) == cookie.id
+    assert rejected == b"REJECTED DBUS_COOKIE_SHA1"  # CANCEL, handled once the challenge went out
+    assert not server.waiting and server.cookie_wanted is None
+
+
+def test_deferred_cookie_then_a_full_handshake(tmp_path) -> None:
+    keyrings = tmp_path / "keyrings"
+    server = cookie_server(keyrings, defer_cookies=True)
+    assert server.receive_data(b"\0AUTH DBUS_COOKIE_SHA1 " + hexed(ME) + b"\r\n") == b""
+    reply = server.cookie_found(cookie_for_identity(server.keyring, server.cookie_wanted))
+    _context, cookie_id, challenge = bytes.fromhex(reply[5:-2].decode()).decode().split(" ")
+    proof = cookie_hash(challenge, "abc", secret_of(keyrings, int(cookie_id)))
+    play(server, [(b"DATA " + f"abc {proof}".encode().hex().encode() + b"\r\n", OK), (b"BEGIN\r\n", b"")])
+    assert server.done and server.uid == ME
+
+
+@pytest.mark.parametrize("identity", [ME + 1, "no-such-user-here", "ro\0ot"])
+def test_deferred_cookie_for_another_identity_is_rejected(tmp_path, identity) -> None:
+    server = cookie_server(tmp_path / "k", defer_cookies=True)
+    server.receive_data(b"\0AUTH DBUS_COOKIE_SHA1 " + str(identity).encode().hex().encode() + b"\r\n")
+    assert cookie_for_identity(server.keyring, server.cookie_wanted) is None
+    assert server.cookie_found(None) == b"REJECTED DBUS_COOKIE_SHA1\r\n"
+
+
+def test_cookie_found_without_a_waiting_exchange_is_an_error(tmp_path) -> None:
+    server = cookie_server(tmp_path / "k", defer_cookies=True)
+    with pytest.raises(ValueError):
+        server.cookie_found(None)
