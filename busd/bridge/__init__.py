@@ -23,7 +23,11 @@ local bus, so local routing needs no special case:
   through local rules sender='<exported name>', and are emitted upstream.
 - Nothing else crosses: upstream names outside --import do not exist here, local
   names outside --export do not exist upstream (ServiceUnknown), and broadcasts
-  of other peers are dropped on both sides.
+  of other peers are dropped on both sides. A mirror that owns no imported name
+  (an upstream caller's) takes only replies to its calls and what local owners
+  of exported names send it; other local peers get ServiceUnknown.
+- Mirrors have no unix credentials (mirror.py says why): local policy treats an
+  upstream peer as it treats a peer nobody can name, never as busd's own user.
 
 When the upstream bus goes away every mirror leaves (imported names vanish,
 waiting callers get NoReply from the bus), busd serves on, and the bridge
