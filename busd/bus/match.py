@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from enum import Enum
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -89,9 +89,15 @@ class ArgMatch(NamedTuple):
 
     def accepts(self, type_code: str | None, actual: Any) -> bool:
         """Whether a body argument of D-Bus type `type_code` with value `actual` passes."""
+        return self.accepts_type(type_code) and self.accepts_value(actual)
+
+    def accepts_type(self, type_code: str | None) -> bool:
+        """Whether an argument of this type can pass (spec: argN tests strings, argNpath strings and paths)."""
+        return type_code == "s" or (type_code == "o" and self.kind is ArgKind.PATH)
+
+    def accepts_value(self, actual: Any) -> bool:
+        """Whether a string or object path argument with value `actual` passes."""
         if not isinstance(actual, str):
-            return False
-        if type_code != "s" and not (type_code == "o" and self.kind is ArgKind.PATH):
             return False
         expected = self.value
         if self.kind is ArgKind.STRING:
@@ -199,7 +205,7 @@ class MatchRule:
                 yield name
 
     def matches(self, msg: Any, sender_names: Collection[str],
-                get_args: Callable[[], list[Any]],
+                get_args: Callable[[], Sequence[Any]],
                 destination_names: Collection[str] | None = None) -> bool:
         """Whether this rule makes its owner a recipient of `msg`.
 
@@ -210,8 +216,10 @@ class MatchRule:
         whose primary owner is the sender. `destination_names` are the names
         whose primary owner is the addressed recipient; None means compare the
         rule's destination with `msg.destination` (a message to the bus driver,
-        or to a service not started yet). `get_args` is called only when the
-        rule filters on arguments.
+        or to a service not started yet). `get_args` returns the body's
+        arguments as a sequence (wire.message.body_arguments decodes only the
+        ones indexed); it is called only when the rule filters on arguments of
+        types that can match.
         """
         if self.type is not None and msg.type != self.type:
             return False
@@ -225,7 +233,7 @@ class MatchRule:
             return False
         return self.matches_beyond_header_key(msg, get_args, destination_names)
 
-    def matches_beyond_header_key(self, msg: Any, get_args: Callable[[], list[Any]],
+    def matches_beyond_header_key(self, msg: Any, get_args: Callable[[], Sequence[Any]],
                                   destination_names: Collection[str] | None) -> bool:
         """The checks left once type, interface, member, sender and path are known to match."""
         destination = msg.destination
@@ -242,21 +250,32 @@ class MatchRule:
         if self.path_namespace is not None and not _in_path_namespace(msg.path, self.path_namespace):
             return False
         if self.args:
-            return self._args_match(msg, get_args())
+            return self._args_match(msg, get_args)
         return True
 
-    def _args_match(self, msg: Any, body: list[Any]) -> bool:
+    def _args_match(self, msg: Any, get_args: Callable[[], Sequence[Any]]) -> bool:
         signature = getattr(msg, "signature", None)
-        codes = _top_level_type_codes(signature) if signature is not None else None
+        if signature is None:
+            # No signature to go by: every str argument counts as a string.
+            body = get_args()
+            for arg in self.args:
+                if arg.index >= len(body):
+                    return False
+                value = body[arg.index]
+                if not arg.accepts("s" if isinstance(value, str) else None, value):
+                    return False
+            return True
+        codes = _top_level_type_codes(signature)
+        if codes is None:
+            return False
+        # The types come from the signature alone: a rule whose argument is not a
+        # string (or path) fails without a byte of the body being read.
         for arg in self.args:
-            if arg.index >= len(body):
+            if arg.index >= len(codes) or not arg.accepts_type(codes[arg.index]):
                 return False
-            value = body[arg.index]
-            if codes is None:
-                code = "s" if isinstance(value, str) else None
-            else:
-                code = codes[arg.index] if arg.index < len(codes) else None
-            if not arg.accepts(code, value):
+        body = get_args()  # a lazy sequence decodes only the arguments indexed
+        for arg in self.args:
+            if not arg.accepts_value(body[arg.index]):
                 return False
         return True
 

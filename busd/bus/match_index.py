@@ -9,7 +9,7 @@ out so that it is not delivered twice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -186,7 +186,7 @@ class MatchIndex:
         """Distinct rules on the bus."""
         return len(self._owners)
 
-    def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], list[Any]], *,
+    def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], Sequence[Any]], *,
                    addressed_recipient: Hashable | None = None,
                    recipient_names: Collection[str] | None = None) -> set[Hashable]:
         """Every owner with a rule matching `msg`, each once, as `MatchRule.matches` decides.
@@ -199,10 +199,10 @@ class MatchIndex:
         destination). `get_args` is called at most once, and only if a
         candidate rule filters on arguments.
         """
-        body: list[Any] = []
+        body: Sequence[Any] = ()
         fetched = False
 
-        def args_once() -> list[Any]:
+        def args_once() -> Sequence[Any]:
             nonlocal body, fetched
             if not fetched:
                 body, fetched = get_args(), True

@@ -19,7 +19,8 @@ import time
 from typing import Any, Collection
 
 from ..wire.message import (
-    ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, read_body,
+    ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, body_arguments,
+    read_body,
     sender_field, stamp_sender,
 )
 from ..wire.wellknown import DRIVER_NAME
@@ -494,7 +495,7 @@ class Bus:
 
         def get_args() -> list:
             if not args_cache:
-                args_cache.append(read_body(buf, h))
+                args_cache.append(body_arguments(buf, h))
             return args_cache[0]
 
         recipients = self.matches.recipients(h, sender.names, get_args)
@@ -543,7 +544,7 @@ class Bus:
         """Deliver a unicast message to peers whose match rules ask to eavesdrop on it (its sender too)."""
         if not self.matches.has_eavesdroppers:
             return
-        eavesdroppers = self.matches.recipients(h, sender.names, lambda: read_body(buf, h),
+        eavesdroppers = self.matches.recipients(h, sender.names, lambda: body_arguments(buf, h),
                                                 addressed_recipient=target,
                                                 recipient_names=target.names if target else None)
         if not eavesdroppers:

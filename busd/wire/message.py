@@ -17,6 +17,7 @@ import struct
 from typing import Any, Callable
 
 from . import names
+from .arguments import BodyArguments
 from .errors import MarshalError, ProtocolError
 from .marshal import (
     BIG, LITTLE, MAX_ARRAY_LENGTH, Variant, check_body, check_string_bytes,
@@ -456,6 +457,11 @@ def read_body(buf: bytes, h: Header) -> list[Any]:
     return unmarshal_body(h.signature, buf, h.body_start, h.endian)
 
 
+def body_arguments(buf: bytes, h: Header) -> BodyArguments:
+    """The body's arguments, each decoded only when indexed (for match rules' argN filters)."""
+    return BodyArguments(h.signature, buf, h.body_start, h.endian)
+
+
 def check_signature_text(sig: str) -> None:
     """Raise ProtocolError if `sig` is not a valid signature."""
     try:
@@ -466,5 +472,5 @@ def check_signature_text(sig: str) -> None:
 
 __all__ = [
     "Header", "frame_size", "parse_header", "sender_field", "stamp_sender", "build_message",
-    "read_body", "check_string_bytes",
+    "read_body", "body_arguments", "check_string_bytes",
 ]
