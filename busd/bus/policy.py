@@ -63,16 +63,23 @@ class PeerPolicy(Protocol):
     def can_receive(self, h: Any, sender_names: Collection[str], requested_reply: bool,
                     nfds: int, eavesdrop: bool) -> Verdict: ...
 
+    @property
+    def may_eavesdrop(self) -> bool:
+        """False when no message can pass `can_receive(..., eavesdrop=True)`: the bus then skips
+        this peer's eavesdropping rules before it looks at a message's body."""
+
 
 class BusPolicy(Protocol):
     enforced: bool
 
     def for_peer(self, uid: int | None, gids: Collection[int]) -> PeerPolicy: ...
 
-    def allows_connection(self, uid: int | None) -> Verdict: ...
+    def allows_connection(self, uid: int | None, user_groups: Collection[int] | None = None) -> Verdict: ...
 
 
 class _AllowEverything:
+    may_eavesdrop = True
+
     def can_own(self, name: str) -> Verdict:
         return ALLOWED
 
@@ -93,7 +100,7 @@ class AllowEverything:
     def for_peer(self, uid: int | None, gids: Collection[int]) -> PeerPolicy:
         return self._peer
 
-    def allows_connection(self, uid: int | None) -> Verdict:
+    def allows_connection(self, uid: int | None, user_groups: Collection[int] | None = None) -> Verdict:
         return ALLOWED
 
 
@@ -350,6 +357,9 @@ class ConfigPeerPolicy:
         self.own_rules: list[OwnRule] = _drop_overridden(by_kind["own"])
         self.send_rules: list[MessageRule] = send
         self.receive_rules: list[MessageRule] = receive
+        # Only an allow rule saying eavesdrop="true" lets a peer eavesdrop (MessageRule.matches_receive);
+        # without one every eavesdropping verdict is the default deny, whatever the message.
+        self.may_eavesdrop = any(rule.allow and rule.eavesdrop for rule in receive)
         self._send = {t: _Bucket([r for r in send if r.type in (None, t)]) for t in MESSAGE_TYPES.values()}
         self._receive = {t: _Bucket([r for r in receive if r.type in (None, t)]) for t in MESSAGE_TYPES.values()}
         self._send_tests = _Tests(send)
@@ -525,15 +535,23 @@ class ConfigPolicy:
             peer = self._peers[key] = ConfigPeerPolicy(rules)
         return peer
 
-    def allows_connection(self, uid: int | None) -> Verdict:
-        """May a peer with this uid connect? dbus-daemon's <allow user/group> logic."""
+    def allows_connection(self, uid: int | None, user_groups: Collection[int] | None = None) -> Verdict:
+        """May a peer with this uid connect? dbus-daemon's <allow user/group> logic.
+
+        `user_groups` are the user database's groups of `uid` when the caller
+        looked them up already (off the event loop: the transport does); () means no such user.
+        """
         if uid is None:
             return ALLOWED  # no unix user: the authentication mechanism (ANONYMOUS) already decided
-        try:
-            entry = pwd.getpwuid(uid)
-            gids = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
-        except (KeyError, OSError):
+        if user_groups is None:
+            try:
+                entry = pwd.getpwuid(uid)
+                user_groups = os.getgrouplist(entry.pw_name, entry.pw_gid)
+            except (KeyError, OSError):
+                user_groups = ()
+        if not user_groups:
             return DENIED  # dbus-daemon rejects a uid it cannot find the groups of
+        gids = set(user_groups)
         verdict = ALLOWED if uid == os.geteuid() else DENIED
         for rule in self.connection_rules:
             if rule.kind == "user":

@@ -19,13 +19,25 @@ from ..wire.message import Header
 
 
 class Credentials:
-    """What the kernel says about the process at the other end of a peer's link."""
+    """Who is at the other end of a peer's link: what the kernel says, with the uid SASL authenticated.
 
-    __slots__ = ("pid", "uid", "gid", "groups")
+    `groups` are the kernel's (SO_PEERGROUPS; none over TCP). `user_groups` are
+    the groups the user database gives `uid`, which the transport looks up off
+    the event loop: () when `uid` is no user, None when nobody looked (the
+    policy then looks them up itself).
+    """
+
+    __slots__ = ("pid", "uid", "gid", "groups", "user_groups")
 
     def __init__(self, pid: int | None = None, uid: int | None = None, gid: int | None = None,
-                 groups: tuple[int, ...] = ()):
+                 groups: tuple[int, ...] = (), user_groups: tuple[int, ...] | None = None):
         self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups
+        self.user_groups = user_groups
+
+    @property
+    def policy_groups(self) -> tuple[int, ...]:
+        """The groups <policy group=...> rules see: the kernel's, else (TCP) the user database's, as dbus-daemon."""
+        return self.groups or self.user_groups or ()
 
 
 @runtime_checkable

@@ -15,7 +15,7 @@ from ..bus.ports import Credentials
 from ..interfaces import introspection_xml
 from ..launcher.activation import Activation, install_activation
 from ..launcher.policy import compile_policy
-from ..transport.connection import Connection
+from ..transport.connection import Connection, Lookups
 from ..transport.keyring import KeyringDirectory
 from ..transport.listeners import Listener, ListenError, listen
 from ..wire.sasl_server import ServerAuthenticator
@@ -51,6 +51,7 @@ class Daemon(BusObserver):
         self.activation: Activation | None = None  # once serving
         self.watchdog: Watchdog | None = None  # when systemd asked for keep-alives
         self.bridge: Any = None  # the BridgeManager, made by process.start once the bus serves
+        self.lookups = Lookups()  # the user database and the cookie keyring, asked in threads
 
     # ------------------------------------------------------------ before the loop
 
@@ -123,6 +124,7 @@ class Daemon(BusObserver):
         self.listeners = []
         if self.bus is not None:
             self.bus.close()
+        self.lookups.close()
 
     # ------------------------------------------------------------ accepting
 
@@ -132,7 +134,7 @@ class Daemon(BusObserver):
         def make(creds: Credentials) -> ServerAuthenticator:
             return ServerAuthenticator(self.guid, mechanisms=tuple(settings.auth) or ("EXTERNAL",),
                                        peer_uid=creds.uid, allow_anonymous=settings.allow_anonymous,
-                                       unix_fd_possible=unix, keyring=KeyringDirectory())
+                                       unix_fd_possible=unix, keyring=KeyringDirectory(), defer_cookies=True)
         return make
 
     def _on_accept(self, listener: Listener) -> None:
@@ -155,7 +157,8 @@ class Daemon(BusObserver):
             sock.setblocking(False)
             self._serial += 1
             try:
-                conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}")
+                conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}",
+                                  self.lookups)
             except OSError as exc:
                 log.warning("could not set up a connection: %s", exc)
                 sock.close()
@@ -225,6 +228,7 @@ class Daemon(BusObserver):
         self.settings.config = new.config
         self.bus.limits = new.limits
         self.settings.limits = new.limits
+        self.lookups.users.forget()  # as dbus-daemon flushes its user database cache on reload
         if policy is not None:
             self.bus.set_policy(policy)
         self.bus.config_reloaded(new)

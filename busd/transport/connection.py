@@ -16,13 +16,18 @@ import logging
 import os
 import socket
 import struct
-from typing import Callable, Generic
+import concurrent.futures
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic
 
 from ..bus.ports import BusEntry, Credentials, PeerT
 from ..wire.errors import ProtocolError
 from ..wire.message import Header
-from ..wire.sasl_server import ServerAuthenticator
+from ..wire.sasl import Cookie
+from ..wire.sasl_server import ServerAuthenticator, cookie_for_identity
 from .stream import Stream
+from .users import UserDirectory
 
 log = logging.getLogger("busd.connection")
 
@@ -74,18 +79,43 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+def _keyring_thread() -> Executor:
+    # One thread: the keyring is one file under one lock, so its users queue anyway.
+    return ThreadPoolExecutor(1, thread_name_prefix="busd-keyring")
+
+
+@dataclass
+class Lookups:
+    """Where connections run what may block (the user database, the cookie keyring): never on the event loop."""
+
+    users: UserDirectory = field(default_factory=UserDirectory)
+    keyring: Executor = field(default_factory=_keyring_thread)
+
+    def close(self) -> None:
+        self.keyring.shutdown(wait=False, cancel_futures=True)
+        self.users.close()
+
+
+_SHARED_LOOKUPS = Lookups()  # for connections made without a daemon's own (tests)
+
+
 class Connection(Stream, Generic[PeerT]):
     """The I/O side of one peer, a PeerLink. The bus side (a PeerT) is the bus's, made once SASL succeeds."""
 
     def __init__(self, bus: BusEntry[PeerT], sock: socket.socket,
-                 make_auth: Callable[[Credentials], ServerAuthenticator], label: str):
+                 make_auth: Callable[[Credentials], ServerAuthenticator], label: str,
+                 lookups: Lookups | None = None):
         super().__init__(bus.loop, bus.schedule_flush)
         self.bus = bus
         self.attach(sock)
         self.label = label
+        self.lookups = lookups or _SHARED_LOOKUPS
         self.credentials = credentials_of(sock)
         self.auth: ServerAuthenticator | None = make_auth(self.credentials)
         self.peer: PeerT | None = None
+        # A lookup for this peer runs in a thread: its input waits (held), with what it sent meanwhile.
+        self.looking_up = False
+        self._waiting_input = b""
         self.dropped_broadcasts = 0
         # Incomplete until Hello, as in dbus-daemon: the bus counts it against
         # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
@@ -132,40 +162,129 @@ class Connection(Stream, Generic[PeerT]):
         bound. dbus-daemon disconnects it once 16 KiB of replies are unsent.
         """
         pos = 0
-        while pos < len(data) and self.auth is not None:
+        while pos < len(data) and self.auth is not None and not self.looking_up:
             chunk = data[pos:pos + MAX_AUTH_BUFFER] if pos or len(data) > MAX_AUTH_BUFFER else data
             pos += len(chunk)
-            self._feed_auth_chunk(chunk)
+            self._auth_replied(self._auth_step(self.auth.receive_data, chunk))
             if self.closed:
                 return
-            if self.auth is not None and self.out_bytes > MAX_AUTH_BUFFER:
-                self.drop(f"does not read its authentication replies: {self.out_bytes} bytes unsent, "
-                          f"the limit is {MAX_AUTH_BUFFER}")
-                return
-        if pos < len(data) and self.peer is not None and not self.closed:
-            self.feed(data[pos:])  # the first messages, after BEGIN in the same read
+        if pos < len(data) and not self.closed:
+            if self.looking_up:
+                self._waiting_input += data[pos:]  # handshake lines or first messages: after the lookup
+            elif self.peer is not None:
+                self.feed(data[pos:])  # the first messages, after BEGIN in the same read
 
-    def _feed_auth_chunk(self, data: bytes) -> None:
-        auth = self.auth
+    def _auth_step(self, step: Callable, *args: object) -> bytes | None:
+        """One step of the SASL machine: its replies, or None when it failed (the connection is dropped)."""
         try:
-            reply = auth.receive_data(data)
+            return step(*args)
         except ProtocolError as exc:
             last_words = getattr(exc, "reply", b"")
             if last_words:
                 self.send_now(last_words)
             self.drop(f"authentication failed: {exc.reason}")
+            return None
+
+    def _auth_replied(self, reply: bytes | None) -> None:
+        """Send the machine's replies and move on: wait for a cookie, or for the peer's groups once done."""
+        auth = self.auth
+        if reply is None or auth is None:
             return
         if reply:
             self.send_now(reply)
-        if auth.done:
+            if self.closed:
+                return
+        if auth.cookie_wanted is not None:
+            self._look_up(self.lookups.keyring.submit(cookie_for_identity, auth.keyring, auth.cookie_wanted),
+                          self._cookie_found)
+        elif auth.done:
             self.auth = None
             self.can_pass_fds = bool(auth.unix_fd)
-            peer = self.bus.peer_authenticated(self, auth.uid)
-            if peer is None:
+            self._waiting_input = bytes(auth.leftover)
+            self._authenticated_as(auth.uid)
+        elif self.out_bytes > MAX_AUTH_BUFFER:
+            self.drop(f"does not read its authentication replies: {self.out_bytes} bytes unsent, "
+                      f"the limit is {MAX_AUTH_BUFFER}")
+
+    # ------------------------------------------------------------ lookups off the loop
+
+    def _look_up(self, future: concurrent.futures.Future | asyncio.Future, then: Callable[[Any], None]) -> None:
+        """Hold this peer's input until `future` (a thread's work) is done, then call `then` with its result."""
+        self.looking_up = True
+        self.hold_input()
+        asyncio.wrap_future(future, loop=self.loop).add_done_callback(lambda done: self._looked_up(done, then))
+
+    def _looked_up(self, done: asyncio.Future, then: Callable[[Any], None]) -> None:
+        if self.closed:
+            return
+        self.looking_up = False
+        pending, self._waiting_input = self._waiting_input, b""
+        bus = self.bus
+        bus.input_started()
+        try:
+            error = done.exception() if not done.cancelled() else asyncio.CancelledError()
+            if error is not None:
+                self.drop(f"looking up who it is failed: {type(error).__name__}: {error}")
                 return
-            self.peer = peer
-            if auth.leftover:
-                self.feed(bytes(auth.leftover))
+            then(done.result())
+            if self.closed:
+                return
+            if self.looking_up:  # another lookup, for what was buffered before `pending` came
+                self._waiting_input += pending
+                return
+            self.release_input()
+            if pending:
+                if self.auth is not None:
+                    self._feed_auth(pending)
+                elif self.peer is not None:
+                    self.feed(pending)
+        except Exception as exc:  # noqa: BLE001 - as in data_received: this peer alone pays
+            log.debug("the error happened here", exc_info=exc)
+            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
+        finally:
+            bus.input_done()
+
+    def _cookie_found(self, cookie: Cookie | None) -> None:
+        assert self.auth is not None
+        self._auth_replied(self._auth_step(self.auth.cookie_found, cookie))
+
+    def _authenticated_as(self, uid: int | None) -> None:
+        """SASL succeeded as `uid`: know its groups (a thread asks the user database if need be), then tell the bus."""
+        if uid is None:
+            self._admit(None)
+            return
+        groups = self.lookups.users.cached_groups(uid)
+        if groups is not None:
+            self._admit((uid, groups))
+        else:
+            self._look_up(self.lookups.users.groups(self.loop, uid),
+                          lambda found: self._admit((uid, found)))
+
+    def _admit(self, identity: tuple[int, tuple[int, ...]] | None) -> None:
+        """Hand the authenticated peer to the bus, with credentials naming the uid SASL authenticated.
+
+        As dbus-daemon: a TCP peer authenticated by DBUS_COOKIE_SHA1 is that user
+        (GetConnectionUnixUser, <policy user>, max_connections_per_user); its
+        <policy group> rules see the user database's groups, the kernel giving none.
+        """
+        if identity is not None:
+            uid, user_groups = identity
+            kernel = self.credentials
+            if kernel.uid == uid:
+                self.credentials = Credentials(kernel.pid, uid, kernel.gid, kernel.groups, user_groups)
+            else:
+                self.credentials = Credentials(kernel.pid, uid, user_groups[0] if user_groups else None, (),
+                                               user_groups)
+            auth_uid: int | None = uid
+        else:
+            auth_uid = None
+        peer = self.bus.peer_authenticated(self, auth_uid)
+        if peer is None:
+            return
+        self.peer = peer
+        pending, self._waiting_input = self._waiting_input, b""
+        if pending:
+            self.feed(pending)  # what followed BEGIN: the first messages
 
     def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
         self.bus.receive(self.peer, message, h, fds)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from typing import Any
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import pytest
 
 from busd.bus.ports import Credentials
-from busd.transport.connection import Connection
+from busd.transport.connection import Connection, Lookups
+from busd.transport.users import UserDirectory, groups_of_user
 from busd.wire.message import SIGNAL, Header, build_message, parse_header
 from busd.wire.sasl_server import ServerAuthenticator
 
 GUID = "0" * 32
+WAIT = 10  # seconds; a safety net against hangs, never a timing assertion
 
 
 class Peer:
@@ -39,11 +45,13 @@ class StandInBus:
         self.to_flush: list[Any] = []
         self.closed: list[Any] = []
         self.reads = 0
+        self.admitted: list[tuple[str, int | None, tuple[int, ...] | None]] = []
 
     def link_opened(self, link: Any) -> None:
         pass
 
     def peer_authenticated(self, link: Any, auth_uid: int | None) -> Peer:
+        self.admitted.append((link.label, auth_uid, link.credentials.user_groups))
         return Peer(link.label)
 
     def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
@@ -80,15 +88,29 @@ def loop():
     loop.close()
 
 
-def connected(bus: StandInBus, label: str) -> tuple[Connection, socket.socket]:
-    """A Connection past authentication, and the peer's end of its socket."""
+def run_until(loop: asyncio.AbstractEventLoop, condition: Callable[[], object], what: str) -> None:
+    """Run the loop until `condition()` holds (a lookup thread finished and the loop handled it)."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        loop.run_until_complete(asyncio.sleep(0.005))
+
+
+def connected(bus: StandInBus, label: str, lookups: Lookups | None = None,
+              first: bytes = b"") -> tuple[Connection, socket.socket]:
+    """A Connection that authenticated with EXTERNAL (and sent `first` after BEGIN), and the peer's end."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    conn = Connection(bus, ours, lambda creds: ServerAuthenticator(GUID, peer_uid=creds.uid), label)
-    conn.data_received(b"\0AUTH EXTERNAL\r\nDATA\r\nBEGIN\r\n")
-    theirs.settimeout(5)
+    conn = Connection(bus, ours, lambda creds: ServerAuthenticator(GUID, peer_uid=creds.uid), label, lookups)
+    conn.data_received(b"\0AUTH EXTERNAL\r\nDATA\r\nBEGIN\r\n" + first)
+    theirs.settimeout(WAIT)
     assert theirs.recv(4096).startswith(b"DATA\r\nOK ")
-    assert conn.peer is not None
+    return conn, theirs
+
+
+def admitted(bus: StandInBus, label: str, lookups: Lookups | None = None) -> tuple[Connection, socket.socket]:
+    conn, theirs = connected(bus, label, lookups)
+    run_until(bus.loop, lambda: conn.peer is not None, f"{label} is admitted")
     return conn, theirs
 
 
@@ -98,8 +120,8 @@ def signal(member: str, serial: int) -> bytes:
 
 def test_an_error_while_handling_one_peer_drops_it_and_still_writes_what_others_were_sent(loop, caplog) -> None:
     bus = StandInBus(loop)
-    attacker, attacker_end = connected(bus, "attacker")
-    victim, victim_end = connected(bus, "victim")
+    attacker, attacker_end = admitted(bus, "attacker")
+    victim, victim_end = admitted(bus, "victim")
     bus.forward_to = victim
     one_read = signal("First", 1) + signal("Second", 2) + signal("Boom", 3) + signal("Never", 4)
     with caplog.at_level(logging.ERROR, logger="busd.connection"):
@@ -116,10 +138,48 @@ def test_an_error_while_handling_one_peer_drops_it_and_still_writes_what_others_
 
 def test_a_protocol_error_in_the_same_read_drops_the_sender_after_routing_what_came_before(loop) -> None:
     bus = StandInBus(loop)
-    attacker, _attacker_end = connected(bus, "attacker")
-    victim, victim_end = connected(bus, "victim")
+    attacker, _attacker_end = admitted(bus, "attacker")
+    victim, victim_end = admitted(bus, "victim")
     bus.forward_to = victim
     junk = b"X" + bytes(15)  # not an endianness byte: a protocol error
     attacker.data_received(signal("First", 1) + junk)
     assert attacker.closed and not victim.closed
     assert victim_end.recv(65536) == signal("First", 1)
+
+
+def test_the_user_database_is_asked_in_a_thread_while_other_peers_are_served(loop) -> None:
+    """A slow user lookup (NSS over LDAP, say) holds back only the peer it is for."""
+    bus = StandInBus(loop)
+    lookup_may_finish = threading.Event()
+    slow = ThreadPoolExecutor(1)
+    slow.submit(lookup_may_finish.wait, WAIT)  # the one lookup thread is busy: the lookup waits its turn
+    slow_lookups = Lookups(users=UserDirectory(slow))
+    victim, victim_end = admitted(bus, "victim")  # (the shared lookups: not slow)
+    bus.forward_to = victim
+    waiting, _waiting_end = connected(bus, "waiting", slow_lookups, first=signal("AfterBegin", 1))
+    assert waiting.peer is None and waiting.looking_up
+    # Meanwhile another peer's messages are routed and written.
+    other, _other_end = admitted(bus, "other")
+    other.data_received(signal("Meanwhile", 1))
+    assert victim_end.recv(65536) == signal("Meanwhile", 1)
+    lookup_may_finish.set()
+    run_until(loop, lambda: waiting.peer is not None, "the slow lookup ends")
+    assert victim_end.recv(65536) == signal("AfterBegin", 1)  # what followed BEGIN, handled after the lookup
+    uid = os.getuid()
+    assert bus.admitted[-2:] == [("other", uid, groups_of_user(uid)), ("waiting", uid, groups_of_user(uid))]
+    assert waiting.credentials.uid == uid and waiting.credentials.user_groups == groups_of_user(uid)
+    slow.shutdown()
+
+
+def test_a_peer_that_leaves_during_its_lookup_is_forgotten(loop) -> None:
+    bus = StandInBus(loop)
+    lookup_may_finish = threading.Event()
+    slow = ThreadPoolExecutor(1)
+    slow.submit(lookup_may_finish.wait, WAIT)
+    waiting, waiting_end = connected(bus, "waiting", Lookups(users=UserDirectory(slow)))
+    waiting_end.close()
+    waiting.drop("peer closed the connection")
+    lookup_may_finish.set()
+    slow.shutdown(wait=True)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert bus.admitted == [] and bus.closed == [waiting]
