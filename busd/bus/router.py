@@ -97,7 +97,7 @@ class Bus:
         for peer in self.links.values():
             if peer is not None:
                 creds = peer.credentials
-                peer.policy = policy.for_peer(creds.uid, creds.groups)
+                peer.policy = policy.for_peer(creds.uid, creds.policy_groups)
 
     @property
     def limits(self) -> Limits:
@@ -124,14 +124,14 @@ class Bus:
     def peer_authenticated(self, link: PeerLink, auth_uid: int | None) -> Peer | None:
         """The link's peer authenticated (as `auth_uid` when the kernel did not say): its Peer, or None if refused."""
         uid = link.credentials.uid if link.credentials.uid is not None else auth_uid
-        verdict = self.policy.allows_connection(uid)
+        verdict = self.policy.allows_connection(uid, link.credentials.user_groups)
         if not verdict.allowed:
             link.drop(f"uid {uid} may not connect: "
                       f"{verdict.rule or 'only the bus owner may, and no <allow user/group> rule lets it'}")
             return None
         peer = Peer(link)
         peer.auth_uid = uid
-        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.groups)
+        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.policy_groups)
         self.links[link] = peer
         return peer
 
@@ -166,7 +166,7 @@ class Bus:
         It gets a unique name as if it had said Hello, and leaves through link_closed().
         """
         peer = Peer(link)
-        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.groups)
+        peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.policy_groups)
         self.links[link] = peer
         name = self.assign_unique_name(peer)
         peer.hello_done = True
