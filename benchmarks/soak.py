@@ -387,7 +387,7 @@ def report(series: list[Series], warmup: float, bound: float, interval: float) -
         lines.append(f"{one.kind}: RSS {first:.1f} -> {last:.1f} MiB; slope after {warmup:.0f}s {slope_text} "
                      f"(bound {bound} MiB/min); fds after warm-up {min(fds, default=0)}..{max(fds, default=0)}; "
                      f"zombie children {one.samples[-1].zombies}: {'PASS' if passed else 'FAIL'}")
-        lines.append(f"  load: " + ", ".join(f"{k}={v}" for k, v in sorted(one.tally.items())))
+        lines.append("  load: " + ", ".join(f"{k}={v}" for k, v in sorted(one.tally.items())))
         for error in one.errors:
             lines.append(f"  load error: {error}")
         lines.append(f"  daemon log: {one.log_lines} lines" + ("; the last:" if one.log_tail else ""))
