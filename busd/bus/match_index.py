@@ -188,7 +188,8 @@ class MatchIndex:
 
     def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], Sequence[Any]], *,
                    addressed_recipient: Hashable | None = None,
-                   recipient_names: Collection[str] | None = None) -> set[Hashable]:
+                   recipient_names: Collection[str] | None = None,
+                   may_eavesdrop: Callable[[Any], bool] | None = None) -> set[Hashable]:
         """Every owner with a rule matching `msg`, each once, as `MatchRule.matches` decides.
 
         For a broadcast (no destination) that is every owner with a matching
@@ -198,6 +199,11 @@ class MatchIndex:
         is primary owner of as `recipient_names` (for rules with a
         destination). `get_args` is called at most once, and only if a
         candidate rule filters on arguments.
+
+        `may_eavesdrop(owner)` (for a message with a destination) says whether
+        the owner's policy can ever let it eavesdrop: rules of owners that
+        cannot are passed over before anything is matched or decoded, so a rule
+        that can never deliver costs nothing on other peers' traffic.
         """
         body: Sequence[Any] = ()
         fetched = False
@@ -216,9 +222,14 @@ class MatchIndex:
         found: set[Hashable] = set()
         for table in tables:
             for rule, (needs_check, owners) in table.candidates(fields_by_sender):
+                eligible: Collection[Hashable] = owners
+                if may_eavesdrop is not None and not broadcast:
+                    eligible = [owner for owner in owners if may_eavesdrop(owner)]
+                    if not eligible:
+                        continue
                 if (not needs_check and broadcast) or \
                         rule.matches_beyond_header_key(msg, args_once, recipient_names):
-                    found.update(owners)
+                    found.update(eligible)
         if addressed_recipient is not None:
             found.discard(addressed_recipient)
         return found

@@ -440,3 +440,23 @@ def test_index_recipients_equal_brute_force(adds, removes, msg_type, sender, sen
 
 
 
+
+
+def test_eavesdropping_rules_of_owners_that_may_not_eavesdrop_read_no_body():
+    index = MatchIndex()
+    index.add("nobody", MatchRule.parse("eavesdrop='true',arg0='x'"))
+    index.add("root", MatchRule.parse("eavesdrop='true',member='Changed'"))
+    calls = []
+
+    def get_args():
+        calls.append(1)
+        return ["x"]
+
+    may = {"nobody": False, "root": True}.__getitem__
+    unicast = Msg(destination=":1.5", signature="s")
+    assert index.recipients(unicast, (), get_args, may_eavesdrop=may) == {"root"}
+    assert calls == []
+    assert index.recipients(unicast, (), get_args) == {"nobody", "root"}
+    assert calls == [1]
+    # A broadcast is not eavesdropping: the same rules see it whatever the policy says.
+    assert index.recipients(Msg(signature="s"), (), get_args, may_eavesdrop=may) == {"nobody", "root"}

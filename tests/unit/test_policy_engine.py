@@ -200,6 +200,8 @@ def test_engine_agrees_with_the_reference(default, mandatory, probes, small_cach
                 for eavesdrop in (False, True):
                     assert peer.can_receive(msg, names, requested, nfds, eavesdrop).allowed == \
                         reference_check(every, "receive", msg, names, requested, nfds, eavesdrop)
+                # may_eavesdrop False promises that no message can be eavesdropped.
+                assert peer.may_eavesdrop or not peer.can_receive(msg, names, requested, nfds, True).allowed
         for name in [*NAMES, "a.b.c.d", "a"]:
             assert peer.can_own(name).allowed == reference_own(every, name)
 
@@ -360,3 +362,29 @@ def test_compile_policy_takes_a_whole_config():
     # No rules at all: nothing may be sent, received or owned, as with dbus-daemon.
     peer = compile_policy(_rules_text("")).for_peer(1000, ())
     assert not peer.can_own("a.b").allowed
+
+
+@pytest.mark.parametrize("body, uid, may", [
+    ('<policy context="default"><allow receive_type="signal"/><allow receive_type="method_call"/></policy>', 1000,
+     False),
+    ('<policy context="default"><allow receive_type="signal"/></policy>'
+     '<policy user="root"><allow eavesdrop="true"/></policy>', 1000, False),
+    ('<policy context="default"><allow receive_type="signal"/></policy>'
+     '<policy user="root"><allow eavesdrop="true"/></policy>', 0, True),
+    ('<policy context="default"><allow receive_interface="a.b" eavesdrop="true"/></policy>', 1000, True),
+    # A later unconditional rule wipes the eavesdropping allow before it (dbus-daemon's optimizer).
+    ('<policy context="default"><allow receive_interface="a.b" eavesdrop="true"/>'
+     '<deny receive_type="*"/></policy>', 1000, False),
+])
+def test_may_eavesdrop_says_whether_any_rule_can_let_a_peer_eavesdrop(body, uid, may):
+    assert compile_policy(_rules_text(body)).for_peer(uid, ()).may_eavesdrop is may
+
+
+def test_the_stock_system_policy_lets_no_one_eavesdrop():
+    system = "/usr/share/dbus-1/system.conf"
+    if not os.path.exists(system):
+        pytest.skip("no stock system.conf")
+    policy = compile_policy(load_config(system))
+    assert not policy.for_peer(65534, ()).may_eavesdrop
+    assert not policy.for_peer(0, ()).may_eavesdrop
+    assert AllowEverything().for_peer(65534, ()).may_eavesdrop
