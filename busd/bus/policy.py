@@ -63,6 +63,11 @@ class PeerPolicy(Protocol):
     def can_receive(self, h: Any, sender_names: Collection[str], requested_reply: bool,
                     nfds: int, eavesdrop: bool) -> Verdict: ...
 
+    @property
+    def may_eavesdrop(self) -> bool:
+        """False when no message can pass `can_receive(..., eavesdrop=True)`: the bus then skips
+        this peer's eavesdropping rules before it looks at a message's body."""
+
 
 class BusPolicy(Protocol):
     enforced: bool
@@ -73,6 +78,8 @@ class BusPolicy(Protocol):
 
 
 class _AllowEverything:
+    may_eavesdrop = True
+
     def can_own(self, name: str) -> Verdict:
         return ALLOWED
 
@@ -350,6 +357,9 @@ class ConfigPeerPolicy:
         self.own_rules: list[OwnRule] = _drop_overridden(by_kind["own"])
         self.send_rules: list[MessageRule] = send
         self.receive_rules: list[MessageRule] = receive
+        # Only an allow rule saying eavesdrop="true" lets a peer eavesdrop (MessageRule.matches_receive);
+        # without one every eavesdropping verdict is the default deny, whatever the message.
+        self.may_eavesdrop = any(rule.allow and rule.eavesdrop for rule in receive)
         self._send = {t: _Bucket([r for r in send if r.type in (None, t)]) for t in MESSAGE_TYPES.values()}
         self._receive = {t: _Bucket([r for r in receive if r.type in (None, t)]) for t in MESSAGE_TYPES.values()}
         self._send_tests = _Tests(send)
