@@ -183,7 +183,8 @@ class Driver:
             if h.type == METHOD_CALL:
                 self.answer_as_peer(peer, h)
             return
-        outbox = self.bus.outbox
+        bus = self.bus
+        outbox = bus.outbox
         if h.destination == DRIVER_NAME and h.type == METHOD_CALL:
             row = self._by_member.get(h.member) if h.interface is None else self.methods.get((h.interface, h.member))
             if row is not None and not row.needs_hello:
@@ -193,7 +194,7 @@ class Driver:
                     message = build_message(ERROR, outbox.next_serial(), error_name=errors.LIMITS_EXCEEDED,
                                             reply_serial=h.serial, sender=DRIVER_NAME, signature="s",
                                             body=[refusal])
-                    peer.conn.queue(message, b"")
+                    bus.ledger.queue(peer, message, b"")
                     bus_log.warning("refusing Hello from %s (uid %s): %s", peer.conn.label, peer.auth_uid, refusal)
                     return
                 self.hello(peer, h, buf)
@@ -206,7 +207,7 @@ class Driver:
                                           "being registered"])
             outbox.send(None, message)  # monitors
             if not h.no_reply_expected:
-                peer.conn.queue(message, b"")
+                bus.ledger.queue(peer, message, b"")
             return
         self._show_monitors_unregistered(buf, h)
         peer.conn.drop(f"sent {h.describe()} before Hello")
@@ -216,7 +217,7 @@ class Driver:
         monitors = self.bus.monitors
         if monitors:
             head, body = stamp_sender(buf, h, sender_field(NOT_ACTIVE_YET, h.endian))
-            queue_to_monitors(monitors, head, body, h, (), lambda: read_body(buf, h))
+            queue_to_monitors(self.bus.ledger, monitors, head, body, h, (), lambda: read_body(buf, h))
 
     def hello(self, peer: Peer, h: Header, buf: bytes) -> None:
         """The first message of every connection, admitted by the bus: a unique name, then NameAcquired."""
@@ -263,7 +264,7 @@ class Driver:
                                     signature="s",
                                     body=[f'Method "{h.member}" with signature "{h.signature}" on interface '
                                           f'"{interface}" doesn\'t exist\n'], **reply_to)
-        peer.conn.queue(message, b"")
+        self.bus.ledger.queue(peer, message, b"")
 
     @staticmethod
     def _require_privileged(peer: Peer, method: str) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Collection, Protocol
 if TYPE_CHECKING:
     from ..wire.message import Header
     from .limits import Limits
+    from .ledger import Ledger
     from .match_index import MatchIndex
     from .observers import BusObserver
     from .outbox import DriverOutbox
@@ -54,6 +55,10 @@ class DriverHost(Protocol):
 
     @property
     def incomplete_connections(self) -> int: ...
+
+    @property
+    def ledger(self) -> Ledger:
+        """The per-user ledger: what the driver queues and what it lets peers keep is charged there."""
 
     def admit(self, peer: Peer) -> str | None:
         """`peer` says Hello: complete its connection and count it; or, when a connection limit refuses it, why."""

@@ -7,7 +7,6 @@ signature is the driver table's), or None when they answered by themselves.
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from ..wire.marshal import Variant
@@ -15,6 +14,7 @@ from ..wire.message import Header
 from ..wire.wellknown import DRIVER_NAME
 from . import errors
 from .driver_names import peer_of_name
+from .ledger import connection_lines
 from .errors import DriverError
 from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
 from .ownership import NameEvent
@@ -24,6 +24,12 @@ if TYPE_CHECKING:
     from .peer import Peer
 
 log = logging.getLogger("busd.driver")
+
+# Debug.Stats keys of busd's own (dbus-daemon's keys keep their names).
+USER_ACCOUNTING = "dev.busd.UserAccounting"
+CONNECTION_ACCOUNTING = "dev.busd.ConnectionAccounting"
+CONNECTION_USER = "dev.busd.UnixUserID"  # the uid the connection is charged to
+UNKNOWN_UID = 0xFFFFFFFF
 
 
 def _parse_rule(text: str) -> MatchRule:
@@ -50,15 +56,12 @@ class MonitoringMethods:
                               f'Connection "{peer.unique_name}" is not allowed to add more match rules '
                               f"(increase limits in configuration file if required; "
                               f"max_match_rules_per_connection={limit})")
-        uid = peer.credentials.uid
-        if rule.eavesdrop and uid not in (0, os.getuid()):
-            # As dbus-daemon (since 1.11.16): only root and the bus's own user may eavesdrop, as only
-            # they may BecomeMonitor.
-            log.warning("refusing AddMatch with eavesdrop='true' from %s (uid %s): only root or uid %d may "
-                        "eavesdrop", peer.unique_name, uid, os.getuid())
-            raise DriverError(errors.ACCESS_DENIED,
-                              f"uid {uid} is not allowed to call AddMatch with eavesdrop='true': only the bus's "
-                              f"own user or root may")
+        if not bus.ledger.charge_match_rule(peer):
+            user = peer.user
+            raise DriverError(errors.LIMITS_EXCEEDED,
+                              f'Connection "{peer.unique_name}" is not allowed to add more match rules: UID '
+                              f"{user.uid if user else None} has too many (max_match_rules_per_user="
+                              f"{bus.ledger.quotas.match_rules})")
         bus.matches.add(peer, rule)
         peer.match_count += 1
         peer.peak_match_count = max(peer.peak_match_count, peer.match_count)
@@ -75,6 +78,8 @@ class MonitoringMethods:
             raise DriverError(errors.MATCH_RULE_NOT_FOUND,
                               "The given match rule wasn't found and can't be removed") from None
         peer.match_count -= 1
+        if peer.user is not None:
+            peer.user.match_rules -= 1
         for observer in bus.observers:
             observer.match_removed(peer, rule)
         return []
@@ -95,7 +100,10 @@ class MonitoringMethods:
         events = [NameEvent("lost", name, peer, None), NameEvent("owner_changed", name, peer, None)]
         events += bus.registry.remove_peer(peer)
         bus.matches.remove_owner(peer)
+        if peer.user is not None:
+            peer.user.match_rules -= peer.match_count
         peer.match_count = 0
+        bus.ledger.settle_names(peer, 0)
         bus.emit_name_events(events)
         del bus.peers[name]
         peer.monitor = True
@@ -116,6 +124,9 @@ class MonitoringMethods:
             "MatchRules": Variant("u", sum(p.match_count for p in peers)),
             "PeakMatchRulesPerConnection": Variant("u", max((p.peak_match_count for p in peers), default=0)),
             "BusNames": Variant("u", len(bus.registry.names())),
+            # busd's per-user ledger: uid -> line -> (used, peak, quota); (uid_t)-1 is a peer of unknown uid.
+            USER_ACCOUNTING: Variant("a{ua{s(ttt)}}", {
+                UNKNOWN_UID if uid is None else uid: lines for uid, lines in bus.ledger.report().items()}),
         }
         return [stats]
 
@@ -140,7 +151,11 @@ class MonitoringMethods:
             "PeakMatchRules": Variant("u", target.peak_match_count),
             "OwnedNames": Variant("u", len(bus.registry.owned_by(target))),
             "PendingReplies": Variant("u", target.replies_outstanding),
+            # The connection's own lines, against its per-connection limits: (used, peak, limit).
+            CONNECTION_ACCOUNTING: Variant("a{s(ttt)}", connection_lines(target, bus.limits)),
         }
+        if target.user is not None:
+            stats[CONNECTION_USER] = Variant("u", UNKNOWN_UID if target.user.uid is None else target.user.uid)
         return [stats]
 
     def get_all_match_rules(self, peer: Peer, h: Header, args: list) -> list:

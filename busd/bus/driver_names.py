@@ -53,7 +53,13 @@ class NameMethods:
                               f'Connection "{peer.unique_name}" is not allowed to own more services '
                               f"(increase limits in configuration file if required; "
                               f"max_names_per_connection={limit})")
+        ledger = bus.ledger
+        if not ledger.may_add_name(peer):
+            raise DriverError(errors.LIMITS_EXCEEDED,
+                              f'Connection "{peer.unique_name}" is not allowed to own more services: UID '
+                              f"{peer.user.uid} owns or waits for too many (max_names_per_user={ledger.quotas.names})")
         code, events = bus.registry.request(name, peer, flags)
+        ledger.settle_names(peer, bus.registry.queued_count(peer))  # (queued without an event, too)
         if events:  # as from dbus-daemon, NameAcquired (and the rest) comes before the answer
             bus.emit_name_events(events)
         return [code]
@@ -62,6 +68,7 @@ class NameMethods:
         name = args[0]
         self._check_claimable(peer, name, acquire=False)
         code, events = self.bus.registry.release(name, peer)
+        self.bus.ledger.settle_names(peer, self.bus.registry.queued_count(peer))
         if events:  # NameLost before the answer
             self.bus.emit_name_events(events)
         return [code]

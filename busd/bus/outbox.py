@@ -4,7 +4,9 @@ Every message from the bus takes its serial from one counter here. Monitors see
 each of them; the recipient's receive rules apply to them too (a denied one is
 not delivered, and monitors see it followed by the AccessDenied error the bus
 addresses to itself, as with dbus-daemon). `queue_to_monitors` is also the
-router's way of showing monitors what peers send.
+router's way of showing monitors what peers send. Everything goes out through
+the ledger (ledger.py): it counts against the recipient's max_outgoing_bytes and
+its user's quota like any message, and a full queue drops it with one log line.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
 from . import errors
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .match_index import MatchIndex
     from .peer import Peer
     from .policy import BusPolicy
@@ -28,23 +31,26 @@ log = logging.getLogger("busd.bus")
 DRIVER_NAMES = frozenset({DRIVER_NAME})  # the names a message from the bus comes from
 
 
-def queue_to_monitors(monitors: list[Peer], head: bytes, body: Any, h: Header, sender_names: Collection[str],
-                      get_args: Callable[[], list], destination_names: Collection[str] | None = None) -> None:
-    """Queue a message (already stamped with its sender) for every monitor whose rules it matches."""
+def queue_to_monitors(ledger: Ledger, monitors: list[Peer], head: bytes, body: Any, h: Header,
+                      sender_names: Collection[str], get_args: Callable[[], list],
+                      destination_names: Collection[str] | None = None) -> None:
+    """Queue a message (already stamped with its sender) for every monitor whose rules it matches and
+    whose queue has room (a monitor that stops reading misses messages, never grows without bound)."""
     for monitor in monitors:
         rules = monitor.monitor_rules
         if rules and not any(rule.matches(h, sender_names, get_args, destination_names) for rule in rules):
             continue
-        monitor.conn.queue(head, body)
+        ledger.queue(monitor, head, body)
 
 
 class DriverOutbox:
     """The bus's own messages: `monitors` and `matches` are the bus's, `policy` follows Bus.set_policy()."""
 
-    def __init__(self, monitors: list[Peer], matches: MatchIndex, policy: BusPolicy):
+    def __init__(self, monitors: list[Peer], matches: MatchIndex, policy: BusPolicy, ledger: Ledger):
         self.monitors = monitors
         self.matches = matches
         self.policy = policy
+        self.ledger = ledger
         self.serial = 0  # of the last message the bus sent
 
     def next_serial(self) -> int:
@@ -59,7 +65,7 @@ class DriverOutbox:
         if monitors or (target is not None and enforced):
             h = parse_header(message, validate_body=False)
         if monitors:
-            queue_to_monitors(monitors, message, b"", h, DRIVER_NAMES, lambda: read_body(message, h))
+            queue_to_monitors(self.ledger, monitors, message, b"", h, DRIVER_NAMES, lambda: read_body(message, h))
         if target is None or target.conn.closed:
             return
         if enforced:
@@ -72,9 +78,11 @@ class DriverOutbox:
                                           reply_serial=h.serial, destination=DRIVER_NAME, sender=DRIVER_NAME,
                                           signature="s", body=[f"Rejected receive message: {h.describe()}"])
                     eh = parse_header(error, validate_body=False)
-                    queue_to_monitors(monitors, error, b"", eh, DRIVER_NAMES, lambda: read_body(error, eh))
+                    queue_to_monitors(self.ledger, monitors, error, b"", eh, DRIVER_NAMES,
+                                      lambda: read_body(error, eh))
                 return
-        target.conn.queue(message, b"")
+        # As dbus-daemon: a reply, error or signal of the bus toward a full queue is dropped and logged.
+        self.ledger.queue(target, message, b"")
 
     def send_error(self, target: Peer, reply_serial: int, error_name: str, text: str) -> None:
         if target.conn.closed:
@@ -122,13 +130,14 @@ class DriverOutbox:
         h.signature = signature
         names = DRIVER_NAMES
         enforced = self.policy.enforced
+        ledger = self.ledger
         for target in self.matches.recipients(h, names, lambda: body):
             if not target.monitor and not target.conn.closed:
                 if enforced and not target.policy.can_receive(h, names, False, 0, False).allowed:
                     continue
-                target.conn.queue(message, b"")
+                ledger.queue(target, message, b"")
         if self.monitors:
-            queue_to_monitors(self.monitors, message, b"", h, names, lambda: body)
+            queue_to_monitors(ledger, self.monitors, message, b"", h, names, lambda: body)
 
 
 __all__ = ["DRIVER_NAMES", "DriverOutbox", "queue_to_monitors"]

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from .ports import PeerLink
 
 if TYPE_CHECKING:
+    from .ledger import UserLedger
     from .match import MatchRule
     from .policy import PeerPolicy
 
@@ -16,7 +17,10 @@ class Peer:
 
     __slots__ = ("conn", "unique_name", "names", "sender_fields", "hello_done", "monitor",
                  "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
-                 "match_count", "peak_match_count", "policy", "auth_uid", "counted_uid", "__weakref__")
+                 "match_count", "peak_match_count", "policy", "auth_uid", "calling",
+                 "user", "out_charged", "fds_charged", "names_charged", "peak_names", "peak_replies", "peak_fds",
+                 "refusing",
+                 "__weakref__")
 
     policy: PeerPolicy  # set by the bus when the peer authenticates, replaced on a policy reload
 
@@ -30,12 +34,21 @@ class Peer:
         self.monitor_rules: list[MatchRule] = []
         self.expecting: set[tuple[Peer, int, Peer]] = set()  # keys of the calls this peer must answer (replies.py)
         self.replies_outstanding = 0  # calls this peer made that await an answer
+        self.calling: set[tuple[Peer, int, Peer]] = set()  # their keys: dropped when this peer leaves
         self.credentials = conn.credentials
         self.auth_uid: int | None = conn.credentials.uid
-        self.counted_uid: int | None = None  # counted against max_connections_per_user (since Hello)
         self.serial_in = 0
         self.match_count = 0
         self.peak_match_count = 0
+        # The per-user ledger (ledger.py): the uid's lines, and what this peer has charged to them.
+        self.user: UserLedger | None = None
+        self.out_charged = 0  # bytes queued toward this peer, as last charged or settled
+        self.fds_charged = 0
+        self.names_charged = 0  # well-known names owned or queued for
+        self.peak_names = 0
+        self.peak_replies = 0
+        self.peak_fds = 0  # (kept lazily: when the queue's fds go down)
+        self.refusing = False  # a refusal was logged and the queue has not drained since (one line per episode)
 
     def __repr__(self) -> str:
         return f"<Peer {self.unique_name or self.conn.label}>"

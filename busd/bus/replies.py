@@ -7,7 +7,9 @@ caller may reuse a serial for calls to different callees, but a call that
 would duplicate a key still pending is refused. Each callee keeps the keys it
 must answer (Peer.expecting), so its departure answers them with NoReply; each
 caller counts its calls still unanswered (Peer.replies_outstanding) against
-max_replies_per_connection.
+max_replies_per_connection, and its user's ledger line PendingReplies against
+the per-user quota; it keeps their keys (Peer.calling), so its departure drops
+them, as dbus-daemon drops a departed caller's pending replies.
 
 The router reads `pending` and settles an answered call inline on its
 per-message path (what forget() does), to spend no call per reply.
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from . import errors
 
 if TYPE_CHECKING:
+    from .ledger import Ledger
     from .limits import Limits
     from .peer import Peer
 
@@ -30,10 +33,11 @@ ReplyKey = tuple["Peer", int, "Peer"]  # (caller, serial of its call, callee)
 class ReplyTracker:
     """The pending calls of one bus."""
 
-    __slots__ = ("pending",)
+    __slots__ = ("pending", "ledger")
 
-    def __init__(self) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.pending: dict[ReplyKey, float] = {}  # key -> deadline (time.monotonic()), oldest first
+        self.ledger = ledger
 
     def expect(self, caller: Peer, serial: int, callee: Peer, limits: Limits) -> tuple[str, str] | None:
         """Track the reply to a call; or, when the bus will not, why: the error name and text for the caller."""
@@ -44,9 +48,20 @@ class ReplyTracker:
                     "Message has the same reply serial as a currently-outstanding existing method call")
         if caller.replies_outstanding >= limits.max_replies_per_connection:
             return (errors.LIMITS_EXCEEDED, "The maximum number of pending replies per connection has been reached")
+        user = caller.user
+        if user is not None:
+            quota = self.ledger.quotas.pending_replies
+            if user.replies >= quota:
+                self.ledger.refused(caller, "PendingReplies", quota)
+                return (errors.LIMITS_EXCEEDED, f"The maximum number of pending replies for UID {user.uid} "
+                                                f"has been reached (max_replies_per_user={quota})")
+            user.replies += 1
         caller.replies_outstanding += 1
+        if caller.replies_outstanding > caller.peak_replies:
+            caller.peak_replies = caller.replies_outstanding
         pending[key] = time.monotonic() + limits.reply_timeout / 1000
         callee.expecting.add(key)
+        caller.calling.add(key)
         return None
 
     def forget(self, key: ReplyKey) -> bool:
@@ -55,7 +70,7 @@ class ReplyTracker:
             return False
         caller, _, callee = key
         callee.expecting.discard(key)
-        caller.replies_outstanding -= 1
+        settled(caller, key)
         return True
 
     def callee_gone(self, callee: Peer) -> list[tuple[Peer, int]]:
@@ -64,10 +79,21 @@ class ReplyTracker:
         for key in list(callee.expecting):
             if self.pending.pop(key, None) is not None:
                 caller, serial, _ = key
-                caller.replies_outstanding -= 1
+                settled(caller, key)
                 unanswered.append((caller, serial))
         callee.expecting.clear()
         return unanswered
+
+    def caller_gone(self, caller: Peer) -> None:
+        """`caller` left: its calls no longer wait for an answer (a late one is dropped as unexpected)."""
+        pending = self.pending
+        for key in caller.calling:
+            if pending.pop(key, None) is not None:
+                key[2].expecting.discard(key)
+        if caller.user is not None:
+            caller.user.replies -= caller.replies_outstanding
+        caller.replies_outstanding = 0
+        caller.calling.clear()
 
     def expired(self, now: float) -> list[tuple[Peer, int]]:
         """Stop tracking the calls whose deadline passed, and return them as (caller, serial), oldest first."""
@@ -81,8 +107,19 @@ class ReplyTracker:
             del pending[key]
             caller, _, callee = key
             callee.expecting.discard(key)
-            caller.replies_outstanding -= 1
+            settled(caller, key)
         return [(caller, serial) for caller, serial, _ in keys]
 
 
-__all__ = ["ReplyKey", "ReplyTracker"]
+def settled(caller: Peer, key: ReplyKey) -> None:
+    """The call `key` of `caller` no longer waits: its counts and its user's ledger line go down."""
+    caller.replies_outstanding -= 1
+    caller.calling.discard(key)
+    user = caller.user
+    if user is not None:
+        if user.replies > user.replies_peak:
+            user.replies_peak = user.replies
+        user.replies -= 1
+
+
+__all__ = ["ReplyKey", "ReplyTracker", "settled"]

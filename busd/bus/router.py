@@ -8,13 +8,14 @@ match rules that filter on arguments. Replies pass only when a call is pending
 for them (replies.py); what the bus itself sends goes through its DriverOutbox
 (outbox.py), its own object is the Driver (driver.py). Writes are batched: the
 messages of one read are queued, then each link that got some is flushed once.
+Everything queued toward a peer, and everything else a peer makes the bus keep,
+is charged to its uid's ledger (ledger.py) and released when freed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import Any, Collection
 
@@ -25,8 +26,10 @@ from ..wire.message import (
 )
 from ..wire.wellknown import DRIVER_NAME
 from . import errors
+from .backpressure import BackPressure
 from .driver import Driver
 from .fds import close_fds
+from .ledger import Ledger, UserLedger
 from .limits import Limits
 from .match_index import MatchIndex
 from .observers import BusObserver
@@ -35,7 +38,7 @@ from .ownership import NameEvent, NameRegistry
 from .peer import Peer
 from .policy import AllowEverything, BusPolicy
 from .ports import PeerLink
-from .replies import ReplyTracker
+from .replies import ReplyTracker, settled
 
 log = logging.getLogger("busd.bus")
 
@@ -53,27 +56,26 @@ class Bus:
                  bus_type: str = "session", *, machine_id: str, introspection: str):
         self.loop = loop
         self.guid = guid
+        self.ledger = Ledger(limits or Limits())
         self.limits = limits or Limits()
         self.bus_type = bus_type
         self.peers: dict[str, Peer] = {}
         self.links: dict[PeerLink, Peer | None] = {}  # every link, with its peer once authenticated
-        self._incomplete: set[PeerLink] = set()  # accepted, no Hello yet
-        self.connections_per_uid: dict[int, int] = {}
+        self._link_users: dict[PeerLink, UserLedger] = {}  # every link, with the uid's ledger it is charged to
+        self._incomplete: set[PeerLink] = set()  # accepted, no Hello yet (charged IncompleteConnections)
         self.registry = NameRegistry()
         self.matches = MatchIndex()
         self.monitors: list[Peer] = []
-        self.replies = ReplyTracker()
+        self.replies = ReplyTracker(self.ledger)
         self._next_unique = 0
         self._flush_queue: list[PeerLink] = []
         self._reading = False  # inside a link's read: input_done() flushes
-        # Back-pressure, both directions of one relation: a recipient whose queue is over
-        # soft_queue_limit holds back the senders that filled it, until it drains to half.
-        self._held_senders: dict[PeerLink, set[PeerLink]] = {}  # recipient -> senders it holds back
-        self._holders: dict[PeerLink, set[PeerLink]] = {}  # sender -> recipients holding it back
+        # A recipient whose queue is over soft_queue_limit holds back the senders that filled it.
+        self.backpressure = BackPressure()
         self.started = time.monotonic()
         self.observers: list[BusObserver] = []  # registered where the daemon is assembled
         self.policy: BusPolicy = AllowEverything()
-        self.outbox = DriverOutbox(self.monitors, self.matches, self.policy)
+        self.outbox = DriverOutbox(self.monitors, self.matches, self.policy, self.ledger)
         self.driver = Driver(self, machine_id=machine_id, introspection=introspection)
         self._sweeper = loop.call_later(1.0, self._sweep_replies)
 
@@ -106,6 +108,9 @@ class Bus:
     @limits.setter
     def limits(self, limits: Limits) -> None:
         self._limits = limits
+        self.ledger.limits = limits
+        quotas = self.ledger.quotas
+        self._user_out_bytes, self._user_out_fds = quotas.outgoing_bytes, quotas.outgoing_fds  # (the hot path's)
         # Queue size past which senders to a connection are paused (a quarter of the hard limit).
         self.soft_queue_limit = min(limits.max_outgoing_bytes // 4, SOFT_QUEUE_LIMIT)
 
@@ -119,7 +124,12 @@ class Bus:
     def link_opened(self, link: PeerLink) -> None:
         """A transport accepted a peer: it is incomplete until Hello, and authenticates next."""
         self.links[link] = None
-        self._incomplete.add(link)
+        user = self._link_users[link] = self.ledger.open_link(link.credentials.uid)
+        if self.ledger.charge_incomplete(user):
+            self._incomplete.add(link)
+        else:  # dropped on the next turn: the transport starts reading once this returns
+            self.loop.call_soon(link.drop, f"uid {user.uid} is at its IncompleteConnections quota "
+                                           f"({self.ledger.quotas.incomplete_connections})")
 
     def peer_authenticated(self, link: PeerLink, auth_uid: int | None) -> Peer | None:
         """The link's peer authenticated (as `auth_uid` when the kernel did not say): its Peer, or None if refused."""
@@ -131,6 +141,9 @@ class Bus:
             return None
         peer = Peer(link)
         peer.auth_uid = uid
+        # Authenticated as another uid than the socket's (TCP): charged to that one from now on.
+        peer.user = self._link_users[link] = self.ledger.move_link(self._link_users[link], uid,
+                                                                   link in self._incomplete)
         peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.policy_groups)
         self.links[link] = peer
         return peer
@@ -141,13 +154,9 @@ class Bus:
         if len(self.peers) >= limits.max_completed_connections:
             return (f"The maximum number of active connections has been reached "
                     f"(max_completed_connections={limits.max_completed_connections})")
-        uid = peer.auth_uid
-        if uid is not None:
-            if self.connections_per_uid.get(uid, 0) >= limits.max_connections_per_user:
-                return (f"The maximum number of active connections for UID {uid} has been reached "
-                        f"(max_connections_per_user={limits.max_connections_per_user})")
-            self.connections_per_uid[uid] = self.connections_per_uid.get(uid, 0) + 1
-            peer.counted_uid = uid
+        refusal = self.ledger.charge_connection(peer.user, counted=peer.auth_uid is not None)
+        if refusal is not None:
+            return refusal
         self._incomplete_ended(peer.conn)
         peer.conn.registered()
         return None
@@ -168,6 +177,8 @@ class Bus:
         peer = Peer(link)
         peer.policy = self.policy.for_peer(link.credentials.uid, link.credentials.policy_groups)
         self.links[link] = peer
+        peer.user = self._link_users[link] = self.ledger.open_link(link.credentials.uid)
+        self.ledger.charge_connection(peer.user, counted=False)
         name = self.assign_unique_name(peer)
         peer.hello_done = True
         self.emit_name_events([NameEvent("owner_changed", name, None, peer)])
@@ -184,22 +195,14 @@ class Bus:
         peer = self.links.pop(link)
         if link in self._incomplete:
             self._incomplete_ended(link)
-        if link in self._held_senders:
-            self._release_senders(link)
-        for recipient in self._holders.pop(link, ()):
-            held = self._held_senders.get(recipient)
-            if held is not None:
-                held.discard(link)
+        self.backpressure.forget(link)
+        user = self._link_users.pop(link)
         if peer is None:
+            self.ledger.close_link(user)
             return
-        uid = peer.counted_uid
-        if uid is not None:
-            peer.counted_uid = None
-            left = self.connections_per_uid[uid] - 1
-            if left:
-                self.connections_per_uid[uid] = left
-            else:
-                del self.connections_per_uid[uid]
+        # Everything the peer held is released: its calls (replies), its queue, rules, names, connection (ledger).
+        self.replies.caller_gone(peer)
+        self.ledger.peer_left(peer, user)
         if peer.monitor:
             self.monitors.remove(peer)
         if peer.unique_name is None:
@@ -221,6 +224,7 @@ class Bus:
     def _incomplete_ended(self, link: PeerLink) -> None:
         """A link said Hello, or closed before it."""
         self._incomplete.discard(link)
+        self._link_users[link].incomplete -= 1
         if self.incomplete_connections < self.limits.max_incomplete_connections:
             for observer in self.observers:
                 observer.incomplete_room()
@@ -228,6 +232,8 @@ class Bus:
     def emit_name_events(self, events: list[NameEvent]) -> None:
         """Record who now holds which primary names, announce the changes as the driver's signals, tell observers."""
         emit_signal = self.outbox.emit_signal
+        registry = self.registry
+        settle_names = self.ledger.settle_names
         for event in events:
             if event.kind == "owner_changed":
                 old = event.old_owner.unique_name if event.old_owner else ""
@@ -235,8 +241,10 @@ class Bus:
                 if event.name[0] != ":":
                     if event.old_owner:
                         event.old_owner.names.discard(event.name)
+                        settle_names(event.old_owner, registry.queued_count(event.old_owner))
                     if event.new_owner:
                         event.new_owner.names.add(event.name)
+                        settle_names(event.new_owner, registry.queued_count(event.new_owner))
                 emit_signal("NameOwnerChanged", "sss", [event.name, old, new])
             elif event.kind == "lost":
                 emit_signal("NameLost", "s", [event.name], event.old_owner)
@@ -273,31 +281,13 @@ class Bus:
                 link.flush()
 
     def output_flushed(self, link: PeerLink) -> None:
-        """`link` wrote some of its queue: once below the low-water mark, the senders it held back read again."""
-        if link in self._held_senders and link.out_bytes <= self.soft_queue_limit // 2:
-            self._release_senders(link)
-
-    def _hold_sender(self, sender: PeerLink, recipient: PeerLink) -> None:
-        """Back-pressure: read no more from `sender` until `recipient` catches up."""
-        held = self._held_senders.get(recipient)
-        if held is None:
-            held = self._held_senders[recipient] = set()
-        held.add(sender)
-        holders = self._holders.get(sender)
-        if holders is None:
-            holders = self._holders[sender] = set()
-        holders.add(recipient)
-        sender.hold_input()
-
-    def _release_senders(self, recipient: PeerLink) -> None:
-        for sender in self._held_senders.pop(recipient):
-            holders = self._holders.get(sender)
-            if holders is None:
-                continue
-            holders.discard(recipient)
-            if not holders:
-                del self._holders[sender]
-                sender.release_input()
+        """`link` wrote some of its queue: its user's ledger follows it, and once below the low-water mark
+        the senders it held back read again."""
+        peer = self.links.get(link)
+        if peer is not None and peer.user is not None:
+            self.ledger.settle_queue(peer)
+        if link in self.backpressure.held and link.out_bytes <= self.soft_queue_limit // 2:
+            self.backpressure.release(link)
 
     # ------------------------------------------------------------ the per-message path
 
@@ -389,7 +379,7 @@ class Bus:
             # The call is answered: ReplyTracker.forget(), inline to spend no call per reply.
             del self.replies.pending[key]
             peer.expecting.discard(key)
-            target.replies_outstanding -= 1
+            settled(target, key)
         self.deliver(target, peer, buf, h, fds)
         if self.monitors and monitored:
             self.deliver_to_monitors(peer, buf, h, None, target.names)
@@ -458,9 +448,12 @@ class Bus:
 
     def deliver(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
         conn = target.conn
-        if conn.out_bytes + len(buf) > self.limits.max_outgoing_bytes or (
-                fds and conn.out_fds + len(fds) > self.limits.max_outgoing_unix_fds):
-            self._reject_full_queue(target, sender, h, fds)
+        user = target.user  # (a peer leaves self.peers and every rule, pending call and queue before it loses it)
+        size = len(buf)
+        if conn.out_bytes + size > self.limits.max_outgoing_bytes or user.out_bytes + size > self._user_out_bytes or (
+                fds and (conn.out_fds + len(fds) > self.limits.max_outgoing_unix_fds
+                         or user.out_fds + len(fds) > self._user_out_fds)):
+            self._reject_full_queue(target, sender, buf, h, fds)
             return
         if fds and not conn.can_pass_fds:
             # The recipient cannot receive fds: the caller gets an error, as from dbus-daemon.
@@ -476,15 +469,22 @@ class Bus:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
         conn.queue(head, body, fds)
+        size = len(head) + len(body)
+        target.out_charged += size
+        user.out_bytes += size
+        if fds:
+            target.fds_charged += len(fds)
+            user.out_fds += len(fds)
         if conn.out_bytes > self.soft_queue_limit and sender.conn is not conn:
-            self._hold_sender(sender.conn, conn)
+            self.backpressure.hold(sender.conn, conn)
 
-    def _reject_full_queue(self, target: Peer, sender: Peer, h: Header, fds: list[int] | None) -> None:
+    def _reject_full_queue(self, target: Peer, sender: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
+        """A unicast meets a full queue (the recipient's, or its user's): dbus-daemon's LimitsExceeded."""
+        full = self.ledger.room_for(target, len(buf), len(fds) if fds else 0) or "max_outgoing_bytes"
         close_fds(fds)
-        log.warning("rejecting %s from %s to %s: destination queue is full "
-                    "(max_outgoing_bytes=%d, max_outgoing_unix_fds=%d)",
-                    TYPE_NAMES.get(h.type, h.type), sender.unique_name, target.unique_name,
-                    self.limits.max_outgoing_bytes, self.limits.max_outgoing_unix_fds)
+        log.warning("rejecting %s from %s to %s (uid %s): destination has a full message queue (%s=%d)",
+                    TYPE_NAMES.get(h.type, h.type), sender.unique_name, target.unique_name, target.user.uid,
+                    full, self.ledger.limit_of(full))
         if h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
             self.replies.forget((sender, h.serial, target))
             self.outbox.send_error(sender, h.serial, errors.LIMITS_EXCEEDED,
@@ -503,9 +503,12 @@ class Bus:
         if field is None:
             field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
+        ledger = self.ledger
         if self.monitors:  # monitors see the broadcast first, then any refusal it met
-            queue_to_monitors(self.monitors, head, body, h, sender.names, get_args)
+            queue_to_monitors(ledger, self.monitors, head, body, h, sender.names, get_args)
         hard_limit = self.limits.max_outgoing_bytes
+        user_limit = self._user_out_bytes
+        size = len(head) + len(body)
         enforced = self.policy.enforced
         for target in recipients:
             if target.monitor:
@@ -513,9 +516,13 @@ class Bus:
             if enforced and not self.policy_allows(sender, target, h, False, fds):
                 continue
             conn = target.conn
-            if conn.out_bytes + len(buf) > hard_limit:
-                # A subscriber that does not read loses broadcasts; it never stalls the emitter.
-                conn.note_dropped_broadcast(hard_limit)
+            user = target.user
+            # A subscriber that does not read loses broadcasts; it never stalls the emitter.
+            if conn.out_bytes + size > hard_limit or user.out_bytes + size > user_limit:
+                if conn.out_bytes + size > hard_limit:
+                    conn.note_dropped_broadcast(hard_limit)
+                else:
+                    ledger.refused(target, "OutgoingBytes", user_limit, "broadcasts to it")
                 continue
             if fds:
                 if not conn.can_pass_fds:
@@ -523,9 +530,18 @@ class Bus:
                                        f"broadcast cannot be delivered to {target.unique_name} because it does "
                                        f"not support receiving Unix fds", monitors_only=True)
                     continue
-                conn.queue(head, body, [os.dup(fd) for fd in fds])
+                full = ledger.room_for(target, size, len(fds))
+                if full is not None:
+                    ledger.refused(target, full, ledger.limit_of(full), "broadcasts with fds to it")
+                    continue
+                copies = ledger.copy_fds(target, fds)
+                if copies is not None:
+                    conn.queue(head, body, copies)
+                    ledger.charge_queued(target, size, len(copies))
             else:
                 conn.queue(head, body)
+                target.out_charged += size
+                user.out_bytes += size
         close_fds(fds)
 
     def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
@@ -536,7 +552,7 @@ class Bus:
             if field is None:
                 field = sender.sender_fields[h.endian] = sender_field(sender.unique_name, h.endian)
             head, body = stamp_sender(buf, h, field)
-            queue_to_monitors(self.monitors, head, body, h, sender.names, lambda: read_body(buf, h),
+            queue_to_monitors(self.ledger, self.monitors, head, body, h, sender.names, lambda: read_body(buf, h),
                               destination_names)
 
     def deliver_eavesdroppers(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
@@ -544,17 +560,14 @@ class Bus:
         """Deliver a unicast message to peers whose match rules ask to eavesdrop on it (its sender too)."""
         if not self.matches.has_eavesdroppers:
             return
-        enforced = self.policy.enforced
-        # A peer whose policy never lets it eavesdrop is passed over before its rules read the body.
         eavesdroppers = self.matches.recipients(h, sender.names, lambda: body_arguments(buf, h),
                                                 addressed_recipient=target,
-                                                recipient_names=target.names if target else None,
-                                                may_eavesdrop=(lambda peer: peer.policy.may_eavesdrop)
-                                                if enforced else None)
+                                                recipient_names=target.names if target else None)
         if not eavesdroppers:
             return
         field = sender.sender_fields.get(h.endian) or sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
+        enforced = self.policy.enforced
         for peer in eavesdroppers:
             if peer is not target and not peer.monitor:
                 if enforced:
@@ -562,8 +575,7 @@ class Bus:
                     if not (sender.policy.can_send(h, peer.names, False, nfds).allowed and
                             peer.policy.can_receive(h, sender.names, False, nfds, True).allowed):
                         continue
-                peer.conn.queue(head, body)
-
+                self.ledger.queue(peer, head, body)
 
     # ------------------------------------------------------------ housekeeping
 

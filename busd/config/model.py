@@ -49,6 +49,14 @@ class LimitSettings(_Frozen):
     max_containers_per_user: int = 16
     max_container_metadata_bytes: int = 4096
     max_connections_per_container: int = 8
+    # busd's own: per-user quotas of the ledger; None derives each from its per-connection limit
+    # (busd.bus.limits says how). dbus-daemon does not know these names.
+    max_outgoing_bytes_per_user: int | None = None
+    max_outgoing_unix_fds_per_user: int | None = None
+    max_match_rules_per_user: int | None = None
+    max_names_per_user: int | None = None
+    max_replies_per_user: int | None = None
+    max_incomplete_connections_per_user: int | None = None
 
     def to_bus_limits(self) -> Limits:
         """The limits as the bus enforces them (the container limits have no meaning to busd)."""
@@ -63,7 +71,7 @@ class LimitSettings(_Frozen):
 # Limits whose values dbus-daemon keeps in a C int; the others are longs.
 INT_LIMITS = frozenset(LimitSettings.model_fields) - {
     "max_incoming_bytes", "max_incoming_unix_fds", "max_outgoing_bytes", "max_outgoing_unix_fds",
-    "max_message_size", "max_message_unix_fds",
+    "max_message_size", "max_message_unix_fds", "max_outgoing_bytes_per_user", "max_outgoing_unix_fds_per_user",
 }
 
 # What dbus-daemon's stock session.conf sets: "essentially infinite" limits.
