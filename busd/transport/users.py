@@ -34,20 +34,30 @@ class UserDirectory:
     def __init__(self, executor: Executor | None = None) -> None:
         self._executor = executor
         self._groups: dict[int, tuple[int, ...]] = {}
+        self._asking: dict[int, asyncio.Future[tuple[int, ...]]] = {}  # one lookup per uid at a time
 
     def cached_groups(self, uid: int) -> tuple[int, ...] | None:
         """The groups of `uid` if known already (no lookup), else None."""
         return self._groups.get(uid)
 
     def groups(self, loop: asyncio.AbstractEventLoop, uid: int) -> asyncio.Future[tuple[int, ...]]:
-        """The groups of `uid` (see groups_of_user), resolved in a worker thread; the answer is cached."""
+        """The groups of `uid` (see groups_of_user), resolved in a worker thread; the answer is cached.
+
+        Connections of a uid being looked up share that lookup, so one slow user
+        takes at most one thread.
+        """
+        future = self._asking.get(uid)
+        if future is not None and future.get_loop() is loop:
+            return future
         if self._executor is None:
             self._executor = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="busd-users")
-        future = loop.run_in_executor(self._executor, groups_of_user, uid)
+        future = self._asking[uid] = loop.run_in_executor(self._executor, groups_of_user, uid)
         future.add_done_callback(lambda done: self._remember(uid, done))
         return future
 
     def _remember(self, uid: int, done: asyncio.Future[tuple[int, ...]]) -> None:
+        if self._asking.get(uid) is done:
+            del self._asking[uid]
         if done.cancelled() or done.exception() is not None:
             return
         if len(self._groups) >= MAX_CACHED_USERS:
@@ -63,6 +73,7 @@ class UserDirectory:
     def forget(self) -> None:
         """Look every user up again from now on (the configuration was reloaded)."""
         self._groups.clear()
+        self._asking.clear()
 
 
 __all__ = ["UserDirectory", "groups_of_user"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pwd
 import socket
 import threading
 import time
@@ -183,3 +184,25 @@ def test_a_peer_that_leaves_during_its_lookup_is_forgotten(loop) -> None:
     slow.shutdown(wait=True)
     loop.run_until_complete(asyncio.sleep(0.01))
     assert bus.admitted == [] and bus.closed == [waiting]
+
+
+def test_connections_of_a_uid_being_looked_up_share_the_lookup(loop) -> None:
+    lookup_may_finish = threading.Event()
+    slow = ThreadPoolExecutor(1)
+    slow.submit(lookup_may_finish.wait, WAIT)
+    users = UserDirectory(slow)
+    first, second = users.groups(loop, os.getuid()), users.groups(loop, os.getuid())
+    assert first is second and users.cached_groups(os.getuid()) is None
+    lookup_may_finish.set()
+    assert loop.run_until_complete(first) == groups_of_user(os.getuid())
+    assert users.cached_groups(os.getuid()) == groups_of_user(os.getuid())
+    assert users.groups(loop, os.getuid()) is not first  # a new lookup once done (callers check the cache first)
+    slow.shutdown()
+    users.forget()
+    assert users.cached_groups(os.getuid()) is None
+
+
+def test_groups_of_a_uid_that_is_no_user_are_none() -> None:
+    taken = {entry.pw_uid for entry in pwd.getpwall()}
+    assert groups_of_user(next(uid for uid in range(40000, 50000) if uid not in taken)) == ()
+    assert groups_of_user(0)[0] == 0
