@@ -152,6 +152,7 @@ def test_a_cookie_client_waiting_for_the_keyring_lock_holds_back_no_one(kind: st
 TCP_COOKIE = """<listen>tcp:host=127.0.0.1,port=0</listen>
 <auth>DBUS_COOKIE_SHA1</auth>
 <policy user="root"><allow own="org.example.TcpRoot"/></policy>
+<policy group="root"><allow own="org.example.TcpRootGroup"/></policy>
 <limit name="max_connections_per_user">2</limit>"""
 
 
@@ -160,8 +161,10 @@ def test_a_tcp_peer_authenticated_by_cookie_is_that_user(kind: str) -> None:
     """Over TCP the kernel says nothing; DBUS_COOKIE_SHA1 authenticated the bus's user (root here).
 
     As dbus-daemon: GetConnectionUnixUser answers that uid, <policy user="root">
-    rules apply (the default context denies owning any name), and the
-    connection counts against max_connections_per_user for that uid.
+    rules apply (the default context denies owning any name), so do <policy
+    group> rules for the groups the user database gives that uid (the kernel
+    gives none over TCP), and the connection counts against
+    max_connections_per_user for that uid.
     """
     with running_bus(kind, TCP_COOKIE, config_text=SYSTEM_CONFIG) as bus:
         tcp = next(entry for entry in bus.address.split(";") if entry.startswith("tcp:"))
@@ -170,9 +173,10 @@ def test_a_tcp_peer_authenticated_by_cookie_is_that_user(kind: str) -> None:
             uid = first.driver_value("GetConnectionUnixUser", "s", [first.unique_name])
             credentials = first.driver_value("GetConnectionCredentials", "s", [second.unique_name])
             owned = first.request_name("org.example.TcpRoot")
+            owned_by_group = second.request_name("org.example.TcpRootGroup")
             with pytest.raises(Exception) as refused:  # the third connection of uid 0
                 RawClient(tcp, mechanisms=("DBUS_COOKIE_SHA1",)).close()
     assert uid == os.geteuid() == 0
     assert credentials["UnixUserID"].value == 0
-    assert owned == 1  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
+    assert owned == owned_by_group == 1  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
     assert "LimitsExceeded" in str(refused.value) or isinstance(refused.value, BusClosed), refused.value
