@@ -51,7 +51,8 @@ Commands:
                            Wait for a signal; print its arguments
   stats [SERVICE...]       Show per-connection queued bytes, fds, match rules
                            and names (org.freedesktop.DBus.Debug.Stats),
-                           heaviest quota user first
+                           heaviest quota user first; with --by-user, busd's
+                           per-user ledger (used / peak / quota per uid)
   bridge                   Show busd's bridge to an upstream bus: address,
                            state, imported and exported names (dev.busd.Bridge1)
   help                     Show this help
@@ -66,6 +67,7 @@ Options:
      --user, --session     Connect to user bus
      --address=ADDRESS     Connect to bus specified by address
      --unique              Only show unique names
+     --by-user             stats: one table per user (busd's per-user ledger)
      --acquired            Only show acquired names
      --activatable         Only show activatable names
      --match=MATCH         Only show matching messages
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--user", "--session", dest="scope", action="store_const", const="user")
     add("--address")
     add("--unique", action="store_true")
+    add("--by-user", action="store_true")
     add("--acquired", action="store_true")
     add("--activatable", action="store_true")
     add("--match", action="append", default=[])

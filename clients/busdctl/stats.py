@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,6 +121,12 @@ def _sort_key(entry: ConnectionStats) -> tuple[float, int, str]:
 
 async def stats(ctx: Context, args: list[str]) -> int:
     bus = ctx.bus
+    if ctx.options.by_user:
+        try:
+            bus_stats = await _stats_call(bus, "GetStats")
+        except CommandError as error:
+            raise CommandError(f"{error}\nThis bus does not report per-user accounting.") from None
+        return _by_user(ctx, bus, bus_stats)
     bus_stats = await _stats_call(bus, "GetStats")
     names = (await bus.driver("ListNames"))[0]
     names_by_owner = await _names_by_owner(bus, names)
@@ -172,3 +179,46 @@ def _bus_summary(bus_stats: dict[str, Any], shown: int) -> str:
             peak = bus_stats.get(f"Peak{key}")
             parts.append(f"{bus_stats[key]} {label}" + (f" (peak {peak})" if peak is not None else ""))
     return "Bus: " + ", ".join(parts) + ". Quota: share of dbus-daemon's default per-connection limit."
+
+
+# ---------------------------------------------------------------- --by-user: busd's per-user ledger
+
+USER_ACCOUNTING = "dev.busd.UserAccounting"  # GetStats: uid -> line -> (used, peak, quota)
+UNKNOWN_UID = 0xFFFFFFFF
+USER_COLUMNS = (Column("UID", right=True), Column("USER"), Column("LINE"), Column("USED", right=True),
+                Column("PEAK", right=True), Column("QUOTA", right=True))
+
+
+def _user_name(uid: int) -> str:
+    if uid == UNKNOWN_UID:
+        return "(unknown)"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return "-"
+
+
+def _by_user(ctx: Context, bus: BusConnection, bus_stats: dict[str, Any]) -> int:
+    """One table per uid: each ledger line's used / peak / quota (busd only)."""
+    accounting = bus_stats.get(USER_ACCOUNTING)
+    if accounting is None:
+        raise CommandError(f"{bus.choice.label[0].upper()}{bus.choice.label[1:]} does not report per-user "
+                           f"accounting ({USER_ACCOUNTING} in GetStats).\nHint: busd does; dbus-daemon has no "
+                           "per-user ledger.")
+    users = {int(uid): {line: [int(v) for v in value] for line, value in lines.items()}
+             for uid, lines in accounting.items()}
+    if ctx.output.is_json:
+        ctx.output.json({"users": [{"uid": uid, "user": _user_name(uid),
+                                    "lines": {line: dict(zip(("used", "peak", "quota"), values))
+                                              for line, values in lines.items()}}
+                                   for uid, lines in sorted(users.items())]})
+        return EXIT_OK
+    rows = [[str(uid), _user_name(uid), line, str(used), str(peak), str(quota)]
+            for uid, lines in sorted(users.items()) for line, (used, peak, quota) in lines.items()]
+    with ctx.output.paged():
+        ctx.output.table(USER_COLUMNS, rows)
+        if ctx.output.legend:
+            ctx.output.line()
+            ctx.output.line(f"{len(users)} users. Each line: what the user's connections hold now, its peak, "
+                            "and the per-user quota.")
+    return EXIT_OK

@@ -516,6 +516,31 @@ def test_stats_explains_a_bus_that_refuses_them():
         bus.stop()
 
 
+def test_stats_by_user_shows_busd_s_ledger():
+    bus = start_bus("busd")
+    try:
+        json_run, table_run = run_all([busdctl_command(bus.address, "stats", "--by-user", "--json=short"),
+                                       busdctl_command(bus.address, "stats", "--by-user")])
+        users = {user["uid"]: user for user in json.loads(_ok(json_run))["users"]}
+        mine = users[os.getuid()]  # busdctl's own connection, at least
+        assert mine["lines"]["Connections"]["used"] >= 1
+        assert set(mine["lines"]) == {"OutgoingBytes", "OutgoingFDs", "MatchRules", "Names", "PendingReplies",
+                                      "Connections", "IncompleteConnections"}
+        assert all(line["peak"] >= line["used"] and line["quota"] > 0 for line in mine["lines"].values())
+        table = _ok(table_run).splitlines()
+        assert table[0].split() == ["UID", "USER", "LINE", "USED", "PEAK", "QUOTA"]
+        row = next(line.split() for line in table[1:] if "Connections" in line.split())
+        assert row[0] == str(os.getuid()) and int(row[3]) >= 1
+    finally:
+        bus.stop()
+
+
+def test_stats_by_user_says_dbus_daemon_keeps_no_per_user_ledger(reference_bus):
+    result = busdctl(reference_bus.address, "stats", "--by-user")
+    assert result.returncode == 1
+    assert "per-user accounting" in result.stderr
+
+
 # ---- the command line itself ----
 
 def test_help_version_and_usage_errors(reference_bus):
