@@ -1,4 +1,4 @@
-"""Marshal and unmarshal D-Bus values, and validate bodies without building values.
+"""Marshal and unmarshal D-Bus values (validating bodies without building values is checker.py's).
 
 Python representation of D-Bus types:
 
@@ -12,8 +12,8 @@ Python representation of D-Bus types:
     (...)             tuple
     v                 Variant(signature, value)
 
-Every signature is compiled once into closures (a writer, a reader and a checker)
-and cached per byte order, so the per-message cost is the walk over the data only.
+Every signature is compiled once into closures (a writer and a reader; checker.py
+compiles the checker) and cached per byte order, so the per-message cost is the walk over the data only.
 Positions are absolute offsets into the message, whose body starts 8-aligned, so
 alignment computed from them is the alignment the specification means.
 """
@@ -24,19 +24,14 @@ import struct
 from functools import lru_cache
 from typing import Any, Callable, NamedTuple
 
+from .checker import (
+    BIG, FIXED_FORMATS as _FIXED_FORMATS, FIXED_SIZES as _FIXED_SIZES, LITTLE, MAX_ARRAY_LENGTH,
+    MAX_NESTING_DEPTH, PREFIXES as _PREFIX, check_body, check_string_bytes, compiled_checker, read_signature_at,
+)
 from .errors import MarshalError, ProtocolError, SignatureError
 from .names import is_valid_object_path
 from .signature import TypeNode, parse_signature, parse_single_type
 
-MAX_ARRAY_LENGTH = 1 << 26  # bytes, per the specification
-MAX_NESTING_DEPTH = 64  # containers, variants included, as libdbus counts them
-
-LITTLE = ord("l")
-BIG = ord("B")
-_PREFIX = {LITTLE: "<", BIG: ">"}
-_FIXED_FORMATS = {"y": "B", "b": "I", "n": "h", "q": "H", "i": "i", "u": "I",
-                  "x": "q", "t": "Q", "d": "d", "h": "I"}
-_FIXED_SIZES = {"y": 1, "b": 4, "n": 2, "q": 2, "i": 4, "u": 4, "x": 8, "t": 8, "d": 8, "h": 4}
 _PAD = b"\0" * 8
 
 class Variant(NamedTuple):
@@ -328,201 +323,7 @@ def unmarshal_body(signature: str, buf: bytes, start: int, endian: int = LITTLE)
     return values
 
 
-# ---------------------------------------------------------------- checkers
-# A checker walks the data of one complete type and returns the position after it,
-# raising ProtocolError on anything the specification forbids. It builds no values.
-
-Checker = Callable[[bytes, int, int, int, int], int]  # (buf, pos, end, depth, nfds) -> pos
-
-
-def _fail(reason: str) -> ProtocolError:
-    return ProtocolError(reason)
-
-
-def _check_padding(buf: bytes, pos: int, aligned: int) -> None:
-    if aligned > pos and buf.count(0, pos, aligned) != aligned - pos:
-        raise _fail(f"non-zero alignment padding at offset {pos}")
-
-
-def check_string_bytes(buf: bytes, start: int, stop: int, what: str = "string") -> str:
-    """Decode a string's bytes, rejecting embedded NUL and invalid UTF-8."""
-    if buf.find(0, start, stop) != -1:
-        raise _fail(f"{what} at offset {start} contains a NUL byte")
-    try:
-        return buf[start:stop].decode()
-    except UnicodeDecodeError:
-        raise _fail(f"{what} at offset {start} is not valid UTF-8") from None
-
-
-def _checker(node: TypeNode, prefix: str) -> Checker:
-    code = node.code
-    if code in _FIXED_FORMATS:
-        size = _FIXED_SIZES[code]
-        mask = size - 1
-        unpack_from = struct.Struct(prefix + _FIXED_FORMATS[code]).unpack_from
-        if code == "b":
-            def check_bool(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-                aligned = (pos + 3) & ~3
-                if aligned + 4 > end:
-                    raise _fail("boolean runs past the end of its container")
-                _check_padding(buf, pos, aligned)
-                if unpack_from(buf, aligned)[0] > 1:
-                    raise _fail(f"boolean at offset {aligned} is neither 0 nor 1")
-                return aligned + 4
-            return check_bool
-        if code == "h":
-            def check_fd(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-                aligned = (pos + 3) & ~3
-                if aligned + 4 > end:
-                    raise _fail("fd index runs past the end of its container")
-                _check_padding(buf, pos, aligned)
-                if unpack_from(buf, aligned)[0] >= nfds:
-                    raise _fail(f"fd index at offset {aligned} is not below UNIX_FDS ({nfds})")
-                return aligned + 4
-            return check_fd
-
-        def check_fixed(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            aligned = (pos + mask) & ~mask
-            if aligned + size > end:
-                raise _fail(f"value of type {code!r} runs past the end of its container")
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
-            return aligned + size
-        return check_fixed
-    if code in "so":
-        u32 = struct.Struct(prefix + "I").unpack_from
-        is_path = code == "o"
-
-        def check_string(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            aligned = (pos + 3) & ~3
-            if aligned + 4 > end:
-                raise _fail("string length runs past the end of its container")
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
-            n = u32(buf, aligned)[0]
-            start = aligned + 4
-            stop = start + n
-            if stop >= end:
-                raise _fail(f"string at offset {aligned} runs past the end of its container")
-            if buf[stop] != 0:
-                raise _fail(f"string at offset {aligned} is not NUL-terminated")
-            text = check_string_bytes(buf, start, stop)
-            if is_path and not is_valid_object_path(text):
-                raise _fail(f"invalid object path {text!r}")
-            return stop + 1
-        return check_string
-    if code == "g":
-        def check_sig(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            read_signature_at(buf, pos, end)
-            return pos + buf[pos] + 2
-        return check_sig
-    if code == "v":
-        def check_variant(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            if depth >= MAX_NESTING_DEPTH:
-                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
-            sig, pos = read_signature_at(buf, pos, end)
-            try:
-                inner = parse_single_type(sig)
-            except SignatureError as exc:
-                raise _fail(f"variant signature: {exc.reason}") from None
-            return compiled_checker(inner.signature, prefix)(buf, pos, end, depth + 1, nfds)
-        return check_variant
-    if code == "a":
-        elem = node.children[0]
-        u32 = struct.Struct(prefix + "I").unpack_from
-        elem_align = elem.alignment
-        ea = elem_align - 1
-        fixed = elem.fixed_size if elem.code not in "bh" else 0
-        item_checker = None if fixed else _checker(elem, prefix)
-        # Like libdbus, only elements of variable size count as one level deeper.
-        nests = not elem.fixed_size
-
-        def check_array(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            aligned = (pos + 3) & ~3
-            if aligned + 4 > end:
-                raise _fail("array length runs past the end of its container")
-            if aligned != pos:
-                _check_padding(buf, pos, aligned)
-            n = u32(buf, aligned)[0]
-            if n > MAX_ARRAY_LENGTH:
-                raise _fail(f"array at offset {aligned} is {n} bytes, the limit is {MAX_ARRAY_LENGTH}")
-            start = (aligned + 4 + ea) & ~ea
-            if start > end:
-                raise _fail("array padding runs past the end of its container")
-            _check_padding(buf, aligned + 4, start)
-            stop = start + n
-            if stop > end:
-                raise _fail(f"array at offset {aligned} runs past the end of its container")
-            if fixed:
-                if n % fixed:
-                    raise _fail(f"array at offset {aligned} is not a whole number of elements")
-                return stop
-            if nests and n and depth >= MAX_NESTING_DEPTH:
-                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
-            p = start
-            while p < stop:
-                p = item_checker(buf, p, stop, depth + 1, nfds)
-            if p != stop:
-                raise _fail(f"array at offset {aligned} ends inside an element")
-            return stop
-        return check_array
-    if code in "({":
-        field_checkers = [_checker(child, prefix) for child in node.children]
-
-        def check_struct(buf: bytes, pos: int, end: int, depth: int, nfds: int) -> int:
-            if depth >= MAX_NESTING_DEPTH:
-                raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
-            aligned = (pos + 7) & ~7
-            if aligned > end:
-                raise _fail("struct padding runs past the end of its container")
-            _check_padding(buf, pos, aligned)
-            pos = aligned
-            for c in field_checkers:
-                pos = c(buf, pos, end, depth + 1, nfds)
-            return pos
-        return check_struct
-    raise SignatureError(f"cannot check type {node.signature!r}")
-
-
-def read_signature_at(buf: bytes, pos: int, end: int) -> tuple[str, int]:
-    """Read a marshalled signature (type 'g'), validating it; returns it and the next position."""
-    if pos >= end:
-        raise _fail("signature runs past the end of its container")
-    n = buf[pos]
-    stop = pos + 1 + n
-    if stop >= end:
-        raise _fail(f"signature at offset {pos} runs past the end of its container")
-    if buf[stop] != 0:
-        raise _fail(f"signature at offset {pos} is not NUL-terminated")
-    try:
-        sig = buf[pos + 1:stop].decode("ascii")
-    except UnicodeDecodeError:
-        raise _fail(f"signature at offset {pos} is not ASCII") from None
-    try:
-        parse_signature(sig)
-    except SignatureError as exc:
-        raise _fail(exc.reason) from None
-    return sig, stop + 1
-
-
-@lru_cache(maxsize=512)
-def compiled_checker(single_type: str, prefix: str = "<") -> Checker:
-    return _checker(parse_single_type(single_type), prefix)
-
-
-@lru_cache(maxsize=512)
-def _body_checkers(signature: str, prefix: str) -> tuple[Checker, ...]:
-    return tuple(compiled_checker(node.signature, prefix) for node in parse_signature(signature))
-
-
-def check_body(signature: str, buf: bytes, start: int, end: int, endian: int = LITTLE, nfds: int = 0) -> None:
-    """Validate that buf[start:end] is exactly one value per complete type of `signature`."""
-    try:
-        checkers = _body_checkers(signature, _PREFIX[endian])
-    except SignatureError as exc:
-        raise ProtocolError(f"invalid body signature: {exc.reason}") from None
-    pos = start
-    for check in checkers:
-        pos = check(buf, pos, end, 0, nfds)
-    if pos != end:
-        raise ProtocolError(f"body has {end - pos} bytes left over after signature {signature!r}")
+__all__ = [
+    "BIG", "LITTLE", "MAX_ARRAY_LENGTH", "MAX_NESTING_DEPTH", "Variant", "check_body", "check_string_bytes",
+    "compiled_checker", "compiled_reader", "compiled_writer", "marshal_body", "read_signature_at", "unmarshal_body",
+]
