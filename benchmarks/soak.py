@@ -239,11 +239,28 @@ class TracedBusd(RunningBus):
             raise RuntimeError("the traced busd printed no address")
         super().__init__(kind="busd-traced", address=address, process=process, workdir=workdir)
 
+    def request(self, line: str) -> dict:
+        """One request to the daemon's diagnosis thread (see traced_daemon) and its answer."""
+        os.write(self._control, f"{line}\n".encode())
+        answer = b""
+        while not answer.endswith(b"\n"):
+            if not select.select([self._answers], [], [], 300)[0]:
+                raise RuntimeError(f"the traced busd did not answer {line!r}")
+            chunk = os.read(self._answers, 4096)
+            if not chunk:
+                raise RuntimeError(f"the traced busd exited before answering {line!r}")
+            answer += chunk
+        return json.loads(answer)
+
     def snapshot(self, path: str) -> None:
         """Ask the daemon to write its tracemalloc snapshot to `path` (and its object counts to path.types)."""
-        os.write(self._control, f"{path}\n".encode())
-        if not select.select([self._answers], [], [], 300)[0] or not os.read(self._answers, 64):
-            raise RuntimeError("the traced busd took no snapshot")
+        self.request(path)
+
+    def stats(self) -> str:
+        """The daemon's heaps now, as a short text: Python's traced bytes, glibc's in use, free and mmapped."""
+        s = self.request("stats")
+        return (f"traced {s['traced'] / MIB:6.1f}  malloc in use {s['in_use'] / MIB:6.1f} free {s['free'] / MIB:6.1f} "
+                f"mmapped {s['mmapped'] / MIB:5.1f} MiB  {s['blocks']} blocks")
 
     def stop(self) -> None:
         for fd in (self._control, self._answers):
@@ -260,24 +277,57 @@ class TracedBusd(RunningBus):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+def malloc_stats() -> dict[str, int]:
+    """glibc's view of the C heap (every arena): bytes in use, free but kept, and mmapped (mallinfo2)."""
+    import ctypes
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+            "keepcost")]
+    mallinfo2 = ctypes.CDLL(None).mallinfo2
+    mallinfo2.restype = MallInfo2
+    info = mallinfo2()
+    return {"heap": info.arena, "in_use": info.uordblks, "free": info.fordblks, "mmapped": info.hblkhd}
+
+
+def holders(type_name: str, limit: int = 3) -> dict:
+    """How many objects of `type_name` are alive, and what refers to a few of them (two levels of types)."""
+    gc.collect()
+    objects = [o for o in gc.get_objects() if type(o).__qualname__ == type_name]
+    chains = []
+    for obj in objects[:limit]:
+        first = [r for r in gc.get_referrers(obj) if r is not objects]
+        chains.append([f"{type(r).__qualname__} <- " + ", ".join(
+            sorted({type(rr).__qualname__ for rr in gc.get_referrers(r) if rr is not first})) for r in first])
+    return {"count": len(objects), "held_by": chains}
+
+
 def traced_daemon(fds: str, daemon_args: list[str]) -> int:
-    """The child of --diagnose: tracemalloc first, then busd; snapshots on request from a thread."""
+    """The child of --diagnose: tracemalloc first, then busd; a thread answers the script's requests:
+    'stats' (traced bytes, glibc's heap, Python's allocated blocks) and a path (write a snapshot there)."""
     import tracemalloc
     tracemalloc.start(TRACE_FRAMES)
     control, answers = (int(fd) for fd in fds.split(","))
 
-    def serve_snapshots() -> None:
+    def serve_requests() -> None:
         with os.fdopen(control) as requests:
             for line in requests:
-                path = line.strip()
-                gc.collect()
-                tracemalloc.take_snapshot().dump(path)
-                types = Counter(type(o).__qualname__ for o in gc.get_objects())
-                with open(path + ".types", "w") as f:
-                    json.dump(types, f)
-                os.write(answers, b"ok\n")
+                request = line.strip()
+                if request == "stats":
+                    answer = {"traced": tracemalloc.get_traced_memory()[0], "blocks": sys.getallocatedblocks(),
+                              **malloc_stats()}
+                elif request.startswith("holders "):
+                    answer = holders(request.split()[1])
+                else:
+                    gc.collect()
+                    tracemalloc.take_snapshot().dump(request)
+                    with open(request + ".types", "w") as f:
+                        json.dump(Counter(type(o).__qualname__ for o in gc.get_objects()), f)
+                    answer = {"snapshot": request}
+                os.write(answers, json.dumps(answer).encode() + b"\n")
 
-    threading.Thread(target=serve_snapshots, daemon=True).start()
+    threading.Thread(target=serve_requests, daemon=True).start()
     from busd.daemon.cli import main
     return main(daemon_args)
 
@@ -340,7 +390,8 @@ def soak(kinds: list[str], minutes: float, interval: float, rate: float, log, di
                     raise RuntimeError(f"{bus.kind} exited with status {bus.process.returncode} during the soak")
                 one.samples.append(read_sample(one.pid, now - start))
             log(f"{now - start:7.0f}  " + "  ".join(
-                f"{s.samples[-1].rss_kib / 1024:9.1f} MiB {s.samples[-1].fds:5d} fds" for s in series))
+                f"{s.samples[-1].rss_kib / 1024:9.1f} MiB {s.samples[-1].fds:5d} fds" for s in series)
+                + ("  " + buses[0].stats() if diagnose_dir is not None else ""))
             if diagnose_dir is not None and not snapshots and now - start >= warmup:
                 snapshots.append(os.path.join(diagnose_dir, "after-warmup.snapshot"))
                 buses[0].snapshot(snapshots[-1])

@@ -1,0 +1,62 @@
+"""Short soak (issue 13): under a minute of mixed traffic, the daemon's RSS must stop rising after the warm-up.
+
+benchmarks/soak.py's load (calls, signals with subscribers, connection churn, an
+activatable service killed with SIGKILL and restarted, junk and never-reading
+clients, a slow consumer) runs against one bus for SECONDS; the daemon's RSS and
+fds are read from /proc every INTERVAL seconds. After WARMUP seconds the RSS
+slope (least squares, MiB per minute) must stay under BOUND.
+
+Why BOUND is what it is: the issue measured busd rising 2.6 MB/min over its first
+3 minutes (0.5-0.7 MB/min over 10) where dbus-daemon stays flat. This test's
+window lies in those first minutes and its load is the soak's default, so a
+leak of the reported size shows as a slope well over 1 MiB/min; a flat daemon's
+slope, measured the same way, is within +-0.3 MiB/min (sampling noise of a few
+hundred KiB over half a minute). The long run (10 minutes) is
+`python3 benchmarks/soak.py`, see README's "Tests".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+from buses import busd_available
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "benchmarks")
+sys.path.insert(0, BENCHMARKS)
+
+import soak  # noqa: E402
+
+SECONDS = float(os.environ.get("BUSD_SOAK_SECONDS", "50"))
+WARMUP = 20.0  # seconds: start-up, first connections, the first never-reading peer's queue
+INTERVAL = 2.0
+BOUND = 1.0  # MiB per minute, see the module docstring
+FD_SLACK = 16  # fds the load may hold open at one moment beyond the warm-up's (churn, junk, activation)
+
+
+# Not strict: the slope is measured, and a busd near the bound may pass a run.
+BUSD_STILL_RISES = pytest.mark.xfail(strict=False, reason=(
+    "busd bug: RSS still rises ~1.6 MiB/min in this window (after aa5a846 stopped keeping a departed caller's "
+    "pending calls, which held every such Connection: 4.2 MiB/min before); soak.py --diagnose shows Python's "
+    "heap flat and glibc's free-but-kept heap growing: see the report of issue 13's soak"))
+
+
+@pytest.mark.parametrize("kind", [pytest.param("busd", marks=BUSD_STILL_RISES), "dbus-daemon"])
+def test_rss_stays_flat_under_mixed_traffic(kind: str) -> None:
+    if kind == "busd" and not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    lines: list[str] = []
+    series = soak.soak([kind], SECONDS / 60, INTERVAL, 1.0, lines.append, warmup=WARMUP)[0]
+    table, _ok = soak.report([series], WARMUP, BOUND, INTERVAL)
+    report = f"{table}\nsamples:\n" + "\n".join(lines)
+    assert not series.errors, report
+    for work in ("calls", "received", "slow-received", "connections", "activations", "junk-sasl"):
+        assert series.tally.get(work, 0) > 0, f"the load did no {work}: {report}"
+    slope = series.slope(WARMUP)
+    assert slope is not None and slope < BOUND, report
+    fds = [s.fds for s in series.samples if s.t >= WARMUP]
+    assert max(fds) - min(fds) <= FD_SLACK, report
+    assert series.samples[-1].zombies == 0, report
