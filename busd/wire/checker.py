@@ -10,9 +10,9 @@ Speed. The walk costs a few Python calls per element, which a peer can turn
 into seconds of stall with one large body of tiny elements. So:
 - A variant's signature bytes seen before are a dict lookup, not a parse (a
   bounded cache, keyed on the raw bytes: length, signature, NUL).
-- In an array of variants, a run of variants of one fixed-size type is matched
-  by one regular expression: once the first is checked, each following one
-  has the same bytes (signature, zero padding, any value; booleans 0 or 1).
+- In an array of variants, a variant of a fixed-size type and the run of the
+  same type after it are one regular expression match (their bytes are the
+  signature, zero padding and any value; booleans 0 or 1).
 - Arrays of booleans, fd indexes and structs made only of fixed-size fields
   are checked with strided slices: padding zero, booleans 0 or 1, and (when
   the caller gives a count) fd indexes below UNIX_FDS.
@@ -68,40 +68,23 @@ def check_string_bytes(buf: bytes, start: int, stop: int, what: str = "string") 
 
 # ---------------------------------------------------------------- variants
 
-class _VariantKind(NamedTuple):
-    check: Checker  # checks the value after the signature
-    run: re.Pattern[bytes] | None  # matches the following variants of the same fixed-size type
-
-
-_VARIANT_KINDS: dict[str, dict[bytes, _VariantKind]] = {"<": {}, ">": {}}
+_VARIANT_KINDS: dict[str, dict[bytes, Checker]] = {"<": {}, ">": {}}  # raw signature bytes -> value checker
 _BOOLEAN_VALUE = {"<": rb"[\x00\x01]\x00\x00\x00", ">": rb"\x00\x00\x00[\x00\x01]"}
 
 
-def _run_pattern(key: bytes, inner: TypeNode, prefix: str) -> re.Pattern[bytes] | None:
-    """After one variant of a fixed-size type (its alignment is its size), the position is aligned
-    for the next: each following variant of the same type is `key`, the same zero padding and a value."""
-    size = FIXED_SIZES.get(inner.code)
-    if size is None or inner.code == "h":
-        return None  # fd indexes are checked one by one against the count
-    value = _BOOLEAN_VALUE[prefix] if inner.code == "b" else b".{%d}" % size
-    # Possessive (*+): the run never backtracks, and is several times faster for it.
-    return re.compile(b"(?:" + re.escape(key) + b"\0" * (-len(key) % size) + value + b")*+", re.DOTALL)
-
-
-def _learn_variant(buf: bytes, pos: int, end: int, prefix: str) -> _VariantKind:
+def _learn_variant(buf: bytes, pos: int, end: int, prefix: str) -> Checker:
     """Check the variant signature at `pos` the slow way (raising the walk's errors) and remember it."""
     sig, after = read_signature_at(buf, pos, end)
     try:
         inner = parse_single_type(sig)
     except SignatureError as exc:
         raise _fail(f"variant signature: {exc.reason}") from None
-    key = bytes(buf[pos:after])
-    kind = _VariantKind(compiled_checker(inner.signature, prefix), _run_pattern(key, inner, prefix))
+    check = compiled_checker(inner.signature, prefix)
     kinds = _VARIANT_KINDS[prefix]
     if len(kinds) >= VARIANT_CACHE_LIMIT:
         kinds.clear()
-    kinds[key] = kind
-    return kind
+    kinds[bytes(buf[pos:after])] = check
+    return check
 
 
 def _variant_checker(prefix: str) -> Checker:
@@ -111,29 +94,58 @@ def _variant_checker(prefix: str) -> Checker:
         if depth >= MAX_NESTING_DEPTH:
             raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
         after = pos + buf[pos] + 2 if pos < end else end + 1
-        kind = kinds.get(buf[pos:after]) if after <= end else None
-        if kind is None:
-            kind = _learn_variant(buf, pos, end, prefix)
-        return kind.check(buf, after, end, depth + 1, nfds)
+        check = kinds.get(buf[pos:after]) if after <= end else None
+        if check is None:
+            check = _learn_variant(buf, pos, end, prefix)
+        return check(buf, after, end, depth + 1, nfds)
     return check_variant
+
+
+Matcher = Callable[[bytes, int, int], "re.Match[bytes] | None"]
+
+
+@lru_cache(maxsize=2)
+def _fixed_variant_matchers(prefix: str) -> tuple[Matcher, ...]:
+    """For each position modulo 8: a matcher of one variant of a fixed-size type (fd indexes aside,
+    they are checked against the count) and the run of variants of the same type after it.
+
+    A variant of a fixed-size type is its signature (1, code, NUL), zero padding up to the
+    value's alignment, which depends on where it starts, and the value. After one, the position
+    is aligned for the next, so a run of the same type repeats one pattern: it is possessive
+    (*+), never backtracks, and goes at the speed of the regular expression engine.
+    """
+    matchers = []
+    for phase in range(8):
+        alternatives = []
+        for code in "ynqiuxtdb":
+            size = FIXED_SIZES[code]
+            key = b"\x01" + code.encode() + b"\0"
+            value = _BOOLEAN_VALUE[prefix] if code == "b" else b".{%d}" % size
+            first_pad = -(phase + len(key)) % size
+            run = b"(?:" + re.escape(key) + b"\0" * (-len(key) % size) + value + b")*+"
+            alternatives.append(re.escape(key) + b"\0" * first_pad + value + run)
+        matchers.append(re.compile(b"|".join(alternatives), re.DOTALL).match)
+    return tuple(matchers)
 
 
 def _variant_items_checker(prefix: str) -> Checker:
     """The elements of an array of variants, `depth` being theirs; runs of one fixed type in one match."""
     kinds = _VARIANT_KINDS[prefix]
+    fixed = _fixed_variant_matchers(prefix)
 
     def check_variants(buf: bytes, p: int, stop: int, depth: int, nfds: int) -> int:
         if p < stop and depth >= MAX_NESTING_DEPTH:
             raise _fail(f"values nested deeper than {MAX_NESTING_DEPTH}")
         while p < stop:
-            after = p + buf[p] + 2
-            kind = kinds.get(buf[p:after]) if after <= stop else None
-            if kind is None:
-                kind = _learn_variant(buf, p, stop, prefix)
-            check, run = kind
-            p = check(buf, after, stop, depth + 1, nfds)
+            run = fixed[p & 7](buf, p, stop)
             if run is not None:
-                p = run.match(buf, p, stop).end()  # type: ignore[union-attr]  # '(...)*' always matches
+                p = run.end()
+                continue
+            after = p + buf[p] + 2
+            check = kinds.get(buf[p:after]) if after <= stop else None
+            if check is None:
+                check = _learn_variant(buf, p, stop, prefix)
+            p = check(buf, after, stop, depth + 1, nfds)
         return p
     return check_variants
 

@@ -36,14 +36,14 @@ def _clear_caches() -> None:
 @contextmanager
 def walk_only() -> Iterator[None]:
     """checker.py without its fast paths: every element checked one by one."""
-    real_layout, real_run = checker._layout, checker._run_pattern
+    real_layout, real_matchers = checker._layout, checker._fixed_variant_matchers
     checker._layout = lambda node: None
-    checker._run_pattern = lambda key, inner, prefix: None
+    checker._fixed_variant_matchers = lambda prefix: (lambda buf, pos, end: None,) * 8
     _clear_caches()
     try:
         yield
     finally:
-        checker._layout, checker._run_pattern = real_layout, real_run
+        checker._layout, checker._fixed_variant_matchers = real_layout, real_matchers
         _clear_caches()
 
 
