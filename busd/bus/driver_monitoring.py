@@ -7,6 +7,7 @@ signature is the driver table's), or None when they answered by themselves.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from ..wire.marshal import Variant
@@ -56,6 +57,15 @@ class MonitoringMethods:
                               f'Connection "{peer.unique_name}" is not allowed to add more match rules '
                               f"(increase limits in configuration file if required; "
                               f"max_match_rules_per_connection={limit})")
+        uid = peer.credentials.uid
+        if rule.eavesdrop and uid not in (0, os.getuid()):
+            # As dbus-daemon (since 1.11.16): only root and the bus's own user may eavesdrop, as only
+            # they may BecomeMonitor.
+            log.warning("refusing AddMatch with eavesdrop='true' from %s (uid %s): only root or uid %d may "
+                        "eavesdrop", peer.unique_name, uid, os.getuid())
+            raise DriverError(errors.ACCESS_DENIED,
+                              f"uid {uid} is not allowed to call AddMatch with eavesdrop='true': only the bus's "
+                              f"own user or root may")
         if not bus.ledger.charge_match_rule(peer):
             user = peer.user
             raise DriverError(errors.LIMITS_EXCEEDED,

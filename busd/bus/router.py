@@ -560,14 +560,17 @@ class Bus:
         """Deliver a unicast message to peers whose match rules ask to eavesdrop on it (its sender too)."""
         if not self.matches.has_eavesdroppers:
             return
+        enforced = self.policy.enforced
+        # A peer whose policy never lets it eavesdrop is passed over before its rules read the body.
         eavesdroppers = self.matches.recipients(h, sender.names, lambda: body_arguments(buf, h),
                                                 addressed_recipient=target,
-                                                recipient_names=target.names if target else None)
+                                                recipient_names=target.names if target else None,
+                                                may_eavesdrop=(lambda peer: peer.policy.may_eavesdrop)
+                                                if enforced else None)
         if not eavesdroppers:
             return
         field = sender.sender_fields.get(h.endian) or sender_field(sender.unique_name, h.endian)
         head, body = stamp_sender(buf, h, field)
-        enforced = self.policy.enforced
         for peer in eavesdroppers:
             if peer is not target and not peer.monitor:
                 if enforced:
