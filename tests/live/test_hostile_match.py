@@ -7,7 +7,9 @@ nobody). The attack functions below are what the attacker's child runs.
 - #7: the attacker's own `arg0='x'` rule and one 30 MiB `ai` signal. argN
   matches only string arguments, so the bus must not decode the array to find
   out that the rule does not match.
-- #11: one 30 MiB `av` body: validating it must not stall the bus past LIVENESS.
+- #11: one 30 MiB `av` body: validating it must not stall the bus past LIVENESS
+  (busd checks runs of one fixed-size variant type at regular-expression speed;
+  a body of mixed tiny variants still takes seconds: marked xfail).
 - #6: an unprivileged `eavesdrop='true',arg0='y'` rule. dbus-daemon (since
   1.11.16) refuses it with AccessDenied unless the caller is root or the bus's
   own user, as it refuses BecomeMonitor; nothing may reach the attacker, and
@@ -23,6 +25,7 @@ import time
 import pytest
 
 from busclient import BUS_KINDS, RawClient
+from busd.wire.marshal import Variant, marshal_body
 from busd.wire.message import METHOD_RETURN, SIGNAL, build_message
 from hostile_peer import DEADLINE, Channel
 from test_hostile import Bystander, attack, pytestmark, system_bus  # noqa: F401 - pytestmark: needs root
@@ -52,10 +55,16 @@ def int_array_signal(size: int) -> bytes:
                       path="/", interface=HOSTILE, member="Big")
 
 
-def variant_array_signal(size: int) -> bytes:
-    """A signal whose only argument is an `av` of `size` bytes: byte variants, 4 bytes each (the most elements)."""
-    return _with_body("av", [[]], size.to_bytes(4, "little") + b"\x01y\x00\x00" * (size // 4),
-                      path="/", interface=HOSTILE, member="Big")
+def variant_array_signal(size: int, mixed: bool = False) -> bytes:
+    """A signal whose only argument is an `av` of about `size` bytes.
+
+    Byte variants, 4 bytes each, are the most elements a size holds; `mixed`
+    alternates them with int16 variants (y n y n y: 24 bytes from a position 4
+    modulo 8 back to one), so that no two neighbours have the same type.
+    """
+    unit = marshal_body("av", [[Variant(code, 1) for code in "ynyny"]])[4:] if mixed else b"\x01y\x00\x00"
+    items = unit * (size // len(unit))
+    return _with_body("av", [[]], len(items).to_bytes(4, "little") + items, path="/", interface=HOSTILE, member="Big")
 
 
 def string_then_ints(serial: int, destination: str, size: int) -> bytes:
@@ -78,14 +87,14 @@ def _sync(client: RawClient) -> float:
 
 
 def huge_signal(channel: Channel, address: str, kind: str, size: int, rule: str) -> None:
-    """Add `rule` (if any), send one huge signal (`kind` 'ai' or 'av'), and wait until the bus has routed it."""
-    message = int_array_signal(size) if kind == "ai" else variant_array_signal(size)
+    """Add `rule` (if any), send one huge signal (`kind` 'ai', 'av' or 'av-mixed'), wait until the bus has routed it."""
+    message = int_array_signal(size) if kind == "ai" else variant_array_signal(size, mixed=kind == "av-mixed")
     with RawClient(address) as client:
         if rule:
             client.add_match(rule)
         client.send_bytes(message)
-        waited = _sync(client)
-        received = sum(1 for m in client.drain() if m.is_signal("Big"))
+        waited = _sync(client)  # (Peer.Ping, which drain() would send, is a method call nobody may make)
+        received = sum(1 for m in client.backlog if m.is_signal("Big"))
     channel.say(f"result received={received} routed_after={waited:.3f}")
 
 
@@ -94,9 +103,8 @@ def eavesdrop_rule(channel: Channel, address: str, rule: str) -> None:
     with RawClient(address) as client:
         reply = client.call_driver("AddMatch", "s", [rule])
         channel.hold(f"addmatch={reply.error_name or 'ok'}")
-        client.sync()
-        eavesdropped = [m for m in client.drain()
-                        if m.type != METHOD_RETURN and m.interface == HOSTILE]
+        _sync(client)
+        eavesdropped = [m for m in client.backlog if m.type != METHOD_RETURN and m.interface == HOSTILE]
     channel.say(f"result addmatch={reply.error_name or 'ok'} received={len(eavesdropped)}")
 
 
@@ -116,15 +124,26 @@ def test_arg0_rule_and_a_huge_integer_array(kind: str) -> None:
     assert result["received"] == "0", report
 
 
-@pytest.mark.parametrize("kind", BUS_KINDS)
-def test_one_huge_variant_array(kind: str) -> None:
-    """#11: one 30 MiB `av` of byte variants (7.8 million elements) is validated without stalling the bus."""
+STALLS = "validating the whole body on the event loop stalls every peer past LIVENESS"
+
+
+@pytest.mark.parametrize("kind, shape", [
+    ("busd", "av"),
+    pytest.param("dbus-daemon", "av", marks=pytest.mark.xfail(reason="libdbus: " + STALLS)),
+    # Left for issue 13: the per-element walk of a body of mixed tiny variants is ~1 us an element;
+    # validating such a body off the event loop (the transport's job) would keep the bus live.
+    pytest.param("busd", "av-mixed", marks=pytest.mark.xfail(reason=STALLS)),
+    pytest.param("dbus-daemon", "av-mixed", marks=pytest.mark.xfail(reason="libdbus: " + STALLS)),
+])
+def test_one_huge_variant_array(kind: str, shape: str) -> None:
+    """#11: one 30 MiB `av` (7.8 million byte variants, or 6.5 million bytes and int16s mixed) is
+    validated without stalling the bus."""
     with system_bus(kind) as bus:
         bystander = Bystander(bus)
-        with attack(bus, huge_signal, "av", 30 * MIB, "") as attacker:
+        with attack(bus, huge_signal, shape, 30 * MIB, "") as attacker:
             result = attacker.result(timeout=2 * DEADLINE)
         summary = bystander.check()
-    print(f"{kind}: {summary}; attacker {result}")
+    print(f"{kind} {shape}: {summary}; attacker {result}")
 
 
 @pytest.mark.parametrize("kind", BUS_KINDS)
