@@ -123,3 +123,21 @@ def test_the_variant_cache_is_bounded() -> None:
     many = [Variant("(" + "y" * (i % 200 + 1) + ")", tuple([0] * (i % 200 + 1))) for i in range(600)]
     assert verdict("av", marshal_body("av", [many]), LITTLE, 0) == "ok"
     assert len(checker._VARIANT_KINDS["<"]) <= checker.VARIANT_CACHE_LIMIT
+
+
+def test_the_body_can_be_checked_apart_from_the_header_and_in_a_thread() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from busd.wire.message import SIGNAL, build_message, check_message_body, parse_header
+
+    good = build_message(SIGNAL, 1, path="/", interface="a.b", member="C", signature="av",
+                         body=[[Variant("y", 1), Variant("n", 2)] * 100])
+    bad = bytearray(good)
+    bad[-5] = ord("?")  # the last variant's signature, 'n', becomes '?'
+    with ThreadPoolExecutor(2) as pool:
+        assert pool.submit(check_message_body, good, parse_header(good, validate_body=False)).result() is None
+        with pytest.raises(ProtocolError) as apart:
+            pool.submit(check_message_body, bytes(bad), parse_header(bytes(bad), validate_body=False)).result()
+    with pytest.raises(ProtocolError) as whole:
+        parse_header(bytes(bad))
+    assert apart.value.reason == whole.value.reason
