@@ -37,14 +37,9 @@ BOUND = 1.0  # MiB per minute, see the module docstring
 FD_SLACK = 16  # fds the load may hold open at one moment beyond the warm-up's (churn, junk, activation)
 
 
-# Not strict: the slope is measured, and a busd near the bound may pass a run.
-BUSD_STILL_RISES = pytest.mark.xfail(strict=False, reason=(
-    "busd bug: RSS still rises ~1.6 MiB/min in this window (after aa5a846 stopped keeping a departed caller's "
-    "pending calls, which held every such Connection: 4.2 MiB/min before); soak.py --diagnose shows Python's "
-    "heap flat and glibc's free-but-kept heap growing: see the report of issue 13's soak"))
-
-
-@pytest.mark.parametrize("kind", [pytest.param("busd", marks=BUSD_STILL_RISES), "dbus-daemon"])
+# busd passes since reads stopped fragmenting glibc's heap (a fresh 256 KiB bytes per read) and a departed
+# caller's pending calls stopped keeping its Connection (4.2 MiB/min before both, 1.6 after the first).
+@pytest.mark.parametrize("kind", ["busd", "dbus-daemon"])
 def test_rss_stays_flat_under_mixed_traffic(kind: str) -> None:
     if kind == "busd" and not busd_available():
         pytest.skip("the busd daemon is not built yet")
