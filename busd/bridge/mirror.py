@@ -71,7 +71,7 @@ class VirtualConnection:
         self.label = label
         self.closed = False
         self.credentials = credentials
-        self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = 0
+        self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = self.in_fds = 0
         self.serial = 0
         self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
 

@@ -34,14 +34,15 @@ from .ports import PeerLink
 log = logging.getLogger("busd.bus")
 
 # Ledger lines, in the order they are reported; the names are Debug.Stats' and busdctl's.
-LINES = ("OutgoingBytes", "OutgoingFDs", "MatchRules", "Names", "PendingReplies", "Connections",
-         "IncompleteConnections")
+LINES = ("OutgoingBytes", "OutgoingFDs", "IncomingBytes", "IncomingFDs", "MatchRules", "Names", "PendingReplies",
+         "Connections", "IncompleteConnections")
 
 
 class UserLedger:
     """The lines of one uid (None: a peer whose uid nobody knows, e.g. ANONYMOUS over TCP)."""
 
-    __slots__ = ("uid", "out_bytes", "out_bytes_peak", "out_fds", "out_fds_peak", "match_rules",
+    __slots__ = ("uid", "out_bytes", "out_bytes_peak", "out_fds", "out_fds_peak", "in_bytes", "in_bytes_peak",
+                 "in_fds", "in_fds_peak", "match_rules",
                  "match_rules_peak", "names", "names_peak", "replies", "replies_peak", "connections",
                  "connections_peak", "incomplete", "incomplete_peak", "links")
 
@@ -49,6 +50,8 @@ class UserLedger:
         self.uid = uid
         self.out_bytes = self.out_bytes_peak = 0
         self.out_fds = self.out_fds_peak = 0
+        self.in_bytes = self.in_bytes_peak = 0  # read from its links, not yet whole messages (or held back)
+        self.in_fds = self.in_fds_peak = 0  # received on its links, not yet claimed by a message
         self.match_rules = self.match_rules_peak = 0
         self.names = self.names_peak = 0
         self.replies = self.replies_peak = 0
@@ -61,6 +64,8 @@ class UserLedger:
         return {
             "OutgoingBytes": (self.out_bytes, max(self.out_bytes_peak, self.out_bytes)),
             "OutgoingFDs": (self.out_fds, max(self.out_fds_peak, self.out_fds)),
+            "IncomingBytes": (self.in_bytes, self.in_bytes_peak),
+            "IncomingFDs": (self.in_fds, self.in_fds_peak),
             "MatchRules": (self.match_rules, self.match_rules_peak),
             "Names": (self.names, self.names_peak),
             "PendingReplies": (self.replies, max(self.replies_peak, self.replies)),
@@ -69,7 +74,7 @@ class UserLedger:
         }
 
     def is_empty(self) -> bool:
-        return not (self.links or self.out_bytes or self.out_fds or self.match_rules or self.names or self.replies
+        return not (self.links or self.out_bytes or self.out_fds or self.in_bytes or self.in_fds or self.match_rules or self.names or self.replies
                     or self.connections or self.incomplete)
 
     def __repr__(self) -> str:
@@ -100,6 +105,8 @@ class Ledger:
 
     def __init__(self, limits: Limits):
         self.users: dict[int | None, UserLedger] = {}
+        # What each link holding unfinished input has charged to its user: [bytes, fds].
+        self._input: dict[PeerLink, list[int]] = {}
         self.limits = limits
 
     @property
@@ -288,6 +295,45 @@ class Ledger:
                             exc.strerror or exc)
             return None
         return copies
+
+    # ------------------------------------------------------------ incoming buffers
+
+    def settle_input(self, link: PeerLink, user: UserLedger) -> str | None:
+        """`link`'s unfinished input changed: `user`'s lines follow it. None, or the line whose quota it passes.
+
+        What a link holds between messages is bounded per connection (max_message_size,
+        max_incoming_unix_fds); this bounds it per uid, so many connections of one
+        user each holding a partial message cannot take the daemon's memory.
+        """
+        in_bytes, in_fds = link.in_bytes, link.in_fds
+        charged = self._input.get(link)
+        if charged is None:
+            if not (in_bytes or in_fds):
+                return None
+            charged = self._input[link] = [0, 0]
+        user.in_bytes += in_bytes - charged[0]
+        user.in_fds += in_fds - charged[1]
+        if in_bytes or in_fds:
+            charged[0], charged[1] = in_bytes, in_fds
+        else:
+            del self._input[link]
+        if user.in_bytes > user.in_bytes_peak:
+            user.in_bytes_peak = user.in_bytes
+        if user.in_fds > user.in_fds_peak:
+            user.in_fds_peak = user.in_fds
+        quotas = self.quotas
+        if user.in_bytes > quotas.incoming_bytes:
+            return "IncomingBytes"
+        if user.in_fds > quotas.incoming_fds:
+            return "IncomingFDs"
+        return None
+
+    def release_input(self, link: PeerLink, user: UserLedger) -> None:
+        """`link` is gone: what it held of unfinished input goes back to `user`."""
+        charged = self._input.pop(link, None)
+        if charged is not None:
+            user.in_bytes -= charged[0]
+            user.in_fds -= charged[1]
 
     # ------------------------------------------------------------ leaving
 

@@ -13,6 +13,10 @@ connection can always use its whole per-connection allowance, as on dbus-daemon:
   512 MiB (dbus-broker's per-user default); the system bus: 512 MiB;
 - fds queued toward them: 4 x max_outgoing_unix_fds, at least 1024; the system
   bus: 1024, far below the daemon's fd limit;
+- bytes and fds read from a uid's connections that are not yet whole messages
+  (partial messages, input held back while a body is checked, fds not yet
+  claimed): 4 x max_message_size, at least 512 MiB, and 4 x max_message_unix_fds,
+  at least 1024; one over the quota disconnects the connection that passed it;
 - match rules, names and pending replies: the per-connection limit, at least
   16384 (dbus-broker's per-user match-rule default); the system bus: 16384 each;
 - connections: max_connections_per_user (dbus-daemon's, unchanged);
@@ -31,6 +35,8 @@ class UserQuotas:
 
     outgoing_bytes: int
     outgoing_fds: int
+    incoming_bytes: int
+    incoming_fds: int
     match_rules: int
     names: int
     pending_replies: int
@@ -40,6 +46,7 @@ class UserQuotas:
     def of(self, line: str) -> int:
         """The quota of a ledger line, by its name in ledger.LINES."""
         return {"OutgoingBytes": self.outgoing_bytes, "OutgoingFDs": self.outgoing_fds,
+                "IncomingBytes": self.incoming_bytes, "IncomingFDs": self.incoming_fds,
                 "MatchRules": self.match_rules, "Names": self.names, "PendingReplies": self.pending_replies,
                 "Connections": self.connections, "IncompleteConnections": self.incomplete_connections}[line]
 
@@ -65,6 +72,8 @@ class Limits:
     reply_timeout: int = 300_000
     max_outgoing_bytes_per_user: int | None = None
     max_outgoing_unix_fds_per_user: int | None = None
+    max_incoming_bytes_per_user: int | None = None
+    max_incoming_unix_fds_per_user: int | None = None
     max_match_rules_per_user: int | None = None
     max_names_per_user: int | None = None
     max_replies_per_user: int | None = None
@@ -78,6 +87,8 @@ class Limits:
         return UserQuotas(
             outgoing_bytes=given(self.max_outgoing_bytes_per_user, max(4 * self.max_outgoing_bytes, 512 << 20)),
             outgoing_fds=given(self.max_outgoing_unix_fds_per_user, max(4 * self.max_outgoing_unix_fds, 1024)),
+            incoming_bytes=given(self.max_incoming_bytes_per_user, max(4 * self.max_message_size, 512 << 20)),
+            incoming_fds=given(self.max_incoming_unix_fds_per_user, max(4 * self.max_message_unix_fds, 1024)),
             match_rules=given(self.max_match_rules_per_user, max(self.max_match_rules_per_connection, 16384)),
             names=given(self.max_names_per_user, max(self.max_names_per_connection, 16384)),
             pending_replies=given(self.max_replies_per_user, max(self.max_replies_per_connection, 16384)),

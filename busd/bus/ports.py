@@ -3,7 +3,7 @@
 The bus calls only what PeerLink declares; a transport (busd.transport's socket
 Connection, the bridge's stand-in peers, the in-memory links of the routing
 tests) calls only what BusEntry declares of the Bus: link_opened(), peer_authenticated(),
-receive(), input_started()/input_done(), schedule_flush(), output_flushed() and
+receive(), input_started()/input_done(), input_buffered(), schedule_flush(), output_flushed() and
 link_closed(), and reads its loop and limits. Back-pressure state (who holds whose input) lives on the bus
 side only: a link is told hold_input()/release_input() and reports its queue
 through out_bytes and output_flushed().
@@ -75,6 +75,10 @@ class PeerLink(Protocol):
 
     @property
     def peak_in_bytes(self) -> int: ...
+
+    @property
+    def in_fds(self) -> int:
+        """Unix fds received from the peer that no whole message has claimed yet."""
 
     def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
         """Queue one message (header bytes and body, both bytes-like) for the peer; the fds are now the link's."""
@@ -150,6 +154,10 @@ class BusEntry(Protocol[PeerT]):
 
     def schedule_flush(self, link: PeerLink) -> None:
         """Flush the link's queue at the end of the read in progress, or next loop turn."""
+
+    def input_buffered(self, link: PeerLink) -> None:
+        """What the link holds of unfinished input (in_bytes, in_fds) changed: the bus charges it to the
+        link's user, and drops the link when that passes the user's quota."""
 
     def output_flushed(self, link: PeerLink) -> None:
         """The link wrote some of its queue (senders it held back may be released)."""

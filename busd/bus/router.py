@@ -21,9 +21,7 @@ from typing import Any, Collection
 
 from ..wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, body_arguments,
-    read_body,
-    sender_field, stamp_sender,
-)
+    read_body, sender_field, stamp_sender)
 from ..wire.wellknown import DRIVER_NAME
 from . import errors
 from .backpressure import BackPressure
@@ -197,6 +195,7 @@ class Bus:
             self._incomplete_ended(link)
         self.backpressure.forget(link)
         user = self._link_users.pop(link)
+        self.ledger.release_input(link, user)
         if peer is None:
             self.ledger.close_link(user)
             return
@@ -279,6 +278,12 @@ class Bus:
         for link in queue:
             if not link.closed:
                 link.flush()
+
+    def input_buffered(self, link: PeerLink) -> None:
+        """`link`'s unfinished input changed: charged to its user; a link past the user's quota is dropped."""
+        over = self.ledger.settle_input(link, self._link_users[link])
+        if over is not None:
+            link.drop(f"uid {self._link_users[link].uid} is at its {over} quota ({self.ledger.quotas.of(over)})")
 
     def output_flushed(self, link: PeerLink) -> None:
         """`link` wrote some of its queue: its user's ledger follows it, and once below the low-water mark
@@ -387,11 +392,8 @@ class Bus:
             self.deliver_eavesdroppers(peer, buf, h, None, target)
 
     def _refuse_unknown_type(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None) -> None:
-        """A message of a type the specification does not define is not delivered.
-
-        The specification says to ignore it; dbus-daemon shows it to monitors and answers
-        AccessDenied, which busd does too, unless the sender said it expects no reply.
-        """
+        """A message of a type the specification does not define (it says: ignore it) is not delivered;
+        as dbus-daemon, monitors see it and AccessDenied answers it unless the sender expects no reply."""
         close_fds(fds)
         self.deliver_to_monitors(peer, buf, h, None)
         text = "Message bus will not accept messages of unknown type\n"

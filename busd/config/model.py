@@ -53,6 +53,8 @@ class LimitSettings(_Frozen):
     # (busd.bus.limits says how). dbus-daemon does not know these names.
     max_outgoing_bytes_per_user: int | None = None
     max_outgoing_unix_fds_per_user: int | None = None
+    max_incoming_bytes_per_user: int | None = None
+    max_incoming_unix_fds_per_user: int | None = None
     max_match_rules_per_user: int | None = None
     max_names_per_user: int | None = None
     max_replies_per_user: int | None = None
@@ -72,6 +74,7 @@ class LimitSettings(_Frozen):
 INT_LIMITS = frozenset(LimitSettings.model_fields) - {
     "max_incoming_bytes", "max_incoming_unix_fds", "max_outgoing_bytes", "max_outgoing_unix_fds",
     "max_message_size", "max_message_unix_fds", "max_outgoing_bytes_per_user", "max_outgoing_unix_fds_per_user",
+    "max_incoming_bytes_per_user", "max_incoming_unix_fds_per_user",
 }
 
 # What dbus-daemon's stock session.conf sets: "essentially infinite" limits.

@@ -319,3 +319,76 @@ def test_debug_stats_report_every_user_and_each_connection_s_lines(bus: Bus) -> 
     assert lines["MatchRules"] == (0, 0, bus.limits.max_match_rules_per_connection)
     assert lines["OutgoingBytes"][2] == bus.limits.max_outgoing_bytes
     everyone_leaves(bus, a, b)
+
+
+class DropRecordingLink(UidLink):
+    """A UidLink that remembers why the bus dropped it."""
+
+    def __init__(self, bus: Bus, label: str, uid: int):
+        self.dropped_for: str | None = None
+        super().__init__(bus, label, uid)
+
+    def drop(self, reason: str, level: int = logging.WARNING) -> None:
+        if not self.closed:
+            self.dropped_for = reason
+        super().drop(reason, level)
+
+    def buffered(self, in_bytes: int, in_fds: int = 0) -> None:
+        """The transport read part of a message (and `in_fds` fds no message has claimed yet)."""
+        self.in_bytes, self.in_fds = in_bytes, in_fds
+        self.bus.input_buffered(self)
+
+
+def test_unfinished_input_is_charged_to_its_user_and_released_when_the_link_leaves() -> None:
+    bus = make_bus(max_incoming_bytes_per_user=1000, max_incoming_unix_fds_per_user=4)
+    a, b = DropRecordingLink(bus, "a", 1000), DropRecordingLink(bus, "b", 1000)
+    a.buffered(300, 2)
+    b.buffered(500)
+    assert bus.ledger.report()[1000]["IncomingBytes"] == (800, 800, 1000)
+    assert used(bus, 1000)["IncomingFDs"] == 2
+    a.buffered(0)  # its message is whole now: nothing held
+    assert used(bus, 1000)["IncomingBytes"] == 500 and used(bus, 1000)["IncomingFDs"] == 0
+    assert bus.ledger.report()[1000]["IncomingBytes"][1] == 800  # the peak stays
+    a.buffered(100, 1)
+    b.drop("gone")  # a link that leaves mid-message gives back what it held
+    assert used(bus, 1000)["IncomingBytes"] == 100
+    assert a.dropped_for is None and b.dropped_for == "gone"
+    everyone_leaves(bus, a)
+    bus.close()
+
+
+def test_many_links_of_one_user_each_holding_part_of_a_message_are_stopped_at_the_user_s_quota() -> None:
+    # Attack #1 after Hello: each connection may hold up to max_message_size of a message it never finishes;
+    # together they may not hold more than the user's IncomingBytes quota. Another user is not affected.
+    bus = make_bus(max_incoming_bytes_per_user=1000)
+    links = [DropRecordingLink(bus, f"a{i}", 1000) for i in range(5)]
+    other = DropRecordingLink(bus, "other", 1001)
+    for link in links[:4]:
+        link.buffered(250)
+    assert not any(link.closed for link in links)
+    links[4].buffered(1)
+    assert links[4].closed and "IncomingBytes quota (1000)" in links[4].dropped_for
+    assert "uid 1000" in links[4].dropped_for
+    assert used(bus, 1000)["IncomingBytes"] == 1000  # the dropped link's byte went back
+    other.buffered(900)
+    assert not other.closed
+    everyone_leaves(bus, *links[:4], other)
+    bus.close()
+
+
+def test_unclaimed_fds_are_bounded_per_user() -> None:
+    bus = make_bus(max_incoming_unix_fds_per_user=3)
+    a, b = DropRecordingLink(bus, "a", 1000), DropRecordingLink(bus, "b", 1000)
+    a.buffered(10, 2)
+    b.buffered(10, 2)
+    assert b.closed and "IncomingFDs quota (3)" in b.dropped_for and not a.closed
+    everyone_leaves(bus, a)
+    bus.close()
+
+
+def test_incoming_quotas_are_derived_from_the_message_limits() -> None:
+    quotas = Limits(max_message_size=1 << 20, max_message_unix_fds=16).user_quotas()
+    assert (quotas.incoming_bytes, quotas.incoming_fds) == (512 << 20, 1024)
+    quotas = Limits(max_message_size=1 << 27, max_message_unix_fds=1024).user_quotas()
+    assert (quotas.incoming_bytes, quotas.incoming_fds) == (4 << 27, 4096)
+    assert Limits(max_incoming_bytes_per_user=7).user_quotas().incoming_bytes == 7

@@ -39,7 +39,7 @@ class MemoryLink:
         self.can_pass_fds = False
         self.closed = False
         self.out_bytes = self.out_fds = self.peak_out_bytes = 0
-        self.in_bytes = self.peak_in_bytes = 0
+        self.in_bytes = self.peak_in_bytes = self.in_fds = 0
         self.outbox: list[bytes] = []
         self.held = False  # the bus asked us to read no more from the peer
         self.dropped_broadcasts = 0
