@@ -108,6 +108,9 @@ def start(args: argparse.Namespace) -> int:
     from .notify import notify_ready
     from ..transport.listeners import ListenError
 
+    from .allocator import tune_allocator
+
+    tune_allocator()  # before the first large message: see allocator.py
     try:
         address_fd = _fd_number(args.print_address)
         pid_fd = _fd_number(args.print_pid)
