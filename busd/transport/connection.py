@@ -2,7 +2,10 @@
 
 The reading, framing, fd passing and batched writing are busd.transport.stream's;
 this adds the server's SASL side (fed in bounded slices), the peer's kernel
-credentials and the PeerLink members the bus reads.
+credentials and the PeerLink members the bus reads. What may take long runs in
+a thread while that peer's input alone waits: the user database and the cookie
+keyring during authentication, and the body check of every message over
+LARGE_MESSAGE (a 30 MiB body of tiny mixed variants walks for seconds).
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ from typing import Any, Callable, Generic
 
 from ..bus.ports import BusEntry, Credentials, PeerT
 from ..wire.errors import ProtocolError
-from ..wire.message import Header
+from ..wire.message import Header, check_message_body
 from ..wire.sasl import Cookie
 from ..wire.sasl_server import ServerAuthenticator, cookie_for_identity
-from .stream import Stream
+from .stream import HELD_FOR_THREAD, Stream
 from .users import UserDirectory
 
 log = logging.getLogger("busd.connection")
 
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 MAX_AUTH_BUFFER = 16384  # dbus-daemon's cap on unsent handshake replies (and on an unfinished line)
+# Bodies over this are checked in a thread. Below it the inline walk costs the loop at most ~0.3 s
+# (1 MiB of empty-string variants, the worst shape; ordinary data microseconds); above it the hand-off
+# (a loop turn, and up to the GIL's 5 ms switch interval when the loop is busy) is noise, where for
+# messages of tens of KiB it would throttle a peer that streams them.
+LARGE_MESSAGE = 1 << 20
 _PYTHON_MAX_OPTLEN = 1024  # socket.getsockopt() refuses larger buffers: 256 groups
 
 
@@ -84,15 +92,33 @@ def _keyring_thread() -> Executor:
     return ThreadPoolExecutor(1, thread_name_prefix="busd-keyring")
 
 
+def _check_thread() -> Executor:
+    # One thread: the check is Python, so more threads would not run at once under the GIL; they would
+    # only take the GIL from the loop more often (each of its system calls gives it up).
+    return ThreadPoolExecutor(1, thread_name_prefix="busd-check")
+
+
+def body_error(message: bytes, h: Header) -> ProtocolError | None:
+    """What is wrong with the body of `message` (run in a thread), or None."""
+    try:
+        check_message_body(message, h)
+    except ProtocolError as exc:
+        return exc
+    return None
+
+
 @dataclass
 class Lookups:
-    """Where connections run what may block (the user database, the cookie keyring): never on the event loop."""
+    """Where connections run what may block or take long (the user database, the cookie keyring, the
+    checks of large bodies): never on the event loop."""
 
     users: UserDirectory = field(default_factory=UserDirectory)
     keyring: Executor = field(default_factory=_keyring_thread)
+    checks: Executor = field(default_factory=_check_thread)
 
     def close(self) -> None:
         self.keyring.shutdown(wait=False, cancel_futures=True)
+        self.checks.shutdown(wait=False, cancel_futures=True)
         self.users.close()
 
 
@@ -101,6 +127,8 @@ _SHARED_LOOKUPS = Lookups()  # for connections made without a daemon's own (test
 
 class Connection(Stream, Generic[PeerT]):
     """The I/O side of one peer, a PeerLink. The bus side (a PeerT) is the bus's, made once SASL succeeds."""
+
+    large_message_size = LARGE_MESSAGE
 
     def __init__(self, bus: BusEntry[PeerT], sock: socket.socket,
                  make_auth: Callable[[Credentials], ServerAuthenticator], label: str,
@@ -113,7 +141,8 @@ class Connection(Stream, Generic[PeerT]):
         self.credentials = credentials_of(sock)
         self.auth: ServerAuthenticator | None = make_auth(self.credentials)
         self.peer: PeerT | None = None
-        # A lookup for this peer runs in a thread: its input waits (held), with what it sent meanwhile.
+        # A lookup or a body check for this peer runs in a thread: its input waits (held), with what it
+        # sent meanwhile (in _waiting_input during authentication, then in the stream's buffer).
         self.looking_up = False
         self._waiting_input = b""
         self.dropped_broadcasts = 0
@@ -169,10 +198,10 @@ class Connection(Stream, Generic[PeerT]):
             if self.closed:
                 return
         if pos < len(data) and not self.closed:
-            if self.looking_up:
+            if self.peer is not None:
+                self.feed(data[pos:])  # the first messages, after BEGIN in the same read (or behind a check)
+            elif self.looking_up:
                 self._waiting_input += data[pos:]  # handshake lines or first messages: after the lookup
-            elif self.peer is not None:
-                self.feed(data[pos:])  # the first messages, after BEGIN in the same read
 
     def _auth_step(self, step: Callable, *args: object) -> bytes | None:
         """One step of the SASL machine: its replies, or None when it failed (the connection is dropped)."""
@@ -196,7 +225,7 @@ class Connection(Stream, Generic[PeerT]):
                 return
         if auth.cookie_wanted is not None:
             self._look_up(self.lookups.keyring.submit(cookie_for_identity, auth.keyring, auth.cookie_wanted),
-                          self._cookie_found)
+                          self._cookie_found, "looking up who it is")
         elif auth.done:
             self.auth = None
             self.can_pass_fds = bool(auth.unix_fd)
@@ -208,13 +237,15 @@ class Connection(Stream, Generic[PeerT]):
 
     # ------------------------------------------------------------ lookups off the loop
 
-    def _look_up(self, future: concurrent.futures.Future | asyncio.Future, then: Callable[[Any], None]) -> None:
-        """Hold this peer's input until `future` (a thread's work) is done, then call `then` with its result."""
+    def _look_up(self, future: concurrent.futures.Future | asyncio.Future, then: Callable[[Any], None],
+                 what: str) -> None:
+        """Hold this peer's input until `future` (a thread's work: `what`) is done, then call `then` with its
+        result and frame what waited. Back-pressure holds it on its own account meanwhile."""
         self.looking_up = True
-        self.hold_input()
-        asyncio.wrap_future(future, loop=self.loop).add_done_callback(lambda done: self._looked_up(done, then))
+        self.hold_input(HELD_FOR_THREAD)
+        asyncio.wrap_future(future, loop=self.loop).add_done_callback(lambda done: self._looked_up(done, then, what))
 
-    def _looked_up(self, done: asyncio.Future, then: Callable[[Any], None]) -> None:
+    def _looked_up(self, done: asyncio.Future, then: Callable[[Any], None], what: str) -> None:
         if self.closed:
             return
         self.looking_up = False
@@ -224,7 +255,7 @@ class Connection(Stream, Generic[PeerT]):
         try:
             error = done.exception() if not done.cancelled() else asyncio.CancelledError()
             if error is not None:
-                self.drop(f"looking up who it is failed: {type(error).__name__}: {error}")
+                self.drop(f"{what} failed: {type(error).__name__}: {error}")
                 return
             then(done.result())
             if self.closed:
@@ -232,12 +263,12 @@ class Connection(Stream, Generic[PeerT]):
             if self.looking_up:  # another lookup, for what was buffered before `pending` came
                 self._waiting_input += pending
                 return
-            self.release_input()
-            if pending:
-                if self.auth is not None:
+            self.release_input(HELD_FOR_THREAD)
+            if self.auth is not None:
+                if pending:
                     self._feed_auth(pending)
-                elif self.peer is not None:
-                    self.feed(pending)
+            elif self.peer is not None:
+                self.feed(pending)  # (b"" too: what waited behind a large body is in the stream's buffer)
         except Exception as exc:  # noqa: BLE001 - as in data_received: this peer alone pays
             log.debug("the error happened here", exc_info=exc)
             self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
@@ -258,7 +289,7 @@ class Connection(Stream, Generic[PeerT]):
             self._admit((uid, groups))
         else:
             self._look_up(self.lookups.users.groups(self.loop, uid),
-                          lambda found: self._admit((uid, found)))
+                          lambda found: self._admit((uid, found)), "looking up who it is")
 
     def _admit(self, identity: tuple[int, tuple[int, ...]] | None) -> None:
         """Hand the authenticated peer to the bus, with credentials naming the uid SASL authenticated.
@@ -288,6 +319,11 @@ class Connection(Stream, Generic[PeerT]):
 
     def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
         self.bus.receive(self.peer, message, h, fds)
+
+    def check_body_later(self, message: bytes, h: Header) -> None:
+        """A body over LARGE_MESSAGE is checked in a thread; this peer's input waits, other peers' does not."""
+        self._look_up(self.lookups.checks.submit(body_error, message, h), self.body_checked,
+                      "checking its message")
 
     def registered(self) -> None:
         """The peer said Hello: the connection is complete and may stay past auth_timeout."""

@@ -10,6 +10,14 @@ message. Unix fds travel in the sendmsg() that starts with their message's
 first byte, as the specification requires; every fd a stream holds is closed
 once it has been sent or its message dropped.
 
+Input is held (the reader removed) while any reason to hold it remains: the
+bus's back-pressure (a recipient of this peer is full) and a side's work in a
+thread (a lookup, or the check of one large body) are separate reasons, so
+neither resumes a peer the other still holds. A side that checks large bodies
+off the loop (large_message_size) gets each such message framed without its
+body check, with its fds claimed, in check_body_later(); everything after it
+waits unframed, counted in in_bytes, until body_checked() delivers it.
+
 The server side (busd.transport.connection.Connection) and the bridge's upstream link
 (busd.bridge.link.UpstreamLink) are both Streams; each adds only its SASL side
 and what it does with a message.
@@ -49,6 +57,11 @@ MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
 _IOV_MAX = 512
 UNLIMITED_FDS = 1 << 62
+NEVER = 1 << 62  # a large_message_size no message reaches: every body is checked inline
+
+# Why a stream's input is held; reading resumes once none remains.
+HELD_BY_RECIPIENTS = 1  # back-pressure: a recipient of this peer's messages is full
+HELD_FOR_THREAD = 2  # a side's work in a thread (a lookup, a large body's check) must end first
 
 
 def close_fds(fds: Any) -> None:
@@ -66,6 +79,8 @@ class Stream:
     max_message_size = MAX_MESSAGE_SIZE
     max_message_unix_fds = 1024
     max_incoming_unix_fds = UNLIMITED_FDS
+    # Messages over this size are handed to check_body_later() instead of being checked inline.
+    large_message_size = NEVER
 
     def __init__(self, loop: asyncio.AbstractEventLoop, schedule_flush: Callable[[Any], None]):
         self.loop = loop
@@ -76,7 +91,10 @@ class Stream:
         self.can_pass_fds = False  # agreed during authentication
         self.closed = False
         self.reading = False
+        self._holds = 0  # HELD_* reasons, or-ed
         self._rbuf = bytearray()
+        # The large message whose body a thread checks, with its claimed fds; input after it waits in _rbuf.
+        self.checking: tuple[bytes, Header, list[int] | None] | None = None
         self._received_fds: deque[int] = deque()
         self._out: deque[list] = deque()  # [buffer, fds or None]
         self.out_bytes = 0
@@ -100,6 +118,11 @@ class Stream:
     def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
         raise NotImplementedError
 
+    def check_body_later(self, message: bytes, h: Header) -> None:
+        """Check the body of `message` (self.checking) off the loop, holding input meanwhile, then call
+        body_checked(); only a side that lowers large_message_size is asked."""
+        raise NotImplementedError
+
     def flushed(self) -> None:
         """Some of the queue was written (or none could be)."""
 
@@ -113,13 +136,16 @@ class Stream:
         self.reading = True
         self.loop.add_reader(self.fileno, self._on_readable)
 
-    def hold_input(self) -> None:
+    def hold_input(self, reason: int = HELD_BY_RECIPIENTS) -> None:
+        """Read nothing more until release_input(reason), and until no other reason holds us either."""
+        self._holds |= reason
         if self.reading and not self.closed:
             self.reading = False
             self.loop.remove_reader(self.fileno)
 
-    def release_input(self) -> None:
-        if not self.reading and not self.closed:
+    def release_input(self, reason: int = HELD_BY_RECIPIENTS) -> None:
+        holds = self._holds = self._holds & ~reason
+        if not holds and not self.reading and not self.closed:
             self.reading = True
             self.loop.add_reader(self.fileno, self._on_readable)
 
@@ -155,8 +181,15 @@ class Stream:
         self.data_received(data)
 
     def feed(self, data: bytes) -> None:
-        """Frame what has arrived and hand on every complete message; keep the rest for the next read."""
+        """Frame what has arrived and hand on every complete message; keep the rest for the next read.
+
+        While a large body is checked, nothing is framed: what arrives waits behind it.
+        """
         rbuf = self._rbuf
+        if self.checking is not None:
+            rbuf += data
+            self._count_input()
+            return
         if rbuf:
             rbuf += data
             view: Any = rbuf
@@ -165,6 +198,7 @@ class Stream:
         size = len(view)
         pos = 0
         max_size = self.max_message_size
+        large = self.large_message_size
         try:
             while size - pos >= FIXED_HEADER_SIZE:
                 total = frame_size(view, pos, max_size)
@@ -175,6 +209,11 @@ class Stream:
                 else:
                     message = bytes(view[pos:pos + total])
                 pos += total
+                if total > large:
+                    self._frame_large(message)
+                    if self.closed:
+                        return
+                    break  # the rest waits for the check
                 self._frame(message)
                 if self.closed:
                     return
@@ -186,22 +225,53 @@ class Stream:
                 del rbuf[:pos]
         elif pos < size:
             rbuf += view[pos:]
-        self.in_bytes = len(rbuf)
+        if self.checking is None:
+            self.in_bytes = len(rbuf)
+            if self.in_bytes > self.peak_in_bytes:
+                self.peak_in_bytes = self.in_bytes
+        else:
+            self._count_input()
+
+    def _count_input(self) -> None:
+        """in_bytes while a large body is checked: the message and all that waits behind it."""
+        assert self.checking is not None
+        self.in_bytes = len(self.checking[0]) + len(self._rbuf)
         if self.in_bytes > self.peak_in_bytes:
             self.peak_in_bytes = self.in_bytes
 
     def _frame(self, message: bytes) -> None:
         h = parse_header(message)
-        fds = None
-        if h.unix_fds:
-            if not self.can_pass_fds:
-                raise ProtocolError("message carries unix fds but fd passing was not negotiated")
-            if h.unix_fds > self.max_message_unix_fds:
-                raise ProtocolError(f"message carries {h.unix_fds} fds, the limit is {self.max_message_unix_fds}")
-            if len(self._received_fds) < h.unix_fds:
-                raise ProtocolError(f"UNIX_FDS says {h.unix_fds} but only {len(self._received_fds)} fds arrived")
-            fds = [self._received_fds.popleft() for _ in range(h.unix_fds)]
+        self.message_received(message, h, self._claim_fds(h) if h.unix_fds else None)
+
+    def _frame_large(self, message: bytes) -> None:
+        """Frame a message over large_message_size: its header now, its body in check_body_later()."""
+        h = parse_header(message, validate_body=False)
+        self.checking = (message, h, self._claim_fds(h) if h.unix_fds else None)
+        self.check_body_later(message, h)
+
+    def body_checked(self, error: ProtocolError | None) -> None:
+        """The check of self.checking ended: deliver the message, or drop the peer as an inline check would.
+
+        The side then frames what waited (feed(b"")) once it resumes the input.
+        """
+        assert self.checking is not None
+        message, h, fds = self.checking
+        self.checking = None
+        if error is not None:
+            close_fds(fds)
+            self.drop(f"protocol error: {error.reason}")
+            return
         self.message_received(message, h, fds)
+
+    def _claim_fds(self, h: Header) -> list[int]:
+        """The fds that arrived for the message `h` (which carries some), in order."""
+        if not self.can_pass_fds:
+            raise ProtocolError("message carries unix fds but fd passing was not negotiated")
+        if h.unix_fds > self.max_message_unix_fds:
+            raise ProtocolError(f"message carries {h.unix_fds} fds, the limit is {self.max_message_unix_fds}")
+        if len(self._received_fds) < h.unix_fds:
+            raise ProtocolError(f"UNIX_FDS says {h.unix_fds} but only {len(self._received_fds)} fds arrived")
+        return [self._received_fds.popleft() for _ in range(h.unix_fds)]
 
     # ------------------------------------------------------------ writing
 
@@ -296,6 +366,9 @@ class Stream:
         self.out_bytes = self.out_fds = 0
         close_fds(self._received_fds)
         self._received_fds.clear()
+        if self.checking is not None:  # its check's end finds us closed and delivers nothing
+            close_fds(self.checking[2])
+            self.checking = None
 
 
-__all__ = ["Stream", "close_fds"]
+__all__ = ["HELD_BY_RECIPIENTS", "HELD_FOR_THREAD", "Stream", "close_fds"]
