@@ -139,3 +139,46 @@ def no_hello(channel: Channel, address: str, connections: int, partial_bytes: in
         client.close()
     channel.wait_release()
     channel.say(f"result accepted={len(clients)} refused={refused} closed_by_bus={closed}")
+
+
+def partial_messages(channel: Channel, address: str, connections: int, partial_bytes: int) -> None:
+    """#1 after Hello: complete connections that each leave part of a large message in the bus's buffers.
+
+    Each connection says Hello, then sends the start of a signal claiming an 8 MiB body and
+    `partial_bytes` of it, and never the rest. Once the test lets go, a connection the bus
+    closed reads EOF at once; one it kept has nothing to read.
+    """
+    header = build_message(SIGNAL, 2, path="/", interface="org.example.Hostile", member="Big",
+                           signature="ay", body=[b""])
+    body_length = 8 << 20
+    fixed = bytearray(header[:-4])
+    fixed[4:8] = (body_length + 4).to_bytes(4, "little")
+    start = bytes(fixed) + body_length.to_bytes(4, "little")
+    clients = [RawClient(address) for _ in range(connections)]
+    refused_sending = 0
+    sending = []  # the connections the bus did not close while they sent
+    for client in clients:
+        data = memoryview(start + b"\0" * partial_bytes)
+        deadline = time.monotonic() + DEADLINE
+        while data and time.monotonic() < deadline:
+            sent = _sendable(client.sock, data)
+            if sent is None:  # the bus closed it mid-send: it is over its user's quota
+                refused_sending += 1
+                break
+            data = data[sent:]
+            if data and not sent:
+                select.select([], [client.sock], [], 0.1)
+        else:
+            sending.append(client)
+    channel.hold(f"sent={connections} header={len(start)}")
+    closed = 0
+    for client in sending:
+        readable, _, _ = select.select([client.sock], [], [], 0)
+        if readable:
+            try:
+                closed += client.sock.recv(1, socket.MSG_DONTWAIT) == b""
+            except (ConnectionResetError, BlockingIOError):
+                closed += 1
+    for client in clients:
+        client.close()
+    channel.say(f"result closed_by_bus={closed} refused_sending={refused_sending}")

@@ -146,6 +146,7 @@ class Connection(Stream, Generic[PeerT]):
         self.looking_up = False
         self._waiting_input = b""
         self.dropped_broadcasts = 0
+        self._input_charged = False  # the bus holds a charge for this link's unfinished input
         # Incomplete until Hello, as in dbus-daemon: the bus counts it against
         # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
         self.auth_timer: asyncio.TimerHandle | None = None
@@ -181,7 +182,16 @@ class Connection(Stream, Generic[PeerT]):
             log.debug("the error happened here", exc_info=exc)
             self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
         finally:
+            if self.in_bytes or self._received_fds or self._input_charged:
+                self._charge_input()
             bus.input_done()
+
+    def _charge_input(self) -> None:
+        """What this peer left unfinished (a partial message, input behind a body check, unclaimed fds)
+        is charged to its user; the bus drops a link that passes the user's quota (attack #1)."""
+        if not self.closed:
+            self._input_charged = bool(self.in_bytes or self.in_fds)
+            self.bus.input_buffered(self)
 
     def _feed_auth(self, data: bytes) -> None:
         """Feed the handshake in slices, dropping a peer that leaves over MAX_AUTH_BUFFER of replies unread.
@@ -273,6 +283,8 @@ class Connection(Stream, Generic[PeerT]):
             log.debug("the error happened here", exc_info=exc)
             self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
         finally:
+            if self.in_bytes or self._received_fds or self._input_charged:
+                self._charge_input()
             bus.input_done()
 
     def _cookie_found(self, cookie: Cookie | None) -> None:

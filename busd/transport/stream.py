@@ -232,6 +232,14 @@ class Stream:
         else:
             self._count_input()
 
+    @property
+    def in_fds(self) -> int:
+        """Fds received that no delivered message has claimed (with those of a message being checked)."""
+        held = len(self._received_fds)
+        if self.checking is not None and self.checking[2]:
+            held += len(self.checking[2])
+        return held
+
     def _count_input(self) -> None:
         """in_bytes while a large body is checked: the message and all that waits behind it."""
         assert self.checking is not None

@@ -12,17 +12,24 @@ small with <limit>s so each attack fills them in seconds.
 - #4: Introspect calls whose replies are never read, and a monitor that stops
   reading: the bus's replies and monitor copies count against
   max_outgoing_bytes like any message (dropped past it, with a log line).
+- #1 after Hello: complete connections, each holding part of a large message.
+  Per connection that is bounded by max_message_size; busd's ledger bounds
+  what one uid's connections hold together (IncomingBytes), and drops the
+  connection that passes the quota.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 
 import pytest
 
 from busclient import BUS_KINDS, RawClient, WaitTimeout
 from busd.wire.message import METHOD_CALL, SIGNAL, build_message
+import hostile_peer
+from busd.transport.stream import READ_SIZE
 from hostile_peer import DEADLINE, Channel
 from test_hostile import NOBODY, Bystander, Usage, attack, growth, pytestmark, system_bus  # noqa: F401
 
@@ -174,3 +181,49 @@ def test_a_monitor_that_stops_reading(kind: str) -> None:
     rss, _fds = growth(before, during)
     if kind == "busd":
         assert rss <= 16, report
+
+
+@pytest.mark.parametrize("kind", BUS_KINDS)
+def test_complete_connections_each_holding_part_of_a_message(kind: str) -> None:
+    """#1 after Hello: 10 connections of nobody each send 3 MiB of an 8 MiB signal and stop: 30 MiB held.
+
+    busd, with max_incoming_bytes_per_user at 16 MiB: five connections fit, each later one is
+    dropped as it passes the quota, and the daemon holds at most 16 MiB for the user. dbus-daemon
+    has no per-user bound here (it holds all 30 MiB: printed for comparison).
+    """
+    connections, partial, quota = 10, 3 << 20, 16 << 20
+    config = limits(max_incoming_bytes_per_user=quota) if kind == "busd" else ""
+    with system_bus(kind, config) as bus:
+        bystander = Bystander(bus)
+        before = Usage.of(bus.process.pid)
+        with attack(bus, hostile_peer.partial_messages, connections, partial) as attacker:
+            holding = attacker.holding(timeout=3 * DEADLINE)
+            header = int(holding.split("header=")[1])
+            ledger = None
+            if kind == "busd":
+                wait_for_ledger(bus.address, lambda lines: lines["Connections"][0] == 5
+                                and lines["IncomingBytes"][0] == 5 * (header + partial))
+                ledger = ledger_of(bus.address, NOBODY)
+            during = Usage.of(bus.process.pid)
+            result = attacker.result(timeout=DEADLINE)
+        summary = bystander.check()
+    report = f"{kind}: before {before}, during {during}; {summary}; attacker {result}; {ledger}"
+    print(report)
+    rss, _fds = growth(before, during)
+    if kind == "busd":
+        assert int(result["closed_by_bus"]) + int(result["refused_sending"]) == connections - 5, report
+        # The read that passes the quota is charged, then dropped with its connection: one read over at most.
+        assert ledger is not None and ledger["IncomingBytes"][1] <= quota + READ_SIZE, report
+        assert rss <= quota // (1 << 20) + 12, report
+
+
+def wait_for_ledger(bus_address: str, condition, timeout: float = DEADLINE) -> None:
+    """Poll busd's ledger of nobody until `condition(lines)` holds: the bus has read what the attacker sent."""
+    deadline = time.monotonic() + timeout
+    lines = None
+    while time.monotonic() < deadline:
+        lines = ledger_of(bus_address, NOBODY)
+        if lines is not None and condition(lines):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"busd's ledger of nobody never got there: {lines}")

@@ -47,6 +47,7 @@ class StandInBus:
         self.closed: list[Any] = []
         self.reads = 0
         self.admitted: list[tuple[str, int | None, tuple[int, ...] | None]] = []
+        self.buffered: list[tuple[str, int, int]] = []  # (link, in_bytes, in_fds) as each report said
 
     def link_opened(self, link: Any) -> None:
         pass
@@ -74,6 +75,9 @@ class StandInBus:
     def schedule_flush(self, link: Any) -> None:
         assert self.reading, "a test link queues only while a read is handed over"
         self.to_flush.append(link)
+
+    def input_buffered(self, link: Any) -> None:
+        self.buffered.append((link.label, link.in_bytes, link.in_fds))
 
     def output_flushed(self, link: Any) -> None:
         pass
@@ -206,3 +210,23 @@ def test_groups_of_a_uid_that_is_no_user_are_none() -> None:
     taken = {entry.pw_uid for entry in pwd.getpwall()}
     assert groups_of_user(next(uid for uid in range(40000, 50000) if uid not in taken)) == ()
     assert groups_of_user(0)[0] == 0
+
+
+def test_unfinished_input_is_reported_to_the_bus_and_whole_messages_are_not(loop) -> None:
+    # The bus charges a link's partial message to its user (ledger IncomingBytes): the link says when it changes.
+    bus = StandInBus(loop)
+    sender, _sender_end = admitted(bus, "sender")
+    receiver, _receiver_end = admitted(bus, "receiver")
+    bus.forward_to = receiver
+    sender.data_received(signal("Whole", 1))
+    assert bus.buffered == [], "a read of whole messages reports nothing (the common case costs nothing)"
+    message = signal("Split", 2)
+    sender.data_received(message[:20])
+    assert bus.buffered == [("sender", 20, 0)]
+    sender.data_received(message[20:30])
+    assert bus.buffered[-1] == ("sender", 30, 0)
+    sender.data_received(message[30:])
+    assert bus.buffered[-1] == ("sender", 0, 0), "once whole, the charge goes back"
+    count = len(bus.buffered)
+    sender.data_received(signal("Whole", 3))
+    assert len(bus.buffered) == count
