@@ -32,6 +32,8 @@ from hypothesis import HealthCheck, given, settings
 
 from buses import RunningBus, busd_available, start_bus
 from busclient import BUS_KINDS, TIMEOUT
+
+pytestmark = pytest.mark.load  # .ci/run runs it once, in its first pass (pyproject: markers)
 from fuzz_peer import ANSWERED, DROPPED, DROPPED_AT_EOF, FuzzPeer, corpus_message, sasl_inputs
 from test_hostile import Bystander
 from test_wire_fuzz import CORPUS_FILES, load_corpus_entry, mutated_messages

@@ -30,6 +30,8 @@ sys.path.insert(0, BENCHMARKS)
 
 import soak  # noqa: E402
 
+pytestmark = pytest.mark.load  # .ci/run runs it once, in its first pass (pyproject: markers)
+
 SECONDS = float(os.environ.get("BUSD_SOAK_SECONDS", "50"))
 WARMUP = 20.0  # seconds: start-up, first connections, the first never-reading peer's queue
 INTERVAL = 2.0
