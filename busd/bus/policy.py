@@ -43,6 +43,11 @@ log = logging.getLogger("busd.policy")
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 MESSAGE_TYPES = {"method_call": METHOD_CALL, "method_return": METHOD_RETURN, "error": ERROR, "signal": SIGNAL}
 CACHE_LIMIT = 4096  # verdicts kept per compiled peer policy before the cache starts over
+# A verdict is cached under the message's path and the relevant names of the other peer, all chosen by
+# peers: one with a longer path or more names is checked without caching, so a cache never holds more
+# than CACHE_LIMIT x about 5 KiB (a 32 MiB path per entry would pin gigabytes: issue 13, #3).
+CACHEABLE_PATH = 1024
+CACHEABLE_NAMES = 16
 
 
 class Verdict(NamedTuple):
@@ -380,7 +385,7 @@ class ConfigPeerPolicy:
     def can_send(self, h: Any, receiver_names: Collection[str], requested_reply: bool, nfds: int) -> Verdict:
         tests = self._send_tests
         key = tests.key(h, receiver_names, requested_reply, nfds, False)
-        verdict = self._send_cache.get(key)
+        verdict = self._send_cache.get(key) if key is not None else None
         if verdict is None:
             verdict = DENIED
             bucket = self._send.get(h.type)
@@ -388,9 +393,10 @@ class ConfigPeerPolicy:
                 if rule.matches_send(h, receiver_names, requested_reply, nfds):
                     verdict = rule.verdict
                     break
-            if len(self._send_cache) >= CACHE_LIMIT:
-                self._send_cache.clear()
-            self._send_cache[key] = verdict
+            if key is not None:
+                if len(self._send_cache) >= CACHE_LIMIT:
+                    self._send_cache.clear()
+                self._send_cache[key] = verdict
         if verdict.allowed and tests.any_log and verdict.rule.log:
             # dbus-daemon's log="true": let the message through, but say it would be rejected.
             log.warning("would reject %s (allowed by %s, which has log=\"true\")", h.describe(), verdict.rule)
@@ -399,7 +405,7 @@ class ConfigPeerPolicy:
     def can_receive(self, h: Any, sender_names: Collection[str], requested_reply: bool, nfds: int,
                     eavesdrop: bool) -> Verdict:
         key = self._receive_tests.key(h, sender_names, requested_reply, nfds, eavesdrop)
-        verdict = self._receive_cache.get(key)
+        verdict = self._receive_cache.get(key) if key is not None else None
         if verdict is None:
             verdict = DENIED
             bucket = self._receive.get(h.type)
@@ -407,9 +413,10 @@ class ConfigPeerPolicy:
                 if rule.matches_receive(h, sender_names, requested_reply, nfds, eavesdrop):
                     verdict = rule.verdict
                     break
-            if len(self._receive_cache) >= CACHE_LIMIT:
-                self._receive_cache.clear()
-            self._receive_cache[key] = verdict
+            if key is not None:
+                if len(self._receive_cache) >= CACHE_LIMIT:
+                    self._receive_cache.clear()
+                self._receive_cache[key] = verdict
         return verdict
 
 
@@ -470,16 +477,21 @@ class _Tests:
             self._relevant[name] = relevant
         return relevant
 
-    def key(self, h: Any, names: Collection[str], requested_reply: bool, nfds: int, eavesdrop: bool) -> tuple:
+    def key(self, h: Any, names: Collection[str], requested_reply: bool, nfds: int,
+            eavesdrop: bool) -> tuple | None:
+        """What the verdict depends on, as a cache key; None when it is too large to cache (CACHEABLE_*)."""
         if self.prefixes:
             names_key = frozenset(name for name in names if self._is_relevant(name))
         elif self.exact_names:
             names_key = self.exact_names.intersection(names)
         else:
             names_key = None
+        path = h.path if self.path else None
+        if (path is not None and len(path) > CACHEABLE_PATH) or (names_key and len(names_key) > CACHEABLE_NAMES):
+            return None
         return (h.type, bool(h.reply_serial) and requested_reply, bool(h.reply_serial), eavesdrop,
                 h.destination is None,
-                h.path if self.path else None,
+                path,
                 h.interface if self.interface else None,
                 h.member if self.member else None,
                 h.error_name if self.error else None,

@@ -388,3 +388,32 @@ def test_the_stock_system_policy_lets_no_one_eavesdrop():
     assert not policy.for_peer(65534, ()).may_eavesdrop
     assert not policy.for_peer(0, ()).may_eavesdrop
     assert AllowEverything().for_peer(65534, ()).may_eavesdrop
+
+
+def test_verdicts_on_peer_chosen_long_paths_and_many_names_are_not_cached():
+    # Issue 13, #3 in the policy: the verdict caches are keyed on the path and the other peer's names.
+    # 100 messages with distinct 1 MiB paths (or a peer owning 40 names under a rule's prefix) must not
+    # leave 100 MiB behind, and the verdicts stay right.
+    import tracemalloc
+
+    compiled = compile_policy(_rules_text(
+        '<policy context="default"><allow send_destination="*"/><deny send_path="/denied"/>'
+        '<deny send_destination_prefix="org.denied"/><allow receive_sender="*"/></policy>'))
+    peer = compiled.for_peer(1000, ())
+    message = SimpleNamespace(type=1, path="/denied", interface="org.example.I", member="M", error_name=None,
+                              destination="org.example.S", reply_serial=None)
+    assert not peer.can_send(message, {"org.example.S"}, False, 0).allowed
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100):
+            long_path = SimpleNamespace(**{**vars(message), "path": f"/p{i}/" + "x" * (1 << 20)})
+            assert peer.can_send(long_path, {"org.example.S"}, False, 0).allowed
+            assert peer.can_receive(long_path, {"org.example.S"}, False, 0, False).allowed
+        many = {f"org.denied.N{i}" for i in range(40)}
+        for i in range(100):
+            assert not peer.can_send(SimpleNamespace(**{**vars(message), "path": f"/q{i}"}), many, False, 0).allowed
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 2 << 20, f"the policy kept {retained} bytes of peer-chosen keys"
