@@ -8,7 +8,10 @@ spawning, systemd) is asked to start the name. When a connection acquires the
 name, each held message is handed back to `Bus.receive()`, so it takes the
 ordinary path (policy, reply tracking, monitors) as if it had just arrived. When
 the start fails or times out, every held caller gets the error dbus-daemon would
-send. Nothing here reads a file or starts a process.
+send. A held message's bytes and fds stay charged to its sender's user (ledger
+IncomingBytes/IncomingFDs) until it goes on or fails: past the quota, the
+sender gets LimitsExceeded instead of the bus holding it. Nothing here reads a
+file or starts a process.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .fds import close_fds
 from .observers import BusObserver
 
 if TYPE_CHECKING:
+    from .ledger import Ledger, UserLedger
     from .limits import Limits
     from .outbox import DriverOutbox
     from .ownership import NameEvent, NameRegistry
@@ -83,6 +87,9 @@ class ActivationHost(Protocol):
     @property
     def outbox(self) -> DriverOutbox: ...
 
+    @property
+    def ledger(self) -> Ledger: ...
+
     def receive(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None, monitored: bool = True) -> None:
         """Route a held message as if it had just arrived (`monitored=False`: monitors saw it already)."""
 
@@ -90,10 +97,11 @@ class ActivationHost(Protocol):
 class HeldMessage:
     """A message that triggered or joined an auto-start; re-dispatched once the name has an owner."""
 
-    __slots__ = ("peer", "buf", "h", "fds")
+    __slots__ = ("peer", "buf", "h", "fds", "charged_to")
 
     def __init__(self, peer: Peer, buf: bytes, h: Header, fds: list[int] | None):
         self.peer, self.buf, self.h, self.fds = peer, buf, h, fds
+        self.charged_to: UserLedger | None = None  # while held: the user its bytes and fds are charged to
 
     def deliver(self, bus: ActivationHost) -> None:
         if self.peer.conn.closed:
@@ -203,6 +211,8 @@ class PendingStarts(BusObserver):
                        f"The maximum number of pending activations has been reached, activation of {name} "
                        f"failed (max_pending_service_starts={limit})")
             return
+        if isinstance(entry, HeldMessage) and not self._charge(name, entry):
+            return
         self.held += 1
         pending = self.pending.get(name)
         if pending is not None:
@@ -216,6 +226,31 @@ class PendingStarts(BusObserver):
             self.activator.start(name, requester)
         except ActivationError as exc:
             self._fail(pending, exc.name, exc.text)
+
+    def _charge(self, name: str, entry: HeldMessage) -> bool:
+        """Charge a held message to its sender's user; False (and the sender told) when over the quota."""
+        ledger = self.bus.ledger
+        user = entry.peer.user
+        if user is None:
+            return True
+        nfds = len(entry.fds) if entry.fds else 0
+        over = ledger.hold_input(user, len(entry.buf), nfds)
+        if over is not None:
+            quota = ledger.quotas.of(over)
+            ledger.refused(entry.peer, over, quota, f"messages held until {name} starts")
+            entry.fail(self.bus, errors.LIMITS_EXCEEDED,
+                       f"uid {user.uid} is at its {over} quota ({quota}): the bus will not hold more of its "
+                       f"messages until {name} starts")
+            return False
+        entry.charged_to = user
+        return True
+
+    def _release(self, entries: list) -> None:
+        ledger = self.bus.ledger
+        for entry in entries:
+            if isinstance(entry, HeldMessage) and entry.charged_to is not None:
+                ledger.release_held(entry.charged_to, len(entry.buf), len(entry.fds) if entry.fds else 0)
+                entry.charged_to = None
 
     def fail(self, name: str, error: str, text: str) -> None:
         """The launcher says the start of `name` failed: every held caller gets `error`."""
@@ -237,6 +272,7 @@ class PendingStarts(BusObserver):
         for pending in self.pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()
+            self._release(pending.entries)
             for entry in pending.entries:
                 if isinstance(entry, HeldMessage):
                     close_fds(entry.fds)
@@ -247,6 +283,7 @@ class PendingStarts(BusObserver):
         if self.pending.get(pending.name) is pending:
             del self.pending[pending.name]
         self.held -= len(pending.entries)
+        self._release(pending.entries)
         if pending.timer is not None:
             pending.timer.cancel()
             pending.timer = None

@@ -50,7 +50,7 @@ class UserLedger:
         self.uid = uid
         self.out_bytes = self.out_bytes_peak = 0
         self.out_fds = self.out_fds_peak = 0
-        self.in_bytes = self.in_bytes_peak = 0  # read from its links, not yet whole messages (or held back)
+        self.in_bytes = self.in_bytes_peak = 0  # read from its links: partial messages, messages held for a start
         self.in_fds = self.in_fds_peak = 0  # received on its links, not yet claimed by a message
         self.match_rules = self.match_rules_peak = 0
         self.names = self.names_peak = 0
@@ -327,6 +327,29 @@ class Ledger:
         if user.in_fds > quotas.incoming_fds:
             return "IncomingFDs"
         return None
+
+    def hold_input(self, user: UserLedger, size: int, nfds: int) -> str | None:
+        """The bus keeps a whole message a peer of `user` sent (held until a name starts): charged to its
+        incoming lines. None, or the line whose quota it would pass (then nothing is charged)."""
+        quotas = self.quotas
+        if user.in_bytes + size > quotas.incoming_bytes:
+            return "IncomingBytes"
+        if nfds and user.in_fds + nfds > quotas.incoming_fds:
+            return "IncomingFDs"
+        user.in_bytes += size
+        user.in_fds += nfds
+        if user.in_bytes > user.in_bytes_peak:
+            user.in_bytes_peak = user.in_bytes
+        if user.in_fds > user.in_fds_peak:
+            user.in_fds_peak = user.in_fds
+        return None
+
+    def release_held(self, user: UserLedger, size: int, nfds: int) -> None:
+        """A message hold_input() charged went on or failed; a user left holding nothing is forgotten."""
+        user.in_bytes -= size
+        user.in_fds -= nfds
+        if user.is_empty() and self.users.get(user.uid) is user:
+            del self.users[user.uid]
 
     def release_input(self, link: PeerLink, user: UserLedger) -> None:
         """`link` is gone: what it held of unfinished input goes back to `user`."""

@@ -392,3 +392,74 @@ def test_incoming_quotas_are_derived_from_the_message_limits() -> None:
     quotas = Limits(max_message_size=1 << 27, max_message_unix_fds=1024).user_quotas()
     assert (quotas.incoming_bytes, quotas.incoming_fds) == (4 << 27, 4096)
     assert Limits(max_incoming_bytes_per_user=7).user_quotas().incoming_bytes == 7
+
+
+class NeverStarts:
+    """An Activator for one name that records each start and never starts anything itself."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.started: list[str] = []
+
+    def is_activatable(self, name: str, *, auto_start: bool = True) -> bool:
+        return name == self.name
+
+    def activatable_names(self) -> list[str]:
+        return [self.name]
+
+    def start(self, name: str, requester) -> None:
+        self.started.append(name)
+
+    def cancel(self, name: str) -> None:
+        pass
+
+    def environment_updated(self, env: dict[str, str]) -> None:
+        pass
+
+
+def test_messages_held_for_an_activation_are_charged_to_their_sender_until_they_go_on() -> None:
+    # A message to a name being started waits in the bus (up to service_start_timeout): its bytes are the
+    # sender's user's IncomingBytes, and past the quota the sender is refused instead of the bus holding it.
+    from busd.bus.activation import PendingStarts
+
+    bus = make_bus(max_incoming_bytes_per_user=3 << 20)
+    activator = NeverStarts("org.example.Lazy")
+    starts = PendingStarts(bus, activator)
+    bus.driver.attach_activation(starts)
+    bus.add_observer(starts)  # told when the name gets its owner
+    sender, service = UidLink(bus, "sender", 1000), UidLink(bus, "service", 1001)
+    sender.hello(), service.hello()
+    sender.take(), service.take()
+    payload = bytes(1 << 20)
+    for _ in range(2):
+        sender.send(METHOD_CALL, path="/", interface="org.example.Lazy", member="Take",
+                    destination="org.example.Lazy", signature="ay", body=[payload])
+    assert activator.started == ["org.example.Lazy"]
+    held = used(bus, 1000)["IncomingBytes"]
+    assert 2 << 20 < held < (2 << 20) + 1024
+    sender.send(METHOD_CALL, path="/", interface="org.example.Lazy", member="Take",
+                destination="org.example.Lazy", signature="ay", body=[payload])  # a third MiB: over 3 MiB
+    [(error, [text])] = errors_of(sender.take())
+    assert error == LIMITS_EXCEEDED and "IncomingBytes quota" in text and "org.example.Lazy" in text
+    assert used(bus, 1000)["IncomingBytes"] == held
+    service.call_driver("RequestName", "su", ["org.example.Lazy", 0])
+    assert [h.member for h, _ in service.take() if h.type == METHOD_CALL] == ["Take", "Take"]
+    assert used(bus, 1000)["IncomingBytes"] == 0, "delivered: the charge goes back"
+    everyone_leaves(bus, sender, service)
+    bus.close()
+
+
+def test_a_sender_leaving_while_its_message_is_held_leaves_nothing_charged() -> None:
+    from busd.bus.activation import PendingStarts
+
+    bus = make_bus()
+    bus.driver.attach_activation(PendingStarts(bus, NeverStarts("org.example.Lazy")))
+    sender = UidLink(bus, "sender", 1000)
+    sender.hello()
+    sender.send(METHOD_CALL, path="/", interface="org.example.Lazy", member="Take",
+                destination="org.example.Lazy", signature="ay", body=[bytes(4096)])
+    sender.drop("gone")
+    assert 1000 in bus.ledger.users, "still held: still charged"
+    bus.driver.activation.fail("org.example.Lazy", "org.freedesktop.DBus.Error.Spawn.Failed", "no")
+    assert bus.ledger.users == {}
+    bus.close()
