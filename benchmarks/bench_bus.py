@@ -34,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
 
+import pyspy  # noqa: E402
 import rawclient as rc  # noqa: E402
 from buses import RunningBus, start_bus  # noqa: E402
 
@@ -553,8 +554,11 @@ def plan_cpus(pin: bool) -> CpuPlan:
 class Harness:
     """Starts daemons (pinned, stderr to a log), runs workloads, keeps the figures."""
 
-    def __init__(self, buses: list[str], budget: Budget, plan: CpuPlan, log: Callable[[str], None]) -> None:
+    def __init__(self, buses: list[str], budget: Budget, plan: CpuPlan, log: Callable[[str], None],
+                 profile_dir: str | None = None) -> None:
         self.buses = buses
+        self.profile_dir = profile_dir  # --profile: busd's runs under py-spy, stacks kept here
+        self.profiles: dict[str, pyspy.Profile] = {}
         self.budget = budget
         self.plan = plan
         self.log = log
@@ -624,8 +628,17 @@ class Harness:
             self.failures.setdefault(name, {})[kind] = str(exc)
             self.log(f"{name} on {kind} failed: {exc}")
             return
+        recorder = None
+        if self.profile_dir is not None and kind == "busd":
+            stacks = os.path.join(self.profile_dir, f"{name}-{round_number + 1}.txt")
+            recorder = pyspy.Recorder(bus.process.pid, stacks)
         try:
             outcome = workload(bus, self.budget)
+            if recorder is not None:
+                recorder.stop()
+                if os.path.exists(recorder.output):
+                    self.profiles.setdefault(name, pyspy.Profile()).add_file(recorder.output, REPO + os.sep)
+                recorder = None
             if bus.process.poll() is not None:
                 raise WorkloadError(f"{kind} exited (status {bus.process.returncode}) during the workload")
         except (WorkloadError, OSError) as exc:
@@ -634,6 +647,8 @@ class Harness:
             self.log(f"{name} on {kind} failed: {reason}")
             return
         finally:
+            if recorder is not None:
+                recorder.stop()
             bus.stop()
         self.results.setdefault(name, {}).setdefault(kind, []).append(outcome.figures)
         if outcome.cpu_split:
@@ -739,6 +754,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-connections", type=int, help="connections for the idle workload (default 1000)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds to run; figures are the median (default 1)")
     parser.add_argument("--no-pin", action="store_true", help="do not pin the daemon and the clients to CPUs")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record busd's runs with py-spy (stacks kept in DIR) and print where its CPU went, "
+                             "by module; the ledger's share is the per-user accounting's cost. Sampling "
+                             "perturbs the figures")
     return parser.parse_args(argv)
 
 
@@ -762,7 +781,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_description(plan)
     for key, value in machine.items():
         log(f"{key}: {value}")
-    harness = Harness(buses, budget, plan, log)
+    if args.profile is not None:
+        if not pyspy.available():
+            log("--profile needs py-spy: python3 -m pip install py-spy (the 'bench' extra)")
+            return 2
+        os.makedirs(args.profile, exist_ok=True)
+    harness = Harness(buses, budget, plan, log, args.profile)
     try:
         harness.probe()
         if not harness.buses:
@@ -791,6 +815,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} on {kind} failed: {reason}")
         for kind, reason in harness.skipped.items():
             print(f"{kind} skipped: {reason}")
+    for name, profile in harness.profiles.items():
+        log(f"busd's CPU in {name} (py-spy, all rounds):\n{profile.table()}")
     return 1 if harness.failures else 0
 
 
