@@ -481,7 +481,8 @@ class _Tests:
             eavesdrop: bool) -> tuple | None:
         """What the verdict depends on, as a cache key; None when it is too large to cache (CACHEABLE_*)."""
         if self.prefixes:
-            names_key = frozenset(name for name in names if self._is_relevant(name))
+            # (a unique name matches no prefix: not asked, so no cache holds one of a peer that left)
+            names_key = frozenset(name for name in names if name[0] != ":" and self._is_relevant(name))
         elif self.exact_names:
             names_key = self.exact_names.intersection(names)
         else:

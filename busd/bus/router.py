@@ -21,7 +21,7 @@ from typing import Any, Collection
 
 from ..wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_AUTO_START, NO_REPLY_EXPECTED, SIGNAL, TYPE_NAMES, Header, body_arguments,
-    read_body, sender_field, stamp_sender)
+    forget_unique_name, read_body, sender_field, stamp_sender)
 from ..wire.wellknown import DRIVER_NAME
 from . import errors
 from .backpressure import BackPressure
@@ -207,6 +207,7 @@ class Bus:
         if peer.unique_name is None:
             return
         self.matches.remove_owner(peer, peer.unique_name)
+        forget_unique_name(peer.unique_name)  # the wire's caches keep nothing of a peer that left
         if self.peers.get(peer.unique_name) is not peer:
             return  # a monitor: its unique name was released when it became one
         del self.peers[peer.unique_name]
@@ -214,9 +215,8 @@ class Bus:
         for caller, serial in self.replies.callee_gone(peer):
             self.outbox.send_error(caller, serial, errors.NO_REPLY,
                                    "Message recipient disconnected from message bus without replying")
-        # As dbus-daemon: NameLost goes to the departed peer too, so monitors see it.
         events = self.registry.remove_peer(peer)
-        events.append(NameEvent("lost", peer.unique_name, peer, None))
+        events.append(NameEvent("lost", peer.unique_name, peer, None))  # as dbus-daemon (monitors see it)
         events.append(NameEvent("owner_changed", peer.unique_name, peer, None))
         self.emit_name_events(events)
 

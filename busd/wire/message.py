@@ -143,6 +143,8 @@ class Header:
 # again (only serials differ), so a repeat costs a dict lookup instead of a parse.
 _FIELDS_CACHE: dict[bytes, Header] = {}
 _FIELDS_CACHE_LIMIT = 4096
+# The cached keys whose DESTINATION is a unique name, by that name: forgotten when its peer leaves.
+_KEYS_BY_UNIQUE_DESTINATION: dict[str, list[bytes]] = {}
 # Only ordinary headers are cached: a peer must not pin 4096 huge ones in memory.
 _CACHEABLE_FIELDS_LENGTH = 1024
 _NEW_HEADER = object.__new__
@@ -224,7 +226,11 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
         if fields_key is not None and h.reply_serial is None:  # replies differ every time: not cached
             if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
                 _FIELDS_CACHE.clear()
+                _KEYS_BY_UNIQUE_DESTINATION.clear()
             _FIELDS_CACHE[fields_key] = _copy_fields(h)
+            destination = h.destination
+            if destination is not None and destination[0] == ":":
+                _KEYS_BY_UNIQUE_DESTINATION.setdefault(destination, []).append(fields_key)
     if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
         raise ProtocolError("non-zero padding after the header")
     if body_len and not h.signature:
@@ -232,6 +238,17 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
     if validate_body:
         check_message_body(buf, h)
     return h
+
+
+def forget_unique_name(name: str) -> None:
+    """The peer that had unique name `name` left: the parsing caches keep nothing keyed on it.
+
+    Unique names are never reused, so entries for a departed peer's name would only
+    wait for the caches to start over; under connection churn that is megabytes.
+    """
+    for key in _KEYS_BY_UNIQUE_DESTINATION.pop(name, ()):
+        _FIELDS_CACHE.pop(key, None)
+    names.BUS_NAMES.forget(name)
 
 
 def check_message_body(buf: bytes, h: Header) -> None:

@@ -79,6 +79,10 @@ class NameCache:
         self._valid[raw] = text
         return text
 
+    def forget(self, text: str) -> None:
+        """Drop `text` from the cache (a unique name whose peer left: it never comes back)."""
+        self._valid.pop(text.encode("ascii", "replace"), None)
+
 
 PATHS = NameCache(is_valid_object_path)
 INTERFACES = NameCache(is_valid_interface)

@@ -408,3 +408,33 @@ def test_only_hello_is_served_before_hello(bus: Bus) -> None:
     bystander = MemoryLink(bus, "b")
     bystander.send(SIGNAL, path="/p", interface="com.example.X", member="Early", destination=link.unique_name)
     assert bystander.closed and link.take() == []
+
+
+def test_the_wire_caches_keep_nothing_of_peers_that_left(bus: Bus) -> None:
+    # Issue 13: caches keyed on client data never keep data of a peer that has gone. Calls to a peer by its
+    # unique name put that name in the parsing caches (header fields, bus names); unique names never come
+    # back, so under churn those entries were megabytes waiting for the caches to start over.
+    import tracemalloc
+
+    caller = MemoryLink(bus, "caller")
+    caller.hello()
+
+    def one_peer_comes_calls_and_goes() -> None:
+        callee = MemoryLink(bus, "callee")
+        callee.hello()
+        call(caller, callee, 1, member="Ping")
+        callee.drop("gone")
+
+    for _ in range(50):  # warm: whatever is allocated once
+        one_peer_comes_calls_and_goes()
+    caller.take()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(2000):
+            one_peer_comes_calls_and_goes()
+        caller.take()
+        retained = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert retained < 200_000, f"{retained} bytes kept after 2000 peers came, were called and left"
