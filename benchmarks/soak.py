@@ -339,9 +339,10 @@ def print_growth(before_path: str, after_path: str, top: int, out=sys.stdout) ->
     after = tracemalloc.Snapshot.load(after_path)
     total = sum(s.size for s in after.statistics("filename")) - sum(s.size for s in before.statistics("filename"))
     print(f"traced heap: {total / MIB:+.2f} MiB between the snapshots", file=out)
-    for stat in after.compare_to(before, "traceback")[:top]:
-        if stat.size_diff <= 0:
-            break
+    # compare_to() sorts by the size of the change either way: a queue that drained would hide what grew.
+    grown = sorted((stat for stat in after.compare_to(before, "traceback") if stat.size_diff > 0),
+                   key=lambda stat: -stat.size_diff)
+    for stat in grown[:top]:
         print(f"\n{stat.size_diff / 1024:+.1f} KiB in {stat.count_diff:+d} blocks (now {stat.size / 1024:.1f} KiB)",
               file=out)
         for line in stat.traceback.format(limit=TRACE_FRAMES, most_recent_first=True):
