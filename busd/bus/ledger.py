@@ -25,7 +25,6 @@ lines) are settled too. The per-message cost is integer adds on slotted objects.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Protocol
 
 from .limits import Limits, UserQuotas
@@ -276,25 +275,6 @@ class Ledger:
             peer.refusing = False
             log.info("%s (uid %s) caught up: its queue is empty again", peer.unique_name or peer.conn.label,
                      user.uid)
-
-    def copy_fds(self, peer: Account, fds: list[int]) -> list[int] | None:
-        """A subscriber's own copies of a broadcast's fds; None when the daemon has no fd left (EMFILE):
-        that copy is dropped, with one log line until the peer's queue drains."""
-        copies: list[int] = []
-        try:
-            for fd in fds:
-                copies.append(os.dup(fd))
-        except OSError as exc:
-            for fd in copies:
-                os.close(fd)
-            if not peer.refusing:
-                peer.refusing = True
-                user = peer.user
-                log.warning("cannot copy the %d fds of a broadcast for %s (uid %s): %s; dropping its copy",
-                            len(fds), peer.unique_name or peer.conn.label, user.uid if user is not None else None,
-                            exc.strerror or exc)
-            return None
-        return copies
 
     # ------------------------------------------------------------ incoming buffers
 

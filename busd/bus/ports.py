@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..wire.message import Header
@@ -38,6 +39,42 @@ class Credentials:
     def policy_groups(self) -> tuple[int, ...]:
         """The groups <policy group=...> rules see: the kernel's, else (TCP) the user database's, as dbus-daemon."""
         return self.groups or self.user_groups or ()
+
+
+class SharedFds:
+    """Unix fds that several links' queues send (one broadcast's), closed once the last share is released.
+
+    Each receiving process gets its own copies from the kernel (SCM_RIGHTS), so the
+    bus needs one set however many subscribers it queues the broadcast for, as
+    dbus-daemon holds one message: a copy per subscriber (dup) multiplied what a
+    broadcast costs in the daemon's fds by the subscribers (issue 13, #2).
+    """
+
+    __slots__ = ("fds", "holders")
+
+    def __init__(self, fds: list[int]):
+        self.fds = fds
+        self.holders = 1  # the one who made it: release() when done handing out shares
+
+    def __len__(self) -> int:
+        return len(self.fds)
+
+    def __iter__(self):
+        return iter(self.fds)
+
+    def share(self) -> SharedFds:
+        """One more holder (a queue): it calls release() once the fds are sent or dropped."""
+        self.holders += 1
+        return self
+
+    def release(self) -> None:
+        self.holders -= 1
+        if not self.holders:
+            for fd in self.fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
 
 
 @runtime_checkable
@@ -80,8 +117,9 @@ class PeerLink(Protocol):
     def in_fds(self) -> int:
         """Unix fds received from the peer that no whole message has claimed yet."""
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
-        """Queue one message (header bytes and body, both bytes-like) for the peer; the fds are now the link's."""
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
+        """Queue one message (header bytes and body, both bytes-like) for the peer. The fds are now the
+        link's: a list it closes, or a share of SharedFds it releases, once sent or dropped."""
 
     def flush(self) -> None:
         """Write what is queued (the bus calls this for links that asked for schedule_flush())."""

@@ -35,7 +35,7 @@ from .outbox import DriverOutbox, queue_to_monitors
 from .ownership import NameEvent, NameRegistry
 from .peer import Peer
 from .policy import AllowEverything, BusPolicy
-from .ports import PeerLink
+from .ports import PeerLink, SharedFds
 from .replies import ReplyTracker, settled
 
 log = logging.getLogger("busd.bus")
@@ -512,6 +512,7 @@ class Bus:
         user_limit = self._user_out_bytes
         size = len(head) + len(body)
         enforced = self.policy.enforced
+        shared = SharedFds(fds) if fds else None  # one set of fds for every subscriber's queue
         for target in recipients:
             if target.monitor:
                 continue
@@ -536,15 +537,13 @@ class Bus:
                 if full is not None:
                     ledger.refused(target, full, ledger.limit_of(full), "broadcasts with fds to it")
                     continue
-                copies = ledger.copy_fds(target, fds)
-                if copies is not None:
-                    conn.queue(head, body, copies)
-                    ledger.charge_queued(target, size, len(copies))
+                conn.queue(head, body, shared.share())
+                ledger.charge_queued(target, size, len(fds))
             else:
                 conn.queue(head, body)
                 target.out_charged += size
                 user.out_bytes += size
-        close_fds(fds)
+        close_fds(shared)
 
     def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
                             destination_names: Collection[str] | None = None) -> None:

@@ -34,6 +34,7 @@ import threading
 from collections import deque
 from typing import Any, Callable
 
+from ..bus.ports import SharedFds
 from ..wire.errors import ProtocolError
 from ..wire.message import FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, Header, frame_size, parse_header
 
@@ -65,6 +66,10 @@ HELD_FOR_THREAD = 2  # a side's work in a thread (a lookup, a large body's check
 
 
 def close_fds(fds: Any) -> None:
+    """Close a message's fds once sent or dropped; of a broadcast's shared fds, release this queue's share."""
+    if type(fds) is SharedFds:
+        fds.release()
+        return
     for fd in fds or ():
         try:
             os.close(fd)

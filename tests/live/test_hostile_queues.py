@@ -103,8 +103,9 @@ def ledger_of(bus_address: str, uid: int) -> dict[str, tuple[int, int, int]] | N
 def test_broadcast_fds_to_subscribers_that_never_read(kind: str) -> None:
     """#2: 4 subscribers that never read, 300 broadcasts of 16 fds: 4,800 fds per subscriber unbounded.
 
-    Bound: each subscriber's queue may hold max_outgoing_unix_fds (64), so 4 x 64 plus the
-    connections' own sockets and slack; the emitter is answered after every signal.
+    Bound: each subscriber's queue may hold max_outgoing_unix_fds (64), and the queues share one set
+    of fds per broadcast, so 64 plus the connections' own sockets; the emitter is answered after
+    every signal (dbus-daemon holds it back instead).
     """
     subscribers, signals, fds_each = 4, 300, 16
     config = limits(max_outgoing_unix_fds=OUT_FDS, max_incoming_unix_fds=4 * fds_each)
@@ -123,7 +124,9 @@ def test_broadcast_fds_to_subscribers_that_never_read(kind: str) -> None:
     if kind == "busd":  # busd drops the copies it has no room for and keeps answering the emitter
         assert result["answered"] == str(signals), report
     _rss, fds = growth(before, during)
-    assert fds <= subscribers * OUT_FDS + 40, report
+    # One set of fds per broadcast, shared by the subscribers' queues (each holds max_outgoing_unix_fds of
+    # them): 64 and the connections' own sockets, as on dbus-daemon (it holds one message for all).
+    assert fds <= OUT_FDS + 24, report
     if kind == "busd":
         assert ledger is not None and ledger["OutgoingFDs"][0] <= subscribers * OUT_FDS, report
 
