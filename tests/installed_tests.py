@@ -43,13 +43,19 @@ class TapResult:
         return None
 
 
+# The daemons a program starts share its output file and write their log prefix
+# ("dbus-daemon[4008]: ") apart from the rest of the line, so a TAP line can land
+# just after such a prefix.
+_DAEMON_PREFIX = r"^(?:[\w.-]+\[\d+\]: )?"
+
+
 def parse_tap(returncode: int, output: str) -> TapResult:
-    plan = re.search(r"^1\.\.(\d+)", output, re.MULTILINE)
+    plan = re.search(_DAEMON_PREFIX + r"1\.\.(\d+)\s*$", output, re.MULTILINE)
     bail = re.search(r"^Bail out!.*$", output, re.MULTILINE)
     return TapResult(returncode=returncode,
                      planned=int(plan.group(1)) if plan else -1,
-                     passed=re.findall(r"^ok \d+ (\S+)", output, re.MULTILINE),
-                     failed=re.findall(r"^not ok \d+ (\S+)", output, re.MULTILINE),
+                     passed=re.findall(_DAEMON_PREFIX + r"ok \d+ (\S+)", output, re.MULTILINE),
+                     failed=re.findall(_DAEMON_PREFIX + r"not ok \d+ (\S+)", output, re.MULTILINE),
                      bail_out=bail.group(0) if bail else None,
                      output=output)
 

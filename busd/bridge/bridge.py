@@ -18,6 +18,7 @@ from ..bus import errors
 from ..bus.match import MatchRule
 from ..bus.observers import BusObserver
 from ..bus.ownership import EXISTS, IN_QUEUE, NameEvent
+from ..bus.ports import SharedFds
 from ..interfaces import introspection_xml
 from ..wire.address import AddressError
 from ..wire.errors import ProtocolError
@@ -481,7 +482,7 @@ class Bridge(BusObserver):
 
     # ------------------------------------------------------------ messages from the local bus
 
-    def from_mirror(self, mirror: Mirror, head: bytes, body: Any, fds: list[int] | None) -> None:
+    def from_mirror(self, mirror: Mirror, head: bytes, body: Any, fds: list[int] | SharedFds | None) -> None:
         """A message the local bus routed to a mirror: on to its upstream twin (or the name it was sent to)."""
         message = head + body if body else head
         h = parse_header(message, validate_body=False)
@@ -516,7 +517,7 @@ class Bridge(BusObserver):
         peer = self.bus.peers.get(local_name) if local_name else None
         return peer is not None and not peer.names.isdisjoint(self.export_owners)
 
-    def _refuse_local(self, mirror: Mirror, h: Header, fds: list[int] | None) -> None:
+    def _refuse_local(self, mirror: Mirror, h: Header, fds: list[int] | SharedFds | None) -> None:
         """A local peer addressed the mirror of an upstream caller (it owns no imported name): ServiceUnknown.
 
         What may reach that upstream peer is the answers to its calls and what exported services send it.
@@ -534,7 +535,7 @@ class Bridge(BusObserver):
             self.bus.loop.call_soon(lambda: mirror.closed or self.bus.receive(mirror.peer, error,
                                                                               parse_header(error), None))
 
-    def from_home(self, home: Home, head: bytes, body: Any, fds: list[int] | None) -> None:
+    def from_home(self, home: Home, head: bytes, body: Any, fds: list[int] | SharedFds | None) -> None:
         """A signal from the local owner of an exported name (by the home peer's rules), or a stray call."""
         message = head + body if body else head
         h = parse_header(message, validate_body=False)

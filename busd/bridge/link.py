@@ -20,6 +20,7 @@ from typing import Any
 
 from ..transport.dial import can_dial, dial
 from ..transport.keyring import KeyringDirectory
+from ..bus.ports import SharedFds
 from ..transport.stream import Stream, close_fds
 from ..wire.address import Address, AddressError, parse_addresses
 from ..wire.errors import ProtocolError
@@ -173,7 +174,7 @@ class UpstreamLink(Stream):
                                 destination=destination, signature=signature, body=body))
         return serial
 
-    def send(self, head: bytes, body: Any = b"", fds: list[int] | None = None) -> None:
+    def send(self, head: bytes, body: Any = b"", fds: list[int] | SharedFds | None = None) -> None:
         """Queue one message (header and body, both bytes-like); the fds are now ours to close."""
         if self.closed:
             close_fds(fds)

@@ -22,7 +22,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..bus.ports import Credentials
+from ..bus.ports import Credentials, SharedFds
 from .link import UpstreamLink
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ class VirtualConnection:
         self.serial = serial = (self.serial % 0xFFFFFFFF) + 1
         return serial
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         raise NotImplementedError
 
     def hold_input(self) -> None:
@@ -133,7 +133,7 @@ class Home(VirtualConnection):
     def __init__(self, bridge: MirrorHost):
         super().__init__(bridge, "bridge", daemon_credentials())
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         self.bridge.from_home(self, head, body, fds)
 
 
@@ -146,7 +146,7 @@ class Mirror(VirtualConnection):
         self.imported: set[str] = set()  # imported names it owns (or waits for) here
         self.calls: dict[int, int] = {}  # local serial of a call injected from it -> the upstream caller's serial
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         self.bridge.from_mirror(self, head, body, fds)
 
 

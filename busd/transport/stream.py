@@ -288,7 +288,7 @@ class Stream:
 
     # ------------------------------------------------------------ writing
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         """Queue one message (header bytes + body view) for sending; fds are now ours."""
         out = self._out
         out.append([head, fds])

@@ -524,8 +524,8 @@ def test_stats_by_user_shows_busd_s_ledger():
         users = {user["uid"]: user for user in json.loads(_ok(json_run))["users"]}
         mine = users[os.getuid()]  # busdctl's own connection, at least
         assert mine["lines"]["Connections"]["used"] >= 1
-        assert set(mine["lines"]) == {"OutgoingBytes", "OutgoingFDs", "MatchRules", "Names", "PendingReplies",
-                                      "Connections", "IncompleteConnections"}
+        assert set(mine["lines"]) == {"OutgoingBytes", "OutgoingFDs", "IncomingBytes", "IncomingFDs", "MatchRules",
+                                      "Names", "PendingReplies", "Connections", "IncompleteConnections"}
         assert all(line["peak"] >= line["used"] and line["quota"] > 0 for line in mine["lines"].values())
         table = _ok(table_run).splitlines()
         assert table[0].split() == ["UID", "USER", "LINE", "USED", "PEAK", "QUOTA"]

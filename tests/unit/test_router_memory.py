@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from busd.bus.ports import SharedFds
 from busd.bus.router import Bus
 from busd.bus.driver import DriverMethod
 from busd.bus.limits import Limits
@@ -50,7 +51,7 @@ class MemoryLink:
 
     # ------------------------------------------------------------ the port
 
-    def queue(self, head: bytes, body: Any, fds: list[int] | None = None) -> None:
+    def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         message = bytes(head) + bytes(body)
         self.outbox.append(message)
         self.out_bytes += len(message)
