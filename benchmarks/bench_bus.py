@@ -1,9 +1,9 @@
-"""Benchmark busd against dbus-daemon side by side on the same workloads, and print busd/dbus-daemon.
+"""Benchmark busd against dbus-daemon and dbus-broker side by side on the same workloads, and print the ratios.
 
-    python3 benchmarks/bench_bus.py [--buses busd,dbus-daemon] [--quick] [--json] [--only WORKLOAD...]
+    python3 benchmarks/bench_bus.py [--buses busd,dbus-daemon,dbus-broker] [--quick] [--json] [--only WORKLOAD...]
 
 Every workload runs on a fresh daemon of each kind in turn (busd, then dbus-daemon,
-then the next workload), driven by raw-socket clients (rawclient.py) in separate
+then dbus-broker, then the next workload), driven by raw-socket clients (rawclient.py) in separate
 processes. The daemon is pinned to one CPU and the clients to the others, and
 the harness reads the daemon's and the clients' CPU time from /proc, so each
 result says how much CPU the daemon spent per message, and shows whether the
@@ -35,6 +35,7 @@ REPO = os.path.dirname(HERE)
 sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
 
 import pyspy  # noqa: E402
+from broker import start_broker  # noqa: E402
 import rawclient as rc  # noqa: E402
 from buses import RunningBus, start_bus  # noqa: E402
 
@@ -425,7 +426,7 @@ def _call_workload(bus: RunningBus, budget: Budget, window: int, payload: int = 
         with workers(Worker("caller", call_loop, bus.address, name, window, payload,
                             max_calls, budget.seconds)) as (caller,):
             caller.receive("ready")
-            meter = CpuMeter(bus.process.pid, [caller, service])
+            meter = CpuMeter(bus.pid, [caller, service])
             meter.start()
             caller.send("go")
             result = caller.receive("done", budget.seconds + REPLY_TIMEOUT)
@@ -462,7 +463,7 @@ def signal_fanout(subscribers: int) -> Workload:
             with workers(Worker("emitter", emit_signals, bus.address, max_signals,
                                 budget.seconds)) as (emitter,):
                 emitter.receive("ready")
-                meter = CpuMeter(bus.process.pid, [emitter, sink])
+                meter = CpuMeter(bus.pid, [emitter, sink])
                 meter.start()
                 emitter.send("go")
                 emitted = emitter.receive("done", budget.seconds + REPLY_TIMEOUT)
@@ -479,7 +480,7 @@ def connection_churn(bus: RunningBus, budget: Budget) -> Outcome:
     with workers(Worker("churner", churn_connections, bus.address, budget.churn_connections,
                         budget.seconds)) as (churner,):
         churner.receive("ready")
-        meter = CpuMeter(bus.process.pid, [churner])
+        meter = CpuMeter(bus.pid, [churner])
         meter.start()
         churner.send("go")
         result = churner.receive("done", budget.seconds + REPLY_TIMEOUT)
@@ -493,10 +494,10 @@ def idle_memory(bus: RunningBus, budget: Budget) -> Outcome:
     count = budget.idle_connections
     with workers(Worker("holder", hold_idle_connections, bus.address, count)) as (holder,):
         holder.receive("ready")
-        before = rss_bytes(bus.process.pid)
+        before = rss_bytes(bus.pid)
         holder.send("go")
         holder.receive("done", REPLY_TIMEOUT + count * 0.1)
-        after = rss_bytes(bus.process.pid)
+        after = rss_bytes(bus.pid)
     return Outcome({"RSS/connection (kB)": (after - before) / count / 1000,
                     "RSS at start (MiB)": before / MiB, f"RSS with {count} idle (MiB)": after / MiB})
 
@@ -582,6 +583,8 @@ class Harness:
             # The bus's own temporary directory goes under ours, so nothing is left behind
             # even when a daemon fails half-way through starting.
             tempfile.tempdir = self.logdir
+            if kind == "dbus-broker":
+                return start_broker(extra_config=SESSION_LIMITS)
             return start_bus(kind, extra_config=SESSION_LIMITS)
         except Exception as exc:
             raise WorkloadError(f"{kind} did not start: {exc}; {self._log_tail(log_path)}") from None
@@ -631,7 +634,7 @@ class Harness:
         recorder = None
         if self.profile_dir is not None and kind == "busd":
             stacks = os.path.join(self.profile_dir, f"{name}-{round_number + 1}.txt")
-            recorder = pyspy.Recorder(bus.process.pid, stacks)
+            recorder = pyspy.Recorder(bus.pid, stacks)
         try:
             outcome = workload(bus, self.budget)
             if recorder is not None:
@@ -671,8 +674,9 @@ class Harness:
 
 
 def format_table(summary: dict, names: list[str], buses: list[str]) -> str:
-    ratio_title = f"{buses[0]}/{buses[1]}" if len(buses) == 2 else ""
-    header = ["workload", "figure", *buses] + ([ratio_title, "better"] if ratio_title else ["better"])
+    """One row per figure, a column per bus, then the first bus's figure over each other bus's."""
+    ratio_titles = [f"{buses[0]}/{other}" for other in buses[1:]]
+    header = ["workload", "figure", *buses, *ratio_titles, "better"]
     rows = [header]
     for name in names:
         by_bus = summary.get(name, {})
@@ -682,9 +686,9 @@ def format_table(summary: dict, names: list[str], buses: list[str]) -> str:
         for figure in figures:
             values = [by_bus.get(kind, {}).get(figure) for kind in buses]
             row = [name, figure, *(_number(v) for v in values)]
-            if ratio_title:
-                first, second = values
-                row.append(f"{first / second:.2f}" if first is not None and second else "-")
+            first = values[0]
+            for other in values[1:]:
+                row.append(f"{first / other:.2f}" if first is not None and other else "-")
             row.append(better(figure))
             rows.append(row)
             name = ""
@@ -711,13 +715,16 @@ def machine_description(plan: CpuPlan) -> dict[str, str]:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    try:
-        version = subprocess.run(["dbus-daemon", "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.splitlines()[0]
-    except (OSError, IndexError, subprocess.TimeoutExpired):
-        version = "dbus-daemon not found"
     return {"cpu": f"{model}, {os.cpu_count()} CPUs", "kernel": platform.release(),
-            "python": platform.python_version(), "dbus-daemon": version, "cpu split": plan.describe()}
+            "python": platform.python_version(), "dbus-daemon": _first_line(["dbus-daemon", "--version"]),
+            "dbus-broker": _first_line(["dbus-broker", "--version"]), "cpu split": plan.describe()}
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return f"{argv[0]} not found"
 
 
 def raise_fd_limit() -> None:
@@ -744,8 +751,10 @@ def select_workloads(only: list[str] | None) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="workloads: " + "; ".join(f"{n}: {d}" for n, (d, _) in WORKLOADS.items()))
-    parser.add_argument("--buses", default="busd,dbus-daemon",
-                        help="comma-separated bus kinds, compared first/second (default: busd,dbus-daemon)")
+    parser.add_argument("--buses", default="busd,dbus-daemon,dbus-broker",
+                        help="comma-separated bus kinds; the first is compared with each other one "
+                             "(default: busd,dbus-daemon,dbus-broker; dbus-broker needs root and Debian's "
+                             "dbus-broker package, and is skipped with a line saying why when it cannot run)")
     parser.add_argument("--quick", action="store_true", help="short runs: the whole thing in seconds")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--only", nargs="+", metavar="WORKLOAD",

@@ -49,6 +49,12 @@ class RunningBus:
     process: subprocess.Popen
     workdir: str
     env: dict[str, str] = field(default_factory=dict)
+    daemon_pid: int | None = None  # the bus process, when `process` is a wrapper around it (dbus-broker)
+
+    @property
+    def pid(self) -> int:
+        """The process whose CPU and memory are the bus's."""
+        return self.daemon_pid if self.daemon_pid is not None else self.process.pid
 
     def client_env(self) -> dict[str, str]:
         """The environment a client process needs to use this bus as its session bus."""
@@ -154,6 +160,10 @@ def start_bus(kind: str, extra_config: str = "", config_text: str | None = None,
             _end(process)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    bus = RunningBus(kind=kind, address=address, process=process, workdir=workdir)
+    return register_running(RunningBus(kind=kind, address=address, process=process, workdir=workdir))
+
+
+def register_running(bus: RunningBus) -> RunningBus:
+    """Stop `bus` at exit if nobody has by then."""
     _RUNNING.append(bus)
     return bus

@@ -109,3 +109,25 @@ def test_raw_client_counts_error_replies_once(reference_bus: RunningBus) -> None
     with pytest.raises(rc.BusError, match="ServiceUnknown"):
         caller.call(nowhere)
     caller.close()
+
+
+@pytest.mark.live
+def test_harness_measures_dbus_broker_beside_dbus_daemon() -> None:
+    from broker import unavailable_reason
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    run = run_harness("--buses", "dbus-daemon,dbus-broker", "--only", "seq", "signal-10", "idle", "--quick",
+                      "--seconds", "0.1", "--idle-connections", "50", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["skipped"] == {} and report["failures"] == {}, report
+    for name in ("seq", "signal-10"):
+        figures = report["results"][name]["dbus-broker"]
+        assert figures[HEADLINES[name]] > 0 and figures[next(f for f in figures if f.startswith("daemon CPU/"))] > 0
+    # The bus process itself is measured, not the Python wrapper around its launcher (about 10 MiB):
+    # dbus-broker starts under 3 MiB.
+    assert 0 < report["results"]["idle"]["dbus-broker"]["RSS at start (MiB)"] < 6
+    table = run_harness("--buses", "dbus-daemon,dbus-broker", "--only", "churn", "--quick", "--seconds", "0.1")
+    assert table.stdout.splitlines()[0].split()[:5] == ["workload", "figure", "dbus-daemon", "dbus-broker",
+                                                        "dbus-daemon/dbus-broker"]
