@@ -21,11 +21,15 @@ from .proxy import Proxy
 from .object_tree import Export
 from .service import Interface, check_interface, dbus_property, method, signal
 from .blocking import BlockingBus, connect_blocking
+from .locks import NameLock, NameSemaphore
+from .shared_buffer import SharedBuffer, UnsealedBufferError
+from .shared_memory import PublishedMemory
 
 __all__ = [
     "Bus", "BlockingBus", "Byte", "DBusError", "DBusType", "DEFAULT_TIMEOUT", "Double", "Export",
-    "Int16", "Int32", "Int64", "Interface", "MessageInfo", "NameFlag", "NameWatcher", "ObjectPath",
-    "Proxy", "ReleaseNameReply", "RequestNameReply", "Signature", "Subscription", "UInt16", "UInt32",
-    "UInt64", "UnixFD", "Variant", "check_interface", "connect", "connect_blocking", "dbus_property",
+    "Int16", "Int32", "Int64", "Interface", "MessageInfo", "NameFlag", "NameLock", "NameSemaphore",
+    "NameWatcher", "ObjectPath", "Proxy", "PublishedMemory", "ReleaseNameReply", "RequestNameReply",
+    "SharedBuffer", "Signature", "Subscription", "UInt16", "UInt32", "UInt64", "UnixFD",
+    "UnsealedBufferError", "Variant", "check_interface", "connect", "connect_blocking", "dbus_property",
     "method", "resolve_address", "run_coroutine", "signal", "signature_of",
 ]

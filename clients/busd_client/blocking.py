@@ -18,8 +18,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .bus import DEFAULT_TIMEOUT, Bus, Subscription, connect
+from .locks import NameLock, NameSemaphore
 from .names import NameFlag, NameWatcher, ReleaseNameReply, RequestNameReply
 from .proxy import Proxy, ProxyInterface, ProxyMethod, ProxyProperty, ProxySignal
+from .shared_buffer import SharedBuffer
+from .shared_memory import PublishedMemory
 
 
 def _new_loop() -> asyncio.AbstractEventLoop:
@@ -98,6 +101,24 @@ class BlockingBus:
     def get_name_owner(self, name: str) -> str | None:
         return self.run(self.bus.get_name_owner(name))
 
+    def lock(self, name: str, *, timeout: float | None = None) -> BlockingLock:
+        """Blocking `Bus.lock`: `with bus.lock("org.example.Printer.Lock", timeout=30):`."""
+        return BlockingLock(self, self.call_in_loop(lambda: self.bus.lock(name, timeout=timeout)))
+
+    def semaphore(self, name: str, permits: int, *, timeout: float | None = None) -> BlockingLock:
+        """Blocking `Bus.semaphore`: `with bus.semaphore("org.example.Scanners", 2):`."""
+        return BlockingLock(self, self.call_in_loop(lambda: self.bus.semaphore(name, permits, timeout=timeout)))
+
+    def publish_shared_memory(self, name: str, source: Any, *, writable: bool = False,
+                              allow: Callable[[str], bool] | None = None) -> BlockingPublishedMemory:
+        """Blocking `Bus.publish_shared_memory`; `allow` runs on the bus thread."""
+        published = self.run(self.bus.publish_shared_memory(name, source, writable=writable, allow=allow))
+        return BlockingPublishedMemory(self, published)
+
+    def shared_memory(self, name: str, size: int | None = None, *, writable: bool = False) -> SharedBuffer:
+        """Blocking `Bus.shared_memory`: the mapped SharedBuffer (a plain context manager)."""
+        return self.run(self.bus.shared_memory(name, size, writable=writable))
+
     def export(self, path: str, obj: Any) -> Any:
         """Export an Interface instance; its signals may then be emitted from any thread."""
         return self.call_in_loop(self.bus.export, path, obj)
@@ -152,6 +173,50 @@ class BlockingSubscription:
             self.owner.run(self.subscription.aclose())
 
     def __enter__(self) -> BlockingSubscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class BlockingLock:
+    """A lock or semaphore of the blocking facade: a plain context manager, or acquire()/release()."""
+
+    def __init__(self, owner: BlockingBus, lock: NameLock | NameSemaphore) -> None:
+        self.owner = owner
+        self.lock = lock
+
+    def acquire(self, timeout: float | None = None) -> Any:
+        """Block until acquired; LockTimeout after `timeout` (or the one given at creation)."""
+        return self.owner.run(self.lock.acquire(timeout))
+
+    def release(self) -> None:
+        self.owner.run(self.lock.release())
+
+    def __enter__(self) -> BlockingLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+class BlockingPublishedMemory:
+    """A block published by the blocking facade; close() withdraws it."""
+
+    def __init__(self, owner: BlockingBus, published: PublishedMemory) -> None:
+        self.owner = owner
+        self.published = published
+
+    @property
+    def buffer(self) -> SharedBuffer:
+        return self.published.buffer
+
+    def close(self) -> None:
+        if self.owner.running:
+            self.owner.run(self.published.close())
+
+    def __enter__(self) -> BlockingPublishedMemory:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

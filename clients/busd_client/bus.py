@@ -36,8 +36,11 @@ from .names import (
     RequestNameReply,
 )
 from .proxy import Proxy
+from .locks import NameLock, NameLocks, NameSemaphore
 from .object_tree import Export, ObjectTree
 from .service import Interface
+from .shared_buffer import SharedBuffer
+from .shared_memory import PublishedMemory, attach, publish
 
 __all__ = ["DEFAULT_TIMEOUT", "Bus", "Subscription", "connect", "resolve_address", "run_coroutine"]
 
@@ -89,6 +92,7 @@ class Bus:
         """The well-known names this connection owns now."""
         self.objects = ObjectTree(router, self)
         router.serve_calls(self.objects.handle_call)
+        self._locks = NameLocks(self._names)
 
     # -- identity ------------------------------------------------------------
 
@@ -258,6 +262,40 @@ class Bus:
         """Round-trip a Peer.Ping; also waits until everything sent before it has been processed."""
         path = DRIVER_PATH if destination == DRIVER_NAME else "/"
         await self._router.call_raw(destination, path, PEER_INTERFACE, "Ping", timeout=timeout)
+
+    # -- locks and shared memory (QSystemSemaphore and QSharedMemory, on names) ----------
+
+    def lock(self, name: str, *, timeout: float | None = None) -> NameLock:
+        """A lock every process on the bus shares, on the well-known name `name`: `async with bus.lock(...)`.
+
+        Waiters are served in the order they asked (the bus's queue of owners
+        for the name); a holder that crashes releases it; `timeout` (seconds)
+        raises `errors.LockTimeout` and, like cancellation, leaves the queue.
+        """
+        return self._locks.lock(name, timeout)
+
+    def semaphore(self, name: str, permits: int, *, timeout: float | None = None) -> NameSemaphore:
+        """At most `permits` holders at once across the bus, on the names NAME.p0 ... (see `locks`)."""
+        return self._locks.semaphore(name, permits, timeout)
+
+    async def publish_shared_memory(self, name: str, source: bytes | bytearray | memoryview | int | SharedBuffer,
+                                    *, writable: bool = False,
+                                    allow: Callable[[str], bool] | None = None) -> PublishedMemory:
+        """Own `name` and hand a memfd holding `source` (bytes, a size when `writable`, or a SharedBuffer)
+        to processes that attach to it; sealed read-only unless `writable`.  `allow(unique_name)`, if
+        given, decides who may attach (on top of the bus policy).  Raises `errors.SharedMemoryError` if
+        the name is owned already."""
+        return await publish(self, name, source, writable, allow)
+
+    async def shared_memory(self, name: str, size: int | None = None, *, writable: bool = False) -> SharedBuffer:
+        """Attach to the block published as `name` and map it (a SharedBuffer; close it when done).
+
+        Raises `errors.SharedMemoryNotFound` when nobody publishes `name`, and
+        `errors.SharedMemoryError` when `size` is given and differs, or the
+        publisher refuses.  A read-only block is checked to be sealed against
+        writes; `writable=True` maps a writable block shared.
+        """
+        return await attach(self, name, size, writable)
 
     # -- objects -----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from .dbus_types import (
     struct_values,
 )
 from .errors import ArgumentTypeError
+from .shared_buffer import SharedBuffer
 
 Encoder = Callable[[Any, list[int]], Any]
 """(Python value, fds collected so far) -> wire value."""
@@ -158,6 +159,8 @@ class Codec:
         base, _ = strip_annotated(hint)
         code = node.code
         if code == "h":
+            if isinstance(base, type) and issubclass(base, SharedBuffer):
+                return _adopt_buffer
             return _decode_fd
         if code == "v":
             keep_wrapped = base is Variant
@@ -438,6 +441,21 @@ def _decode_fd(value: int, fds: Sequence[int]) -> int:
         return fds[value]
     except IndexError:
         raise ValueError(f"message refers to fd #{value} but carries only {len(fds)} fds") from None
+
+
+TAKEN_FD = -1
+"""Stands in a received message's fd list for a descriptor a SharedBuffer has adopted."""
+
+
+def _adopt_buffer(value: int, fds: Sequence[int]) -> SharedBuffer:
+    descriptor = _decode_fd(value, fds)
+    if descriptor == TAKEN_FD:
+        raise ValueError(f"fd #{value} of this message was already adopted by a SharedBuffer "
+                         f"(one slot or method per message may take it)")
+    # The buffer owns the descriptor now; marking it taken stops a second slot closing it again.
+    if isinstance(fds, list):
+        fds[value] = TAKEN_FD
+    return SharedBuffer.adopt(descriptor)
 
 
 def close_fds(fds: Sequence[int]) -> None:

@@ -27,6 +27,8 @@ from typing import Annotated, Any, Callable
 from busd.wire.errors import SignatureError
 from busd.wire.signature import parse_single_type
 
+from .shared_buffer import SharedBuffer
+
 
 def is_one_complete_type(signature: str) -> bool:
     """True if `signature` is a valid signature of exactly one complete type (a variant's, a hint's)."""
@@ -68,7 +70,8 @@ Double = Annotated[float, DBusType("d")]
 ObjectPath = Annotated[str, DBusType("o")]
 Signature = Annotated[str, DBusType("g")]
 UnixFD = Annotated[int, DBusType("h")]
-"""A file descriptor. Sent fds are duplicated, so the caller may close its own; received fds belong to the receiver."""
+"""A file descriptor. Sent fds are duplicated, so the caller may close its own; received fds belong to the receiver.
+A `SharedBuffer` hint is an `h` too, received as a checked, mapped SharedBuffer."""
 
 
 class Variant:
@@ -210,6 +213,8 @@ def signature_of(hint: Any) -> str:
             f"{hint!r}: D-Bus has no optional or union types; use a Variant (or Any) "
             f"or pick one type")
     if isinstance(base, type):
+        if issubclass(base, SharedBuffer):
+            return "h"
         if issubclass(base, enum.IntEnum):
             return "i"
         if issubclass(base, enum.Enum) and all(isinstance(m.value, str) for m in base):
@@ -273,6 +278,8 @@ def guess_signature(value: Any) -> str:
     """The D-Bus signature for a plain Python value put in a variant."""
     if isinstance(value, Variant):
         return "v"
+    if isinstance(value, SharedBuffer):
+        return "h"
     if isinstance(value, bool):
         return "b"
     if isinstance(value, enum.IntEnum):

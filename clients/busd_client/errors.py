@@ -166,3 +166,19 @@ class LimitsExceeded(DBusError, name=_standard("LimitsExceeded")):
 
 class Disconnected(DBusError, ConnectionError, name=_standard("Disconnected")):
     """The connection to the bus is closed (also a builtin ConnectionError)."""
+
+
+class SharedMemoryError(Exception):
+    """Shared memory could not be made, mapped or attached (raised by busd_client itself, not a reply)."""
+
+
+class SharedMemoryNotFound(SharedMemoryError, LookupError):
+    """No process publishes shared memory under that name (nobody owns it)."""
+
+
+class LockError(Exception):
+    """A lock or semaphore on bus names could not be taken or given back as asked."""
+
+
+class LockTimeout(LockError, TimeoutError):
+    """A lock or semaphore was not acquired within its timeout; the waiter has left the name's queue."""

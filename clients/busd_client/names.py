@@ -73,6 +73,21 @@ class NameOwnership:
         self.owned.discard(name)
         return result
 
+    def release_soon(self, name: str) -> None:
+        """Send ReleaseName now without waiting for the answer: it gives the name back or leaves its
+        queue.  Usable where awaiting is not (a cancelled task); later messages on this connection
+        reach the bus after it."""
+        self._callbacks.pop(name, None)
+        self.owned.discard(name)
+        if self.router.closed:
+            return
+
+        def on_reply(body: list[Any] | None, error: BaseException | None) -> None:
+            if error is not None:
+                log.warning("ReleaseName %s failed: %s", name, error)
+
+        self.router.call_driver_soon("ReleaseName", "s", [name], on_reply)
+
     def _is_name_signal(self, message: Any) -> bool:
         return (message.sender == DRIVER_NAME and message.interface == DRIVER_INTERFACE
                 and message.destination == self.router.unique_name)
