@@ -123,7 +123,13 @@ async def publish(bus: PublishingBus, name: str, source: bytes | bytearray | mem
         raise ValueError(f"publish a frozen or writable SharedBuffer, not one in mode {buffer.mode!r}")
     service = SharedMemory1(buffer, allow)
     path = memory_path(name)
-    bus.export(path, service)
+    try:
+        # Served before the name is taken, so a caller who sees the name finds the object.
+        bus.export(path, service)
+    except ValueError:
+        if buffer is not source:
+            buffer.close()
+        raise SharedMemoryError(f"cannot publish under {name}: this connection already publishes it") from None
     try:
         reply = await bus.request_name(name, do_not_queue=True)
         if reply != RequestNameReply.PRIMARY_OWNER:
