@@ -152,10 +152,10 @@ class NameLock:
             if reply == RequestNameReply.IN_QUEUE:
                 while (await events.queue.get()) != ("acquired", self.name):
                     pass
+            elif reply == RequestNameReply.ALREADY_OWNER:
+                raise LockError(f"lock {self.name}: this connection already owns the name, outside the lock")
             elif reply != RequestNameReply.PRIMARY_OWNER:
-                raise LockError(f"lock {self.name}: RequestName answered {reply.name}; this connection "
-                                f"already owns the name outside the lock" if reply == RequestNameReply.ALREADY_OWNER
-                                else f"lock {self.name}: RequestName answered {reply.name}")
+                raise LockError(f"lock {self.name}: RequestName answered {reply.name}")
         except LockError:
             raise
         except BaseException:
