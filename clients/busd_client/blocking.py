@@ -53,7 +53,14 @@ class BlockingBus:
             coroutine.close()
             raise RuntimeError("blocking busd_client calls cannot be made from a slot or callback; "
                                "use the async API (the `bus` attribute) there")
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(timeout)
+        except BaseException:
+            # Interrupted (Ctrl-C) or out of time: cancel the coroutine too, so that, for instance,
+            # a lock waiter leaves the name's queue instead of being granted the lock later.
+            future.cancel()
+            raise
 
     def call_in_loop(self, function: Callable[..., Any], *args: Any) -> Any:
         """Run a plain function of the async API on the bus thread and return its result."""

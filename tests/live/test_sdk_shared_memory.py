@@ -165,6 +165,13 @@ def test_named_memory_outlives_its_publisher_and_then_attaching_fails_cleanly(an
                     assert mine.tobytes() == published.buffer.tobytes() == b"mine now"
             assert await bus.get_name_owner(name) is None
 
+            async with await busd_client.connect(any_bus.address) as stranger:
+                async with await bus.publish_shared_memory(name, b"for friends", allow=bus.unique_name.__eq__):
+                    with pytest.raises(SharedMemoryError, match=f"refused: .*refuses {stranger.unique_name}"):
+                        await stranger.shared_memory(name)
+                    with await bus.shared_memory(name) as friendly:
+                        assert friendly.tobytes() == b"for friends"
+
     run(scenario())
 
 
