@@ -254,3 +254,35 @@ def test_the_blocking_facade_locks_and_times_out(any_bus, peers):
 async def wait_for_queue_on(address: str, name: str, unique_name: str) -> None:
     async with await busd_client.connect(address) as bus:
         await wait_for_queue(bus, name, lambda queue: unique_name in queue)
+
+
+def test_a_permit_freed_by_a_crash_goes_to_a_waiter_queued_elsewhere(any_bus, peers):
+    """The waiter queues on one permit; the holder of the other one is killed, and nobody queues there:
+    the waiter takes the freed permit and leaves the queue it was in."""
+    name = "org.example.Scanners"
+    permit_names = [f"{name}.p0", f"{name}.p1"]
+
+    async def scenario():
+        holders = [peers("semaphore", name, "2") for _ in range(2)]
+        for holder in holders:
+            await holder.expect(r"^acquired ")
+        async with await busd_client.connect(any_bus.address) as bus:
+            semaphore = bus.semaphore(name, 2)
+            waiting = asyncio.ensure_future(semaphore.acquire())
+            deadline = asyncio.get_running_loop().time() + WAIT
+            while True:
+                queues = {permit: await queued_owners(bus, permit) for permit in permit_names}
+                queued_on = [permit for permit, queue in queues.items() if bus.unique_name in queue]
+                if queued_on:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, queues
+                await asyncio.sleep(0.02)
+            (other,) = [permit for permit in permit_names if permit not in queued_on]
+            (other_holder,) = [peer for peer in holders if queues[other] == [peer.unique_name]]
+            other_holder.kill()
+            assert await asyncio.wait_for(waiting, WAIT) == other
+            assert await queued_owners(bus, other) == [bus.unique_name]
+            assert bus.unique_name not in await queued_owners(bus, queued_on[0])
+            await semaphore.release()
+
+    run(scenario())
