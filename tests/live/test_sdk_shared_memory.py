@@ -85,15 +85,22 @@ def test_buffers_cross_method_arguments_return_values_and_signals(any_bus, backe
             with made:
                 assert made.tobytes() == b"made over there"
 
-            frames: asyncio.Queue[tuple[bytes, int]] = asyncio.Queue()
+            frames: asyncio.Queue[tuple[str, bytes, int]] = asyncio.Queue()
 
-            def on_frame(frame: SharedBuffer, length: int) -> None:
-                with frame:
-                    frames.put_nowait((frame.tobytes(), length))
+            def slot_for(subscriber: str) -> Any:
+                def on_frame(frame: SharedBuffer, length: int) -> None:
+                    with frame:
+                        frames.put_nowait((subscriber, frame.tobytes(), length))
+                return on_frame
 
-            async with await bus.connect_signal(PROBE_NAME, PROBE_PATH, PROBE_INTERFACE, "Frame", on_frame):
+            # Two subscribers, each its own connection: the bus gives each its own fd of the same memfd.
+            async with await busd_client.connect(any_bus.address, backend=backend) as other, \
+                    await bus.connect_signal(PROBE_NAME, PROBE_PATH, PROBE_INTERFACE, "Frame", slot_for("first")), \
+                    await other.connect_signal(PROBE_NAME, PROBE_PATH, PROBE_INTERFACE, "Frame", slot_for("second")):
                 await remote.EmitFrame("a frame for every subscriber")
-                assert await asyncio.wait_for(frames.get(), WAIT) == (b"a frame for every subscriber", 28)
+                received = [await asyncio.wait_for(frames.get(), WAIT) for _ in range(2)]
+                assert sorted(received) == [("first", b"a frame for every subscriber", 28),
+                                            ("second", b"a frame for every subscriber", 28)]
 
             with SharedBuffer(64, writable=True) as shared:
                 await remote.WriteThrough(shared, "written by the peer")
