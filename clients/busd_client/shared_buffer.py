@@ -23,6 +23,7 @@ import fcntl
 import mmap
 import os
 import weakref
+
 from .errors import SharedMemoryError
 
 RESIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
@@ -157,7 +158,9 @@ class SharedBuffer:
     @property
     def seals(self) -> int:
         """The file's seals (F_SEAL_* bits)."""
-        return seals_of(self.fileno())
+        if self._view is None:
+            raise ValueError("the SharedBuffer is closed")
+        return seals_of(self._fd)
 
     @property
     def closed(self) -> bool:
