@@ -312,10 +312,8 @@ class Bus:
             if mtype == SIGNAL:
                 self.broadcast(peer, buf, h, fds)
                 return
-            # Anything else without a destination is a peer-to-peer message to the
-            # bus's end of the connection, not routed: as in dbus-daemon, no match
-            # rule or monitor sees it and the connection answers calls as a plain
-            # D-Bus peer would.
+            # Anything else without a destination is a peer-to-peer message to the bus's end of the
+            # connection: as in dbus-daemon, no rule or monitor sees it; calls are answered as a peer would.
             close_fds(fds)
             if mtype == METHOD_CALL:
                 self.driver.answer_as_peer(peer, h)
@@ -351,6 +349,8 @@ class Bus:
             if monitored:
                 self.deliver_to_monitors(peer, buf, h, None)
             close_fds(fds)
+            if dest[0] == ":":  # gone (a reply after its caller left): parsing just cached a header for it
+                forget_unique_name(dest)
             if not h.flags & NO_REPLY_EXPECTED:
                 if h.flags & NO_AUTO_START:
                     self.outbox.send_error(peer, h.serial, errors.NAME_HAS_NO_OWNER,

@@ -142,10 +142,15 @@ class Header:
 # Validated header fields by their raw bytes: a bus sees the same few headers again and
 # again (only serials differ), so a repeat costs a dict lookup instead of a parse.
 _FIELDS_CACHE: dict[bytes, Header] = {}
-_FIELDS_CACHE_LIMIT = 4096
+_FIELDS_CACHE_LIMIT = 1024  # per cache: room for the headers that repeat; one-off ones (a new path each) go at a clear
+# Replies and errors, whose REPLY_SERIAL differs every time: keyed on their fields without the
+# serial's four value bytes, with where those bytes are (see _reply_serial_at).
+_REPLY_FIELDS_CACHE: dict[bytes, tuple[Header, int]] = {}
 # The cached keys whose DESTINATION is a unique name, by that name: forgotten when its peer leaves.
 _KEYS_BY_UNIQUE_DESTINATION: dict[str, list[bytes]] = {}
-# Only ordinary headers are cached: a peer must not pin 4096 huge ones in memory.
+# A REPLY_SERIAL field's first four bytes: code 5, signature "u". A field starts 8-aligned.
+_REPLY_SERIAL_MARK = bytes((REPLY_SERIAL, 1, ord("u"), 0))
+# Only ordinary headers are cached: a peer must not pin a thousand huge ones in memory.
 _CACHEABLE_FIELDS_LENGTH = 1024
 _NEW_HEADER = object.__new__
 
@@ -203,34 +208,51 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
         raise ProtocolError("serial number is zero")
     mtype = buf[1]
 
-    if fields_len <= _CACHEABLE_FIELDS_LENGTH:
+    reply_at = 0
+    if fields_len > _CACHEABLE_FIELDS_LENGTH:
+        fields_key = template = None
+    elif mtype == METHOD_RETURN or mtype == ERROR:
+        # Replies name a different serial each time: their cache key leaves out the four
+        # bytes of REPLY_SERIAL's value (issue 14: before, every reply took the full parse).
+        reply_at = buf.find(_REPLY_SERIAL_MARK, FIXED_HEADER_SIZE, fields_end)
+        if reply_at & 7:
+            reply_at = _reply_serial_at(buf, reply_at, fields_end)
+        reply_at = reply_at + 4 if reply_at > 0 and reply_at + 8 <= fields_end else 0
+        if reply_at:
+            fields_key = buf[FIXED_HEADER_SIZE:reply_at] + buf[reply_at + 4:fields_end]
+            cached = _REPLY_FIELDS_CACHE.get(fields_key)
+            template = cached[0] if cached is not None and cached[1] == reply_at else None
+        else:
+            fields_key = template = None
+    else:
         fields_key = buf[FIXED_HEADER_SIZE:fields_end]
         template = _FIELDS_CACHE.get(fields_key)
-    else:
-        fields_key = template = None
     if template is not None and template.type == mtype and template.endian == endian:
         # Same header fields as an earlier message: already validated, copy them.
         h = _copy_fields(template)
-        h.flags = buf[2]
-        h.body_len = body_len
-        h.serial = serial
-        h.fields_len = fields_len
-        h.body_start = body_start
+        if reply_at:  # the same bytes but the serial's value: only that can be wrong
+            reply_serial = u32(buf, reply_at)[0]
+            if reply_serial == 0:
+                raise _bad_field(REPLY_SERIAL, "is zero")
+            h.reply_serial = reply_serial
     else:
         h = _parse_fields(buf, endian, mtype, u32, fields_end)
-        h.flags = buf[2]
-        h.body_len = body_len
-        h.serial = serial
-        h.fields_len = fields_len
-        h.body_start = body_start
-        if fields_key is not None and h.reply_serial is None:  # replies differ every time: not cached
-            if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
-                _FIELDS_CACHE.clear()
-                _KEYS_BY_UNIQUE_DESTINATION.clear()
-            _FIELDS_CACHE[fields_key] = _copy_fields(h)
-            destination = h.destination
-            if destination is not None and destination[0] == ":":
-                _KEYS_BY_UNIQUE_DESTINATION.setdefault(destination, []).append(fields_key)
+        if fields_key is not None:
+            if not reply_at:
+                if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
+                    _forget_all()
+                _FIELDS_CACHE[fields_key] = _copy_fields(h)
+                _remember_destination(h.destination, fields_key)
+            elif _is_reply_serial_at(buf, endian, mtype, u32, fields_end, reply_at, h.reply_serial):
+                if len(_REPLY_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
+                    _forget_all()
+                _REPLY_FIELDS_CACHE[fields_key] = (_copy_fields(h), reply_at)
+                _remember_destination(h.destination, fields_key)
+    h.flags = buf[2]
+    h.body_len = body_len
+    h.serial = serial
+    h.fields_len = fields_len
+    h.body_start = body_start
     if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
         raise ProtocolError("non-zero padding after the header")
     if body_len and not h.signature:
@@ -238,6 +260,45 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
     if validate_body:
         check_message_body(buf, h)
     return h
+
+
+def _reply_serial_at(buf: bytes, pos: int, fields_end: int) -> int:
+    """From a look-alike found at an unaligned `pos`, the next one that starts 8-aligned (-1: none).
+
+    REPLY_SERIAL's place is only guessed from the bytes (code 5, signature "u"): a value
+    can hold the same bytes. The cache keeps a header only when REPLY_SERIAL is really
+    there (_is_reply_serial_at), and two headers equal but for the four bytes after the
+    guess also agree on the guess, so a hit is always the real field.
+    """
+    while pos >= 0 and pos & 7:
+        pos = buf.find(_REPLY_SERIAL_MARK, pos + 1, fields_end)
+    return pos
+
+
+def _is_reply_serial_at(buf: bytes, endian: int, mtype: int, u32, fields_end: int, at: int,
+                        reply_serial: int) -> bool:
+    """Are the four bytes at `at` REPLY_SERIAL's value? Parse again with them changed and see
+    (once per header cached: a cache must never answer for a string that looked like a field)."""
+    if u32(buf, at)[0] != reply_serial:
+        return False
+    other = reply_serial ^ 0xFFFFFFFF or 1
+    probe = bytearray(buf[:fields_end])
+    probe[at:at + 4] = other.to_bytes(4, "little" if endian == LITTLE else "big")
+    try:
+        return _parse_fields(bytes(probe), endian, mtype, u32, fields_end).reply_serial == other
+    except ProtocolError:
+        return False
+
+
+def _remember_destination(destination: str | None, fields_key: bytes) -> None:
+    if destination is not None and destination[0] == ":":
+        _KEYS_BY_UNIQUE_DESTINATION.setdefault(destination, []).append(fields_key)
+
+
+def _forget_all() -> None:
+    _FIELDS_CACHE.clear()
+    _REPLY_FIELDS_CACHE.clear()
+    _KEYS_BY_UNIQUE_DESTINATION.clear()
 
 
 def forget_unique_name(name: str) -> None:
@@ -248,6 +309,7 @@ def forget_unique_name(name: str) -> None:
     """
     for key in _KEYS_BY_UNIQUE_DESTINATION.pop(name, ()):
         _FIELDS_CACHE.pop(key, None)
+        _REPLY_FIELDS_CACHE.pop(key, None)
     names.BUS_NAMES.forget(name)
 
 

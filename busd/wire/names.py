@@ -3,7 +3,7 @@
 Validators are cached by the raw bytes seen on the wire, because a bus routes the
 same few names again and again; a hit costs one dict lookup and returns the str.
 The cache holds what peers chose to send, so it is bounded: at most _CACHE_LIMIT
-entries of at most MAX_NAME_LENGTH bytes each (under 5 MiB of bytes and str per
+entries of at most MAX_NAME_LENGTH bytes each (under 1.3 MiB of bytes and str per
 cache), whoever sent them and whether or not they are still connected. Longer
 object paths are validated every time; they are rare, and caching them let one
 peer pin gigabytes.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 MAX_NAME_LENGTH = 255
-_CACHE_LIMIT = 8192
+_CACHE_LIMIT = 2048
 
 _INTERFACE_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
 _MEMBER_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")

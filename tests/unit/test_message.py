@@ -651,6 +651,90 @@ def test_huge_headers_are_not_cached() -> None:
     assert buf[16:16 + h.fields_len] not in wire_message._FIELDS_CACHE
 
 
+def _clear_header_caches() -> None:
+    from busd.wire import message as wire_message
+
+    wire_message._forget_all()
+
+
+def _header_or_error(buf: bytes) -> tuple:
+    try:
+        h = parse_header(buf)
+    except ProtocolError as exc:
+        return ("error", str(exc))
+    return tuple(getattr(h, attr) for attr in Header.__slots__)
+
+
+def test_replies_hit_the_cache_whatever_their_reply_serial() -> None:
+    from busd.wire import message as wire_message
+
+    _clear_header_caches()
+    for mtype in (METHOD_RETURN, ERROR):
+        for reply_serial in (3, 4, 0xFFFFFFFF):
+            serial = (reply_serial + 9) & 0xFFFFFFFF
+            h = parse_header(message(mtype, change={REPLY_SERIAL: ("u", reply_serial)}, serial=serial))
+            assert (h.type, h.reply_serial, h.serial) == (mtype, reply_serial, serial)
+    assert len(wire_message._REPLY_FIELDS_CACHE) == 2  # one per type: the serial is not part of the key
+    with pytest.raises(ProtocolError, match="REPLY_SERIAL: is zero"):
+        parse_header(message(METHOD_RETURN, change={REPLY_SERIAL: ("u", 0)}))  # the cached path checks it too
+
+
+def test_bytes_that_look_like_reply_serial_inside_another_field_are_not_taken_for_it() -> None:
+    from busd.wire import message as wire_message
+
+    # An unknown field (ignored, any bytes) that holds REPLY_SERIAL's code and type at an aligned offset,
+    # before the real one: the guess lands in it, and the header must not be cached under that guess.
+    decoy = raw_field(60, "ay", b"\0\0\0\0" + bytes([REPLY_SERIAL, 1, ord("u"), 0]) + b"\x07\0\0\0")
+    _clear_header_caches()
+    for decoy_value, reply_serial in ((7, 3), (7, 4), (8, 3)):
+        fields = [decoy.replace(b"\x07\0\0\0", bytes([decoy_value, 0, 0, 0])),
+                  raw_field(REPLY_SERIAL, "u", reply_serial), raw_field(DESTINATION, "s", ":1.5")]
+        buf = raw_message(fields, mtype=METHOD_RETURN)
+        assert buf.find(wire_message._REPLY_SERIAL_MARK, 16) == 32  # the guess lands in the decoy
+        assert parse_header(buf).reply_serial == reply_serial
+    assert not wire_message._REPLY_FIELDS_CACHE
+
+
+@st.composite
+def replies_with_look_alikes(draw) -> bytes:
+    """A reply or error whose unknown fields may hold REPLY_SERIAL's first bytes anywhere."""
+    mtype = draw(st.sampled_from([METHOD_RETURN, ERROR]))
+    endian = draw(st.sampled_from([LITTLE, BIG]))
+    junk = []
+    for _ in range(draw(st.integers(0, 2))):
+        data = bytearray(draw(st.binary(max_size=24)))
+        cut = draw(st.integers(0, len(data)))
+        data[cut:cut] = bytes([REPLY_SERIAL, 1, ord("u"), 0]) + draw(st.binary(min_size=4, max_size=4))
+        junk.append(raw_field(draw(st.integers(10, 200)), "ay", bytes(data), endian))
+    fields = {REPLY_SERIAL: ("u", draw(st.integers(0, 3)))}
+    if draw(st.booleans()):
+        fields[DESTINATION] = ("s", ":1.5")
+    place = draw(st.integers(0, len(junk)))
+    return message(mtype, change=fields, signature="", endian=endian, extra=junk[:place]) if not junk[place:] \
+        else raw_message(junk[:place] + [raw_field(c, *v, endian) for c, v in
+                                         {**STANDARD_FIELDS[mtype], **fields}.items()] + junk[place:],
+                         mtype=mtype, endian=endian)
+
+
+@given(first=replies_with_look_alikes(), changes=st.lists(st.tuples(st.integers(16, 200), st.integers(0, 255)),
+                                                         max_size=6))
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+def test_a_cached_reply_header_parses_as_a_fresh_parse_would(first: bytes, changes: list) -> None:
+    # Parse a reply, then variants of it (a byte changed here and there: in the serial, in a look-alike,
+    # anywhere) with the cache warm; each must read exactly as it does with the cache empty.
+    variants = [first]
+    for offset, value in changes:
+        if offset < len(first):
+            variants.append(with_bytes(variants[-1], offset, bytes([value])))
+    _clear_header_caches()
+    warm = [_header_or_error(buf) for buf in variants]
+    cold = []
+    for buf in variants:
+        _clear_header_caches()
+        cold.append(_header_or_error(buf))
+    assert warm == cold
+
+
 def test_fd_indexes_are_not_checked_against_unix_fds() -> None:
     # The daemon compares UNIX_FDS with the fds received; like dbus-daemon it checks no index
     # (dbus-next's own test suite sends an 'h' with no fds and expects the bus to pass it on).

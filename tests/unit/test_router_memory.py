@@ -439,3 +439,20 @@ def test_the_wire_caches_keep_nothing_of_peers_that_left(bus: Bus) -> None:
     finally:
         tracemalloc.stop()
     assert retained < 200_000, f"{retained} bytes kept after 2000 peers came, were called and left"
+
+
+def test_a_reply_that_arrives_after_its_caller_left_is_not_kept_in_the_wire_caches(bus: Bus) -> None:
+    # The reply is parsed (and its header cached) after the caller's departure made the caches forget
+    # its name; the bus, finding nobody by that name, has them forget it again.
+    from busd.wire import message as wire_message
+
+    caller, callee = MemoryLink(bus, "caller"), MemoryLink(bus, "callee")
+    caller.hello(), callee.hello()
+    call(caller, callee, 5)
+    [(received, _)] = callee.take()
+    departed = caller.unique_name
+    caller.drop("gone")
+    callee.send(METHOD_RETURN, reply_serial=received.serial, destination=departed, signature="s", body=["late"])
+    cached = [*wire_message._FIELDS_CACHE.values(), *(h for h, _ in wire_message._REPLY_FIELDS_CACHE.values())]
+    assert departed not in wire_message._KEYS_BY_UNIQUE_DESTINATION
+    assert all(h.destination != departed for h in cached)
