@@ -39,14 +39,13 @@ Modules, one job each: settings (BridgeSettings from the command line and
 bus), subscriptions (local match rules as counted upstream rules), bridge (the
 orchestration) and manager (the daemon's bridge across configuration reloads).
 The daemon shell imports this package; the package never imports the shell.
+This file imports only the settings: a daemon with no bridge configured never
+loads the rest (start time; the manager imports the bridge when one is asked for).
+Import the others from their modules: busd.bridge.bridge.Bridge, busd.bridge.mirror.Mirror.
 """
 
 from __future__ import annotations
 
-from .bridge import BRIDGE_INTERFACE, Bridge
-from .manager import BridgeManager
-from .mirror import Mirror, VirtualConnection
 from .settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings
 
-__all__ = ["BRIDGE_INTERFACE", "Bridge", "BridgeConfigError", "BridgeManager", "BridgeSettings", "Mirror",
-           "NamePattern", "VirtualConnection", "bridge_settings"]
+__all__ = ["BridgeConfigError", "BridgeSettings", "NamePattern", "bridge_settings"]

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..bus.observers import BusObserver
-from .bridge import Bridge
 from .settings import BridgeSettings
 
 if TYPE_CHECKING:
+    from .bridge import Bridge
     from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
@@ -38,6 +38,8 @@ class BridgeManager(BusObserver):
             self.bridge.stop()
             self.bridge = None
         if settings is not None:
+            from .bridge import Bridge  # only a daemon that bridges loads it (start time)
+
             self.bridge = Bridge(self.bus, settings)
             self.bridge.start()
 

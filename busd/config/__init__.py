@@ -1,4 +1,4 @@
-"""dbus-daemon XML configuration, read into pydantic models."""
+"""dbus-daemon XML configuration, read into frozen dataclasses."""
 
 from .builtin import builtin_session_config, builtin_system_config
 from .errors import ConfigError

@@ -12,7 +12,7 @@ from .servicedirs import add_servicedir
 class ConfigState:
     """The configuration read so far from one file and its includes."""
 
-    limits: dict[str, int] = field(default_factory=lambda: LimitSettings().model_dump())
+    limits: dict[str, int] = field(default_factory=lambda: LimitSettings().as_dict())
     type: str | None = None
     user: str | None = None
     pidfile: str | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import sys
 import time
@@ -37,6 +36,8 @@ def setup_logging(level: str = "warning", fmt: str = "text", syslog: str | None 
                              logging.Formatter("busd[%(process)d]: %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     if syslog in ("both", "only") and os.path.exists("/dev/log"):
+        import logging.handlers  # only with syslog: it is a tenth of the import time of a start
+
         handler = logging.handlers.SysLogHandler(address="/dev/log",
                                                  facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("busd[%(process)d]: %(name)s: %(message)s"))

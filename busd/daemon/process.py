@@ -101,7 +101,8 @@ def start(args: argparse.Namespace) -> int:
     # Everything the daemon will run is imported here, before <user> drops privileges: after
     # the drop, Python's and busd's own files may be unreadable (a python3 under a private
     # home directory, as pyenv's in /root).
-    from ..bridge import BridgeConfigError, BridgeManager, bridge_settings
+    from ..bridge import BridgeConfigError, bridge_settings
+    from ..bridge.manager import BridgeManager
     from ..config.errors import ConfigError
     from .assembly import Daemon, run
     from .settings import load_settings, log_config_notes
@@ -153,6 +154,8 @@ def start(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot listen: {exc}")
     if settings.user:
+        # A reload may start a bridge later, when busd's files may no longer be readable.
+        from ..bridge import bridge as _loaded_now  # noqa: F401
         try:
             _drop_privileges(settings.user)
         except (RuntimeError, OSError) as exc:

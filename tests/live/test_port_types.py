@@ -20,7 +20,7 @@ def test_the_port_implementations_type_check() -> None:
     if not _has_mypy():
         pytest.skip("mypy is not installed (pip install mypy)")
     snippet = textwrap.dedent("""
-        from busd.bridge import Mirror, VirtualConnection
+        from busd.bridge.mirror import Mirror, VirtualConnection
         from busd.bus.peer import Peer
         from busd.bus.router import Bus
         from busd.bus.ports import BusEntry, PeerLink

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from busd.bridge import Bridge
+from busd.bridge.bridge import Bridge
 from busd.bridge.readdress import readdressed
 from busd.bridge.settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings, check_upstream
 from busd.bridge.subscriptions import Subscriptions

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from busd.bridge import Bridge, BridgeSettings, NamePattern
+from busd.bridge import BridgeSettings, NamePattern
+from busd.bridge.bridge import Bridge
 from busd.bus.router import Bus
 from busd.wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, parse_header,

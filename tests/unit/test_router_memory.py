@@ -206,8 +206,9 @@ def test_a_peer_leaving_is_announced_and_its_callers_get_no_reply(bus: Bus) -> N
 
 def test_every_link_kind_implements_the_port(bus: Bus) -> None:
     """The memory link here, the bridge's stand-in peers and the socket Connection all carry PeerLink's members."""
-    from busd.bridge import Bridge, Mirror
     from busd.bridge import BridgeSettings
+    from busd.bridge.bridge import Bridge
+    from busd.bridge.mirror import Mirror
 
     bridge = Bridge(bus, BridgeSettings(upstream="unix:path=/nonexistent"))
     assert isinstance(MemoryLink(bus, "m"), PeerLink)
