@@ -148,6 +148,8 @@ _FIELDS_CACHE_LIMIT = 1024  # per cache: room for the headers that repeat; one-o
 _REPLY_FIELDS_CACHE: dict[bytes, tuple[Header, int]] = {}
 # The cached keys whose DESTINATION is a unique name, by that name: forgotten when its peer leaves.
 _KEYS_BY_UNIQUE_DESTINATION: dict[str, list[bytes]] = {}
+# Headers are cached from their second sighting: one-off ones (a new path each time) never are.
+_DOORKEEPER = names.Doorkeeper()
 # A REPLY_SERIAL field's first four bytes: code 5, signature "u". A field starts 8-aligned.
 _REPLY_SERIAL_MARK = bytes((REPLY_SERIAL, 1, ord("u"), 0))
 # Only ordinary headers are cached: a peer must not pin a thousand huge ones in memory.
@@ -237,7 +239,7 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
             h.reply_serial = reply_serial
     else:
         h = _parse_fields(buf, endian, mtype, u32, fields_end)
-        if fields_key is not None:
+        if fields_key is not None and _DOORKEEPER.admits(fields_key):
             if not reply_at:
                 if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
                     _forget_all()

@@ -740,3 +740,20 @@ def test_fd_indexes_are_not_checked_against_unix_fds() -> None:
     # (dbus-next's own test suite sends an 'h' with no fds and expects the bus to pass it on).
     assert parse_header(body_message("h", le("I", 0))).unix_fds == 0
     assert parse_header(body_message("h", le("I", 2), unix_fds=2)).unix_fds == 2
+
+
+def test_one_off_headers_and_names_never_enter_the_caches() -> None:
+    # Under churn every new peer sends paths nobody repeats; cached on first sight they filled the
+    # caches for minutes (the 10-minute soak's slope). Only what is seen twice is kept.
+    from busd.wire import message as wire_message
+    from busd.wire import names as wire_names
+
+    _clear_header_caches()
+    paths_before = len(wire_names.PATHS._valid)
+    for n in range(3000):
+        assert parse_header(message(change={PATH: ("o", f"/one/off/n{n}")})).path == f"/one/off/n{n}"
+    assert not wire_message._FIELDS_CACHE and len(wire_names.PATHS._valid) == paths_before
+    assert len(wire_message._DOORKEEPER._seen) <= 1024  # what one-off keys cost stays bounded
+    repeated = message(change={PATH: ("o", "/again")})
+    parse_header(repeated), parse_header(repeated)
+    assert len(wire_message._FIELDS_CACHE) == 1 and "/again" in wire_names.PATHS._valid.values()

@@ -453,7 +453,9 @@ def test_a_reply_that_arrives_after_its_caller_left_is_not_kept_in_the_wire_cach
     [(received, _)] = callee.take()
     departed = caller.unique_name
     caller.drop("gone")
-    callee.send(METHOD_RETURN, reply_serial=received.serial, destination=departed, signature="s", body=["late"])
+    for _ in range(2):  # headers are cached from their second sighting
+        callee.send(METHOD_RETURN, reply_serial=received.serial, destination=departed, signature="s",
+                    body=["late"])
     cached = [*wire_message._FIELDS_CACHE.values(), *(h for h, _ in wire_message._REPLY_FIELDS_CACHE.values())]
     assert departed not in wire_message._KEYS_BY_UNIQUE_DESTINATION
     assert all(h.destination != departed for h in cached)
