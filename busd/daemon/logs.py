@@ -36,9 +36,8 @@ def setup_logging(level: str = "warning", fmt: str = "text", syslog: str | None 
                              logging.Formatter("busd[%(process)d]: %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     if syslog in ("both", "only") and os.path.exists("/dev/log"):
-        import logging.handlers  # only with syslog: it is a tenth of the import time of a start
+        from logging.handlers import SysLogHandler  # only with syslog: a tenth of the import time of a start
 
-        handler = logging.handlers.SysLogHandler(address="/dev/log",
-                                                 facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler = SysLogHandler(address="/dev/log", facility=SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter("busd[%(process)d]: %(name)s: %(message)s"))
         root.addHandler(handler)
