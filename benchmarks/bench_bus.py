@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 from multiprocessing.connection import Connection as Pipe
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -59,6 +60,10 @@ SIGNAL_RULE = f"type='signal',interface='{BENCH_INTERFACE}',member='Tick'"
 MATCHES_PER_IDLE_CONNECTION = 10
 IN_FLIGHT = 64
 SIGNAL_BATCH = 64
+# Signals the emitter may be ahead of the slowest subscriber. dbus-daemon and busd hold a sender
+# back when its subscribers' queues fill; dbus-broker does not, and past its quotas it disconnects
+# (the emitter or a subscriber, seen here), so the emitter paces itself for every bus alike.
+SIGNAL_WINDOW = 2048
 MiB = 1024 * 1024
 SATURATED = 90.0  # % of a CPU at which a process counts as the bottleneck
 CLIENTS_SATURATED = "CLIENTS SATURATED: this figure understates the daemon"
@@ -318,14 +323,20 @@ def call_loop(pipe: Pipe, address: str, service: str, window: int, payload: int,
     pipe.send(("done", result))
 
 
-def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> None:
-    """The emitter: broadcast Tick signals in batches until the count or the time runs out."""
+def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float, delivered: Any) -> None:
+    """The emitter: broadcast Tick signals in batches until the count or the time runs out,
+    at most SIGNAL_WINDOW ahead of `delivered` (what the slowest subscriber has counted)."""
     conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
     template = rc.signal(BENCH_PATH, BENCH_INTERFACE, "Tick", "u", (0,))
+    sent = 0
 
     def send_batch(room: int) -> int:
+        nonlocal sent
+        while sent - delivered.value > SIGNAL_WINDOW:
+            time.sleep(0.0001)
         count = min(SIGNAL_BATCH, room)
         conn.send(conn.batch(template, count))
+        sent += count
         return count
 
     sent, start, _ = _timed(pipe, send_batch, max_signals, seconds)
@@ -334,8 +345,9 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float) -> 
     pipe.send(("done", {"signals": sent, "start": start}))
 
 
-def count_signals(pipe: Pipe, address: str, subscribers: int) -> None:
-    """The subscribers: `subscribers` connections with a match rule each, counting what arrives."""
+def count_signals(pipe: Pipe, address: str, subscribers: int, delivered: Any) -> None:
+    """The subscribers: `subscribers` connections with a match rule each, counting what arrives;
+    the slowest one's count goes to `delivered`, for the emitter's window."""
     conns = []
     for _ in range(subscribers):
         conn = rc.Connection.open(address, timeout=REPLY_TIMEOUT)
@@ -364,6 +376,7 @@ def count_signals(pipe: Pipe, address: str, subscribers: int) -> None:
             else:
                 counts[fd] += reader.count()
         last_arrival = time.monotonic()
+        delivered.value = min(counts.values())
     if max(counts.values()) > expected:
         raise rc.BusError(f"a subscriber got {max(counts.values())} signals, {expected} were sent")
     pipe.send(("done", {"end": last_arrival, "delivered": sum(counts.values())}))
@@ -458,10 +471,11 @@ def payload_calls(size: int) -> Workload:
 def signal_fanout(subscribers: int) -> Workload:
     def run(bus: RunningBus, budget: Budget) -> Outcome:
         max_signals = max(1, budget.signal_deliveries // subscribers)
-        with workers(Worker("subscribers", count_signals, bus.address, subscribers)) as (sink,):
+        delivered = _fork.Value("q", 0, lock=False)  # the slowest subscriber's count, for the window
+        with workers(Worker("subscribers", count_signals, bus.address, subscribers, delivered)) as (sink,):
             sink.receive("ready")
             with workers(Worker("emitter", emit_signals, bus.address, max_signals,
-                                budget.seconds)) as (emitter,):
+                                budget.seconds, delivered)) as (emitter,):
                 emitter.receive("ready")
                 meter = CpuMeter(bus.pid, [emitter, sink])
                 meter.start()
