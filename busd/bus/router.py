@@ -238,6 +238,7 @@ class Bus:
                 old = event.old_owner.unique_name if event.old_owner else ""
                 new = event.new_owner.unique_name if event.new_owner else ""
                 if event.name[0] != ":":
+                    self.matches.names_changed()
                     if event.old_owner:
                         event.old_owner.names.discard(event.name)
                         settle_names(event.old_owner, registry.queued_count(event.old_owner))

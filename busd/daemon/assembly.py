@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
-import uuid
 from typing import Any, Callable
 
 from ..bus.router import Bus
@@ -40,7 +40,7 @@ class Daemon(BusObserver):
     def __init__(self, settings: DaemonSettings, reload_settings: Callable[[], DaemonSettings] | None = None):
         self.settings = settings
         self.reload_settings = reload_settings
-        self.guid = uuid.uuid4().hex
+        self.guid = os.urandom(16).hex()  # the server GUID: 128 random bits, as the uuid module's would be
         self.listeners: list[Listener] = []
         self.bus: Bus | None = None
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from jeepney import DBusAddress
 
 from busd.bus.match import (
@@ -422,6 +422,77 @@ def test_index_recipients_equal_brute_force(adds, removes, msg_type, sender, sen
     expected.discard(recipient)
     assert index.recipients(msg, sender_names, msg.args, addressed_recipient=recipient,
                             recipient_names=recipient_names) == expected
+
+
+# Mostly rules the cache can answer for (no argument test, no destination), so that it is exercised.
+_plain_rules = st.builds(
+    MatchRule,
+    type=st.none() | st.just(SIGNAL),
+    sender=st.sampled_from([None, "org.example.A", ":1.1"]),
+    interface=st.none() | st.sampled_from(["a.b", "a.c"]),
+    path=st.none() | st.sampled_from(["/a", "/a/b"]),
+    args=st.one_of(st.just(()), st.just(()), st.just(()), _arg_filters),
+)
+_changes = st.one_of(
+    st.none(), st.none(),
+    st.tuples(st.just("add"), st.integers(0, 5), st.one_of(_plain_rules, _plain_rules, _random_rules)),
+    st.tuples(st.just("remove"), st.integers(0, 30)),
+    st.tuples(st.just("leave"), st.integers(0, 5)),
+    st.tuples(st.just("rename"), st.sampled_from([":1.1", ":1.2"]), _names_owned),
+    st.tuples(st.just("rename"), st.sampled_from([":1.1", ":1.2"]), _names_owned),
+)
+# A few messages, so that most broadcasts repeat an earlier one's header and the cache answers.
+_broadcasts = st.tuples(st.sampled_from([":1.1", ":1.2"]), st.sampled_from(["a.b", "a.c"]), _bodies)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(_changes, _broadcasts), max_size=30))
+# Random search seldom lines up "cached, then the sender gains the name a rule wants, then again":
+@example(steps=[(("add", 1, MatchRule(sender="org.example.A")), (":1.1", "a.b", [])),
+                (("rename", ":1.1", {"org.example.A"}), (":1.1", "a.b", []))])
+def test_cached_broadcast_recipients_follow_every_change(steps):
+    # Broadcast recipients are cached by header fields and sender; rule changes, departures and (told by
+    # the bus through names_changed) a sender's names empty the cache. Each answer must equal brute force.
+    index = MatchIndex()
+    added: list = []
+    names_of: dict[str, set] = {":1.1": set(), ":1.2": set()}
+    for change, (sender, interface, body) in steps:
+        kind = change[0] if change else None
+        if kind == "add":
+            index.add(change[1], change[2])
+            added.append(change[1:])
+        elif kind == "remove" and added:
+            owner, rule = added[change[1] % len(added)]
+            if rule in index.rules(owner):
+                index.remove(owner, rule)
+        elif kind == "leave":
+            index.remove_owner(change[1])
+        elif kind == "rename":
+            names_of[change[1]] = set(change[2])
+            index.names_changed()
+        msg = Msg(type=SIGNAL, sender=sender, interface=interface, member="X", path="/a",
+                  signature="".join(code for code, _ in body),
+                  body=[5 if code == "i" else value for code, value in body])
+        sender_names = names_of[sender]
+        expected = {owner for owner in index.owners()
+                    if any(rule.matches(msg, sender_names, msg.args, None) for rule in index.rules(owner))}
+        assert set(index.recipients(msg, sender_names, msg.args)) == expected
+
+
+def test_a_repeated_broadcast_is_answered_from_the_cache_unless_a_rule_tests_an_argument():
+    index = MatchIndex()
+    index.add("listener", MatchRule.parse("type='signal',interface='com.example.Iface'"))
+    calls = []
+
+    def args() -> list:
+        calls.append(1)
+        return ["x"]
+
+    first = index.recipients(Msg(), (), args)
+    assert first == {"listener"} and index.recipients(Msg(), (), args) is first  # the same set, not recomputed
+    index.add("picky", MatchRule.parse("type='signal',arg0='x'"))
+    assert index.recipients(Msg(body=["x"], signature="s"), (), args) == {"listener", "picky"}
+    assert index.recipients(Msg(body=["y"], signature="s"), (), lambda: ["y"]) == {"listener"}  # not cached
 
 
 # -- agreement with a live dbus-daemon ----------------------------------------------------------------

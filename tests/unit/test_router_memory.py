@@ -459,3 +459,25 @@ def test_a_reply_that_arrives_after_its_caller_left_is_not_kept_in_the_wire_cach
     cached = [*wire_message._FIELDS_CACHE.values(), *(h for h, _ in wire_message._REPLY_FIELDS_CACHE.values())]
     assert departed not in wire_message._KEYS_BY_UNIQUE_DESTINATION
     assert all(h.destination != departed for h in cached)
+
+
+def test_a_sender_rule_sees_the_signals_of_a_peer_once_it_owns_the_name(bus: Bus) -> None:
+    # Broadcast recipients are cached per sender; gaining (or losing) a name must not leave a stale answer.
+    emitter, listener = MemoryLink(bus, "e"), MemoryLink(bus, "l")
+    emitter.hello(), listener.hello()
+    listener.call_driver("AddMatch", "s", ["type='signal',sender='com.example.Weather'"])
+    listener.take()
+
+    def rain() -> None:
+        emitter.send(SIGNAL, path="/w", interface="com.example.Weather", member="Rain", signature="u", body=[3])
+
+    rain()
+    assert listener.take() == []
+    emitter.call_driver("RequestName", "su", ["com.example.Weather", 0])
+    emitter.take(), listener.take()
+    rain()
+    assert members(listener.take()) == [(SIGNAL, "Rain")]
+    emitter.call_driver("ReleaseName", "s", ["com.example.Weather"])
+    emitter.take(), listener.take()
+    rain()
+    assert listener.take() == []
