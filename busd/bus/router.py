@@ -46,8 +46,7 @@ SOFT_QUEUE_LIMIT = 8 << 20
 class Bus:
     """Bus semantics, independent of how bytes reach it.
 
-    `machine_id` and `introspection` (org.freedesktop.DBus's XML) are facts the
-    daemon's assembly reads and hands over: the bus reads no file.
+    `machine_id` and `introspection` (org.freedesktop.DBus's XML) are handed over: the bus reads no file.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, guid: str, limits: Limits | None = None,
@@ -374,7 +373,7 @@ class Bus:
             return
         if mtype == METHOD_CALL:
             if not h.flags & NO_REPLY_EXPECTED:
-                refusal = self.replies.expect(peer, h.serial, target, self.limits)
+                refusal = self.replies.expect(peer, h.serial, target, self._limits)
                 if refusal is not None:
                     close_fds(fds)
                     if monitored:
@@ -453,8 +452,8 @@ class Bus:
         conn = target.conn
         user = target.user  # (a peer leaves self.peers and every rule, pending call and queue before it loses it)
         size = len(buf)
-        if conn.out_bytes + size > self.limits.max_outgoing_bytes or user.out_bytes + size > self._user_out_bytes or (
-                fds and (conn.out_fds + len(fds) > self.limits.max_outgoing_unix_fds
+        if conn.out_bytes + size > self._limits.max_outgoing_bytes or user.out_bytes + size > self._user_out_bytes or (
+                fds and (conn.out_fds + len(fds) > self._limits.max_outgoing_unix_fds
                          or user.out_fds + len(fds) > self._user_out_fds)):
             self._reject_full_queue(target, sender, buf, h, fds)
             return
@@ -509,7 +508,7 @@ class Bus:
         ledger = self.ledger
         if self.monitors:  # monitors see the broadcast first, then any refusal it met
             queue_to_monitors(ledger, self.monitors, head, body, h, sender.names, get_args)
-        hard_limit = self.limits.max_outgoing_bytes
+        hard_limit = self._limits.max_outgoing_bytes
         user_limit = self._user_out_bytes
         size = len(head) + len(body)
         enforced = self.policy.enforced
@@ -544,7 +543,8 @@ class Bus:
                 conn.queue(head, body)
                 target.out_charged += size
                 user.out_bytes += size
-        close_fds(shared)
+        if shared is not None:
+            close_fds(shared)
 
     def deliver_to_monitors(self, sender: Peer, buf: bytes, h: Header, fds: list[int] | None,
                             destination_names: Collection[str] | None = None) -> None:
