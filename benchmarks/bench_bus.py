@@ -63,7 +63,8 @@ SIGNAL_BATCH = 64
 # Signals the emitter may be ahead of the slowest subscriber. dbus-daemon and busd hold a sender
 # back when its subscribers' queues fill; dbus-broker does not, and past its quotas it disconnects
 # (the emitter or a subscriber, seen here), so the emitter paces itself for every bus alike.
-SIGNAL_WINDOW = 2048
+SIGNAL_WINDOW = 512
+SIGNAL_STALL = 5.0  # seconds without a delivery while the window is full: the bus dropped signals
 MiB = 1024 * 1024
 SATURATED = 90.0  # % of a CPU at which a process counts as the bottleneck
 CLIENTS_SATURATED = "CLIENTS SATURATED: this figure understates the daemon"
@@ -332,8 +333,15 @@ def emit_signals(pipe: Pipe, address: str, max_signals: int, seconds: float, del
 
     def send_batch(room: int) -> int:
         nonlocal sent
-        while sent - delivered.value > SIGNAL_WINDOW:
-            time.sleep(0.0001)
+        if sent - delivered.value > SIGNAL_WINDOW:
+            seen, since = delivered.value, time.monotonic()
+            while sent - delivered.value > SIGNAL_WINDOW:
+                time.sleep(0.0001)
+                if delivered.value != seen:
+                    seen, since = delivered.value, time.monotonic()
+                elif time.monotonic() - since > SIGNAL_STALL:
+                    raise rc.BusError(f"subscribers stopped receiving for {SIGNAL_STALL:.0f} s, "
+                                      f"{sent - seen} signals behind: the bus dropped some")
         count = min(SIGNAL_BATCH, room)
         conn.send(conn.batch(template, count))
         sent += count
