@@ -31,7 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(os.path.dirname(HERE), "tests")]
 
 import rawclient as rc  # noqa: E402
-from buses import SESSION_CONFIG, START_TIMEOUT, RunningBus, register_running  # noqa: E402
+from buses import START_TIMEOUT, RunningBus, register_running, write_config  # noqa: E402
 
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -63,11 +63,8 @@ def start_broker(extra_config: str = "", config_text: str | None = None) -> Runn
     workdir = tempfile.mkdtemp(prefix="dbus-broker-test-")
     process = None
     try:
-        socket_path = os.path.join(workdir, "bus")
-        config_path = os.path.join(workdir, "bus.conf")
-        text = config_text if config_text is not None else SESSION_CONFIG
-        with open(config_path, "w") as f:
-            f.write(text.replace("{socket}", socket_path).replace("{extra}", extra_config))
+        config_path = write_config(workdir, extra_config, config_text)
+        socket_path = os.path.join(workdir, "bus")  # serve() binds it and passes it as fd 3 (<listen> is ignored)
         process = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
              'mount -t tmpfs tmpfs /run/systemd && exec "$0" "$@"',

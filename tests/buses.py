@@ -128,17 +128,23 @@ def daemon_command(kind: str) -> list[str]:
     raise ValueError(f"unknown bus kind {kind!r}")
 
 
+def write_config(workdir: str, extra_config: str = "", config_text: str | None = None) -> str:
+    """Write the bus's configuration (SESSION_CONFIG unless given) into `workdir`, listening on
+    `workdir`/bus; returns the file's path."""
+    config_path = os.path.join(workdir, "bus.conf")
+    text = config_text if config_text is not None else SESSION_CONFIG
+    with open(config_path, "w") as f:
+        f.write(text.replace("{socket}", os.path.join(workdir, "bus")).replace("{extra}", extra_config))
+    return config_path
+
+
 def start_bus(kind: str, extra_config: str = "", config_text: str | None = None,
               args: tuple[str, ...] = ()) -> RunningBus:
     """Start a bus daemon of `kind` ("busd" or "dbus-daemon") and wait until it listens."""
     workdir = tempfile.mkdtemp(prefix=f"{kind}-test-")
     process = None
     try:
-        socket_path = os.path.join(workdir, "bus")
-        config_path = os.path.join(workdir, "bus.conf")
-        text = config_text if config_text is not None else SESSION_CONFIG
-        with open(config_path, "w") as f:
-            f.write(text.replace("{socket}", socket_path).replace("{extra}", extra_config))
+        config_path = write_config(workdir, extra_config, config_text)
         read_fd, write_fd = os.pipe()
         cmd = daemon_command(kind) + [
             f"--config-file={config_path}", "--nofork", "--nopidfile",
