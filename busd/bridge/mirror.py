@@ -72,6 +72,10 @@ class VirtualConnection:
         self.closed = False
         self.credentials = credentials
         self.in_bytes = self.peak_in_bytes = self.peak_out_bytes = self.in_fds = 0
+        # (its traffic crosses the upstream link, which counts it: nothing is counted here)
+        self.received = [0] * 8
+        self.sent = [0] * 8
+        self.bytes_read = self.bytes_written = 0
         self.serial = 0
         self.peer_name: str | None = None  # the unique name it had here, kept after it leaves
 
@@ -94,6 +98,9 @@ class VirtualConnection:
     def out_fds(self) -> int:
         link = self.bridge.link
         return link.out_fds if link is not None else 0
+
+    def queued_messages(self) -> int:
+        return 0
 
     def next_serial(self) -> int:
         self.serial = serial = (self.serial % 0xFFFFFFFF) + 1

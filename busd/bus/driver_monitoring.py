@@ -10,27 +10,20 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
-from ..wire.marshal import Variant
 from ..wire.message import Header
 from ..wire.wellknown import DRIVER_NAME
 from . import errors
 from .driver_names import peer_of_name
-from .ledger import connection_lines
 from .errors import DriverError
 from .match import MatchRule, MatchRuleInvalid, MatchRuleNotFound
 from .ownership import NameEvent
+from .stats import StatsPeaks, bus_stats, connection_stats
 
 if TYPE_CHECKING:
     from .driver_host import DriverHost
     from .peer import Peer
 
 log = logging.getLogger("busd.driver")
-
-# Debug.Stats keys of busd's own (dbus-daemon's keys keep their names).
-USER_ACCOUNTING = "dev.busd.UserAccounting"
-CONNECTION_ACCOUNTING = "dev.busd.ConnectionAccounting"
-CONNECTION_USER = "dev.busd.UnixUserID"  # the uid the connection is charged to
-UNKNOWN_UID = 0xFFFFFFFF
 
 
 def _parse_rule(text: str) -> MatchRule:
@@ -45,6 +38,8 @@ class MonitoringMethods:
 
     def __init__(self, bus: DriverHost):
         self.bus = bus
+        self.peaks = StatsPeaks(bus)  # bus-wide peaks for GetStats, kept from the bus's events
+        bus.observers.append(self.peaks)
 
     # ------------------------------------------------------------ match rules
 
@@ -125,48 +120,14 @@ class MonitoringMethods:
     # ------------------------------------------------------------ org.freedesktop.DBus.Debug.Stats
 
     def get_stats(self, peer: Peer, h: Header, args: list) -> list:
-        bus = self.bus
-        peers = bus.peers.values()
-        stats = {
-            "Serial": Variant("u", bus.outbox.serial),
-            "ActiveConnections": Variant("u", len(bus.peers)),
-            "IncompleteConnections": Variant("u", bus.incomplete_connections),
-            "MatchRules": Variant("u", sum(p.match_count for p in peers)),
-            "PeakMatchRulesPerConnection": Variant("u", max((p.peak_match_count for p in peers), default=0)),
-            "BusNames": Variant("u", len(bus.registry.names())),
-            # busd's per-user ledger: uid -> line -> (used, peak, quota); (uid_t)-1 is a peer of unknown uid.
-            USER_ACCOUNTING: Variant("a{ua{s(ttt)}}", {
-                UNKNOWN_UID if uid is None else uid: lines for uid, lines in bus.ledger.report().items()}),
-        }
-        return [stats]
+        return [bus_stats(self.bus, self.peaks)]
 
     def get_connection_stats(self, peer: Peer, h: Header, args: list) -> list:
         name = args[0]
         if name == DRIVER_NAME:
             raise DriverError(errors.INVALID_ARGS,
                               f'GetConnectionStats is not meaningful for the message bus "{DRIVER_NAME}" itself')
-        bus = self.bus
-        target = peer_of_name(bus, name, "statistics")
-        conn = target.conn
-        stats = {
-            "Serial": Variant("u", bus.outbox.serial),
-            "UniqueName": Variant("s", target.unique_name),
-            "IncomingBytes": Variant("u", conn.in_bytes),
-            "IncomingFDs": Variant("u", 0),
-            "OutgoingBytes": Variant("u", conn.out_bytes),
-            "OutgoingFDs": Variant("u", conn.out_fds),
-            "PeakIncomingBytes": Variant("u", conn.peak_in_bytes),
-            "PeakOutgoingBytes": Variant("u", conn.peak_out_bytes),
-            "MatchRules": Variant("u", target.match_count),
-            "PeakMatchRules": Variant("u", target.peak_match_count),
-            "OwnedNames": Variant("u", len(bus.registry.owned_by(target))),
-            "PendingReplies": Variant("u", target.replies_outstanding),
-            # The connection's own lines, against its per-connection limits: (used, peak, limit).
-            CONNECTION_ACCOUNTING: Variant("a{s(ttt)}", connection_lines(target, bus.limits)),
-        }
-        if target.user is not None:
-            stats[CONNECTION_USER] = Variant("u", UNKNOWN_UID if target.user.uid is None else target.user.uid)
-        return [stats]
+        return [connection_stats(self.bus, peer_of_name(self.bus, name, "statistics"))]
 
     def get_all_match_rules(self, peer: Peer, h: Header, args: list) -> list:
         bus = self.bus

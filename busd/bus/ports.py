@@ -117,6 +117,24 @@ class PeerLink(Protocol):
     def in_fds(self) -> int:
         """Unix fds received from the peer that no whole message has claimed yet."""
 
+    @property
+    def received(self) -> list[int]:
+        """Messages received from the peer since the link opened, by type (index: type & 7)."""
+
+    @property
+    def sent(self) -> list[int]:
+        """Messages queued for the peer since the link opened, by type (index: type & 7)."""
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the peer since the link opened (the handshake included)."""
+
+    @property
+    def bytes_written(self) -> int: ...
+
+    def queued_messages(self) -> int:
+        """Messages waiting in the queue (counted when asked: Debug.Stats' OutgoingMessages)."""
+
     def queue(self, head: bytes, body: Any, fds: list[int] | SharedFds | None = None) -> None:
         """Queue one message (header bytes and body, both bytes-like) for the peer. The fds are now the
         link's: a list it closes, or a share of SharedFds it releases, once sent or dropped."""

@@ -169,6 +169,7 @@ class Connection(Stream, Generic[PeerT]):
     # ------------------------------------------------------------ reading
 
     def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
         bus = self.bus
         bus.input_started()
         try:
@@ -330,6 +331,7 @@ class Connection(Stream, Generic[PeerT]):
             self.feed(pending)  # what followed BEGIN: the first messages
 
     def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
+        self.received[h.type & 7] += 1
         self.bus.receive(self.peer, message, h, fds)
 
     def check_body_later(self, message: bytes, h: Header) -> None:

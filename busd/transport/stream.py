@@ -107,6 +107,11 @@ class Stream:
         self.peak_out_bytes = 0
         self.in_bytes = 0
         self.peak_in_bytes = 0
+        # Totals since the link opened, read by Debug.Stats and the metrics (never reset): messages by
+        # type (index: type & 7; the receiving side counts `received`) and bytes on the socket.
+        self.received = [0] * 8
+        self.sent = [0] * 8
+        self.bytes_read = self.bytes_written = 0
         self._writing = False
         self._flush_scheduled = False
 
@@ -292,6 +297,7 @@ class Stream:
         """Queue one message (header bytes + body view) for sending; fds are now ours."""
         out = self._out
         out.append([head, fds])
+        self.sent[head[1] & 7] += 1
         size = len(head)
         if body:
             out.append([body, None])
@@ -304,6 +310,23 @@ class Stream:
         if not self._flush_scheduled and not self._writing:
             self._flush_scheduled = True
             self.schedule_flush(self)
+
+    def queued_messages(self) -> int:
+        """Messages waiting in the queue, one partly written included (Debug.Stats' OutgoingMessages):
+        counted when asked, from each queued header's lengths, so queuing costs nothing more."""
+        count = skip = 0
+        for item in self._out:
+            buf = item[0]
+            if skip:
+                skip -= len(buf)
+                continue
+            count += 1
+            if len(buf) >= 16 and buf[0] in (0x6C, 0x42) and buf[3] == 1:
+                order = "little" if buf[0] == 0x6C else "big"
+                body = int.from_bytes(buf[4:8], order)
+                fields = int.from_bytes(buf[12:16], order)
+                skip = max(0, 16 + fields + (-fields % 8) + body - len(buf))
+        return count
 
     def send_now(self, data: bytes) -> None:
         """Queue bytes outside the message stream (handshake lines) and write them at once."""
@@ -339,6 +362,7 @@ class Stream:
                 self.out_fds -= len(fds)
                 close_fds(fds)
             self.out_bytes -= sent
+            self.bytes_written += sent
             while sent:
                 item = out[0]
                 n = len(item[0])

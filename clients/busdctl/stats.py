@@ -39,7 +39,7 @@ RESOURCE_LABELS: dict[str, str] = {
     "PendingReplies": "pending replies",
 }
 # Other spellings of the same counters -> dbus-daemon's key.
-KEY_ALIASES = {"OwnedNames": "BusNames"}
+KEY_ALIASES = {"OwnedNames": "BusNames", "dev.busd.PendingReplies": "PendingReplies"}
 
 STATS_COLUMNS = (Column("CONNECTION"), Column("PID", right=True), Column("PROCESS"),
                  Column("QUEUED-IN", right=True), Column("QUEUED-OUT", right=True), Column("FDS", right=True),

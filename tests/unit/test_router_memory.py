@@ -41,6 +41,9 @@ class MemoryLink:
         self.closed = False
         self.out_bytes = self.out_fds = self.peak_out_bytes = 0
         self.in_bytes = self.peak_in_bytes = self.in_fds = 0
+        self.received = [0] * 8
+        self.sent = [0] * 8
+        self.bytes_read = self.bytes_written = 0
         self.outbox: list[bytes] = []
         self.held = False  # the bus asked us to read no more from the peer
         self.dropped_broadcasts = 0
@@ -56,6 +59,9 @@ class MemoryLink:
         self.outbox.append(message)
         self.out_bytes += len(message)
         self.peak_out_bytes = max(self.peak_out_bytes, self.out_bytes)
+
+    def queued_messages(self) -> int:
+        return len(self.outbox)
 
     def flush(self) -> None:
         pass  # the test reads with take()
