@@ -23,6 +23,7 @@ from .output import JSON_MODES, Output, warn
 from .stats import stats
 from .traffic import capture, monitor
 from .waiting import wait
+from .web import web
 
 HELP = """\
 busdctl [OPTIONS...] COMMAND ...
@@ -55,6 +56,10 @@ Commands:
                            per-user ledger (used / peak / quota per uid)
   bridge                   Show busd's bridge to an upstream bus: address,
                            state, imported and exported names (dev.busd.Bridge1)
+  web                      Serve a live page of the bus on 127.0.0.1 and print
+                           its URL (with a token): the map of who talks to whom,
+                           a sequence diagram, an object browser, the numbers
+                           (needs aiohttp: pip install 'busd[web]')
   help                     Show this help
 
 Options:
@@ -86,6 +91,9 @@ Options:
                            (and for wait; it waits forever without one)
      --augment-creds=BOOL  Extend credential data with data read from /proc/$PID
      --destination=SERVICE Destination service of a signal
+     --listen=HOST:PORT    web: where to serve the page (default 127.0.0.1:0,
+                           any free port on loopback)
+     --open                web: open the page in a browser
 
 Typed arguments follow busctl: a signature, then one word per value; arrays
 and dictionaries take their length first, variants their signature:
@@ -127,6 +135,7 @@ VERBS: dict[str, Verb] = {
     "wait": Verb(wait, "wait NAME | wait [SERVICE] OBJECT INTERFACE SIGNAL", 1, 4),
     "stats": Verb(stats, "stats [SERVICE...]"),
     "bridge": Verb(bridge, "bridge", 0, 0),
+    "web": Verb(web, "web [--listen=HOST:PORT] [--open]", 0, 0, unix_fds=True, link=True),
 }
 
 TRUE_WORDS = frozenset({"1", "yes", "y", "true", "t", "on"})
@@ -203,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--timeout", type=seconds)
     add("--augment-creds", type=boolean, default=True)
     add("--destination")
+    add("--listen")
+    add("--open", action="store_true")
     add("words", nargs="*")
     return parser
 

@@ -1,0 +1,204 @@
+"""`busdctl web` in a real browser: headless Chromium (Debian's chromium and chromium-driver, driven by
+Selenium) loads the page of a private busd with two services and a chattering client.
+
+The test waits (WebDriverWait, never a sleep) for the map to show the services and an edge for the
+client's calls, calls a method from the object browser and reads its reply, finds the calls and their
+replies in the sequence diagram and its pcapng export, sees the numbers table, and checks that
+requests without the token (HTTP and WebSocket) are refused. It saves a screenshot of the map in its
+temporary directory (and to $BUSD_WEB_SCREENSHOT when set: docs/web.png was made so).
+
+Run as a script (`python3 test_web_live.py ADDRESS`), it is the chattering client: it calls
+org.example.Demo's Add and asks org.example.Demo2 to broadcast its Changed signal, five times a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+
+from buses import helper_env, start_bus
+from test_busdctl_service import SAFETY_TIMEOUT, LineReader, busdctl_command, interrupt, start_demo
+
+pytestmark = [
+    pytest.mark.live,
+    pytest.mark.skipif(shutil.which("chromium") is None or shutil.which("chromedriver") is None,
+                       reason="needs Debian's chromium and chromium-driver (.ci/run installs them)"),
+]
+
+PAGE_TIMEOUT = 60.0  # seconds; only a guard against a hung browser on a loaded machine, never an assertion
+PCAPNG_SECTION_HEADER = b"\x0a\x0d\x0d\x0a"
+
+
+def _chatter(address: str) -> None:
+    from dbus_next import Message
+    from dbus_next.aio import MessageBus
+
+    async def main() -> None:
+        bus = await MessageBus(bus_address=address).connect()
+        print(f"READY {bus.unique_name}", flush=True)
+        while True:
+            await bus.call(Message(destination="org.example.Demo", path="/org/example/Demo",
+                                   interface="org.example.Demo", member="Add", signature="ii", body=[1, 2]))
+            await bus.call(Message(destination="org.example.Demo2", path="/org/example/Demo",
+                                   interface="org.example.Demo", member="EmitChanged", signature="s",
+                                   body=["tick"]))
+            await asyncio.sleep(0.2)
+
+    asyncio.run(main())
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _status(url: str, headers: dict[str, str] | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=SAFETY_TIMEOUT) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def _websocket_status(url: str) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        try:
+            async with session.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=SAFETY_TIMEOUT)):
+                return 101
+        except aiohttp.WSServerHandshakeError as error:
+            return error.status
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                     "--window-size=1440,900", "--no-first-run", "--disable-extensions"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_page_load_timeout(PAGE_TIMEOUT)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def busy_bus():
+    """A busd with org.example.Demo and org.example.Demo2, and a client calling them five times a second."""
+    bus = start_bus("busd")
+    services = [start_demo(bus.address), start_demo(bus.address, "org.example.Demo2")]
+    chatter = subprocess.Popen([sys.executable, __file__, bus.address], stdout=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, env=helper_env())
+    try:
+        client = LineReader(chatter.stdout).expect(lambda line: line.startswith("READY "), "the client").split()[1]
+        yield bus, services, client
+    finally:
+        _stop(chatter)
+        for service in services:
+            service.stop()
+        bus.stop()
+
+
+@pytest.fixture
+def web_page(busy_bus):
+    bus, services, client = busy_bus
+    process = subprocess.Popen(busdctl_command(bus.address, "web"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL)
+    try:
+        url = LineReader(process.stdout).expect(lambda line: line.startswith("http://"), "the page's URL").strip()
+        yield url, services, client
+    finally:
+        assert interrupt(process) == 0
+
+
+def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ready
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, (demo, demo2), client = web_page
+    wait = WebDriverWait(browser, PAGE_TIMEOUT)
+    browser.get(url)
+
+    # The map: both services by name, and an edge for the client's calls to Demo.
+    for service in (demo, demo2):
+        node = wait.until(ready.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{service.unique_name}"]')))
+        assert service.name in node.get_attribute("data-names").split()
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#map-svg path.edge[data-kind="call"][data-from="{client}"][data-to="{demo.unique_name}"]')))
+    driver_node = browser.find_element(By.CSS_SELECTOR, '#map-svg g.node[data-peer="org.freedesktop.DBus"]')
+    assert driver_node.get_attribute("data-kind") == "driver"
+    assert browser.find_element(By.ID, "status").get_attribute("data-monitoring") == "ok"
+    # Demo2's Changed signals go to everyone: a broadcast halo on its node.
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{demo2.unique_name}"] circle.halo')))
+    browser.save_screenshot(str(tmp_path / "web.png"))
+    if os.environ.get("BUSD_WEB_SCREENSHOT"):
+        shutil.copy(tmp_path / "web.png", os.environ["BUSD_WEB_SCREENSHOT"])
+    assert (tmp_path / "web.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The browser: name -> object -> method, called with busdctl call's argument syntax.
+    browser.find_element(By.CSS_SELECTOR, '#tabs button[data-tab="browser"]').click()
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, '#services li[data-service="org.example.Demo"]'))).click()
+    wait.until(ready.element_to_be_clickable((By.CSS_SELECTOR, '#paths li[data-path="/org/example/Demo"]'))).click()
+    add = wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, 'details[data-interface="org.example.Demo"] .member[data-member="Add"]')))
+    add.find_element(By.CSS_SELECTOR, "input.args").send_keys("20 22")
+    add.find_element(By.CSS_SELECTOR, "button.call").click()
+    wait.until(lambda _: add.find_element(By.CSS_SELECTOR, ".result").get_attribute("data-state") != "pending")
+    result = add.find_element(By.CSS_SELECTOR, ".result")
+    assert (result.get_attribute("data-state"), result.text) == ("ok", "i 42")
+    fail = browser.find_element(By.CSS_SELECTOR, 'details[data-interface="org.example.Demo"] .member[data-member="Fail"]')
+    fail.find_element(By.CSS_SELECTOR, "button.call").click()
+    wait.until(lambda _: fail.find_element(By.CSS_SELECTOR, ".result").get_attribute("data-state") == "error")
+    assert "org.example.Demo.Error.Broken: broken on purpose" in fail.find_element(By.CSS_SELECTOR, ".result").text
+
+    # The sequence: the client's calls to Add paired with their replies; the filter keeps only them.
+    browser.find_element(By.CSS_SELECTOR, '#tabs button[data-tab="sequence"]').click()
+    browser.find_element(By.ID, "filter").send_keys("Add")
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, '#sequence-svg g.msg[data-type="return"]')))
+    browser.find_element(By.ID, "pause").click()  # the diagram holds still while it is read
+    assert browser.find_element(By.ID, "pause").get_attribute("data-paused") == "true"
+    shown = browser.execute_script(
+        "return [...document.querySelectorAll('#sequence-svg g.msg')].map(g => [g.dataset.type, g.dataset.member]);")
+    assert {member for _, member in shown} == {"Add"} and {kind for kind, _ in shown} == {"call", "return"}
+    assert browser.find_elements(By.CSS_SELECTOR, "#sequence-svg line.pair")  # calls paired with their replies
+    with urllib.request.urlopen(browser.find_element(By.ID, "export").get_attribute("href"),
+                                timeout=SAFETY_TIMEOUT) as answer:
+        capture = answer.read()
+    assert capture[:4] == PCAPNG_SECTION_HEADER and b"Add" in capture and b"EmitChanged" not in capture
+
+    # Without the token, nothing: not the page, not an API call, not the live updates.
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    token = parts.query.removeprefix("token=")
+    assert _status(f"{base}/") == 403
+    assert _status(f"{base}/?token=wrong{token}") == 403
+    assert _status(f"{base}/api/services") == 403
+    assert _status(f"{base}/static/app.js") == 403
+    assert _status(f"{base}/api/services", {"X-Busd-Token": token}) == 200
+    assert asyncio.run(_websocket_status(f"ws://{parts.netloc}/events")) == 403
+    assert asyncio.run(_websocket_status(f"ws://{parts.netloc}/events?token={token}")) == 101
+
+
+if __name__ == "__main__":
+    _chatter(sys.argv[1])
