@@ -66,13 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="log to syslog only")
     p.add_argument("--systemd-activation", action="store_true",
                    help="ask systemd to start services that name a SystemdService")
-    bridge = p.add_argument_group("bridge to another bus (also <busd:bridge> in the config)")
+    bridge = p.add_argument_group("bridge to another bus, or a federation of busd nodes over NATS "
+                                  "(also <busd:bridge> in the config)")
     bridge.add_argument("--upstream", metavar="ADDRESS",
-                        help="bridge to the bus at ADDRESS ('session': the environment's session bus)")
+                        help="bridge to the bus at ADDRESS ('session': the environment's session bus), or join "
+                             "the federation on NATS at nats://HOST:PORT[,nats://...] (tls:// for TLS; "
+                             "needs pip install 'busd[nats]')")
     bridge.add_argument("--import", dest="imports", metavar="NAME", action="append", default=[],
                         help="make upstream NAME (or every org.example.* name) reachable here; repeatable")
     bridge.add_argument("--export", dest="exports", metavar="NAME", action="append", default=[],
                         help="make local NAME (or every org.example.* name) reachable upstream; repeatable")
+    bridge.add_argument("--federation", metavar="NAME",
+                        help="with nats://: the federation to join (default busd); separates federations on one NATS")
+    bridge.add_argument("--node-name", metavar="NAME",
+                        help="with nats://: this node's name in the federation (default: the host name)")
+    bridge.add_argument("--upstream-credentials", metavar="FILE",
+                        help="with nats://: a NATS .creds file or NKey seed file to authenticate with")
+    bridge.add_argument("--remote-uid", metavar="UID", type=int,
+                        help="with nats://: the uid remote callers have for local <policy> rules (default 65534)")
     p.add_argument("--introspect", action="store_true",
                    help="print the introspection XML of org.freedesktop.DBus and exit")
     p.add_argument("--log-level", default=os.environ.get("BUSD_LOG_LEVEL", "warning"),

@@ -127,7 +127,9 @@ def start(args: argparse.Namespace) -> int:
     log_config_notes(settings.config)
 
     def bridge_settings_for(config):
-        return bridge_settings(args.upstream, args.imports, args.exports, config.extensions if config else ())
+        return bridge_settings(args.upstream, args.imports, args.exports, config.extensions if config else (),
+                               federation=args.federation, node_name=args.node_name,
+                               credentials=args.upstream_credentials, remote_uid=args.remote_uid)
 
     try:
         bridge_settings_for(settings.config)  # refuse a bridge that cannot work before binding anything

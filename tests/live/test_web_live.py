@@ -20,12 +20,15 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from buses import helper_env, start_bus
-from test_busdctl_service import SAFETY_TIMEOUT, LineReader, busdctl_command, interrupt, start_demo
+from buses import RunningBus, helper_env, start_bus
+from test_busdctl_service import SAFETY_TIMEOUT, DemoService, LineReader, busdctl_command, interrupt, start_demo
 
 pytestmark = [
     pytest.mark.live,
@@ -35,6 +38,10 @@ pytestmark = [
 
 PAGE_TIMEOUT = 60.0  # seconds; only a guard against a hung browser on a loaded machine, never an assertion
 PCAPNG_SECTION_HEADER = b"\x0a\x0d\x0d\x0a"
+# A bus whose policy keeps everyone from becoming a monitor.
+REFUSE_MONITORING = """<policy context="mandatory">
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>"""
 
 
 def _chatter(address: str) -> None:
@@ -100,33 +107,82 @@ def browser():
     driver.quit()
 
 
-@pytest.fixture
-def busy_bus():
-    """A busd with org.example.Demo and org.example.Demo2, and a client calling them five times a second."""
-    bus = start_bus("busd")
-    services = [start_demo(bus.address), start_demo(bus.address, "org.example.Demo2")]
-    chatter = subprocess.Popen([sys.executable, __file__, bus.address], stdout=subprocess.PIPE,
-                               stdin=subprocess.DEVNULL, env=helper_env())
+@contextmanager
+def _busy_bus(kind: str, extra_config: str = "") -> Iterator[tuple[RunningBus, list[DemoService], str]]:
+    """A bus with org.example.Demo and org.example.Demo2, and a client calling them five times a second."""
+    bus = start_bus(kind, extra_config)
+    services: list[DemoService] = []
+    chatter = None
     try:
+        services += [start_demo(bus.address), start_demo(bus.address, "org.example.Demo2")]
+        chatter = subprocess.Popen([sys.executable, __file__, bus.address], stdout=subprocess.PIPE,
+                                   stdin=subprocess.DEVNULL, env=helper_env())
         client = LineReader(chatter.stdout).expect(lambda line: line.startswith("READY "), "the client").split()[1]
         yield bus, services, client
     finally:
-        _stop(chatter)
+        if chatter is not None:
+            _stop(chatter)
         for service in services:
             service.stop()
         bus.stop()
 
 
-@pytest.fixture
-def web_page(busy_bus):
-    bus, services, client = busy_bus
+@contextmanager
+def _web(bus: RunningBus) -> Iterator[tuple[str, LineReader]]:
+    """`busdctl web` on `bus`: the URL it printed, and its standard error."""
     process = subprocess.Popen(busdctl_command(bus.address, "web"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdin=subprocess.DEVNULL)
     try:
         url = LineReader(process.stdout).expect(lambda line: line.startswith("http://"), "the page's URL").strip()
-        yield url, services, client
+        yield url, LineReader(process.stderr)
     finally:
         assert interrupt(process) == 0
+
+
+@pytest.fixture
+def web_page():
+    with _busy_bus("busd") as (bus, services, client), _web(bus) as (url, _):
+        yield url, services, client
+
+
+async def _updates(url: str, until: Callable[[dict[str, Any]], bool]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The page's first update (hello) and the first one for which `until` holds, read as the page reads them."""
+    import aiohttp
+
+    parts = urlsplit(url)
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://{parts.netloc}/events?{parts.query}") as socket:
+            hello = await socket.receive_json(timeout=PAGE_TIMEOUT)
+            update = hello
+            while not until(update):
+                update = await socket.receive_json(timeout=PAGE_TIMEOUT)
+            return hello, update
+
+
+def _has_edge(source: str, target: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda update: any((e["from"], e["to"], e["kind"]) == (source, target, "call")
+                              for e in update.get("edges", []))
+
+
+def test_dbus_daemon_traffic_reaches_the_page():
+    """The page is not busd's alone: on dbus-daemon too, it sees the peers and the client's calls."""
+    with _busy_bus("dbus-daemon") as (bus, (demo, demo2), client), _web(bus) as (url, _):
+        hello, update = asyncio.run(_updates(url, _has_edge(client, demo.unique_name)))
+    assert hello["monitoring"] == ""
+    names = {peer["id"]: peer["names"] for peer in update["peers"]}
+    assert names[demo.unique_name] == [demo.name] and names[demo2.unique_name] == [demo2.name]
+    assert any(m["member"] == "Add" and m["type"] == "call" for m in update["messages"])
+
+
+def test_a_bus_that_refuses_monitoring_is_named_plainly():
+    """Without BecomeMonitor the page still shows who is on the bus, and says why it shows no traffic."""
+    with _busy_bus("busd", REFUSE_MONITORING) as (bus, (demo, _), client), _web(bus) as (url, errors):
+        errors.expect(lambda line: "does not let this user monitor it" in line, "the refusal explained")
+        hello, _ = asyncio.run(_updates(url, lambda update: True))
+    assert "org.freedesktop.DBus.Error.AccessDenied" in hello["monitoring"]
+    assert "no traffic" in hello["monitoring"]
+    assert {demo.unique_name, client} <= {peer["id"] for peer in hello["peers"]}
+    assert hello["edges"] == [] and hello["messages"] == []
 
 
 def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_path):
@@ -139,14 +195,14 @@ def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_p
     browser.get(url)
 
     # The map: both services by name, and an edge for the client's calls to Demo.
+    # (The map is redrawn as traffic changes: the test waits for elements by what they show.)
     for service in (demo, demo2):
-        node = wait.until(ready.presence_of_element_located(
-            (By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{service.unique_name}"]')))
-        assert service.name in node.get_attribute("data-names").split()
+        wait.until(ready.presence_of_element_located(
+            (By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{service.unique_name}"][data-names~="{service.name}"]')))
     wait.until(ready.presence_of_element_located(
         (By.CSS_SELECTOR, f'#map-svg path.edge[data-kind="call"][data-from="{client}"][data-to="{demo.unique_name}"]')))
-    driver_node = browser.find_element(By.CSS_SELECTOR, '#map-svg g.node[data-peer="org.freedesktop.DBus"]')
-    assert driver_node.get_attribute("data-kind") == "driver"
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, '#map-svg g.node.driver[data-peer="org.freedesktop.DBus"][data-kind="driver"]')))
     assert browser.find_element(By.ID, "status").get_attribute("data-monitoring") == "ok"
     # Demo2's Changed signals go to everyone: a broadcast halo on its node.
     wait.until(ready.presence_of_element_located(

@@ -5,6 +5,18 @@
 (function () {
   const svg = document.getElementById("map-svg");
   const RADIUS = 20;
+  // Drawn elements by key, with what they were drawn from: an unchanged node or edge keeps its element
+  // (its tooltip stays open, and whoever holds it still holds the page's element).
+  let drawn = new Map();
+
+  function reuse(key, from, make) {
+    const signature = JSON.stringify(from);
+    const old = drawn.get(key);
+    const element = old && old.signature === signature ? old.element : make();
+    next.set(key, { signature, element });
+    return element;
+  }
+  let next = new Map();
 
   function fillColour(peer) {
     if (peer.quota === null || peer.quota === undefined) return "hsl(120, 25%, 72%)";
@@ -48,7 +60,10 @@
     };
     const [sx, sy] = trim(x1, y1, mx, my);
     const [ex, ey] = trim(x2, y2, mx, my);
-    return `M${sx.toFixed(1)},${sy.toFixed(1)} Q${mx.toFixed(1)},${my.toFixed(1)} ${ex.toFixed(1)},${ey.toFixed(1)}`;
+    return {
+      d: `M${sx.toFixed(1)},${sy.toFixed(1)} Q${mx.toFixed(1)},${my.toFixed(1)} ${ex.toFixed(1)},${ey.toFixed(1)}`,
+      middle: [0.25 * sx + 0.5 * mx + 0.25 * ex, 0.25 * sy + 0.5 * my + 0.25 * ey],
+    };
   }
 
   function defs() {
@@ -99,16 +114,37 @@
     const edges = Busd.svg("g", { class: "edges" });
     for (const edge of Busd.edges) {
       if (!places.has(edge.from) || !places.has(edge.to) || edge.from === edge.to) continue;
-      const path = Busd.svg("path", { class: `edge ${edge.kind}`, d: edgePath(places.get(edge.from), places.get(edge.to)),
-        "stroke-width": (1.5 + 2.5 * Math.log2(1 + edge.rate)).toFixed(1), "marker-end": `url(#arrow-${edge.kind})`,
-        dataset: { from: edge.from, to: edge.to, kind: edge.kind, count: edge.count } });
-      path.append(Busd.svg("title", {}, `${Busd.label(edge.from)} → ${Busd.label(edge.to)}: ${edge.count} ` +
-        `${edge.kind === "call" ? "calls" : "signals"} in ${Busd.window} s (${edge.rate.toFixed(1)}/s)`));
-      edges.append(path);
+      const key = `${edge.kind} ${edge.from} ${edge.to}`;
+      edges.append(reuse(key, [edge, places.get(edge.from), places.get(edge.to), Busd.label(edge.from),
+        Busd.label(edge.to)], () => edgeElements(edge, places)));
     }
     const nodes = Busd.svg("g", { class: "nodes" });
-    for (const peer of Busd.peers.values()) if (places.has(peer.id)) nodes.append(node(peer, places.get(peer.id)));
+    for (const peer of Busd.peers.values()) {
+      if (places.has(peer.id)) {
+        nodes.append(reuse(peer.id, [peer, places.get(peer.id)], () => node(peer, places.get(peer.id))));
+      }
+    }
+    drawn = next;
+    next = new Map();
     svg.replaceChildren(defs(), edges, nodes);
+    summarise();
+  }
+
+  // An edge: its path and its rate label.
+  function edgeElements(edge, places) {
+    const group = Busd.svg("g", { class: "edge-group" });
+    const shape = edgePath(places.get(edge.from), places.get(edge.to));
+    const path = Busd.svg("path", { class: `edge ${edge.kind}`, d: shape.d,
+      "stroke-width": (1.5 + 2.5 * Math.log2(1 + edge.rate)).toFixed(1), "marker-end": `url(#arrow-${edge.kind})`,
+      dataset: { from: edge.from, to: edge.to, kind: edge.kind, count: edge.count } });
+    path.append(Busd.svg("title", {}, `${Busd.label(edge.from)} → ${Busd.label(edge.to)}: ${edge.count} ` +
+      `${edge.kind === "call" ? "calls" : "signals"} in ${Busd.window} s (${edge.rate.toFixed(1)}/s)`));
+    group.append(path, Busd.svg("text", { class: `rate ${edge.kind}`, x: shape.middle[0].toFixed(1),
+      y: (shape.middle[1] - 4).toFixed(1), "text-anchor": "middle" }, `${edge.rate.toFixed(1)}/s`));
+    return group;
+  }
+
+  function summarise() {
     const calls = Busd.edges.filter((e) => e.kind === "call").reduce((sum, e) => sum + e.rate, 0);
     const signals = Busd.edges.filter((e) => e.kind === "signal").reduce((sum, e) => sum + e.rate, 0)
       + [...Busd.peers.values()].reduce((sum, p) => sum + (p.broadcasts || 0), 0);
