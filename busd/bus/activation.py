@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..wire.message import Header
 from . import errors
 from .fds import close_fds
+from .histogram import START_BOUNDS, Histogram
 from .observers import BusObserver
 
 if TYPE_CHECKING:
@@ -160,12 +162,13 @@ Entry = HeldMessage | StartRequest | SystemdRequest
 class PendingStart:
     """A name being started, and everything waiting for it in arrival order."""
 
-    __slots__ = ("name", "entries", "timer")
+    __slots__ = ("name", "entries", "timer", "started")
 
     def __init__(self, name: str):
         self.name = name
         self.entries: list[Entry] = []
         self.timer: Any = None
+        self.started = time.monotonic()
 
 
 class PendingStarts(BusObserver):
@@ -176,6 +179,10 @@ class PendingStarts(BusObserver):
         self.activator = activator
         self.pending: dict[str, PendingStart] = {}
         self.held = 0  # entries in all pending starts, against max_pending_service_starts
+        # For the metrics: how each start ended, by name ("activated", or the error's last word), and how
+        # long the ones that succeeded took. Names are those of .service files only, so the labels stay few.
+        self.outcomes: dict[tuple[str, str], int] = {}
+        self.durations = Histogram(START_BOUNDS)
 
     def waiting_for(self, name: str) -> bool:
         return name in self.pending
@@ -290,12 +297,17 @@ class PendingStarts(BusObserver):
 
     def _succeeded(self, pending: PendingStart) -> None:
         self._finish(pending)
+        self.durations.observe(time.monotonic() - pending.started)
+        key = (pending.name, "activated")
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
         log.info("Successfully activated service '%s'", pending.name)
         for entry in pending.entries:
             entry.deliver(self.bus)
 
     def _fail(self, pending: PendingStart, error: str, text: str) -> None:
         self._finish(pending)
+        key = (pending.name, error.rsplit(".", 1)[-1])
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
         log.warning("Activated service '%s' failed: %s", pending.name, text)
         for entry in pending.entries:
             entry.fail(self.bus, error, text)

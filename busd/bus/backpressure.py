@@ -14,9 +14,10 @@ from .ports import PeerLink
 class BackPressure:
     """Who holds whose input, for one bus."""
 
-    __slots__ = ("held", "holders")
+    __slots__ = ("held", "holders", "holds")
 
     def __init__(self) -> None:
+        self.holds = 0  # times a sender was held back by a recipient (the metrics')
         self.held: dict[PeerLink, set[PeerLink]] = {}  # recipient -> senders it holds back
         self.holders: dict[PeerLink, set[PeerLink]] = {}  # sender -> recipients holding it back
 
@@ -25,6 +26,8 @@ class BackPressure:
         held = self.held.get(recipient)
         if held is None:
             held = self.held[recipient] = set()
+        if sender not in held:
+            self.holds += 1
         held.add(sender)
         holders = self.holders.get(sender)
         if holders is None:

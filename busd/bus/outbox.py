@@ -52,6 +52,8 @@ class DriverOutbox:
         self.policy = policy
         self.ledger = ledger
         self.serial = 0  # of the last message the bus sent
+        # Errors the bus answered or refused with, by name (a refusal nobody is told of counts too): the metrics'
+        self.errors: dict[str, int] = {}
 
     def next_serial(self) -> int:
         self.serial = serial = (self.serial % 0xFFFFFFFF) + 1
@@ -85,6 +87,7 @@ class DriverOutbox:
         self.ledger.queue(target, message, b"")
 
     def send_error(self, target: Peer, reply_serial: int, error_name: str, text: str) -> None:
+        self.errors[error_name] = self.errors.get(error_name, 0) + 1
         if target.conn.closed:
             return
         message = build_message(ERROR, self.next_serial(), error_name=error_name,
@@ -106,7 +109,9 @@ class DriverOutbox:
         """
         if not monitors_only and h.type == METHOD_CALL and not h.flags & NO_REPLY_EXPECTED:
             self.send_error(sender, h.serial, error_name, text)
-        elif self.monitors:
+            return
+        self.errors[error_name] = self.errors.get(error_name, 0) + 1
+        if self.monitors:
             message = build_message(ERROR, self.next_serial(), error_name=error_name,
                                     reply_serial=h.serial, destination=sender.unique_name,
                                     sender=DRIVER_NAME, signature="s", body=[text])

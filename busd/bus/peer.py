@@ -19,7 +19,7 @@ class Peer:
                  "monitor_rules", "expecting", "replies_outstanding", "credentials", "serial_in",
                  "match_count", "peak_match_count", "policy", "auth_uid", "calling",
                  "user", "out_charged", "fds_charged", "names_charged", "peak_names", "peak_replies", "peak_fds",
-                 "refusing",
+                 "refusing", "reply_seconds", "replies_answered",
                  "__weakref__")
 
     policy: PeerPolicy  # set by the bus when the peer authenticates, replaced on a policy reload
@@ -34,7 +34,8 @@ class Peer:
         self.monitor_rules: list[MatchRule] = []
         self.expecting: set[tuple[Peer, int, Peer]] = set()  # keys of the calls this peer must answer (replies.py)
         self.replies_outstanding = 0  # calls this peer made that await an answer
-        self.calling: set[tuple[Peer, int, Peer]] = set()  # their keys: dropped when this peer leaves
+        # their keys, each with when it was made (time.monotonic()): dropped when this peer leaves
+        self.calling: dict[tuple[Peer, int, Peer], float] = {}
         self.credentials = conn.credentials
         self.auth_uid: int | None = conn.credentials.uid
         self.serial_in = 0
@@ -49,6 +50,9 @@ class Peer:
         self.peak_replies = 0
         self.peak_fds = 0  # (kept lazily: when the queue's fds go down)
         self.refusing = False  # a refusal was logged and the queue has not drained since (one line per episode)
+        # Calls this peer answered, and how long they took in all (kept only with the metrics: replies.py).
+        self.reply_seconds = 0.0
+        self.replies_answered = 0
 
     def __repr__(self) -> str:
         return f"<Peer {self.unique_name or self.conn.label}>"

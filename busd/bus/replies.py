@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import errors
+from .histogram import REPLY_BOUNDS, Histogram
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -59,9 +60,10 @@ class ReplyTracker:
         caller.replies_outstanding += 1
         if caller.replies_outstanding > caller.peak_replies:
             caller.peak_replies = caller.replies_outstanding
-        pending[key] = time.monotonic() + limits.reply_timeout / 1000
+        now = time.monotonic()
+        pending[key] = now + limits.reply_timeout / 1000
         callee.expecting.add(key)
-        caller.calling.add(key)
+        caller.calling[key] = now
         return None
 
     def forget(self, key: ReplyKey) -> bool:
@@ -70,19 +72,19 @@ class ReplyTracker:
             return False
         caller, _, callee = key
         callee.expecting.discard(key)
-        settled(caller, key)
+        unanswered(caller, key)
         return True
 
     def callee_gone(self, callee: Peer) -> list[tuple[Peer, int]]:
         """`callee` left: stop tracking the calls it did not answer, and return them as (caller, serial)."""
-        unanswered = []
+        calls = []
         for key in list(callee.expecting):
             if self.pending.pop(key, None) is not None:
                 caller, serial, _ = key
-                settled(caller, key)
-                unanswered.append((caller, serial))
+                unanswered(caller, key)
+                calls.append((caller, serial))
         callee.expecting.clear()
-        return unanswered
+        return calls
 
     def caller_gone(self, caller: Peer) -> None:
         """`caller` left: its calls no longer wait for an answer (a late one is dropped as unexpected)."""
@@ -107,14 +109,54 @@ class ReplyTracker:
             del pending[key]
             caller, _, callee = key
             callee.expecting.discard(key)
-            settled(caller, key)
+            unanswered(caller, key)
         return [(caller, serial) for caller, serial, _ in keys]
 
 
+class ReplyTimes:
+    """How long answered calls took through the bus (call queued to reply routed): one histogram, and per
+    callee its total and count (Peer.reply_seconds, Peer.replies_answered). Kept only once the daemon asks
+    for it with measure_reply_times() (metrics enabled): otherwise a reply costs no clock read."""
+
+    def __init__(self) -> None:
+        self.histogram = Histogram(REPLY_BOUNDS)
+
+    def answered(self, callee: Peer, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.histogram.observe(seconds)
+        callee.reply_seconds += seconds
+        callee.replies_answered += 1
+
+
+_reply_times: ReplyTimes | None = None
+
+
+def measure_reply_times() -> ReplyTimes:
+    """Start timing every answered call in this process (the daemon's metrics ask once) and return the record."""
+    global _reply_times
+    if _reply_times is None:
+        _reply_times = ReplyTimes()
+    return _reply_times
+
+
 def settled(caller: Peer, key: ReplyKey) -> None:
-    """The call `key` of `caller` no longer waits: its counts and its user's ledger line go down."""
+    """The call `key` of `caller` is answered: its counts and its user's ledger line go down (the router
+    calls this inline for each reply it lets through)."""
+    started = caller.calling.pop(key, None)
     caller.replies_outstanding -= 1
-    caller.calling.discard(key)
+    user = caller.user
+    if user is not None:
+        if user.replies > user.replies_peak:
+            user.replies_peak = user.replies
+        user.replies -= 1
+    if _reply_times is not None and started is not None:
+        _reply_times.answered(key[2], started)
+
+
+def unanswered(caller: Peer, key: ReplyKey) -> None:
+    """The call `key` of `caller` no longer waits, unanswered (undeliverable, timed out, callee gone)."""
+    caller.calling.pop(key, None)
+    caller.replies_outstanding -= 1
     user = caller.user
     if user is not None:
         if user.replies > user.replies_peak:
@@ -122,4 +164,4 @@ def settled(caller: Peer, key: ReplyKey) -> None:
         user.replies -= 1
 
 
-__all__ = ["ReplyKey", "ReplyTracker", "settled"]
+__all__ = ["ReplyKey", "ReplyTimes", "ReplyTracker", "measure_reply_times", "settled", "unanswered"]

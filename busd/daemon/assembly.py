@@ -52,6 +52,8 @@ class Daemon(BusObserver):
         self.watchdog: Watchdog | None = None  # when systemd asked for keep-alives
         self.bridge: Any = None  # the BridgeManager, made by process.start once the bus serves
         self.lookups = Lookups()  # the user database and the cookie keyring, asked in threads
+        self.metrics: Any = None  # metrics.Metrics when --metrics or <busd:metrics> asks (metrics_setup.py)
+        self.audit_mode = False  # <busd:policy mode="audit"/>: denials are logged, not enforced
 
     # ------------------------------------------------------------ before the loop
 
@@ -77,6 +79,8 @@ class Daemon(BusObserver):
         settings = self.settings
         self.activation = install_activation(self.bus, settings.servicedirs, settings.servicehelper,
                                              self.addresses(), settings.systemd_activation)
+        if self.metrics is not None:
+            await self.metrics.start(self.bus)
         self._stopped = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
         for listener in self.listeners:
@@ -122,6 +126,8 @@ class Daemon(BusObserver):
                 pass
             listener.close()
         self.listeners = []
+        if self.metrics is not None:
+            self.metrics.close()
         if self.bus is not None:
             self.bus.close()
         self.lookups.close()

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with nats://: a NATS .creds file or NKey seed file to authenticate with")
     bridge.add_argument("--remote-uid", metavar="UID", type=int,
                         help="with nats://: the uid remote callers have for local <policy> rules (default 65534)")
+    p.add_argument("--metrics", metavar="ADDRESS", action="append", default=[],
+                   help="serve Prometheus/OpenMetrics metrics at ADDRESS: unix:path=FILE (dumped to whoever "
+                        "connects) or tcp:host=127.0.0.1,port=N (HTTP GET /metrics); repeatable; also "
+                        "<busd:metrics address=\"...\"/> in the config; needs pip install 'busd[metrics]'")
     p.add_argument("--introspect", action="store_true",
                    help="print the introspection XML of org.freedesktop.DBus and exit")
     p.add_argument("--log-level", default=os.environ.get("BUSD_LOG_LEVEL", "warning"),

@@ -155,6 +155,13 @@ def start(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot listen: {exc}")
+    extensions = settings.config.extensions if settings.config else ()
+    if args.metrics or any(element.name == "metrics" for element in extensions):  # (no import otherwise)
+        from .metrics_setup import MetricsSetupError, metrics_addresses, setup_metrics
+        try:
+            setup_metrics(daemon, metrics_addresses(args.metrics, extensions))
+        except MetricsSetupError as exc:
+            return _fail(str(exc))
     if settings.user:
         # A reload may start a bridge later, when busd's files may no longer be readable.
         from ..bridge import bridge as _loaded_now  # noqa: F401
