@@ -28,7 +28,7 @@ from ..wire.message import (
 )
 from ..wire.wellknown import DRIVER_NAME
 from .link import LinkError, UpstreamLink, close_fds, error_text
-from .mirror import Home, Mirror, VirtualConnection
+from .mirror import Home, Mirror, VirtualConnection, hand_over, inject
 from .readdress import readdressed
 from .settings import NAME_OWNER_CHANGED_RULE, BridgeSettings, matches_any
 from .subscriptions import Subscriptions
@@ -45,7 +45,7 @@ MAX_BACKOFF = 10.0
 CONNECT_TIMEOUT = 10.0
 
 
-def _xml_interface() -> str:
+def bridge_interface_xml() -> str:
     text = introspection_xml(BRIDGE_INTERFACE)
     start = text.index("  <interface ")
     return text[start:text.index("</interface>", start) + len("</interface>\n")]
@@ -84,7 +84,7 @@ class Bridge(BusObserver):
     def start(self) -> None:
         bus = self.bus
         bus.add_observer(self)
-        bus.driver.add_interface(BRIDGE_INTERFACE, _xml_interface(), self.properties)
+        bus.driver.add_interface(BRIDGE_INTERFACE, bridge_interface_xml(), self.properties)
         bus.attach_virtual_peer(self.home)
         # Rules and names that exist already (a bridge started by a reload).
         for owner in bus.matches.owners():
@@ -94,7 +94,7 @@ class Bridge(BusObserver):
             self._export_owner_changed(name, bus.registry.owner(name))
         self.task = bus.loop.create_task(self._keep_connected())
         log.info("bridge: started for upstream %s (import %s; export %s)", self.settings.upstream,
-                 _listed(self.settings.imports), _listed(self.settings.exports))
+                 listed(self.settings.imports), listed(self.settings.exports))
 
     def stop(self) -> None:
         if self.stopped:
@@ -244,30 +244,25 @@ class Bridge(BusObserver):
         old = self.imported.get(name)
         if old == owner:
             return
-        registry = self.bus.registry
-        events: list[NameEvent] = []
-        # The new owner queues first, so that the old one's release hands the name over in one change.
+        mirror = None
         if owner is not None:
             mirror = self._mirror(owner)
             self.imported[name] = owner
             mirror.imported.add(name)
-            code, more = registry.request(name, mirror.peer, 0)
-            events += more
-            if code == IN_QUEUE and old is None:
-                log.warning("bridge: imported %s waits here behind its local owner %s", name,
-                            registry.owner(name).unique_name)
-            else:
-                log.info("bridge: imported %s (upstream owner %s, here %s)", name, owner, mirror.peer.unique_name)
         else:
             del self.imported[name]
+        previous = self.mirrors.get(old) if old is not None else None
+        if previous is not None:
+            previous.imported.discard(name)
+        # The new owner queues first, so that the old one's release hands the name over in one change.
+        code = hand_over(self.bus, name, mirror.peer if mirror else None, previous.peer if previous else None)
+        if mirror is None:
             log.info("bridge: imported %s has no owner upstream any more", name)
-        if old is not None:
-            previous = self.mirrors.get(old)
-            if previous is not None:
-                previous.imported.discard(name)
-                events += registry.release(name, previous.peer)[1]
-        if events:
-            self.bus.emit_name_events(events)
+        elif code == IN_QUEUE and old is None:
+            log.warning("bridge: imported %s waits here behind its local owner %s", name,
+                        self.bus.registry.owner(name).unique_name)
+        else:
+            log.info("bridge: imported %s (upstream owner %s, here %s)", name, owner, mirror.peer.unique_name)
 
     def _mirror(self, upstream_name: str) -> Mirror:
         """The local stand-in for an upstream connection, made on first need and kept while it is connected."""
@@ -476,9 +471,7 @@ class Bridge(BusObserver):
     def _inject(self, mirror: Mirror, buf: bytes, h: Header, fds: list[int] | None, destination: str | None,
                 reply_serial: int | None, serial: int | None = None) -> None:
         """Hand an upstream message to the local bus as sent by `mirror`, re-addressed."""
-        head, new = readdressed(h, serial or mirror.next_serial(), destination, reply_serial)
-        message = head + memoryview(buf)[h.body_start:] if h.body_len else head
-        self.bus.receive(mirror.peer, message, new, fds)
+        inject(self.bus, mirror, buf, h, fds, destination, reply_serial, serial)
 
     # ------------------------------------------------------------ messages from the local bus
 
@@ -580,6 +573,7 @@ class Bridge(BusObserver):
             "Subscriptions": Variant("a{su}", dict(self.subscriptions.counts)),
             "Connects": Variant("u", self.connects),
             "LastError": Variant("s", self.last_error),
+            "Nodes": Variant("a{s(bdas)}", {}),  # a federation's (nats_federation.py)
         }
 
 
@@ -591,8 +585,8 @@ def _ignore(h: Header, buf: bytes) -> None:
     pass
 
 
-def _listed(patterns: tuple) -> str:
+def listed(patterns: tuple) -> str:
     return ", ".join(str(p) for p in patterns) or "nothing"
 
 
-__all__ = ["BRIDGE_INTERFACE", "Bridge"]
+__all__ = ["BRIDGE_INTERFACE", "Bridge", "bridge_interface_xml", "listed"]

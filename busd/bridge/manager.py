@@ -11,6 +11,7 @@ from .settings import BridgeSettings
 
 if TYPE_CHECKING:
     from .bridge import Bridge
+    from .nats_federation import Federation
     from ..bus.router import Bus
 
 log = logging.getLogger("busd.bridge")
@@ -25,7 +26,7 @@ class BridgeManager(BusObserver):
     def __init__(self, bus: "Bus", settings_for: Callable[[Any], BridgeSettings | None], config: Any):
         self.bus = bus
         self.settings_for = settings_for
-        self.bridge: Bridge | None = None
+        self.bridge: Bridge | Federation | None = None
         self._apply(settings_for(config))
         bus.add_observer(self)
 
@@ -37,7 +38,13 @@ class BridgeManager(BusObserver):
             log.warning("bridge: configuration changed; restarting the bridge")
             self.bridge.stop()
             self.bridge = None
-        if settings is not None:
+        if settings is not None and settings.is_federation:
+            # Only a daemon in a federation loads it, and with it the NATS client (start time, RSS).
+            from .nats_federation import Federation
+
+            self.bridge = Federation(self.bus, settings)
+            self.bridge.start()
+        elif settings is not None:
             from .bridge import Bridge  # only a daemon that bridges loads it (start time)
 
             self.bridge = Bridge(self.bus, settings)

@@ -22,8 +22,11 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..bus.ownership import NameEvent
 from ..bus.ports import Credentials, SharedFds
+from ..wire.message import Header
 from .link import UpstreamLink
+from .readdress import readdressed
 
 if TYPE_CHECKING:
     from ..bus.peer import Peer
@@ -157,4 +160,30 @@ class Mirror(VirtualConnection):
         self.bridge.from_mirror(self, head, body, fds)
 
 
-__all__ = ["Home", "Mirror", "MirrorHost", "VirtualConnection"]
+def hand_over(bus: "Bus", name: str, new: "Peer | None", old: "Peer | None") -> int | None:
+    """Move a name between stand-ins in one owner change: `new` queues first, then `old` releases it.
+
+    The RequestName code of `new` (None without one); the bus announces the changes.
+    """
+    registry = bus.registry
+    events: list[NameEvent] = []
+    code = None
+    if new is not None:
+        code, more = registry.request(name, new, 0)
+        events += more
+    if old is not None:
+        events += registry.release(name, old)[1]
+    if events:
+        bus.emit_name_events(events)
+    return code
+
+
+def inject(bus: "Bus", conn: VirtualConnection, buf: bytes, h: Header, fds: list[int] | None,
+           destination: str | None, reply_serial: int | None, serial: int | None = None) -> None:
+    """Hand a message from the other side to the local bus as sent by stand-in `conn`, re-addressed."""
+    head, new = readdressed(h, serial or conn.next_serial(), destination, reply_serial)
+    message = head + memoryview(buf)[h.body_start:] if h.body_len else head
+    bus.receive(conn.peer, message, new, fds)
+
+
+__all__ = ["Home", "Mirror", "MirrorHost", "VirtualConnection", "hand_over", "inject"]

@@ -172,6 +172,8 @@ class NameMethods:
             result["UnixGroupIDs"] = Variant("au", list(creds.groups))
         if creds.pid is not None:
             result["ProcessID"] = Variant("u", creds.pid)
+        if creds.origin is not None:  # a stand-in for a peer on another busd node of a federation
+            result["dev.busd.FederationNode"] = Variant("s", creds.origin)
         return [result]
 
 

@@ -22,18 +22,21 @@ from ..wire.message import Header
 class Credentials:
     """Who is at the other end of a peer's link: what the kernel says, with the uid SASL authenticated.
 
-    `groups` are the kernel's (SO_PEERGROUPS; none over TCP). `user_groups` are
+    `groups` are the kernel's (SO_PEERGROUPS; none over TCP); `origin` names the busd node of a federation
+    a stand-in's peer is on. `user_groups` are
     the groups the user database gives `uid`, which the transport looks up off
     the event loop: () when `uid` is no user, None when nobody looked (the
     policy then looks them up itself).
     """
 
-    __slots__ = ("pid", "uid", "gid", "groups", "user_groups")
+    __slots__ = ("pid", "uid", "gid", "groups", "user_groups", "origin")
 
     def __init__(self, pid: int | None = None, uid: int | None = None, gid: int | None = None,
-                 groups: tuple[int, ...] = (), user_groups: tuple[int, ...] | None = None):
+                 groups: tuple[int, ...] = (), user_groups: tuple[int, ...] | None = None,
+                 origin: str | None = None):
         self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups
         self.user_groups = user_groups
+        self.origin = origin  # a federation's stand-in: the node its peer is on (GetConnectionCredentials says)
 
     @property
     def policy_groups(self) -> tuple[int, ...]:

@@ -12,6 +12,8 @@ from .output import Column
 
 BRIDGE_INTERFACE = "dev.busd.Bridge1"
 NAME_COLUMNS = (Column("NAME"), Column("DIRECTION"), Column("UPSTREAM"), Column("LOCAL"))
+# A federation over NATS (upstream nats://): one row per node heard from.
+NODE_COLUMNS = (Column("NODE"), Column("CONNECTED"), Column("RTT_MS", right=True), Column("NAMES"))
 # The summary lines, in order: property name, and how to show its value.
 SUMMARY = ("Upstream", "Connected", "UpstreamUniqueName", "ImportPatterns", "ExportPatterns", "Connects",
            "LastError")
@@ -49,6 +51,14 @@ def name_rows(properties: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def node_rows(properties: dict[str, Any]) -> list[list[str]]:
+    """One row per federation node: whether it is heard (this one: connected to NATS), round trip, its names."""
+    rows = []
+    for node, (alive, rtt, names) in properties.get("Nodes", {}).items():
+        rows.append([f"node {node}", _text(alive), f"{rtt:.2f}" if rtt >= 0 else "-", _text(names)])
+    return rows
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -75,4 +85,8 @@ async def bridge(ctx: Context, args: list[str]) -> int:
         if rows:
             output.line()
             output.table(NAME_COLUMNS, rows)
+        nodes = node_rows(properties)
+        if nodes:
+            output.line()
+            output.table(NODE_COLUMNS, nodes)
     return EXIT_OK
