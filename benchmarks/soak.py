@@ -9,8 +9,13 @@ load (soak_load.py: calls, signals with subscribers, connection churn, an
 activatable service killed with SIGKILL and restarted, junk and never-reading
 clients, a slow consumer), each bus's load in its own process. Every
 --interval seconds the daemon's RSS and open fds are read from /proc. The
-verdict: the least-squares slope of RSS over minutes --warmup..N must be below
---bound MiB/minute for every daemon (exit status 1 otherwise).
+verdict: the high-water growth of RSS over minutes --warmup..N must be below
+--bound MiB/minute for every daemon (exit status 1 otherwise): the highest RSS
+of the last quarter of that window against the highest of its first quarter,
+per minute between the two quarters. A leak raises every high-water mark; the
+load's transients (a never-reader's queue filling to its cap, then dropped)
+rise and fall within one quarter, which a least-squares slope over a short
+window mistakes for growth (also printed, for reference).
 
 --diagnose runs busd in a child process of this script that starts tracemalloc
 before importing busd (no switch in busd itself): after the warm-up and at the
@@ -109,6 +114,21 @@ def slope(samples: list[Sample], since: float) -> float | None:
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
 
 
+def high_water_growth(samples: list[Sample], since: float) -> float | None:
+    """MiB per minute between the highest RSS of the first and of the last quarter of the window from `since`."""
+    window = [s for s in samples if s.t >= since]
+    if len(window) < 4:
+        return None
+    start, end = window[0].t, window[-1].t
+    quarter = (end - start) / 4
+    if quarter <= 0:
+        return None
+    first = [s.rss_kib for s in window if s.t <= start + quarter]
+    last = [s.rss_kib for s in window if s.t >= end - quarter]
+    minutes = (end - start - quarter) / 60  # between the quarters' midpoints
+    return (max(last) - max(first)) / 1024 / minutes
+
+
 @dataclass
 class Series:
     """Everything the soak learned about one daemon."""
@@ -124,8 +144,12 @@ class Series:
     def slope(self, since: float) -> float | None:
         return slope(self.samples, since)
 
+    def growth(self, since: float) -> float | None:
+        return high_water_growth(self.samples, since)
+
     def as_json(self, since: float) -> dict:
-        return {"kind": self.kind, "pid": self.pid, "slope_mib_per_min": self.slope(since),
+        return {"kind": self.kind, "pid": self.pid, "growth_mib_per_min": self.growth(since),
+                "slope_mib_per_min": self.slope(since),
                 "samples": [[s.t, s.rss_kib, s.fds, s.zombies] for s in self.samples],
                 "sample_fields": ["seconds", "rss_kib", "fds", "zombie_children"],
                 "load": self.tally, "load_errors": self.errors, "log_lines": self.log_lines,
@@ -429,15 +453,18 @@ def report(series: list[Series], warmup: float, bound: float, interval: float) -
     ok = True
     lines.append("")
     for one in series:
-        value = one.slope(warmup)
+        value = one.growth(warmup)
+        trend = one.slope(warmup)
         first = one.samples[0].rss_kib / 1024
         last = one.samples[-1].rss_kib / 1024
         fds = [s.fds for s in one.samples if s.t >= warmup]
         passed = value is not None and value < bound and one.tally.get("errors", 0) == 0
         ok = ok and passed
-        slope_text = "n/a (too few samples after the warm-up)" if value is None else f"{value:+.3f} MiB/min"
-        lines.append(f"{one.kind}: RSS {first:.1f} -> {last:.1f} MiB; slope after {warmup:.0f}s {slope_text} "
-                     f"(bound {bound} MiB/min); fds after warm-up {min(fds, default=0)}..{max(fds, default=0)}; "
+        growth_text = "n/a (too few samples after the warm-up)" if value is None else f"{value:+.3f} MiB/min"
+        trend_text = "" if trend is None else f" (least-squares slope {trend:+.3f})"
+        lines.append(f"{one.kind}: RSS {first:.1f} -> {last:.1f} MiB; high-water growth after {warmup:.0f}s "
+                     f"{growth_text}{trend_text} (bound {bound} MiB/min); "
+                     f"fds after warm-up {min(fds, default=0)}..{max(fds, default=0)}; "
                      f"zombie children {one.samples[-1].zombies}: {'PASS' if passed else 'FAIL'}")
         lines.append("  load: " + ", ".join(f"{k}={v}" for k, v in sorted(one.tally.items())))
         for error in one.errors:
@@ -455,8 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=10.0, help="how long the load runs (default 10)")
     p.add_argument("--buses", default="busd,dbus-daemon", help="comma-separated daemons (default busd,dbus-daemon)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between samples (default 5)")
-    p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the slope (default 60)")
-    p.add_argument("--bound", type=float, default=0.1, help="largest acceptable RSS slope, MiB/min (default 0.1)")
+    p.add_argument("--warmup", type=float, default=60.0, help="seconds left out of the verdict (default 60)")
+    p.add_argument("--bound", type=float, default=0.1, help="largest acceptable high-water RSS growth, MiB/min (default 0.1)")
     p.add_argument("--rate", type=float, default=1.0, help="scale of the load (default 1.0)")
     p.add_argument("--json", action="store_true", help="print the series as JSON instead of the table")
     p.add_argument("--logs", metavar="DIR", help="keep each daemon's log in DIR/KIND.log")

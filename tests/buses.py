@@ -120,11 +120,13 @@ def workdir(prefix: str) -> Iterator[str]:
 
 
 def daemon_command(kind: str) -> list[str]:
-    """The command line that starts a bus daemon of `kind` ("busd" or "dbus-daemon")."""
+    """The command line that starts a bus daemon of `kind` ("busd", "busd-pure" or "dbus-daemon")."""
     if kind == "dbus-daemon":
         return ["dbus-daemon"]
     if kind == "busd":
         return [sys.executable, "-m", "busd"]
+    if kind == "busd-pure":  # the per-message path's pure-Python twin, whether or not it is compiled
+        return ["env", "BUSD_NO_EXTENSIONS=1", sys.executable, "-m", "busd"]
     raise ValueError(f"unknown bus kind {kind!r}")
 
 

@@ -9,6 +9,7 @@ import os
 import signal
 from typing import Any, Callable
 
+from .._extensions import mode as extension_mode
 from ..bus.router import Bus
 from ..bus.observers import BusObserver
 from ..bus.ports import Credentials
@@ -91,7 +92,7 @@ class Daemon(BusObserver):
         if ready is not None:
             ready()
         self.watchdog = Watchdog.from_environment(loop)
-        log.info("busd ready on %s", self.addresses())
+        log.info("busd ready on %s (per-message path: %s)", self.addresses(), extension_mode())
         try:
             await self._stopped
         finally:

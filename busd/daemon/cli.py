@@ -27,6 +27,15 @@ exit status: 0 after a clean shutdown (SIGTERM/SIGINT), 1 on a configuration
 or listen error (the message names the file, line and reason)."""
 
 
+
+class _VersionAction(argparse.Action):
+    """--version: says which twin of the per-message path runs (importing it only when asked)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # noqa: ANN001 - argparse's signature
+        from .._extensions import mode
+        print(f"busd {__version__} (D-Bus Message Bus Daemon compatible)\nper-message path: {mode()}")
+        parser.exit()
+
 def _fd_or_stdout(value: str | None) -> int | None:
     if value is None or value == "":
         return 1
@@ -94,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"], help="log verbosity (default: warning)")
     p.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("BUSD_LOG_FORMAT", "text"),
                    help="log lines as text or as one JSON object per line")
-    p.add_argument("--version", action="version",
-                   version=f"busd {__version__} (D-Bus Message Bus Daemon compatible)")
+    p.add_argument("--version", action=_VersionAction, nargs=0,
+                   help="print busd's version, and whether its per-message path runs compiled, and exit")
     return p
 
 

@@ -154,11 +154,10 @@ _DOORKEEPER = names.Doorkeeper()
 _REPLY_SERIAL_MARK = bytes((REPLY_SERIAL, 1, ord("u"), 0))
 # Only ordinary headers are cached: a peer must not pin a thousand huge ones in memory.
 _CACHEABLE_FIELDS_LENGTH = 1024
-_NEW_HEADER = object.__new__
 
 
 def _copy_fields(template: Header) -> Header:
-    h = _NEW_HEADER(Header)
+    h = Header.__new__(Header)
     h.endian = template.endian
     h.type = template.type
     h.path = template.path

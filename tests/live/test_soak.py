@@ -1,17 +1,20 @@
-"""Short soak (issue 13): under a minute of mixed traffic, the daemon's RSS must stop rising after the warm-up.
+"""Short soak (issue 13): a minute and a half of mixed traffic; the daemon's RSS must stop rising after the warm-up.
 
 benchmarks/soak.py's load (calls, signals with subscribers, connection churn, an
 activatable service killed with SIGKILL and restarted, junk and never-reading
 clients, a slow consumer) runs against one bus for SECONDS; the daemon's RSS and
-fds are read from /proc every INTERVAL seconds. After WARMUP seconds the RSS
-slope (least squares, MiB per minute) must stay under BOUND.
+fds are read from /proc every INTERVAL seconds. After WARMUP seconds the RSS's
+high-water growth (soak.high_water_growth: the highest RSS of the window's last
+quarter against its first quarter's, MiB per minute) must stay under BOUND.
 
 Why BOUND is what it is: the issue measured busd rising 2.6 MB/min over its first
 3 minutes (0.5-0.7 MB/min over 10) where dbus-daemon stays flat. This test's
 window lies in those first minutes and its load is the soak's default, so a
-leak of the reported size shows as a slope well over 1 MiB/min; a flat daemon's
-slope, measured the same way, is within +-0.3 MiB/min (sampling noise of a few
-hundred KiB over half a minute). The long run (10 minutes) is
+leak of the reported size raises the high-water mark by well over 1 MiB/min. A
+flat daemon's RSS still swings by about 1.3 MiB within seconds (a never-reading
+peer's queue fills to its cap and is dropped); a least-squares slope over a
+30-second window read such a swing as +2.2 MiB/min once in CI, while the
+high-water marks of the quarters moved 0.2 MiB. The long run (10 minutes) is
 `python3 benchmarks/soak.py`, see README's "Tests".
 """
 
@@ -32,8 +35,8 @@ import soak  # noqa: E402
 
 pytestmark = pytest.mark.load  # .ci/run runs it once, in its first pass (pyproject: markers)
 
-SECONDS = float(os.environ.get("BUSD_SOAK_SECONDS", "50"))
-WARMUP = 20.0  # seconds: start-up, first connections, the first never-reading peer's queue
+SECONDS = float(os.environ.get("BUSD_SOAK_SECONDS", "80"))
+WARMUP = 30.0  # seconds: start-up, first connections, the first never-reading peer's queue, the caches filling
 INTERVAL = 2.0
 BOUND = 1.0  # MiB per minute, see the module docstring
 FD_SLACK = 16  # fds the load may hold open at one moment beyond the warm-up's (churn, junk, activation)
@@ -52,8 +55,8 @@ def test_rss_stays_flat_under_mixed_traffic(kind: str) -> None:
     assert not series.errors, report
     for work in ("calls", "received", "slow-received", "connections", "activations", "junk-sasl"):
         assert series.tally.get(work, 0) > 0, f"the load did no {work}: {report}"
-    slope = series.slope(WARMUP)
-    assert slope is not None and slope < BOUND, report
+    growth = series.growth(WARMUP)
+    assert growth is not None and growth < BOUND, report
     fds = [s.fds for s in series.samples if s.t >= WARMUP]
     assert max(fds) - min(fds) <= FD_SLACK, report
     assert series.samples[-1].zombies == 0, report

@@ -1,0 +1,193 @@
+"""The daemon's per-message path in one process, timed in CPU time: compiled against pure Python.
+
+    python3 benchmarks/bench_path.py                 # both modes, each in its own process
+    python3 benchmarks/bench_path.py --json
+
+A real Bus and real server Connections on socketpairs; the clients are raw
+sockets in the same process. For each workload a client's socket holds a batch
+of messages (BATCH of them, written before timing), and what is timed is one
+call of the connection's read callback: the read, the framing, the header parse,
+routing, stamping, queueing and the sendmsg() to each recipient, as the event
+loop would run it. The recipients' sockets are drained outside the timing.
+Time is the thread's CPU time, so other load on the machine changes the figures
+little (benchmarks/bench_bus.py measures the whole daemon against dbus-daemon
+and dbus-broker, event loop included, and needs a quiet machine).
+
+Workloads: "call" (a method call to a service), "reply" (the service's reply to a
+pending call), "signal-1" and "signal-10" (a broadcast to 1 and 10 subscribers
+with a match rule each). The bus has no policy (every config file's own rules
+cost more, in both modes alike). This is a measurement: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+BATCH = 64
+ROUNDS = 300
+WORKLOADS = ("call", "reply", "signal-1", "signal-10")
+
+
+def _measure(rounds: int) -> dict[str, float]:
+    """CPU µs per message of each workload, in this process (its mode is the environment's)."""
+    import asyncio
+
+    from busd.bus.router import Bus
+    from busd.interfaces import introspection_xml
+    from busd.transport.connection import Connection
+    from busd.wire.message import METHOD_CALL, METHOD_RETURN, SIGNAL, build_message
+    from busd.wire.sasl_server import ServerAuthenticator
+    from busd.wire.wellknown import DRIVER_INTERFACE, DRIVER_NAME, DRIVER_PATH
+
+    try:
+        import uvloop
+        loop = uvloop.new_event_loop()
+    except ImportError:
+        loop = asyncio.new_event_loop()
+    guid = "0" * 32
+    bus = Bus(loop, guid, machine_id="0" * 32, introspection=introspection_xml(DRIVER_NAME))
+
+    class Client:
+        def __init__(self, label: str):
+            ours, self.sock = socket.socketpair()
+            ours.setblocking(False)
+            for s in (ours, self.sock):
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self.conn = Connection(bus, ours, lambda creds: ServerAuthenticator(guid, peer_uid=creds.uid), label)
+            self.conn.data_received(b"\0AUTH EXTERNAL\r\nDATA\r\nBEGIN\r\n")
+            self.serial = 0
+            deadline = time.monotonic() + 10
+            while self.conn.peer is None:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the connection was not admitted")
+                loop.run_until_complete(asyncio.sleep(0.001))
+            self.call_driver("Hello")
+            self.name = self.conn.peer.unique_name
+            self.drain()
+
+        def call_driver(self, member: str, signature: str = "", body: tuple = ()) -> None:
+            self.send([build_message(METHOD_CALL, self.next_serial(), path=DRIVER_PATH, interface=DRIVER_INTERFACE,
+                                     member=member, destination=DRIVER_NAME, signature=signature, body=body)])
+
+        def next_serial(self) -> int:
+            self.serial += 1
+            return self.serial
+
+        def send(self, messages: list[bytes], timed: list[float] | None = None) -> None:
+            self.sock.sendall(b"".join(messages))
+            start = time.thread_time()
+            self.conn._on_readable()
+            bus._flush_all()
+            if timed is not None:
+                timed.append(time.thread_time() - start)
+
+        def drain(self) -> None:
+            self.sock.setblocking(False)
+            try:
+                while self.sock.recv(1 << 20):
+                    pass
+            except BlockingIOError:
+                pass
+
+    caller, service = Client("caller"), Client("service")
+    subscribers = [Client(f"subscriber{i}") for i in range(10)]
+    for sub in subscribers:
+        sub.call_driver("AddMatch", "s", ("type='signal',interface='org.example.Bench',member='Tick'",))
+        sub.drain()
+    figures = {}
+
+    def calls(count: int) -> list[bytes]:
+        return [build_message(METHOD_CALL, caller.next_serial(), path="/org/example/Bench",
+                              interface="org.example.Bench", member="Ping", destination=service.name,
+                              signature="s", body=("hello",)) for _ in range(count)]
+
+    def replies(serials: range) -> list[bytes]:
+        return [build_message(METHOD_RETURN, service.next_serial(), reply_serial=serial, destination=caller.name,
+                              signature="s", body=("pong",)) for serial in serials]
+
+    def signals(count: int) -> list[bytes]:
+        return [build_message(SIGNAL, caller.next_serial(), path="/org/example/Bench",
+                              interface="org.example.Bench", member="Tick", signature="u", body=(7,))
+                for _ in range(count)]
+
+    for workload in WORKLOADS:
+        timed: list[float] = []
+        for round_number in range(rounds + 20):  # the first rounds warm the caches, and are left out
+            sample = timed if round_number >= 20 else None
+            if workload in ("call", "reply"):
+                first = caller.serial + 1
+                caller.send(calls(BATCH), sample if workload == "call" else None)
+                service.drain()
+                service.send(replies(range(first, first + BATCH)), sample if workload == "reply" else None)
+                caller.drain()
+            else:
+                listening = subscribers[:1] if workload == "signal-1" else subscribers
+                for sub in subscribers[len(listening):]:
+                    sub.call_driver("RemoveMatch", "s", ("type='signal',interface='org.example.Bench',member='Tick'",))
+                caller.send(signals(BATCH), sample)
+                for sub in subscribers:
+                    sub.drain()
+                for sub in subscribers[len(listening):]:
+                    sub.call_driver("AddMatch", "s", ("type='signal',interface='org.example.Bench',member='Tick'",))
+                    sub.drain()
+        # the 10th percentile: other processes' load only ever adds time, so the low end is the path's own
+        figures[workload] = statistics.quantiles(timed, n=10)[0] / BATCH * 1e6
+    return figures
+
+
+def _run_mode(pure: bool, rounds: int) -> dict:
+    env = dict(os.environ)
+    env.pop("BUSD_NO_EXTENSIONS", None)
+    if pure:
+        env["BUSD_NO_EXTENSIONS"] = "1"
+    out = subprocess.run([sys.executable, __file__, "--child", str(rounds)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"batches of {BATCH} per workload (default "
+                                                                    f"{ROUNDS})")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        from busd._extensions import mode
+        figures = _measure(args.child)
+        print(json.dumps({"mode": mode(), "figures": figures}))
+        return 0
+    # the modes alternate, three processes each, and each figure is the lowest of its three
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for _ in range(3):
+        for pure_mode in (False, True):
+            runs[pure_mode].append(_run_mode(pure_mode, args.rounds))
+    compiled, pure = ({"mode": runs[m][0]["mode"],
+                       "figures": {w: min(r["figures"][w] for r in runs[m]) for w in WORKLOADS}}
+                      for m in (False, True))
+    if args.json:
+        print(json.dumps({"batch": BATCH, "rounds": args.rounds, "compiled": compiled, "pure": pure}, indent=1))
+        return 0
+    print(f"CPU µs per message, batches of {BATCH}: 10th percentile of {args.rounds} batches, lowest of 3 processes")
+    print(f"  first column: {compiled['mode']}; second: {pure['mode']}")
+    print(f"{'workload':<10} {'compiled':>9} {'pure':>9} {'ratio':>6}")
+    for workload in WORKLOADS:
+        a, b = compiled["figures"][workload], pure["figures"][workload]
+        print(f"{workload:<10} {a:9.2f} {b:9.2f} {a / b:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

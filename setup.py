@@ -1,0 +1,73 @@
+"""The optional compiled hot path: the per-message modules, compiled by Cython in pure-Python mode.
+
+Each module listed in COMPILED is plain Python (the twin that runs when nothing is
+compiled) plus a .pxd beside it that types its hot functions and classes. When
+Cython and a C compiler are at hand, `pip install .` builds them; when either is
+missing, or a build fails, the package installs as pure Python and says so in one
+line. BUSD_NO_EXTENSIONS=1 skips the build (and, at run time, the compiled modules:
+see busd/_extensions.py). Everything else about the package is in pyproject.toml.
+"""
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+# The per-message path (issue 14): framing, header parse and cache, sender stamping, the stream's
+# read and write loops, routing. The list is busd._extensions.COMPILED's; keep them equal (a test does).
+COMPILED = [
+    "busd.wire.message",
+    "busd.transport.stream",
+    "busd.bus.router",
+    "busd.bus.match_index",
+]
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that installs the pure-Python package when an extension cannot be built."""
+
+    def finalize_options(self) -> None:
+        super().finalize_options()
+        if self.parallel is None:
+            self.parallel = os.cpu_count() or 1  # the modules build side by side
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - no compiler, no headers: the pure twin serves
+            self._pure(exc)
+
+    def build_extension(self, ext) -> None:
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            self._pure(exc, ext.name)
+
+    @staticmethod
+    def _pure(exc: BaseException, name: str = "the compiled hot path") -> None:
+        print(f"busd: not compiling {name} ({type(exc).__name__}: {exc}); the pure-Python twin will run",
+              file=sys.stderr)
+
+
+def extensions() -> list:
+    if os.environ.get("BUSD_NO_EXTENSIONS"):
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        print("busd: Cython is not installed; installing the pure-Python package", file=sys.stderr)
+        return []
+    modules = [module.replace(".", "/") + ".py" for module in COMPILED]
+    try:
+        # Types come from the .pxd files only: the .py's annotations are documentation, and as C types they
+        # would make the compiled twin refuse arguments the pure one takes (a memoryview for `bytes`).
+        return cythonize(modules, language_level=3, quiet=True,
+                         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
+                                              "embedsignature": True, "annotation_typing": False})
+    except Exception as exc:  # noqa: BLE001 - Cython refused a module: install the pure twin
+        OptionalBuildExt._pure(exc)
+        return []
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
