@@ -54,6 +54,7 @@ def is_loopback(host: str) -> bool:
 async def web(ctx: Context[WireLink], args: list[str]) -> int:
     host, port = parse_listen(ctx.options.listen or DEFAULT_LISTEN)
     try:
+        from .web_numbers import numbers_for
         from .web_server import WebSession, serve
     except ImportError as error:
         raise CommandError(f"busdctl web needs aiohttp, which is not installed ({error}).\n{INSTALL_HINT}") from None
@@ -65,7 +66,7 @@ async def web(ctx: Context[WireLink], args: list[str]) -> int:
         picture.set_own(bus.unique_name)
         picture.set_own(link.unique_name)
         await load_peers(bus, picture)
-        session = WebSession(bus, picture)
+        session = WebSession(bus, picture, numbers=numbers_for(bus, picture))
         try:
             await become_monitor(link, [], picture.observe)
         except BusError as error:

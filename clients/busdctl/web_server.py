@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import __version__
 from .connection import BusConnection
@@ -35,6 +35,7 @@ ASSETS = {"app.js": "text/javascript", "style.css": "text/css", "map.js": "text/
 TOKEN_PLACEHOLDER = "__BUSD_TOKEN__"
 TICK = 0.5  # seconds between updates to the page
 BACKLOG = 300  # messages a page gets when it connects
+STOP_TIMEOUT = 2.0  # seconds a request still running (a slow introspection) may finish in when busdctl web stops
 MAX_PER_TICK = 400  # messages sent per tick at most; under a flood the page shows the latest
 CONTENT_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
                   "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -257,17 +258,21 @@ class Served:
     url: str
     runner: web.AppRunner
     tasks: list[asyncio.Task[None]]
+    session: WebSession
 
     async def stop(self) -> None:
+        """Stop the ticker, tell open pages we are going (else the server would wait for them), stop serving."""
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(socket.close(code=WSCloseCode.GOING_AWAY, message=b"busdctl web stopped")
+                               for socket in list(self.session.sockets)), return_exceptions=True)
         await self.runner.cleanup()
 
 
 async def serve(session: WebSession, host: str, port: int, numbers_every: float = 2.0) -> Served:
     """Listen on host:port (port 0: any free one) and start the ticker; raises OSError if it cannot listen."""
-    runner = web.AppRunner(make_app(session), access_log=None, handle_signals=False)
+    runner = web.AppRunner(make_app(session), access_log=None, handle_signals=False, shutdown_timeout=STOP_TIMEOUT)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -279,4 +284,4 @@ async def serve(session: WebSession, host: str, port: int, numbers_every: float 
     shown_host = f"[{host}]" if ":" in host else host
     url = f"http://{shown_host}:{bound_port}/?token={session.token}"
     tasks = [asyncio.ensure_future(_tick(session)), asyncio.ensure_future(_refresh_numbers(session, numbers_every))]
-    return Served(url, runner, tasks)
+    return Served(url, runner, tasks, session)

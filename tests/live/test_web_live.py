@@ -140,7 +140,8 @@ def _web(bus: RunningBus) -> Iterator[tuple[str, LineReader]]:
 
 
 @pytest.fixture
-def web_page():
+def web_page(browser):
+    """The page of a busy busd; `busdctl web` is stopped while the browser still shows it (as Ctrl-C would be)."""
     with _busy_bus("busd") as (bus, services, client), _web(bus) as (url, _):
         yield url, services, client
 
@@ -242,6 +243,15 @@ def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_p
                                 timeout=SAFETY_TIMEOUT) as answer:
         capture = answer.read()
     assert capture[:4] == PCAPNG_SECTION_HEADER and b"Add" in capture and b"EmitChanged" not in capture
+
+    # The numbers: busdctl top's table, one row per connection, and busd's per-user ledger.
+    browser.find_element(By.CSS_SELECTOR, '#tabs button[data-tab="numbers"]').click()
+    wait.until(ready.presence_of_element_located(
+        (By.CSS_SELECTOR, f'#numbers-table tr[data-connection="{demo.unique_name}"]')))
+    row = browser.execute_script("return [...document.querySelectorAll('#numbers-table tr')].find("
+                                 "tr => tr.dataset.connection === arguments[0]).textContent;", demo.unique_name)
+    assert "org.example.Demo" in row and "python3" in row
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#ledger-table tr[data-uid="{os.getuid()}"]')))
 
     # Without the token, nothing: not the page, not an API call, not the live updates.
     parts = urlsplit(url)

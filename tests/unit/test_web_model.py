@@ -149,6 +149,17 @@ def test_loopback():
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 
 
+def test_a_connection_is_as_full_as_its_fullest_queue_or_its_users_quota():
+    from busdctl.web_numbers import fill
+
+    mib = 1024 * 1024
+    assert fill({"queued_in_bytes": None, "queued_out_bytes": None, "quota_used": None}) == (None, "")
+    assert fill({"queued_in_bytes": 0, "queued_out_bytes": 127 * mib // 2, "quota_used": 0.02,
+                 "quota_line": "Connections"}) == (0.5, "outgoing queue")
+    assert fill({"queued_in_bytes": 0, "queued_out_bytes": 0, "quota_used": 0.9,
+                 "quota_line": "MatchRules"}) == (0.9, "its user's MatchRules")
+
+
 def test_without_aiohttp_web_says_what_to_install(monkeypatch):
     from busdctl.web import web
 

@@ -89,6 +89,9 @@ function applyMap(data) {
 }
 
 function addMessages(messages) {
+  // A page that connects gets the latest messages, and its first tick may repeat some of them.
+  const last = Busd.messages.length ? Busd.messages[Busd.messages.length - 1].id : 0;
+  messages = messages.filter((m) => m.id > last);
   if (!messages.length) return;
   Busd.messages.push(...messages);
   if (Busd.messages.length > Busd.KEEP) Busd.messages.splice(0, Busd.messages.length - Busd.KEEP);
