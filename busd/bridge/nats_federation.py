@@ -334,6 +334,12 @@ class Federation(BusObserver):
         code = hand_over(self.bus, name, stand_in.peer if stand_in else None, previous.peer if previous else None)
         if stand_in is None:
             log.info("federation: imported %s has no owner in the federation any more", name)
+        elif code == IN_QUEUE and name in self.claims:
+            # Both nodes claimed it; the nodes agree the other's claim came first: ours waits behind it.
+            local = self.bus.registry.owner(name)
+            self.bus.emit_name_events(self.bus.registry.yield_to(name, stand_in.peer))
+            log.warning("federation: %s is owned by node %s, which claimed it first; local owner %s waits "
+                        "behind it", name, owner[0], local.unique_name)
         elif code == IN_QUEUE and old is None:
             log.warning("federation: imported %s (node %s) waits here behind its local owner %s", name, owner[0],
                         self.bus.registry.owner(name).unique_name)

@@ -110,6 +110,26 @@ class NameRegistry:
                                NameEvent("owner_changed", name, primary.peer, peer),
                                NameEvent("acquired", name, primary.peer, peer)]
 
+    def yield_to(self, name: str, peer: Hashable) -> list[NameEvent]:
+        """Make queued `peer` the primary owner, as a take-over (REPLACE_EXISTING) would, whatever the owner's
+        flags: the old owner waits right behind it, or leaves with DO_NOT_QUEUE.
+
+        For a federation (busd.bridge.nats_federation): the nodes agreed that another node's owner came first.
+        """
+        queue = self._queues.get(name)
+        mine = next((e for e in queue if e.peer is peer), None) if queue else None
+        if mine is None or queue[0] is mine:
+            return []
+        primary = queue.pop(0)
+        queue.remove(mine)
+        queue.insert(0, mine)
+        if primary.flags & DO_NOT_QUEUE:
+            self._forget(primary.peer, name)
+        else:
+            queue.insert(1, primary)
+        return [NameEvent("lost", name, primary.peer, peer), NameEvent("owner_changed", name, primary.peer, peer),
+                NameEvent("acquired", name, primary.peer, peer)]
+
     def _enqueue(self, name: str, queue: list[_Entry], peer: Hashable, flags: int) -> None:
         """Queue `peer` (or update its flags): at the end, or next in line with REPLACE_EXISTING."""
         mine = next((e for e in queue if e.peer is peer), None)

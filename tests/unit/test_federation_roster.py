@@ -119,3 +119,21 @@ def test_nats_settings_from_the_command_line_and_xml_defaults():
 def test_nats_settings_that_cannot_work_say_why(kwargs, says):
     with pytest.raises(BridgeConfigError, match=says):
         bridge_settings(**kwargs)
+
+
+def test_a_name_yields_to_the_owner_the_nodes_agreed_on():
+    """NameRegistry.yield_to: the queued stand-in becomes primary; the local owner waits behind it, or leaves."""
+    from busd.bus.ownership import DO_NOT_QUEUE, NameRegistry
+    registry = NameRegistry()
+    registry.request("org.x.S", "local", 0)
+    registry.request("org.x.S", "other", 0)
+    registry.request("org.x.S", "stand-in", 0)
+    events = registry.yield_to("org.x.S", "stand-in")
+    assert [(e.kind, e.old_owner, e.new_owner) for e in events] == [
+        ("lost", "local", "stand-in"), ("owner_changed", "local", "stand-in"), ("acquired", "local", "stand-in")]
+    assert registry.queued_owners("org.x.S") == ["stand-in", "local", "other"]
+    assert registry.yield_to("org.x.S", "stand-in") == []  # already primary
+    registry.request("org.x.T", "alone", DO_NOT_QUEUE)
+    registry.request("org.x.T", "stand-in", 0)
+    registry.yield_to("org.x.T", "stand-in")
+    assert registry.queued_owners("org.x.T") == ["stand-in"] and "org.x.T" not in registry.all_names_of("alone")
