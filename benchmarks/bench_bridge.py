@@ -238,7 +238,7 @@ RUNS = {"seq": calls(1), "inflight": calls(bb.IN_FLIGHT), "signal": signals}
 def better(figure: str) -> str:
     if "busy" in figure:
         return "-"
-    return "lower" if "latency" in figure or "CPU/" in figure else "higher"
+    return "lower" if "latency" in figure or "CPU/" in figure or "lost" in figure else "higher"
 
 
 def format_table(summary: dict, names: list[str], paths: list[str]) -> str:
