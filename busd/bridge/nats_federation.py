@@ -14,7 +14,7 @@ the same import/export patterns, stand-in peers (mirror.Mirror), re-addressing
   seconds is gone: its stand-ins leave, their callers get NoReply from the bus.
 - Calls are NATS requests to SUBJECT.node.<callee node>.call carrying the D-Bus
   message (re-addressed, no sender) with the caller's node and unique name in
-  NATS headers; the callee node injects it from a stand-in for the caller, and
+  front of it; the callee node injects it from a stand-in for the caller, and
   the reply the bus routes to that stand-in is the NATS reply. A node that is
   gone answers no request: the caller gets ServiceUnknown at once. Serials and
   reply tracking stay per side: each bus checks the replies it delivers.
@@ -27,7 +27,7 @@ the same import/export patterns, stand-in peers (mirror.Mirror), re-addressing
   busd's): local <policy> rules apply to them. Unix fds never cross: a stand-in
   takes none, so the bus answers NotSupported.
 
-Subjects: busd.fed.<federation>.{state,hello,gone} for everyone, and
+Subjects: busd.fed.<federation>.{state,hello,gone,bye} for everyone, and
 busd.fed.<federation>.node.<node>.{call,signal,ping} for one node.
 """
 
@@ -135,8 +135,7 @@ class Federation(BusObserver):
         nc = self.nats.nc
         if nc is not None and self.nats.connected:
             try:
-                await nc.publish(f"{self.subject}.state", heartbeat(self.node, self.instance, {}, ()),
-                                 headers={"Busd-Bye": "1"})
+                await nc.publish(f"{self.subject}.bye", self.node.encode())
                 await nc.flush(timeout=1)
             except Exception:  # leaving anyway
                 pass
@@ -191,6 +190,7 @@ class Federation(BusObserver):
         await nc.subscribe(f"{self.subject}.state", cb=self._on_state)
         await nc.subscribe(f"{self.subject}.hello", cb=self._on_hello)
         await nc.subscribe(f"{self.subject}.gone", cb=self._on_gone)
+        await nc.subscribe(f"{self.subject}.bye", cb=self._on_bye)
         await nc.subscribe(f"{mine}.call", cb=self.traffic.on_call)
         await nc.subscribe(f"{mine}.signal", cb=self.traffic.on_signal)
         await nc.subscribe(f"{mine}.ping", cb=self._on_ping)
@@ -212,12 +212,12 @@ class Federation(BusObserver):
             self.beat_due = True
             self.spawn(self.beat())
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> bool:
+    async def publish(self, subject: str, data: bytes) -> bool:
         nc = self.nats.nc
         if nc is None or not self.nats.connected:
             return False
         try:
-            await nc.publish(subject, data, headers=headers)
+            await nc.publish(subject, data)
         except MaxPayloadError:
             log.warning("federation: a %d-byte message is over NATS's max_payload; not sent to %s", len(data),
                         subject)
@@ -274,16 +274,18 @@ class Federation(BusObserver):
                 log.warning("federation: another busd calls itself node %s too; give each --node-name its own",
                             node)
             return
-        if (msg.headers or {}).get("Busd-Bye"):
-            self.roster.forget(node)
-            log.info("federation: node %s left", node)
-            self._node_left(node)
-            self._resolve()
-            return
         if fresh:
             log.info("federation: node %s joined", node)
             self._beat_soon()
         if changed:
+            self._resolve()
+
+    async def _on_bye(self, msg: Msg) -> None:
+        """A node stopped (SIGTERM): its names leave now, not after TTL."""
+        node = msg.data.decode(errors="replace")
+        if node != self.node and self.roster.forget(node):
+            log.info("federation: node %s left", node)
+            self._node_left(node)
             self._resolve()
 
     def _node_left(self, node: str) -> None:

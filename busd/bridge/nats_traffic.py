@@ -3,7 +3,8 @@
 The theory is in busd/bridge/nats_federation.py. Calls are NATS requests to the
 callee node's SUBJECT.node.<node>.call carrying the whole D-Bus message (its
 header re-addressed, without a sender) and the caller's node and unique name in
-NATS headers; the reply travels back as the NATS reply. Signals go to
+a short prefix of the payload (frame(): NATS headers cost a parse per message
+in nats-py); the reply travels back as the NATS reply. Signals go to
 SUBJECT.node.<node>.signal, only to the nodes whose heartbeat asks for them.
 """
 
@@ -30,8 +31,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd.bridge")
 
-H_NODE = "Busd-Node"  # NATS headers: the node a message comes from,
-H_SENDER = "Busd-Sender"  # and its sender's unique name there
+
+
+def frame(node: str, sender: str, message: bytes) -> bytes:
+    """A call or signal as it crosses: the node it comes from, its sender's unique name there, the message."""
+    return b"".join((node.encode(), b"\0", sender.encode(), b"\0", message))
+
+
+def unframe(data: bytes) -> tuple[tuple[str, str], bytes] | None:
+    """((node, sender), message) of a frame(), or None for anything else."""
+    first = data.find(b"\0")
+    second = data.find(b"\0", first + 1) if first > 0 else -1
+    if second < 0 or data[first + 1:first + 2] != b":":
+        return None
+    try:
+        origin = (data[:first].decode(), data[first + 1:second].decode())
+    except UnicodeDecodeError:
+        return None
+    return origin, data[second + 1:]
 
 
 class StandIn(Mirror):
@@ -89,7 +106,7 @@ class FederationNode(Protocol):
 
     def spawn(self, coroutine: Coroutine) -> None: ...
 
-    async def publish(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> bool: ...
+    async def publish(self, subject: str, data: bytes) -> bool: ...
 
     async def beat(self) -> None:
         """Send this node's heartbeat now."""
@@ -119,19 +136,18 @@ class Traffic:
             destination = h.destination
             if destination is None or destination[0] == ":":
                 destination = stand_in.upstream_name
-            data = readdressed(h, 1, destination, None)[0] + payload
-            headers = {H_NODE: self.fed.node, H_SENDER: h.sender}
+            data = frame(self.fed.node, h.sender, readdressed(h, 1, destination, None)[0] + payload)
             self.fed.crossed.add(h.sender)
             where = f"{self.fed.subject}.node.{stand_in.node}"
             if h.type == SIGNAL:
-                self.fed.spawn(self.fed.publish(f"{where}.signal", data, headers))
+                self.fed.spawn(self.fed.publish(f"{where}.signal", data))
             elif h.no_reply_expected:
-                self.fed.spawn(self.fed.publish(f"{where}.call", data, headers))
+                self.fed.spawn(self.fed.publish(f"{where}.call", data))
             elif not self.fed.connected:
                 self.answer_error(stand_in, h, errors.NO_REPLY,
                                    f"busd node {self.fed.node} has no NATS connection now; try again")
             else:
-                self.fed.spawn(self._call(stand_in, h, f"{where}.call", data, headers))
+                self.fed.spawn(self._call(stand_in, h, f"{where}.call", data))
             return
         reply_to = self.fed.answers.pop((stand_in, h.reply_serial), None)
         if reply_to is not None:
@@ -142,11 +158,11 @@ class Traffic:
         peer = self.fed.bus.peers.get(local_name) if local_name else None
         return peer is not None and not peer.names.isdisjoint(self.fed.export_owners)
 
-    async def _call(self, stand_in: StandIn, h: Header, subject: str, data: bytes, headers: dict) -> None:
+    async def _call(self, stand_in: StandIn, h: Header, subject: str, data: bytes) -> None:
         """One call across: the reply (or why there is none) goes back to the caller from the stand-in."""
         timeout = self.fed.bus.limits.reply_timeout / 1000 + 1  # the bus's own NoReply comes first
         try:
-            msg = await self.fed.nats.nc.request(subject, data, timeout=timeout, headers=headers)
+            msg = await self.fed.nats.nc.request(subject, data, timeout=timeout)
         except NoRespondersError:
             self.answer_error(stand_in, h, errors.SERVICE_UNKNOWN,
                                f"busd node {stand_in.node} does not answer: it left the federation")
@@ -196,27 +212,24 @@ class Traffic:
         nodes = self.fed.roster.interested(h, names, lambda: read_body(message, h))
         if not nodes:
             return
-        data = readdressed(h, 1, None, None)[0] + (memoryview(message)[h.body_start:] if h.body_len else b"")
-        headers = {H_NODE: self.fed.node, H_SENDER: h.sender}
+        data = frame(self.fed.node, h.sender, readdressed(h, 1, None, None)[0]
+                     + (memoryview(message)[h.body_start:] if h.body_len else b""))
         for node in nodes:
-            self.fed.spawn(self.fed.publish(f"{self.fed.subject}.node.{node}.signal", data, headers))
+            self.fed.spawn(self.fed.publish(f"{self.fed.subject}.node.{node}.signal", data))
 
     # ------------------------------------------------------------ messages from other nodes
 
-    @staticmethod
-    def _origin(msg: Msg) -> tuple[str, str] | None:
-        headers = msg.headers or {}
-        node, sender = headers.get(H_NODE), headers.get(H_SENDER)
-        return (node, sender) if node and sender and sender[0] == ":" else None
-
     async def on_call(self, msg: Msg) -> None:
-        origin = self._origin(msg)
-        try:
-            h = parse_header(msg.data)
-        except ProtocolError as exc:
-            log.warning("federation: a broken call from node %s: %s", origin[0] if origin else "?", exc)
+        framed = unframe(msg.data)
+        if framed is None:
             return
-        if origin is None or h.type != METHOD_CALL or h.destination is None:
+        origin, data = framed
+        try:
+            h = parse_header(data)
+        except ProtocolError as exc:
+            log.warning("federation: a broken call from node %s: %s", origin[0], exc)
+            return
+        if h.type != METHOD_CALL or h.destination is None:
             return
         if origin[0] not in self.fed.roster.nodes:
             self.fed.spawn(self.fed.beat())  # a node we have not heard yet: it learns about us sooner
@@ -237,14 +250,15 @@ class Traffic:
         serial = stand_in.next_serial()
         if msg.reply and not h.no_reply_expected:
             self.fed.answers[(stand_in, serial)] = msg.reply
-        inject(self.fed.bus, stand_in, msg.data, h, None, destination, None, serial)
+        inject(self.fed.bus, stand_in, data, h, None, destination, None, serial)
 
     async def on_signal(self, msg: Msg) -> None:
-        origin = self._origin(msg)
-        if origin is None:
+        framed = unframe(msg.data)
+        if framed is None:
             return
+        origin, data = framed
         try:
-            h = parse_header(msg.data)
+            h = parse_header(data)
         except ProtocolError:
             return
         stand_in = self.fed.stand_ins.get(origin)
@@ -256,7 +270,7 @@ class Traffic:
                 return
         elif not stand_in.imported:
             return
-        inject(self.fed.bus, stand_in, msg.data, h, None, destination, None)
+        inject(self.fed.bus, stand_in, data, h, None, destination, None)
 
 
-__all__ = ["H_NODE", "H_SENDER", "FederationNode", "StandIn", "Traffic"]
+__all__ = ["FederationNode", "StandIn", "Traffic", "frame", "unframe"]

@@ -137,3 +137,11 @@ def test_a_name_yields_to_the_owner_the_nodes_agreed_on():
     registry.request("org.x.T", "stand-in", 0)
     registry.yield_to("org.x.T", "stand-in")
     assert registry.queued_owners("org.x.T") == ["stand-in"] and "org.x.T" not in registry.all_names_of("alone")
+
+
+def test_a_frame_carries_the_origin_before_the_message_and_nothing_else_unframes():
+    from busd.bridge.nats_traffic import frame, unframe
+    message = build_message(SIGNAL, 1, path="/x", interface="org.x.I", member="M", signature="s", body=["a:b"])
+    assert unframe(frame("node-1", ":1.42", message)) == (("node-1", ":1.42"), message)
+    for junk in (b"", message, b"node\0org.x.Name\0" + message, b"\0:1.1\0" + message, b"n\xff\0:1.1\0"):
+        assert unframe(junk) is None
