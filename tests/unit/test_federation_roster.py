@@ -145,3 +145,24 @@ def test_a_frame_carries_the_origin_before_the_message_and_nothing_else_unframes
     assert unframe(frame("node-1", ":1.42", message)) == (("node-1", ":1.42"), message)
     for junk in (b"", message, b"node\0org.x.Name\0" + message, b"\0:1.1\0" + message, b"n\xff\0:1.1\0"):
         assert unframe(junk) is None
+
+
+def test_the_xml_element_takes_the_federation_options_and_the_command_line_wins(tmp_path):
+    from busd.config.loader import load_config
+    creds = tmp_path / "node.creds"
+    creds.write_text("SUAEXAMPLESEED\n")
+    path = tmp_path / "bus.conf"
+    path.write_text(f"""<busconfig><listen>unix:path=/x</listen>
+  <busd:bridge xmlns:busd="https://busd.dev/config" upstream="nats://127.0.0.1:4222" federation="home"
+               node-name="kitchen" credentials="{creds}" remote-uid="4242">
+    <busd:import name="org.x.*"/><busd:export name="org.x.*"/>
+  </busd:bridge></busconfig>""")
+    extensions = load_config(str(path)).extensions
+    chosen = bridge_settings(extensions=extensions)
+    assert (chosen.federation, chosen.node_name, chosen.credentials, chosen.remote_uid) == \
+        ("home", "kitchen", str(creds), 4242)
+    assert [str(p) for p in chosen.imports] == ["org.x.*"]
+    assert bridge_settings(extensions=extensions, node_name="garage", remote_uid=5000).node_name == "garage"
+    path.write_text(path.read_text().replace('upstream="nats://127.0.0.1:4222"', 'upstream="session"'))
+    with pytest.raises(BridgeConfigError, match="is for a federation"):
+        bridge_settings(extensions=load_config(str(path)).extensions)
