@@ -208,6 +208,8 @@ def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_p
     # Demo2's Changed signals go to everyone: a broadcast halo on its node.
     wait.until(ready.presence_of_element_located(
         (By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{demo2.unique_name}"] circle.halo')))
+    # The numbers colour the nodes by how full they are (busd reports queues and its per-user ledger).
+    wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#map-svg g.node[data-peer="{client}"][data-fill]')))
     browser.save_screenshot(str(tmp_path / "web.png"))
     if os.environ.get("BUSD_WEB_SCREENSHOT"):
         shutil.copy(tmp_path / "web.png", os.environ["BUSD_WEB_SCREENSHOT"])

@@ -80,6 +80,7 @@
   function node(peer, [x, y]) {
     const g = Busd.svg("g", { class: `node ${peer.kind}`, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})`,
       dataset: { peer: peer.id, names: peer.names.join(" "), kind: peer.kind } });
+    if (peer.quota !== null && peer.quota !== undefined) g.dataset.fill = peer.quota.toFixed(3);
     if (peer.broadcasts > 0) {
       g.append(Busd.svg("circle", { class: "halo", r: RADIUS + 7,
         "stroke-width": Math.min(12, 2 + 2.5 * Math.log2(1 + peer.broadcasts)).toFixed(1) }));
