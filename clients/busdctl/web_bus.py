@@ -14,7 +14,7 @@ from busd.wire.wellknown import DRIVER_NAME, PROPERTIES_INTERFACE
 
 from .connection import BusConnection, make_message
 from .creds import read_process, user_name
-from .errors import BusError, UsageError
+from .errors import BusError, CommandError, UsageError
 from .formatting import format_short, format_short_value, json_body, json_variant, variant_type
 from .introspection import Interface
 from .names import peer_facts
@@ -27,8 +27,8 @@ async def look_up_peer(bus: BusConnection, picture: BusPicture, peer_id: str) ->
     """Fill in a peer's pid, uid, user and process name from the driver and /proc."""
     try:
         facts = await peer_facts(bus, peer_id)
-    except BusError:
-        return  # the bus will not say: the peer keeps its bare unique name
+    except CommandError:
+        return  # the bus will not say (or is gone): the peer keeps its bare unique name
     if facts is None:
         return
     process = read_process(facts.pid) if facts.pid else None

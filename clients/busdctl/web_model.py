@@ -30,6 +30,7 @@ from .pcapng import enhanced_packet, interface_description, section_header
 
 WINDOW = 10.0  # seconds of traffic an edge's rate covers
 KEEP_MESSAGES = 5000  # messages kept for the sequence diagram and the pcapng export
+KEEP_BYTES = 64 * 1024 * 1024  # and at most this many of their bytes (a message may be up to 128 MiB)
 KEEP_PENDING_CALLS = 10000  # calls waiting for a reply; the oldest are forgotten past this
 SNAPLEN = 65536
 
@@ -105,14 +106,15 @@ def matches(record: Record, words: list[str], names_of: dict[str, set[str]]) -> 
 class BusPicture:
     """Peers, edges and recent messages of one bus, updated from the monitor and the driver."""
 
-    def __init__(self, window: float = WINDOW, keep: int = KEEP_MESSAGES) -> None:
+    def __init__(self, window: float = WINDOW, keep: int = KEEP_MESSAGES, keep_bytes: int = KEEP_BYTES) -> None:
         self.window = window
         self.peers: dict[str, Peer] = {DRIVER_NAME: Peer(DRIVER_NAME, {DRIVER_NAME}, kind=DRIVER)}
         self.owners: dict[str, str] = {DRIVER_NAME: DRIVER_NAME}  # well-known name -> peer id
         self.own: set[str] = set()  # this page's connections: their traffic is left out
         self.bus_pid: int | None = None
         self._ids = itertools.count(1)
-        self._messages: deque[tuple[Record, bytes]] = deque(maxlen=keep)
+        self._messages: deque[tuple[Record, bytes]] = deque()
+        self._keep, self._keep_bytes, self._kept_bytes = keep, keep_bytes, 0
         self._unsent: list[Record] = []
         self._calls: dict[tuple[str, int], Record] = {}
         self._events: deque[tuple[float, tuple[str, str, str]]] = deque()
@@ -211,9 +213,16 @@ class BusPicture:
         else:
             self._broadcasts.append((timestamp, sender))
             self._broadcast_counts[sender] += 1
-        self._messages.append((record, raw))
+        self._keep_message(record, raw)
         self._unsent.append(record)
         return record
+
+    def _keep_message(self, record: Record, raw: bytes) -> None:
+        self._messages.append((record, raw))
+        self._kept_bytes += len(raw)
+        while len(self._messages) > self._keep or (self._kept_bytes > self._keep_bytes and len(self._messages) > 1):
+            _, dropped = self._messages.popleft()
+            self._kept_bytes -= len(dropped)
 
     def _name_owner_changed(self, h: Header, raw: bytes) -> None:
         try:

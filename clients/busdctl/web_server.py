@@ -220,7 +220,7 @@ async def _refresh_numbers(session: WebSession, every: float) -> None:
         if session.sockets and session.numbers is not None:
             try:
                 session.latest_numbers = {"type": "numbers", **await session.numbers()}
-            except CommandError as error:
+            except Exception as error:  # noqa: BLE001 - shown on the page, which keeps its other views
                 session.latest_numbers = {"type": "numbers", "available": False, "reason": str(error)}
             await _send_all(session, session.latest_numbers)
         await asyncio.sleep(every)

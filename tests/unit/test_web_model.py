@@ -130,6 +130,16 @@ def test_the_filter_and_the_capture_keep_the_same_messages():
     assert b"Echo" in blocks[2][1] and b"Add" not in blocks[2][1]
 
 
+def test_the_kept_messages_are_bounded_in_number_and_in_bytes():
+    picture = BusPicture(keep=3, keep_bytes=10_000)
+    for serial in range(1, 6):
+        call(picture, float(serial), serial)
+    assert [r.serial for r in picture.recent(10)] == [3, 4, 5]
+    seen(picture, 6.0, SIGNAL, 6, sender=SERVICE, path="/a", interface="org.example.Big", member="Blob",
+         signature="ay", body=[b"x" * 20_000])
+    assert [r.member for r in picture.recent(10)] == ["Blob"]  # the newest stays, however big
+
+
 @pytest.mark.parametrize("text, expected", [
     ("127.0.0.1:8080", ("127.0.0.1", 8080)), ("8080", ("127.0.0.1", 8080)), (":0", ("127.0.0.1", 0)),
     ("[::1]:9000", ("::1", 9000)), ("0.0.0.0:80", ("0.0.0.0", 80)),
