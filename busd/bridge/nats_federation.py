@@ -199,18 +199,25 @@ class Federation(BusObserver):
     async def _announce(self) -> None:
         """Ask every node for its heartbeat now (a newcomer, or back from a NATS outage), and send ours."""
         await self.publish(f"{self.subject}.hello", self.node.encode())
-        await self.beat()
+        self.beat()
 
-    async def beat(self) -> None:
+    def beat(self) -> None:
+        """Send this node's heartbeat now (ahead of anything sent after it: NATS keeps one sender's order)."""
         self.beat_due = False
-        await self.publish(f"{self.subject}.state",
-                            heartbeat(self.node, self.instance, self.claims, self.subscriptions))
+        self.send(f"{self.subject}.state", heartbeat(self.node, self.instance, self.claims, self.subscriptions))
 
     def _beat_soon(self) -> None:
         """Our state changed: one heartbeat for however many changes this loop turn brings."""
         if not self.beat_due and self.connected:
             self.beat_due = True
-            self.spawn(self.beat())
+            self.bus.loop.call_soon(self._beat_if_due)
+
+    def _beat_if_due(self) -> None:
+        if self.beat_due:
+            self.beat()
+
+    def send(self, subject: str, data: bytes) -> bool:
+        return self.nats.send(subject, data)
 
     async def publish(self, subject: str, data: bytes) -> bool:
         nc = self.nats.nc
@@ -233,7 +240,7 @@ class Federation(BusObserver):
             await asyncio.sleep(HEARTBEAT)
             beats += 1
             if self.connected:
-                await self.beat()
+                self.beat()
             gone = self.roster.expire()
             for node in gone:
                 log.warning("federation: node %s left: no heartbeat for %g s", node, TTL)
@@ -397,8 +404,7 @@ class Federation(BusObserver):
                         self._beat_soon()
                     if event.name in self.crossed:
                         self.crossed.discard(event.name)
-                        self.spawn(self.publish(f"{self.subject}.gone", json.dumps([self.node, event.name])
-                                                  .encode()))
+                        self.send(f"{self.subject}.gone", json.dumps([self.node, event.name]).encode())
                 continue
             if self.settings.exports:
                 self._export_owner_changed(event.name, event.new_owner)
@@ -408,8 +414,7 @@ class Federation(BusObserver):
             return
         if self.subscriptions.add(peer, rule) is not None:
             # Now, not later: a call the subscriber makes next crosses after this heartbeat (NATS keeps order).
-            self.beat_due = True
-            self.spawn(self.beat())
+            self.beat()
 
     def match_removed(self, peer: "Peer", rule: MatchRule) -> None:
         if self.subscriptions.remove(peer, rule) is not None:

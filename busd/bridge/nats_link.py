@@ -138,12 +138,63 @@ class NatsLink:
         if not self.closing:
             self._up(first=False)
 
+    def send(self, subject: str, data: bytes) -> bool:
+        """Publish now, without a task per message (nats-py's publish only queues bytes for its flusher,
+        unless its buffer is full: then a task finishes it). False when not sent (the reason is logged)."""
+        nc = self.nc
+        if nc is None or not self.connected:
+            return False
+        coroutine = nc.publish(subject, data)
+        try:
+            waiting_on = coroutine.send(None)
+        except StopIteration:
+            return True
+        except MaxPayloadError:
+            log.warning("federation: a %d-byte message is over NATS's max_payload; not sent to %s", len(data),
+                        subject)
+            return False
+        except Exception as exc:  # the connection went as we sent: heartbeats restore the rest
+            log.debug("federation: cannot publish on %s: %s", subject, exc)
+            return False
+        asyncio.get_running_loop().create_task(_finish(_Resumed(coroutine, waiting_on)))
+        return True
+
     async def close(self) -> None:
         self.closing = True
         nc, self.nc = self.nc, None
         self.connected = False
         if nc is not None:
             await _quiet_close(nc)
+
+
+class _Resumed:
+    """A coroutine already started by hand (NatsLink.send), awaitable from where it suspended."""
+
+    def __init__(self, coroutine: Any, waiting_on: Any):
+        self.coroutine, self.waiting_on = coroutine, waiting_on
+
+    def __await__(self):
+        value = self.waiting_on
+        while True:
+            try:
+                sent = yield value  # the future it waits on goes up to the task, which wakes us when it is done
+            except BaseException as exc:  # noqa: BLE001 - thrown in by the task (cancellation): pass it on
+                try:
+                    value = self.coroutine.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                value = self.coroutine.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish(resumed: _Resumed) -> None:
+    try:
+        await resumed
+    except Exception as exc:  # the connection went while nats-py flushed
+        log.debug("federation: a publish failed while NATS's buffer drained: %s", exc)
 
 
 async def _quiet_close(nc: Client) -> None:

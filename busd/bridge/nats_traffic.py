@@ -108,7 +108,10 @@ class FederationNode(Protocol):
 
     async def publish(self, subject: str, data: bytes) -> bool: ...
 
-    async def beat(self) -> None:
+    def send(self, subject: str, data: bytes) -> bool:
+        """Publish now (no task)."""
+
+    def beat(self) -> None:
         """Send this node's heartbeat now."""
 
 
@@ -140,9 +143,9 @@ class Traffic:
             self.fed.crossed.add(h.sender)
             where = f"{self.fed.subject}.node.{stand_in.node}"
             if h.type == SIGNAL:
-                self.fed.spawn(self.fed.publish(f"{where}.signal", data))
+                self.fed.send(f"{where}.signal", data)
             elif h.no_reply_expected:
-                self.fed.spawn(self.fed.publish(f"{where}.call", data))
+                self.fed.send(f"{where}.call", data)
             elif not self.fed.connected:
                 self.answer_error(stand_in, h, errors.NO_REPLY,
                                    f"busd node {self.fed.node} has no NATS connection now; try again")
@@ -151,7 +154,7 @@ class Traffic:
             return
         reply_to = self.fed.answers.pop((stand_in, h.reply_serial), None)
         if reply_to is not None:
-            self.fed.spawn(self.fed.publish(reply_to, readdressed(h, 1, None, 1)[0] + payload))
+            self.fed.send(reply_to, readdressed(h, 1, None, 1)[0] + payload)
 
     def _serves_remote(self, local_name: str | None) -> bool:
         """Is `local_name` the local owner of an exported name (whose remote callers it may call back)?"""
@@ -215,7 +218,7 @@ class Traffic:
         data = frame(self.fed.node, h.sender, readdressed(h, 1, None, None)[0]
                      + (memoryview(message)[h.body_start:] if h.body_len else b""))
         for node in nodes:
-            self.fed.spawn(self.fed.publish(f"{self.fed.subject}.node.{node}.signal", data))
+            self.fed.send(f"{self.fed.subject}.node.{node}.signal", data)
 
     # ------------------------------------------------------------ messages from other nodes
 
@@ -232,7 +235,7 @@ class Traffic:
         if h.type != METHOD_CALL or h.destination is None:
             return
         if origin[0] not in self.fed.roster.nodes:
-            self.fed.spawn(self.fed.beat())  # a node we have not heard yet: it learns about us sooner
+            self.fed.beat()  # a node we have not heard yet: it learns about us sooner
         destination = h.destination
         if destination[0] == ":":
             known = destination in self.fed.crossed  # a local caller's callback from the node it called
