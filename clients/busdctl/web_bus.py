@@ -10,8 +10,9 @@ from typing import Any
 
 from dbus_next.signature import Variant
 
-from busd.wire.wellknown import DRIVER_NAME, PROPERTIES_INTERFACE
+from busd.wire.wellknown import DRIVER_NAME, DRIVER_PATH, PROPERTIES_INTERFACE
 
+from .bridge import BRIDGE_INTERFACE
 from .connection import BusConnection, make_message
 from .creds import read_process, user_name
 from .errors import BusError, CommandError, UsageError
@@ -53,6 +54,7 @@ async def load_peers(bus: BusConnection, picture: BusPicture) -> None:
         if owner and name != DRIVER_NAME:
             picture.owner_changed(name, "", owner)
     await look_up_new_peers(bus, picture)
+    await mark_stand_ins(bus, picture)
 
 
 async def look_up_new_peers(bus: BusConnection, picture: BusPicture) -> None:
@@ -71,6 +73,19 @@ async def _owner(bus: BusConnection, name: str) -> tuple[str, str]:
     except BusError:
         return name, ""  # it went away meanwhile
     return name, owner
+
+
+async def mark_stand_ins(bus: BusConnection, picture: BusPicture) -> None:
+    """On busd with a bridge (dev.busd.Bridge1), mark the local stand-ins of the other bus's connections:
+    the owners of imported names. They have no credentials here, so nothing else tells them apart."""
+    try:
+        [imported] = await bus.call_body(DRIVER_NAME, DRIVER_PATH, PROPERTIES_INTERFACE, "Get", "ss",
+                                         [BRIDGE_INTERFACE, "Imported"], action="Failed to read the bridge")
+    except CommandError:
+        return  # no bridge (or not busd): nothing to mark
+    for upstream, local in imported.value.values():
+        if local:
+            picture.set_stand_in(local, upstream)
 
 
 # ---------------------------------------------------------------- the object browser

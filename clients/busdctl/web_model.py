@@ -55,11 +55,12 @@ class Peer:
     quota: float | None = None  # the largest share of a limit it uses (0..1), when the bus reports it
     quota_resource: str = ""
     queued: int | None = None  # bytes queued to or from it, when the bus reports them
+    stands_for: str = ""  # a bridge stand-in: the connection on the other bus it stands for
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "names": sorted(self.names), "pid": self.pid, "uid": self.uid, "user": self.user,
                 "process": self.process, "kind": self.kind, "quota": self.quota,
-                "quota_resource": self.quota_resource, "queued": self.queued}
+                "quota_resource": self.quota_resource, "queued": self.queued, "stands_for": self.stands_for}
 
 
 @dataclass
@@ -143,6 +144,12 @@ class BusPicture:
         found.pid, found.uid, found.user, found.process = pid, uid, user, process
         if found.kind == PEER and pid is not None and pid == self.bus_pid:
             found.kind = BRIDGE  # a peer inside the bus process: busd's stand-in for a bridged connection
+
+    def set_stand_in(self, peer_id: str, stands_for: str) -> None:
+        """`peer_id` is busd's bridge stand-in for `stands_for`, a connection of the bus on the other side."""
+        found = self.peers.get(peer_id)
+        if found is not None and found.kind != SELF:
+            found.kind, found.stands_for = BRIDGE, stands_for
 
     def set_own(self, peer_id: str) -> None:
         self.own.add(peer_id)

@@ -26,7 +26,8 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from . import __version__
 from .connection import BusConnection
 from .errors import BusError, CommandError, UsageError
-from .web_bus import call_method, describe, list_services, look_up_new_peers, object_tree, read_property
+from .web_bus import (call_method, describe, list_services, look_up_new_peers, mark_stand_ins, object_tree,
+                      read_property)
 from .web_model import BusPicture
 
 STATIC = Path(__file__).resolve().parent / "web_static"
@@ -215,8 +216,10 @@ async def _tick(session: WebSession) -> None:
 
 
 async def _refresh_numbers(session: WebSession, every: float) -> None:
-    """The numbers (and the map's quota colours) every `every` seconds, while a page is open."""
+    """The numbers (and the map's quota colours and bridge stand-ins) every `every` seconds, while a page is open."""
     while True:
+        if session.sockets:
+            await mark_stand_ins(session.bus, session.picture)
         if session.sockets and session.numbers is not None:
             try:
                 session.latest_numbers = {"type": "numbers", **await session.numbers()}

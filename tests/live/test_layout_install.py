@@ -15,12 +15,19 @@ DRIVER_XML = REPO / "interfaces" / "org.freedesktop.DBus.xml"
 
 
 def tree_files() -> dict[str, bytes]:
-    """What a wheel should hold: every file of every shipped package directory, by its path in the wheel."""
+    """What a wheel should hold: every file of every shipped package directory, by its path in the wheel,
+    with the files of its data directories (a subdirectory that is no package: busdctl/web_static)."""
     files = {}
     for package, directory in package_directories().items():
         for path in directory.iterdir():
             if path.is_file():
                 files["/".join([*package.split("."), path.name])] = path.read_bytes()
+            elif path.is_dir() and path.name != "__pycache__" and not path.name.startswith(".") \
+                    and not (path / "__init__.py").exists():
+                for data in path.rglob("*"):
+                    if data.is_file() and "__pycache__" not in data.parts:
+                        relative = data.relative_to(directory).parts
+                        files["/".join([*package.split("."), *relative])] = data.read_bytes()
     return files
 
 

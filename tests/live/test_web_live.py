@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from buses import RunningBus, helper_env, start_bus
-from test_busdctl_service import SAFETY_TIMEOUT, DemoService, LineReader, busdctl_command, interrupt, start_demo
+from test_busdctl_service import (SAFETY_TIMEOUT, DemoService, LineReader, busdctl_command, interrupt, run,
+                                  start_demo)
 
 pytestmark = [
     pytest.mark.live,
@@ -173,6 +174,39 @@ def test_dbus_daemon_traffic_reaches_the_page():
     names = {peer["id"]: peer["names"] for peer in update["peers"]}
     assert names[demo.unique_name] == [demo.name] and names[demo2.unique_name] == [demo2.name]
     assert any(m["member"] == "Add" and m["type"] == "call" for m in update["messages"])
+
+
+def test_bridge_stand_ins_are_told_apart():
+    """On a busd bridged to another bus, the local stand-in of a service over there is drawn as one,
+    with the connection it stands for; so is the bridge's own peer, which lives in the bus process."""
+    from test_bridge_live import Bridged
+
+    up = start_bus("dbus-daemon")
+    bridged = None
+    demo = None
+    try:
+        bridged = Bridged(up, imports=("org.example.*",), exports=())
+        demo = start_demo(up.address)
+        seen = run(busdctl_command(bridged.local.address, "wait", "org.example.Demo", "--timeout=30"))
+        assert seen.returncode == 0, seen.stderr
+        stand_in = seen.stdout.strip()
+
+        def drawn(update: dict[str, Any]) -> bool:
+            return any(p["id"] == stand_in and p["kind"] == "bridge" for p in update["peers"])
+
+        with _web(bridged.local) as (url, _):
+            _, update = asyncio.run(_updates(url, drawn))
+        peers = {peer["id"]: peer for peer in update["peers"]}
+        assert peers[stand_in]["stands_for"] == demo.unique_name
+        assert peers[stand_in]["names"] == ["org.example.Demo"]
+        home = [p for p in peers.values() if p["kind"] == "bridge" and p["id"] != stand_in]
+        assert [p["pid"] for p in home] == [bridged.local.pid]
+    finally:
+        if demo is not None:
+            demo.stop()
+        if bridged is not None:
+            bridged.stop()
+        up.stop()
 
 
 def test_a_bus_that_refuses_monitoring_is_named_plainly():

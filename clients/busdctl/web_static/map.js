@@ -96,7 +96,7 @@
     const label = Busd.label(peer.id);
     g.append(Busd.svg("text", { class: "name", y: RADIUS + 15, "text-anchor": "middle" },
       label.length > 34 ? `…${label.slice(-33)}` : label));
-    const facts = [peer.id !== label ? peer.id : "", peer.process ? `${peer.process}${peer.pid ? ` (${peer.pid})` : ""}` : "",
+    const facts = [peer.id !== label ? peer.id : "", peer.stands_for ? `stands for ${peer.stands_for} over the bridge` : "", peer.process ? `${peer.process}${peer.pid ? ` (${peer.pid})` : ""}` : "",
       peer.user ? `uid ${peer.uid} ${peer.user}` : ""].filter(Boolean).join(" · ");
     g.append(Busd.svg("text", { class: "facts", y: RADIUS + 28, "text-anchor": "middle" }, facts));
     const more = peer.names.length > 1 ? `\nalso: ${peer.names.filter((n) => n !== label).join(", ")}` : "";
