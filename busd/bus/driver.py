@@ -32,6 +32,7 @@ from ..wire.wellknown import (
 from . import errors
 from .driver_monitoring import MonitoringMethods
 from .driver_names import NameMethods
+from .driver_policy import POLICY_INTERFACE, PolicyMethods
 from .errors import DriverError
 from .fds import close_fds
 from .outbox import queue_to_monitors
@@ -93,6 +94,7 @@ class Driver:
         # Properties served at DRIVER_PATH, by interface; other components (the bridge) add theirs.
         self._property_sources: dict[str, Callable[[], dict[str, Variant]]] = {DRIVER_INTERFACE: self._properties}
         names, monitoring = NameMethods(bus), MonitoringMethods(bus)
+        self.policy_methods = policy = PolicyMethods(bus)
         D, PROPS, INTRO, PEER, MON, STATS = (DRIVER_INTERFACE, PROPERTIES_INTERFACE, INTROSPECTABLE_INTERFACE,
                                               PEER_INTERFACE, MONITORING_INTERFACE, STATS_INTERFACE)
         rows = [
@@ -126,6 +128,11 @@ class Driver:
             DriverMethod(STATS, "GetStats", "", "a{sv}", monitoring.get_stats),
             DriverMethod(STATS, "GetConnectionStats", "s", "a{sv}", monitoring.get_connection_stats),
             DriverMethod(STATS, "GetAllMatchRules", "", "a{sas}", monitoring.get_all_match_rules),
+            # busd's own: which policy rule decides a message (busdctl policy check / dump)
+            DriverMethod(POLICY_INTERFACE, "Check", "a{sv}", "a{sv}", policy.check, path=DRIVER_PATH,
+                         privileged=True),
+            DriverMethod(POLICY_INTERFACE, "Dump", "", "a(ssa(sss))", policy.dump, path=DRIVER_PATH,
+                         privileged=True),
         ]
         self.methods: dict[tuple[str, str], DriverMethod] = {(row.interface, row.member): row for row in rows}
         self.interfaces = frozenset(row.interface for row in rows)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .outbox import DriverOutbox
     from .ownership import NameEvent, NameRegistry
     from .peer import Peer
+    from .policy import BusPolicy
 
 
 class DriverHost(Protocol):
@@ -55,6 +56,10 @@ class DriverHost(Protocol):
 
     @property
     def incomplete_connections(self) -> int: ...
+
+    @property
+    def policy(self) -> BusPolicy:
+        """The compiled policy (dev.busd.Policy1 asks it about messages nobody sent)."""
 
     @property
     def ledger(self) -> Ledger:

@@ -10,6 +10,7 @@ import signal
 from typing import Any, Callable
 
 from .._extensions import mode as extension_mode
+from ..bus.driver_policy import POLICY_INTERFACE, policy_mode
 from ..bus.router import Bus
 from ..bus.observers import BusObserver
 from ..bus.ports import Credentials
@@ -77,6 +78,7 @@ class Daemon(BusObserver):
         self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
         if self.settings.config is not None:
             self.bus.set_policy(compile_policy(self.settings.config))
+        self._policy_changed()
         settings = self.settings
         self.activation = install_activation(self.bus, settings.servicedirs, settings.servicehelper,
                                              self.addresses(), settings.systemd_activation)
@@ -97,6 +99,19 @@ class Daemon(BusObserver):
             await self._stopped
         finally:
             self.shutdown()
+
+    def _policy_changed(self) -> None:
+        """dev.busd.Policy1 is introspected while the bus enforces (or audits) a policy; audit mode is noted."""
+        mode = policy_mode(self.bus)
+        self.audit_mode = mode == "audit"
+        driver = self.bus.driver
+        if mode == "none":
+            driver.remove_interface(POLICY_INTERFACE)
+        else:
+            text = introspection_xml(POLICY_INTERFACE)
+            start = text.index("  <interface ")
+            driver.add_interface(POLICY_INTERFACE, text[start:text.index("</interface>", start) + 13],
+                                 driver.policy_methods.properties)
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """A callback raised: one log line says what (the bus carries on); --log-level=debug adds where."""
@@ -238,6 +253,7 @@ class Daemon(BusObserver):
         self.lookups.users.forget()  # as dbus-daemon flushes its user database cache on reload
         if policy is not None:
             self.bus.set_policy(policy)
+            self._policy_changed()
         self.bus.config_reloaded(new)
         if self.activation is not None:
             self.activation.reload(new.servicedirs, new.servicehelper)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from ..bus.policy import ConfigPolicy, PolicyRule, PolicyRules
+from ..bus.policy import BusPolicy, ConfigPolicy, PolicyRule, PolicyRules
+from ..bus.policy_audit import AuditPolicy
 from ..config.model import BusConfig
 
 log = logging.getLogger("busd.policy")
@@ -41,9 +42,30 @@ def policy_rules(config: BusConfig) -> PolicyRules:
                        not_at_console=tuple(not_at_console))
 
 
-def compile_policy(config: BusConfig) -> ConfigPolicy:
-    """Compile a configuration's <policy> elements for the bus (`Bus.set_policy`)."""
-    return ConfigPolicy(policy_rules(config))
+def policy_mode(config: BusConfig) -> str:
+    """<busd:policy mode="audit"/> (only in the configuration: no flag turns it on) or "enforce"."""
+    mode = "enforce"
+    for element in config.extensions:
+        if element.name == "policy":
+            given = element.attributes.get("mode", "enforce")
+            if given not in ("audit", "enforce"):
+                log.error('%s:%d: <busd:policy mode="%s">: the mode is "audit" or "enforce"; enforcing',
+                          element.file, element.line, given)
+                given = "enforce"
+            mode = given
+    return mode
 
 
-__all__ = ["compile_policy", "policy_rules"]
+def compile_policy(config: BusConfig) -> BusPolicy:
+    """Compile a configuration's <policy> elements for the bus (`Bus.set_policy`); in audit mode, a policy
+    that logs what it would deny and lets it through."""
+    compiled = ConfigPolicy(policy_rules(config))
+    if policy_mode(config) != "audit":
+        return compiled
+    log.warning("POLICY AUDIT MODE IS ON (<busd:policy mode=\"audit\"/>): messages the policy denies are "
+                "only logged (\"policy audit: would deny ...\") and delivered. Nothing is enforced but "
+                "eavesdropping, name ownership and who may connect; remove the element to enforce the policy")
+    return AuditPolicy(compiled)
+
+
+__all__ = ["compile_policy", "policy_mode", "policy_rules"]

@@ -20,6 +20,8 @@ from .link import WireLink, open_link
 from .names import list_names, status
 from .objects import introspect, tree
 from .output import JSON_MODES, Output, warn
+from .policy import offline as policy_offline
+from .policy import policy
 from .stats import stats
 from .traffic import capture, monitor
 from .waiting import wait
@@ -54,6 +56,15 @@ Commands:
                            and names (org.freedesktop.DBus.Debug.Stats),
                            heaviest quota user first; with --by-user, busd's
                            per-user ledger (used / peak / quota per uid)
+  policy check --uid=UID [--gid=GID...] [--type=TYPE] [--destination=NAME]
+         [--interface=I] [--member=M] [--path=P] [--receiver-uid=UID]
+                           Say whether busd's policy allows a message and
+                           which rule (file:line) decides; asks the running
+                           busd (dev.busd.Policy1, root only), or with
+                           --config-file=FILE the configuration, no bus
+                           needed; exit status 1 when it would be denied
+  policy dump              Print the effective policy per context, in
+                           evaluation order (--config-file=FILE: offline)
   bridge                   Show busd's bridge to an upstream bus: address,
                            state, imported and exported names (dev.busd.Bridge1)
   web                      Serve a live page of the bus on 127.0.0.1 and print
@@ -94,6 +105,17 @@ Options:
      --listen=HOST:PORT    web: where to serve the page (default 127.0.0.1:0,
                            any free port on loopback)
      --open                web: open the page in a browser
+     --uid=UID, --gid=GID  policy check: the sender's user and groups (--gid
+                           repeatable; default: the user database's groups)
+     --type=TYPE           policy check: method_call (default), method_return,
+                           error or signal
+     --interface=I, --member=M, --path=P, --error-name=E
+                           policy check: the message's fields
+     --receiver-uid=UID    policy check: also check the receive rules of the
+                           recipient's user (default: the destination's owner
+                           on a running bus)
+     --config-file=FILE    policy: read this busd/dbus-daemon configuration
+                           instead of asking a bus
 
 Typed arguments follow busctl: a signature, then one word per value; arrays
 and dictionaries take their length first, variants their signature:
@@ -119,6 +141,8 @@ class Verb:
     unix_fds: bool = False  # monitors may be handed messages that carry descriptors
     # On busdctl's own link (raw bytes, the bus's GUID and credentials) rather than on dbus-next.
     link: bool = False
+    # Given the options, the verb needs no bus (policy --config-file): the context's bus is None.
+    offline: Callable[[argparse.Namespace], bool] | None = None
 
 
 VERBS: dict[str, Verb] = {
@@ -135,6 +159,7 @@ VERBS: dict[str, Verb] = {
     "wait": Verb(wait, "wait NAME | wait [SERVICE] OBJECT INTERFACE SIGNAL", 1, 4),
     "stats": Verb(stats, "stats [SERVICE...]"),
     "bridge": Verb(bridge, "bridge", 0, 0),
+    "policy": Verb(policy, "policy check|dump [OPTIONS]", 1, 1, offline=policy_offline),
     "web": Verb(web, "web [--listen=HOST:PORT] [--open]", 0, 0, unix_fds=True, link=True),
 }
 
@@ -214,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--destination")
     add("--listen")
     add("--open", action="store_true")
+    add("--uid", type=int)
+    add("--gid", type=int, action="append", default=[])
+    add("--type", choices=("method_call", "method_return", "error", "signal"))
+    add("--interface")
+    add("--member")
+    add("--path")
+    add("--error-name")
+    add("--receiver-uid", type=int)
+    add("--config-file")
     add("words", nargs="*")
     return parser
 
@@ -240,6 +274,11 @@ async def run(options: argparse.Namespace) -> int:
     if len(args) < verb.min_args or (verb.max_args is not None and len(args) > verb.max_args):
         raise UsageError(f"Usage: busdctl {verb.usage}")
     output = Output(options.json, legend=options.legend, pager=options.pager)
+    if verb.offline is not None and verb.offline(options):
+        try:
+            return await verb.handler(Context(options, output, None), args)  # type: ignore[arg-type]
+        finally:
+            output.flush()
     timeout = options.timeout if options.timeout is not None else DEFAULT_TIMEOUT
     choice = choose_bus(options.address, options.scope)
     bus: BusConnection | WireLink

@@ -10,14 +10,14 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from busd.wire.wellknown import DRIVER_NAME
+from busd.wire.wellknown import DRIVER_NAME, PROPERTIES_INTERFACE
 
 from .connection import DriverCalls
 from .context import Context
 from .creds import ProcessFacts, read_process, user_name
 from .errors import EXIT_OK, GONE, NOT_SUPPORTED, BusError, CommandError
 from .link import WireLink
-from .output import Column
+from .output import Column, warn
 
 LIST_COLUMNS = (Column("NAME"), Column("PID", right=True), Column("PROCESS"), Column("USER"),
                 Column("CONNECTION"), Column("UNIT"), Column("SESSION"), Column("DESCRIPTION"))
@@ -138,6 +138,10 @@ async def status(ctx: Context[WireLink], args: list[str]) -> int:
         fields = await _pid_fields(ctx, int(target))
     else:
         fields = await _name_fields(ctx, target)
+    if target in (None, DRIVER_NAME) and await _policy_mode(ctx.bus) == "audit":
+        fields.append(("PolicyMode", "audit"))
+        warn("WARNING: this bus's policy is in audit mode (<busd:policy mode=\"audit\"/>): messages the policy "
+             "denies are logged and delivered; nothing is enforced.")
     if ctx.output.is_json:
         ctx.output.json(dict(fields))
         return EXIT_OK
@@ -153,6 +157,15 @@ def _status_text(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(str(v) for v in value)
     return str(value)
+
+
+async def _policy_mode(bus: DriverCalls) -> str | None:
+    """busd's dev.busd.Policy1.Mode ("enforce", "audit"), or None (no policy enforced, or not busd)."""
+    try:
+        [mode] = await bus.driver("Get", "ss", ["dev.busd.Policy1", "Mode"], interface=PROPERTIES_INTERFACE)
+    except BusError:
+        return None
+    return str(getattr(mode, "value", mode))
 
 
 async def _bus_owner_fields(ctx: Context[WireLink]) -> list[tuple[str, Any]]:
