@@ -24,23 +24,28 @@
     return `hsl(${Math.round(120 * (1 - f))}, 60%, ${f > 0.5 ? 55 : 60}%)`;
   }
 
-  // Deterministic places: the driver in the middle, everyone else on one or two rings, in name order.
-  function layout(width, height) {
+  // Deterministic places: the driver in the middle, the peers on rings around it in name order (up to 16 a
+  // ring, neighbours alternating between rings so that labels do not collide), quiet ones on inner rings.
+  function layout(width, height, quiet) {
     const places = new Map();
     const others = [...Busd.peers.values()].filter((p) => p.kind !== "driver");
     others.sort((a, b) => (a.kind === b.kind ? Busd.label(a.id).localeCompare(Busd.label(b.id))
       : a.kind === "bridge" ? 1 : b.kind === "bridge" ? -1 : 0));
     const cx = width / 2;
     const cy = height / 2;
+    const stretch = width > height ? 1.35 : 1;
     for (const peer of Busd.peers.values()) if (peer.kind === "driver") places.set(peer.id, [cx, cy]);
-    const rings = others.length > 14 ? 2 : 1;
     const outer = Math.max(80, Math.min(width, height) / 2 - 70);
-    others.forEach((peer, index) => {
-      const ring = rings === 2 ? index % 2 : 0;
-      const radius = ring ? outer * 0.62 : outer;
-      const angle = (2 * Math.PI * index) / Math.max(1, others.length) - Math.PI / 2;
-      places.set(peer.id, [cx + radius * Math.cos(angle) * (width > height ? 1.35 : 1), cy + radius * Math.sin(angle)]);
-    });
+    const ring = (peers, perRing, from, to) => {
+      const rings = Math.max(1, Math.ceil(peers.length / perRing));
+      peers.forEach((peer, index) => {
+        const radius = outer * (from - ((from - to) * (index % rings)) / Math.max(1, rings - 1));
+        const angle = (2 * Math.PI * index) / peers.length - Math.PI / 2;
+        places.set(peer.id, [cx + radius * Math.cos(angle) * stretch, cy + radius * Math.sin(angle)]);
+      });
+    };
+    ring(others.filter((p) => !quiet(p)), 16, 1, 0.62);
+    ring(others.filter(quiet), 24, 0.45, 0.25);
     return places;
   }
 
@@ -77,6 +82,21 @@
     return d;
   }
 
+  // On a crowded bus, a peer with no well-known name and no traffic is a small unlabelled dot (its tooltip says who).
+  function isQuiet(peer, busy) {
+    return Busd.peers.size > 24 && !busy.has(peer.id) && !peer.broadcasts && peer.kind === "peer"
+      && !peer.names.some((name) => !name.startsWith(":"));
+  }
+
+  function quietNode(peer, [x, y]) {
+    const g = Busd.svg("g", { class: `node quiet ${peer.kind}`, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})`,
+      dataset: { peer: peer.id, names: peer.names.join(" "), kind: peer.kind } });
+    g.append(Busd.svg("circle", { class: "body", r: 7, fill: fillColour(peer) }));
+    g.append(Busd.svg("title", {}, [peer.id, peer.process ? `${peer.process} (${peer.pid})` : "",
+      peer.user ? `uid ${peer.uid} ${peer.user}` : "", "no traffic in the last seconds"].filter(Boolean).join("\n")));
+    return g;
+  }
+
   function node(peer, [x, y]) {
     const g = Busd.svg("g", { class: `node ${peer.kind}`, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})`,
       dataset: { peer: peer.id, names: peer.names.join(" "), kind: peer.kind } });
@@ -96,7 +116,7 @@
     const label = Busd.label(peer.id);
     g.append(Busd.svg("text", { class: "name", y: RADIUS + 15, "text-anchor": "middle" },
       label.length > 34 ? `…${label.slice(-33)}` : label));
-    const facts = [peer.id !== label ? peer.id : "", peer.stands_for ? `stands for ${peer.stands_for} over the bridge` : "", peer.process ? `${peer.process}${peer.pid ? ` (${peer.pid})` : ""}` : "",
+    const facts = [peer.id !== label ? peer.id : "", peer.stands_for ? `stand-in for ${peer.stands_for}` : "", peer.process ? `${peer.process}${peer.pid ? ` (${peer.pid})` : ""}` : "",
       peer.user ? `uid ${peer.uid} ${peer.user}` : ""].filter(Boolean).join(" · ");
     g.append(Busd.svg("text", { class: "facts", y: RADIUS + 28, "text-anchor": "middle" }, facts));
     const more = peer.names.length > 1 ? `\nalso: ${peer.names.filter((n) => n !== label).join(", ")}` : "";
@@ -111,7 +131,8 @@
     const width = svg.clientWidth || 900;
     const height = svg.clientHeight || 600;
     svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
-    const places = layout(width, height);
+    const busy = new Set(Busd.edges.flatMap((edge) => [edge.from, edge.to]));
+    const places = layout(width, height, (peer) => isQuiet(peer, busy));
     const edges = Busd.svg("g", { class: "edges" });
     for (const edge of Busd.edges) {
       if (!places.has(edge.from) || !places.has(edge.to) || edge.from === edge.to) continue;
@@ -121,9 +142,10 @@
     }
     const nodes = Busd.svg("g", { class: "nodes" });
     for (const peer of Busd.peers.values()) {
-      if (places.has(peer.id)) {
-        nodes.append(reuse(peer.id, [peer, places.get(peer.id)], () => node(peer, places.get(peer.id))));
-      }
+      if (!places.has(peer.id)) continue;
+      const quiet = isQuiet(peer, busy);
+      nodes.append(reuse(peer.id, [peer, places.get(peer.id), quiet],
+        () => (quiet ? quietNode : node)(peer, places.get(peer.id))));
     }
     drawn = next;
     next = new Map();
