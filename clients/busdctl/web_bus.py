@@ -83,6 +83,7 @@ async def mark_stand_ins(bus: BusConnection, picture: BusPicture) -> None:
                                          [BRIDGE_INTERFACE, "Imported"], action="Failed to read the bridge")
     except CommandError:
         return  # no bridge (or not busd): nothing to mark
+    picture.set_bridged()
     for upstream, local in imported.value.values():
         if local:
             picture.set_stand_in(local, upstream)

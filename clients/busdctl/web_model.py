@@ -56,11 +56,13 @@ class Peer:
     quota_resource: str = ""
     queued: int | None = None  # bytes queued to or from it, when the bus reports them
     stands_for: str = ""  # a bridge stand-in: the connection on the other bus it stands for
+    gone: bool = False  # disconnected; drawn until its last traffic leaves the window
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "names": sorted(self.names), "pid": self.pid, "uid": self.uid, "user": self.user,
                 "process": self.process, "kind": self.kind, "quota": self.quota,
-                "quota_resource": self.quota_resource, "queued": self.queued, "stands_for": self.stands_for}
+                "quota_resource": self.quota_resource, "queued": self.queued, "stands_for": self.stands_for,
+                "gone": self.gone}
 
 
 @dataclass
@@ -113,6 +115,7 @@ class BusPicture:
         self.owners: dict[str, str] = {DRIVER_NAME: DRIVER_NAME}  # well-known name -> peer id
         self.own: set[str] = set()  # this page's connections: their traffic is left out
         self.bus_pid: int | None = None
+        self.bridged = False  # the bus is a busd with a bridge (or federation): its own peer is a stand-in too
         self._ids = itertools.count(1)
         self._messages: deque[tuple[Record, bytes]] = deque()
         self._keep, self._keep_bytes, self._kept_bytes = keep, keep_bytes, 0
@@ -142,8 +145,18 @@ class BusPicture:
         if found is None:
             return  # it left before the driver answered
         found.pid, found.uid, found.user, found.process = pid, uid, user, process
-        if found.kind == PEER and pid is not None and pid == self.bus_pid:
-            found.kind = BRIDGE  # a peer inside the bus process: busd's stand-in for a bridged connection
+        self._mark_bridge_home(found)
+
+    def _mark_bridge_home(self, found: Peer) -> None:
+        if self.bridged and found.kind == PEER and found.pid is not None and found.pid == self.bus_pid:
+            found.kind = BRIDGE  # a peer inside busd's own process: the bridge's home
+
+    def set_bridged(self) -> None:
+        """The bus runs a bridge: a peer in the bus's own process is then the bridge's. (Not before: on
+        dbus-broker the driver reports its launcher's pid, which the launcher's own connection has too.)"""
+        self.bridged = True
+        for found in self.peers.values():
+            self._mark_bridge_home(found)
 
     def set_stand_in(self, peer_id: str, stands_for: str) -> None:
         """`peer_id` is busd's bridge stand-in for `stands_for`, a connection of the bus on the other side."""
@@ -159,7 +172,8 @@ class BusPicture:
         """NameOwnerChanged: `name` moved from `old` to `new` ("" for none)."""
         if name.startswith(":"):
             if not new:
-                self.peers.pop(name, None)
+                if name in self.peers:
+                    self.peers[name].gone = True  # kept while its last traffic is drawn
                 for key in [key for key in self._calls if key[0] == name]:
                     del self._calls[key]
             else:
@@ -266,6 +280,9 @@ class BusPicture:
         """Peers and the edges of the last `window` seconds, each with its count and rate per second."""
         now = time.time() if now is None else now
         self._forget_before(now - self.window)
+        active = {peer_id for key in self._counts for peer_id in key[:2]} | set(self._broadcast_counts)
+        for peer_id in [p.id for p in self.peers.values() if p.gone and p.id not in active]:
+            del self.peers[peer_id]
         edges = [{"from": source, "to": target, "kind": kind, "count": count, "rate": count / self.window}
                  for (source, target, kind), count in sorted(self._counts.items())
                  if source in self.peers and target in self.peers]

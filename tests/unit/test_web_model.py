@@ -96,6 +96,8 @@ def test_the_pages_own_traffic_is_left_out_and_owners_follow_the_driver():
     assert picture.resolve("org.example.Demo") == CLIENT and picture.peers[CLIENT].names == {"org.example.Demo"}
     seen(picture, 3.0, SIGNAL, 3, sender=DRIVER_NAME, path=DRIVER_PATH, interface=DRIVER_INTERFACE,
          member="NameOwnerChanged", signature="sss", body=[SERVICE, SERVICE, ""])
+    assert picture.peers[SERVICE].gone
+    picture.map(now=3.0)  # it had no traffic: gone from the map at once
     assert SERVICE not in picture.peers
 
 
@@ -107,7 +109,24 @@ def test_a_peer_living_in_the_bus_process_is_a_bridge_stand_in():
     assert picture.new_peers == [":1.5", ":1.6"]
     picture.set_facts(":1.5", 42, 0, "root", "busd")
     picture.set_facts(":1.6", 43, 0, "root", "python3")
+    assert picture.peers[":1.5"].kind == "peer"  # dbus-broker's launcher has its driver's pid too
+    picture.set_bridged()  # the bus has dev.busd.Bridge1
     assert (picture.peers[":1.5"].kind, picture.peers[":1.6"].kind) == (BRIDGE, "peer")
+    picture.peer(":1.7")
+    picture.set_stand_in(":1.7", "upstream:1.40")
+    assert (picture.peers[":1.7"].kind, picture.peers[":1.7"].stands_for) == (BRIDGE, "upstream:1.40")
+
+
+def test_a_peer_that_left_stays_while_its_traffic_is_drawn():
+    picture = BusPicture(window=10.0)
+    owned(picture, "org.example.Demo", SERVICE)
+    call(picture, 100.0, 1, sender=":1.50")  # a short-lived client, as busdctl call is
+    seen(picture, 100.5, SIGNAL, 2, sender=DRIVER_NAME, path=DRIVER_PATH, interface=DRIVER_INTERFACE,
+         member="NameOwnerChanged", signature="sss", body=[":1.50", ":1.50", ""])
+    drawn = picture.map(now=101.0)
+    assert {p["id"]: p["gone"] for p in drawn["peers"]}[":1.50"] is True
+    assert [(e["from"], e["to"]) for e in drawn["edges"]] == [(":1.50", SERVICE)]
+    assert ":1.50" not in {p["id"] for p in picture.map(now=111.0)["peers"]}
 
 
 def test_the_filter_and_the_capture_keep_the_same_messages():

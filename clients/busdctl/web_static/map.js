@@ -98,7 +98,7 @@
   }
 
   function node(peer, [x, y]) {
-    const g = Busd.svg("g", { class: `node ${peer.kind}`, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})`,
+    const g = Busd.svg("g", { class: `node ${peer.kind}${peer.gone ? " gone" : ""}`, transform: `translate(${x.toFixed(1)},${y.toFixed(1)})`,
       dataset: { peer: peer.id, names: peer.names.join(" "), kind: peer.kind } });
     if (peer.quota !== null && peer.quota !== undefined) g.dataset.fill = peer.quota.toFixed(3);
     if (peer.broadcasts > 0) {
@@ -122,7 +122,7 @@
     const more = peer.names.length > 1 ? `\nalso: ${peer.names.filter((n) => n !== label).join(", ")}` : "";
     const quota = peer.quota !== null && peer.quota !== undefined
       ? `\n${(peer.quota * 100).toFixed(1)}% of ${peer.quota_resource}` : "";
-    g.append(Busd.svg("title", {}, `${label}\n${facts}${more}${quota}` +
+    g.append(Busd.svg("title", {}, `${label}${peer.gone ? " (disconnected)" : ""}\n${facts}${more}${quota}` +
       (peer.broadcasts ? `\n${peer.broadcasts.toFixed(1)} broadcast signals/s` : "")));
     return g;
   }
