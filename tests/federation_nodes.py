@@ -68,17 +68,29 @@ class NatsServer:
         self.stop()
         self.start()
 
+    def stopped(self) -> "NatsServer":
+        """Stop it for a while: use as `with server.stopped():`; it starts again on the same port at the end."""
+        server = self
+
+        class Outage:
+            def __enter__(self) -> None:
+                server.stop()
+
+            def __exit__(self, *exc: object) -> None:
+                server.start()
+        return Outage()
+
 
 class Node:
     """A busd node of the federation on `server`, named `name`, with its log lines."""
 
     def __init__(self, server: NatsServer, name: str, *extra_args: str, federation: str = "t",
-                 imports: tuple = (f"{FED}.*",), exports: tuple = (f"{FED}.*",)):
+                 imports: tuple = (f"{FED}.*",), exports: tuple = (f"{FED}.*",), extra_config: str = ""):
         self.name = name
         args = [f"--upstream={server.url}", f"--node-name={name}", f"--federation={federation}",
                 "--log-level=info", *extra_args]
         args += [f"--import={p}" for p in imports] + [f"--export={p}" for p in exports]
-        self.bus, self.logs = start_bus_logged("busd", args=tuple(args))
+        self.bus, self.logs = start_bus_logged("busd", extra_config, args=tuple(args))
         try:
             self.logs.wait_for(rf"federation: node {name} connected to NATS", TIMEOUT)
         except BaseException:

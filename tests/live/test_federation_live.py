@@ -297,6 +297,8 @@ def test_busdctl_bridge_shows_the_federation(trio, service_a):
 
 @pytest.mark.live
 def test_the_nats_server_restarted_mid_run(trio, service_a, server):
+    """A short outage: nodes reconnect by themselves. A long one (past the TTL): names leave, then come back,
+    and a subscription made before the outage still gets its signals."""
     a, b, c = trio
     server.restart()
     for node in (a, b, c):
@@ -305,3 +307,35 @@ def test_the_nats_server_restarted_mid_run(trio, service_a, server):
         wait_owned(client, SVC_A)
         assert client.call_wait(SVC_A, SERVICE_PATH, SERVICE_INTERFACE, "Echo", "s", ["after"],
                                 timeout=TIMEOUT).value() == "after"
+        client.add_match(f"type='signal',sender='{SVC_A}',member='Said'")
+        through(client)
+        with server.stopped():
+            c.logs.wait_for(r"federation: node c lost NATS", TIMEOUT)
+            wait_owned(client, SVC_A, owned=False)  # a's heartbeats stopped: its names left c
+            assert client.call_wait(SVC_A, SERVICE_PATH, SERVICE_INTERFACE, "Echo", "s", ["x"]).error_name == \
+                SERVICE_UNKNOWN
+        wait_owned(client, SVC_A)
+        through(client)
+        with a.client() as emitter:
+            emitter.call_wait(SVC_A, SERVICE_PATH, SERVICE_INTERFACE, "Emit", "s", ["back"]).value()
+        assert client.wait_for(lambda m: m.is_signal("Said"), TIMEOUT).body == ["back"]
+
+
+@pytest.mark.live
+def test_local_policy_applies_to_remote_callers_by_their_uid(server, trio):
+    """A node whose policy denies user nobody a name: remote callers (uid 65534) are denied, local root is not."""
+    a, b, c = trio
+    guarded = f"{FED}.Guarded"
+    policy = (f'<policy user="nobody"><deny send_destination="{guarded}"/></policy>')
+    p = Node(server, "p", extra_config=policy)
+    try:
+        with p.client() as service, b.client() as remote, p.client() as local:
+            assert service.request_name(guarded) == 1
+            wait_owned(remote, guarded)
+            reply = remote.call_wait(guarded, "/raw", "dev.busd.Test.Raw", "Hello")
+            assert reply.error_name == "org.freedesktop.DBus.Error.AccessDenied"
+            serial = local.call(guarded, "/raw", "dev.busd.Test.Raw", "Hello")
+            service.reply(service.wait_call("Hello", TIMEOUT))
+            assert local.reply_to(serial, TIMEOUT).type != ERROR
+    finally:
+        p.stop()

@@ -166,3 +166,12 @@ def test_the_xml_element_takes_the_federation_options_and_the_command_line_wins(
     path.write_text(path.read_text().replace('upstream="nats://127.0.0.1:4222"', 'upstream="session"'))
     with pytest.raises(BridgeConfigError, match="is for a federation"):
         bridge_settings(extensions=load_config(str(path)).extensions)
+
+
+def test_without_the_nats_client_busd_says_what_to_install(monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nats" else real(name, *a))
+    with pytest.raises(BridgeConfigError, match=r"pip install 'busd\[nats\]'"):
+        bridge_settings("nats://127.0.0.1:4222", ["org.x.*"])
+    assert bridge_settings("session", ["org.x.*"]) is not None  # a bus upstream needs no NATS
