@@ -121,9 +121,10 @@ class BusPicture:
         self._keep, self._keep_bytes, self._kept_bytes = keep, keep_bytes, 0
         self._unsent: list[Record] = []
         self._calls: dict[tuple[str, int], Record] = {}
-        self._events: deque[tuple[float, tuple[str, str, str]]] = deque()
+        # Traffic counted per second of arrival (a flood costs a counter, not an entry per message), and
+        # the totals of the seconds still in the window.
+        self._seconds: deque[_Second] = deque()
         self._counts: Counter[tuple[str, str, str]] = Counter()
-        self._broadcasts: deque[tuple[float, str]] = deque()
         self._broadcast_counts: Counter[str] = Counter()
         self.new_peers: list[str] = []
         """Unique names seen for the first time, whose credentials nobody has asked for yet."""
@@ -202,14 +203,14 @@ class BusPicture:
 
     # ------------------------------------------------------------ messages
 
-    def observe(self, h: Header, raw: bytes, timestamp: float) -> Record | None:
-        """One message the monitor saw; returns its record (None for the page's own traffic)."""
+    def observe(self, h: Header, raw: bytes, timestamp: float) -> None:
+        """One message the monitor saw (a link.Tap): recorded, unless it is the page's own traffic."""
         self.seen += 1
         sender, destination = self.resolve(h.sender), self.resolve(h.destination)
         if h.type == SIGNAL and h.sender == DRIVER_NAME and h.member == "NameOwnerChanged":
             self._name_owner_changed(h, raw)
         if sender in self.own or destination in self.own:
-            return None
+            return
         for peer_id in (sender, destination):
             if peer_id:
                 self.peer(peer_id)
@@ -232,11 +233,10 @@ class BusPicture:
         elif destination:
             self._count(timestamp, (sender, destination, "signal"))
         else:
-            self._broadcasts.append((timestamp, sender))
+            self._second(timestamp).broadcasts[sender] += 1
             self._broadcast_counts[sender] += 1
         self._keep_message(record, raw)
         self._unsent.append(record)
-        return record
 
     def _keep_message(self, record: Record, raw: bytes) -> None:
         self._messages.append((record, raw))
@@ -254,20 +254,20 @@ class BusPicture:
 
     def _count(self, timestamp: float, key: tuple[str, str, str]) -> None:
         if key[0] and key[1]:
-            self._events.append((timestamp, key))
+            self._second(timestamp).edges[key] += 1
             self._counts[key] += 1
 
+    def _second(self, timestamp: float) -> _Second:
+        second = int(timestamp)
+        if not self._seconds or self._seconds[-1].second < second:
+            self._seconds.append(_Second(second))
+        return self._seconds[-1]  # (a message stamped a little earlier than the last counts with it)
+
     def _forget_before(self, since: float) -> None:
-        while self._events and self._events[0][0] < since:
-            _, key = self._events.popleft()
-            self._counts[key] -= 1
-            if not self._counts[key]:
-                del self._counts[key]
-        while self._broadcasts and self._broadcasts[0][0] < since:
-            _, sender = self._broadcasts.popleft()
-            self._broadcast_counts[sender] -= 1
-            if not self._broadcast_counts[sender]:
-                del self._broadcast_counts[sender]
+        while self._seconds and self._seconds[0].second < since:
+            gone = self._seconds.popleft()
+            self._counts -= gone.edges  # Counter subtraction keeps only positive counts
+            self._broadcast_counts -= gone.broadcasts
 
     # ------------------------------------------------------------ what the page asks for
 
@@ -308,6 +308,15 @@ class BusPicture:
         parts += [enhanced_packet(raw, record.time, SNAPLEN) for record, raw in self._messages
                   if matches(record, words, names_of)]
         return b"".join(parts)
+
+
+@dataclass
+class _Second:
+    """The traffic of one second: edge key -> messages, and sender -> broadcast signals."""
+
+    second: int
+    edges: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    broadcasts: Counter[str] = field(default_factory=Counter)
 
 
 def _error_text(h: Header, raw: bytes) -> str:
