@@ -23,6 +23,7 @@ from .output import JSON_MODES, Output, warn
 from .policy import offline as policy_offline
 from .policy import policy
 from .stats import stats
+from .top import SORT_NAMES, top
 from .traffic import capture, monitor
 from .waiting import wait
 from .web import web
@@ -65,6 +66,11 @@ Commands:
                            needed; exit status 1 when it would be denied
   policy dump              Print the effective policy per context, in
                            evaluation order (--config-file=FILE: offline)
+  top                      Live view of the connections, refreshed each second:
+                           names, process, messages/s in and out, queued bytes
+                           and fds, match rules, the ledger's use of each quota
+                           (q quits, < > choose the sort column, r reverses);
+                           --once prints one snapshot (--json for scripts)
   bridge                   Show busd's bridge to an upstream bus: address,
                            state, imported and exported names (dev.busd.Bridge1)
   web                      Serve a live page of the bus on 127.0.0.1 and print
@@ -116,6 +122,9 @@ Options:
                            on a running bus)
      --config-file=FILE    policy: read this busd/dbus-daemon configuration
                            instead of asking a bus
+     --once                top: print one snapshot (rates over 1 s) and exit
+     --sort=COLUMN         top: sort by connection, names, pid, process, msgs-in
+                           (default), msgs-out, queued, fds, rules or quota
 
 Typed arguments follow busctl: a signature, then one word per value; arrays
 and dictionaries take their length first, variants their signature:
@@ -160,6 +169,7 @@ VERBS: dict[str, Verb] = {
     "stats": Verb(stats, "stats [SERVICE...]"),
     "bridge": Verb(bridge, "bridge", 0, 0),
     "policy": Verb(policy, "policy check|dump [OPTIONS]", 1, 1, offline=policy_offline),
+    "top": Verb(top, "top [--once] [--json] [--sort=COLUMN]", 0, 0),
     "web": Verb(web, "web [--listen=HOST:PORT] [--open]", 0, 0, unix_fds=True, link=True),
 }
 
@@ -248,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--error-name")
     add("--receiver-uid", type=int)
     add("--config-file")
+    add("--once", action="store_true")
+    add("--sort", choices=tuple(SORT_NAMES))
     add("words", nargs="*")
     return parser
 
