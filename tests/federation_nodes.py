@@ -39,14 +39,15 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A nats-server on 127.0.0.1; `restart()` brings it back on the same port."""
 
-    def __init__(self, port: int = -1):
+    def __init__(self, port: int = -1, *args: str):
         self.port = port
+        self.args = args  # more nats-server options (--user, --pass, ...)
         self.process: subprocess.Popen | None = None
         self.output: LineWatcher | None = None
         self.start()
 
     def start(self) -> None:
-        self.process = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port)],
+        self.process = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), *self.args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                         stdin=subprocess.DEVNULL)
         self.output = LineWatcher(self.process.stderr)
@@ -85,9 +86,10 @@ class Node:
     """A busd node of the federation on `server`, named `name`, with its log lines."""
 
     def __init__(self, server: NatsServer, name: str, *extra_args: str, federation: str = "t",
-                 imports: tuple = (f"{FED}.*",), exports: tuple = (f"{FED}.*",), extra_config: str = ""):
+                 imports: tuple = (f"{FED}.*",), exports: tuple = (f"{FED}.*",), extra_config: str = "",
+                 url: str | None = None):
         self.name = name
-        args = [f"--upstream={server.url}", f"--node-name={name}", f"--federation={federation}",
+        args = [f"--upstream={url or server.url}", f"--node-name={name}", f"--federation={federation}",
                 "--log-level=info", *extra_args]
         args += [f"--import={p}" for p in imports] + [f"--export={p}" for p in exports]
         self.bus, self.logs = start_bus_logged("busd", extra_config, args=tuple(args))

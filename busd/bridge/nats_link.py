@@ -85,6 +85,7 @@ class NatsLink:
         self.connects = 0
         self.last_error = ""
         self.closing = False
+        self.warned = False  # about failing to connect the first time
 
     async def run(self) -> None:
         """Connect, retrying with backoff until the first connection; nats-py reconnects after that."""
@@ -92,7 +93,6 @@ class NatsLink:
             log.warning("federation: %s is not on this machine and not TLS: D-Bus messages cross the network in "
                         "plaintext; use tls://HOST:PORT", _safe(url))
         delay = INITIAL_BACKOFF
-        failing = False
         while not self.closing:
             nc = nats.NATS()
             try:
@@ -105,8 +105,8 @@ class NatsLink:
             except Exception as exc:  # nats-py raises its own errors and OSErrors alike
                 self.last_error = str(exc) or type(exc).__name__
                 await _quiet_close(nc)
-                if not failing:
-                    failing = True
+                if not self.warned:
+                    self.warned = True
                     log.warning("federation: cannot connect to NATS %s: %s; retrying with backoff up to %g s",
                                 self.shown, self.last_error, MAX_BACKOFF)
                 await asyncio.sleep(delay)
@@ -127,7 +127,14 @@ class NatsLink:
 
     async def _error(self, exc: Exception) -> None:
         self.last_error = str(exc) or type(exc).__name__
-        log.debug("federation: NATS error: %s", self.last_error)
+        if not self.connects and not self.warned and not self.closing:
+            # Not connected yet, and nats-py retries by itself (forever): one line until it succeeds (a
+            # connection lost later has its own line).
+            self.warned = True
+            log.warning("federation: cannot connect to NATS %s: %s; retrying every %g s", self.shown,
+                        self.last_error, RECONNECT_WAIT)
+        else:
+            log.debug("federation: NATS error: %s", self.last_error)
 
     async def _disconnected(self) -> None:
         if self.connected and not self.closing:

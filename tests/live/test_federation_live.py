@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from busclient import DBUS, DBUS_PATH, run_async
+from busclient import DBUS, DBUS_PATH, run_async, start_bus_logged
 from busd.wire.message import ERROR
 from federation_nodes import FED, TIMEOUT, NatsServer, Node, eventually, origin_of
 from test_bridge_live import (BRIDGE_INTERFACE, PROPERTIES, SERVICE_INTERFACE, SERVICE_PATH, SERVICE_UNKNOWN, Service,
@@ -339,3 +339,39 @@ def test_local_policy_applies_to_remote_callers_by_their_uid(server, trio):
             assert local.reply_to(serial, TIMEOUT).type != ERROR
     finally:
         p.stop()
+
+
+@pytest.mark.live
+def test_nats_authentication_and_the_plaintext_warning():
+    """A nats-server that wants a user and password: the right ones in the URL join (the log masks the password),
+    wrong ones are refused and retried; NATS down at start; a nats:// URL off this machine is warned about."""
+    secured = NatsServer(-1, "--user", "busd", "--pass", "s3cret")
+    try:
+        good = Node(secured, "good", url=f"nats://busd:s3cret@127.0.0.1:{secured.port}")
+        good.stop()
+        bus, logs = start_bus_logged("busd", args=(f"--upstream=nats://busd:wrong@127.0.0.1:{secured.port}",
+                                                   "--node-name=bad", "--log-level=info"))
+        try:
+            line = logs.wait_for(r"federation: cannot connect to NATS", TIMEOUT)
+            assert "wrong" not in line and "***" in line and "retrying" in line and "uthorization" in line
+        finally:
+            bus.stop()
+    finally:
+        secured.stop()
+    # NATS down when the node starts: it says so once, and joins when NATS comes up.
+    later = NatsServer()
+    later.stop()
+    bus, logs = start_bus_logged("busd", args=(f"--upstream={later.url}", "--node-name=early", "--log-level=info"))
+    try:
+        logs.wait_for(r"federation: cannot connect to NATS", TIMEOUT)
+        later.start()
+        logs.wait_for(r"federation: node early connected to NATS", TIMEOUT)
+    finally:
+        bus.stop()
+        later.stop()
+    bus, logs = start_bus_logged("busd", args=("--upstream=nats://192.0.2.1:4222", "--node-name=far"))
+    try:
+        line = logs.wait_for(r"is not on this machine and not TLS", TIMEOUT)
+        assert "tls://" in line
+    finally:
+        bus.stop()
