@@ -99,10 +99,25 @@ class SnapshotCollector:
             yield _histogram("busd_activation_duration_seconds", "Time from a service's start to its name "
                              "being owned (successful activations)", s.activation_buckets, s.activation_sum)
         if s.bridge:
-            yield _gauge("busd_bridge_connected", "1 while the bridge's upstream link is up", ["upstream"],
-                         {(s.bridge["upstream"],): int(s.bridge["connected"])})
+            yield from self._bridge()
         yield _gauge("busd_policy_audit_mode", "1 while the policy only logs what it would deny", [],
                      {(): int(s.audit_mode)})
+
+    def _bridge(self) -> Iterator[Metric]:
+        bridge = self.snapshot.bridge
+        upstream = (str(bridge.get("Upstream", "")),)
+        yield _gauge("busd_bridge_connected", "1 while the bridge's (or federation's) upstream link is up",
+                     ["upstream"], {upstream: int(bool(bridge.get("Connected")))})
+        yield _counter("busd_bridge_connects", "Times the bridge connected to its upstream", ["upstream"],
+                       {upstream: int(bridge.get("Connects", 0))})
+        yield _gauge("busd_bridge_names", "Names crossing the bridge now: imported (owned here by stand-ins), "
+                     "exported (owned upstream)", ["direction"],
+                     {("imported",): len(bridge.get("Imported", {})), ("exported",): len(bridge.get("Exported", {}))})
+        nodes = bridge.get("Nodes", {})
+        yield _gauge("busd_federation_node_up", "Federation nodes, 1 while heard within the TTL", ["node"],
+                     {(node,): int(bool(facts[0])) for node, facts in nodes.items()})
+        yield _gauge("busd_federation_rtt_seconds", "Round-trip time to each federation node (when measured)",
+                     ["node"], {(node,): facts[1] / 1000 for node, facts in nodes.items() if facts[1] >= 0})
 
     def _ledger(self) -> Iterator[Metric]:
         users = self.snapshot.users

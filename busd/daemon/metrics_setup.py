@@ -52,15 +52,12 @@ def setup_metrics(daemon: Daemon, addresses: list[str]) -> None:
 
 
 def bridge_state(daemon: Daemon) -> dict[str, Any]:
-    """The bridge's upstream and whether it is connected ({} without a bridge)."""
+    """The bridge's (or federation's) dev.busd.Bridge1 properties, unwrapped ({} without one)."""
     manager = daemon.bridge
     bridge = manager.bridge if manager is not None else None
     if bridge is None:
         return {}
-    from ..bridge.bridge import Bridge
-    if isinstance(bridge, Bridge):
-        return {"upstream": bridge.settings.upstream, "connected": bridge.connected}
-    return {}
+    return {key: variant.value for key, variant in bridge.properties().items()}
 
 
 __all__ = ["MISSING", "MetricsSetupError", "metrics_addresses", "setup_metrics"]

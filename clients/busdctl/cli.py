@@ -26,7 +26,7 @@ from .stats import stats
 from .top import SORT_NAMES, top
 from .traffic import capture, monitor
 from .waiting import wait
-from .web import web
+from .web import listen_option, web
 
 HELP = """\
 busdctl [OPTIONS...] COMMAND ...
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--timeout", type=seconds)
     add("--augment-creds", type=boolean, default=True)
     add("--destination")
-    add("--listen")
+    add("--listen", type=listen_option)
     add("--open", action="store_true")
     add("--uid", type=int)
     add("--gid", type=int, action="append", default=[])

@@ -8,6 +8,7 @@ saying what to install.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import webbrowser
@@ -42,6 +43,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def listen_option(text: str) -> tuple[str, int]:
+    """--listen's argparse type: checked before busdctl connects to the bus."""
+    try:
+        return parse_listen(text)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("Invalid --listen ").rstrip(".")) from None
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -52,7 +61,7 @@ def is_loopback(host: str) -> bool:
 
 
 async def web(ctx: Context[WireLink], args: list[str]) -> int:
-    host, port = parse_listen(ctx.options.listen or DEFAULT_LISTEN)
+    host, port = ctx.options.listen or parse_listen(DEFAULT_LISTEN)
     try:
         from .web_numbers import numbers_for
         from .web_server import WebSession, serve

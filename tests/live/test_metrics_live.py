@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 
 import pytest
@@ -232,3 +233,25 @@ def test_says_what_to_install_without_prometheus_client(tmp_path) -> None:
     address, stderr, status = _start([f"--metrics=unix:path={tmp_path}/metrics"], env)
     assert not address and status == 1
     assert "pip install 'busd[metrics]'" in stderr
+
+
+def test_bridge_state_is_scraped() -> None:
+    upstream = start_bus("busd")
+    with tempfile.TemporaryDirectory(prefix="busd-metrics-") as tmp:
+        path = os.path.join(tmp, "metrics")
+        bus = start_bus("busd", args=(f"--metrics=unix:path={path}", f"--upstream={upstream.address}",
+                                      "--import=org.example.Up"))
+        try:
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # the bridge connects in the background: wait for the scrape to say so
+                samples = scrape_unix(path)
+                connected = [value for (name, _), value in samples.items() if name == "busd_bridge_connected"]
+                if connected == [1.0] or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            assert connected == [1.0]
+            assert [v for (name, _), v in samples.items() if name == "busd_bridge_connects_total"][0] >= 1
+            assert value(samples, "busd_bridge_names", direction="imported") == 0
+        finally:
+            bus.stop()
+            upstream.stop()
