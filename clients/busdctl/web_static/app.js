@@ -105,7 +105,7 @@ function connect(attempt) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
   const socket = new WebSocket(`${scheme}//${location.host}${Busd.url("/events")}`);
   const state = document.getElementById("connection");
-  socket.onopen = () => { state.dataset.state = "live"; state.textContent = "live"; attempt = 0; };
+  socket.onopen = () => { state.dataset.state = "live"; state.textContent = "live"; state.title = ""; attempt = 0; };
   socket.onmessage = (event) => {
     const data = JSON.parse(event.data);
     if (data.type === "hello") {
@@ -128,6 +128,7 @@ function connect(attempt) {
   socket.onclose = () => {
     state.dataset.state = "closed";
     state.textContent = "disconnected: retrying";
+    state.title = "busdctl web stopped, or the bus went away. A new busdctl web has a new token: open the URL it prints.";
     setTimeout(() => connect(attempt + 1), Math.min(5000, 500 * 2 ** attempt));
   };
 }
