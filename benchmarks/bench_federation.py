@@ -119,26 +119,13 @@ def setup(path: str, near_nodes: int) -> Iterator[Setup]:
         chosen.stop()
 
 
-class Meter:
-    """CPU seconds of the daemons (busd nodes, nats-server) and of the clients between start() and stop()."""
+def meter(chosen: Setup, clients: list[int]) -> br.Meter:
+    """bench_bridge's meter over every daemon of the path (its 'bridging busd' figure is left out: cpu_figures())."""
+    return br.Meter(chosen.pids, clients)
 
-    def __init__(self, daemons: list[int], clients: list[int]):
-        self.daemons, self.clients = daemons, clients
 
-    def start(self) -> None:
-        self._before = [bb.cpu_seconds(pid) for pid in self.daemons + self.clients]
-        self._wall = time.monotonic()
-
-    def stop(self) -> None:
-        self.wall = time.monotonic() - self._wall
-        spent = [bb.cpu_seconds(pid) - before for pid, before in zip(self.daemons + self.clients, self._before)]
-        self.daemon_cpu = sum(spent[:len(self.daemons)])
-        self.client_cpu = sum(spent[len(self.daemons):])
-
-    def figures(self, per: str, count: float) -> dict[str, float]:
-        return {f"daemons CPU/{per} (µs)": self.daemon_cpu / count * 1e6,
-                "daemons busy (% of a CPU)": 100 * self.daemon_cpu / self.wall,
-                "clients busy (% of a CPU)": 100 * self.client_cpu / self.wall}
+def cpu_figures(measured: br.Meter, per: str, count: float) -> dict[str, float]:
+    return {key: value for key, value in measured.figures(per, count).items() if not key.startswith("bridging")}
 
 
 def calls(window: int):
@@ -150,17 +137,17 @@ def calls(window: int):
             with bb.workers(bb.Worker("caller", bb.call_loop, chosen.near_addresses[0], name, window, 0,
                                       1_000_000, seconds)) as (caller,):
                 caller.receive("ready")
-                meter = Meter(chosen.pids, [caller.pid, service.pid])
-                meter.start()
+                measured = meter(chosen, [caller.pid, service.pid])
+                measured.start()
                 caller.send("go")
                 result = caller.receive("done", seconds + bb.REPLY_TIMEOUT)
-                meter.stop()
+                measured.stop()
         count = result["calls"]
         figures = {"calls/s": count / result["seconds"]}
         if "p50_us" in result:
             figures["p50 latency (µs)"] = result["p50_us"]
             figures["p99 latency (µs)"] = result["p99_us"]
-        return {**figures, **meter.figures("call", count)}
+        return {**figures, **cpu_figures(measured, "call", count)}
     return run
 
 
@@ -181,19 +168,20 @@ def signals(subscribers: int):
                                           200_000, seconds)) as (emitter,):
                     emitter.receive("ready")
                     chosen.wait_visible(emitter_name)  # signals cross from owners of exported names only
-                    meter = Meter(chosen.pids, [emitter.pid, *(sink.pid for sink in sinks)])
-                    meter.start()
+                    measured = meter(chosen, [emitter.pid, *(sink.pid for sink in sinks)])
+                    measured.start()
                     emitter.send("go")
                     emitted = emitter.receive("done", seconds + bb.REPLY_TIMEOUT)
                     for sink in sinks:
                         sink.send(emitted["signals"])
                     counted = [sink.receive("done", bb.REPLY_TIMEOUT + QUIET) for sink in sinks]
-                    meter.stop()
+                    measured.stop()
         delivered = sum(c["delivered"] for c in counted)
         end = max(c["end"] for c in counted)
         expected = emitted["signals"] * subscribers
         return {"deliveries/s": delivered / max(end - emitted["start"], 1e-9),
-                "lost (%)": 100 * (expected - delivered) / expected, **meter.figures("delivery", max(delivered, 1))}
+                "lost (%)": 100 * (expected - delivered) / expected,
+                **cpu_figures(measured, "delivery", max(delivered, 1))}
     return run
 
 

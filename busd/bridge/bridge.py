@@ -28,7 +28,7 @@ from ..wire.message import (
 )
 from ..wire.wellknown import DRIVER_NAME
 from .link import LinkError, UpstreamLink, close_fds, error_text
-from .mirror import Home, Mirror, VirtualConnection, hand_over, inject
+from .mirror import Home, Mirror, VirtualConnection, inject, reassign_import
 from .readdress import readdressed
 from .settings import NAME_OWNER_CHANGED_RULE, BridgeSettings, matches_any
 from .subscriptions import Subscriptions
@@ -82,17 +82,8 @@ class Bridge(BusObserver):
     # ------------------------------------------------------------ starting and stopping
 
     def start(self) -> None:
-        bus = self.bus
-        bus.add_observer(self)
-        bus.driver.add_interface(BRIDGE_INTERFACE, bridge_interface_xml(), self.properties)
-        bus.attach_virtual_peer(self.home)
-        # Rules and names that exist already (a bridge started by a reload).
-        for owner in bus.matches.owners():
-            for rule in bus.matches.rules(owner):
-                self.match_added(owner, rule)
-        for name in bus.registry.names():
-            self._export_owner_changed(name, bus.registry.owner(name))
-        self.task = bus.loop.create_task(self._keep_connected())
+        join_bus(self.bus, self, self.home, self.properties, self._export_owner_changed)
+        self.task = self.bus.loop.create_task(self._keep_connected())
         log.info("bridge: started for upstream %s (import %s; export %s)", self.settings.upstream,
                  listed(self.settings.imports), listed(self.settings.exports))
 
@@ -244,18 +235,9 @@ class Bridge(BusObserver):
         old = self.imported.get(name)
         if old == owner:
             return
-        mirror = None
-        if owner is not None:
-            mirror = self._mirror(owner)
-            self.imported[name] = owner
-            mirror.imported.add(name)
-        else:
-            del self.imported[name]
+        mirror = self._mirror(owner) if owner is not None else None
         previous = self.mirrors.get(old) if old is not None else None
-        if previous is not None:
-            previous.imported.discard(name)
-        # The new owner queues first, so that the old one's release hands the name over in one change.
-        code = hand_over(self.bus, name, mirror.peer if mirror else None, previous.peer if previous else None)
+        code = reassign_import(self.bus, self.imported, name, owner, mirror, previous)
         if mirror is None:
             log.info("bridge: imported %s has no owner upstream any more", name)
         elif code == IN_QUEUE and old is None:
@@ -577,6 +559,20 @@ class Bridge(BusObserver):
         }
 
 
+def join_bus(bus: "Bus", observer: BusObserver, home: Home, properties: Callable[[], dict[str, Variant]],
+             owner_changed: Callable[[str, "Peer | None"], None]) -> None:
+    """How a bridge or a federation starts on the bus: observe it, serve dev.busd.Bridge1 from `properties`,
+    attach its home peer, and take in the match rules and names that exist already (one started by a reload)."""
+    bus.add_observer(observer)
+    bus.driver.add_interface(BRIDGE_INTERFACE, bridge_interface_xml(), properties)
+    bus.attach_virtual_peer(home)
+    for owner in bus.matches.owners():
+        for rule in bus.matches.rules(owner):
+            observer.match_added(owner, rule)
+    for name in bus.registry.names():
+        owner_changed(name, bus.registry.owner(name))
+
+
 def _departure_rule(unique_name: str) -> str:
     return f"{NAME_OWNER_CHANGED_RULE},arg0='{unique_name}'"
 
@@ -589,4 +585,4 @@ def listed(patterns: tuple) -> str:
     return ", ".join(str(p) for p in patterns) or "nothing"
 
 
-__all__ = ["BRIDGE_INTERFACE", "Bridge", "bridge_interface_xml", "listed"]
+__all__ = ["BRIDGE_INTERFACE", "Bridge", "bridge_interface_xml", "join_bus", "listed"]

@@ -178,6 +178,20 @@ def hand_over(bus: "Bus", name: str, new: "Peer | None", old: "Peer | None") -> 
     return code
 
 
+def reassign_import(bus: "Bus", imported: dict, name: str, owner: Any, mirror: "Mirror | None",
+                    previous: "Mirror | None") -> int | None:
+    """`name` is imported from `owner` now (None: from nobody), owned here by its stand-in `mirror`, no longer
+    by `previous`: the bookkeeping, then one owner change (hand_over); the RequestName code of `mirror`."""
+    if mirror is not None:
+        imported[name] = owner
+        mirror.imported.add(name)
+    else:
+        imported.pop(name, None)
+    if previous is not None:
+        previous.imported.discard(name)
+    return hand_over(bus, name, mirror.peer if mirror else None, previous.peer if previous else None)
+
+
 def inject(bus: "Bus", conn: VirtualConnection, buf: bytes, h: Header, fds: list[int] | None,
            destination: str | None, reply_serial: int | None, serial: int | None = None) -> None:
     """Hand a message from the other side to the local bus as sent by stand-in `conn`, re-addressed."""
@@ -186,4 +200,4 @@ def inject(bus: "Bus", conn: VirtualConnection, buf: bytes, h: Header, fds: list
     bus.receive(conn.peer, message, new, fds)
 
 
-__all__ = ["Home", "Mirror", "MirrorHost", "VirtualConnection", "hand_over", "inject"]
+__all__ = ["Home", "Mirror", "MirrorHost", "VirtualConnection", "hand_over", "inject", "reassign_import"]

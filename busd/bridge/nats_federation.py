@@ -46,9 +46,9 @@ from ..bus.ownership import IN_QUEUE, NameEvent
 from ..bus.ports import SharedFds
 from ..wire.marshal import Variant
 from ..wire.message import SIGNAL
-from .bridge import BRIDGE_INTERFACE, bridge_interface_xml, listed
-from .mirror import Home, Mirror, VirtualConnection, hand_over
-from .nats_link import MaxPayloadError, Msg, NatsLink
+from .bridge import BRIDGE_INTERFACE, join_bus, listed
+from .mirror import Home, Mirror, VirtualConnection, reassign_import
+from .nats_link import Msg, NatsLink
 from .nats_roster import HEARTBEAT, TTL, Claim, HeartbeatError, Owner, Roster, heartbeat
 from .nats_traffic import StandIn, Traffic
 from .settings import BridgeSettings, matches_any
@@ -98,15 +98,7 @@ class Federation(BusObserver):
     # ------------------------------------------------------------ starting and stopping
 
     def start(self) -> None:
-        bus = self.bus
-        bus.add_observer(self)
-        bus.driver.add_interface(BRIDGE_INTERFACE, bridge_interface_xml(), self.properties)
-        bus.attach_virtual_peer(self.home)
-        for owner in bus.matches.owners():
-            for rule in bus.matches.rules(owner):
-                self.match_added(owner, rule)
-        for name in bus.registry.names():
-            self._export_owner_changed(name, bus.registry.owner(name))
+        join_bus(self.bus, self, self.home, self.properties, self._export_owner_changed)
         self.spawn(self.nats.run())
         self.spawn(self._tick())
         log.info("federation: node %s started for %s in federation %s (import %s; export %s)", self.node,
@@ -179,7 +171,7 @@ class Federation(BusObserver):
         else:  # as loud as the loss it ends; nats-py has subscribed again
             log.warning("federation: node %s connected to NATS %s again; restoring names and subscriptions",
                         self.node, self.nats.shown)
-            self.spawn(self._announce())
+            self._announce()
 
     def _down(self, reason: str) -> None:
         log.warning("federation: node %s lost NATS %s: %s; other nodes' names leave here in %g s unless it "
@@ -194,11 +186,11 @@ class Federation(BusObserver):
         await nc.subscribe(f"{mine}.call", cb=self.traffic.on_call)
         await nc.subscribe(f"{mine}.signal", cb=self.traffic.on_signal)
         await nc.subscribe(f"{mine}.ping", cb=self._on_ping)
-        await self._announce()
+        self._announce()
 
-    async def _announce(self) -> None:
+    def _announce(self) -> None:
         """Ask every node for its heartbeat now (a newcomer, or back from a NATS outage), and send ours."""
-        await self.publish(f"{self.subject}.hello", self.node.encode())
+        self.send(f"{self.subject}.hello", self.node.encode())
         self.beat()
 
     def beat(self) -> None:
@@ -218,21 +210,6 @@ class Federation(BusObserver):
 
     def send(self, subject: str, data: bytes) -> bool:
         return self.nats.send(subject, data)
-
-    async def publish(self, subject: str, data: bytes) -> bool:
-        nc = self.nats.nc
-        if nc is None or not self.nats.connected:
-            return False
-        try:
-            await nc.publish(subject, data)
-        except MaxPayloadError:
-            log.warning("federation: a %d-byte message is over NATS's max_payload; not sent to %s", len(data),
-                        subject)
-            return False
-        except Exception as exc:  # the connection went while we sent: heartbeats restore the rest
-            log.debug("federation: cannot publish on %s: %s", subject, exc)
-            return False
-        return True
 
     async def _tick(self) -> None:
         beats = 0
@@ -263,7 +240,7 @@ class Federation(BusObserver):
 
     async def _on_ping(self, msg: Msg) -> None:
         if msg.reply:
-            await self.publish(msg.reply, b"")
+            self.send(msg.reply, b"")
 
     async def _on_hello(self, msg: Msg) -> None:
         if msg.data.decode(errors="replace") != self.node:
@@ -330,17 +307,9 @@ class Federation(BusObserver):
         old = self.imported.get(name)
         if old == owner:
             return
-        stand_in = None
-        if owner is not None:
-            stand_in = self.stand_in_for(*owner)
-            self.imported[name] = owner
-            stand_in.imported.add(name)
-        else:
-            del self.imported[name]
+        stand_in = self.stand_in_for(*owner) if owner is not None else None
         previous = self.stand_ins.get(old) if old is not None else None
-        if previous is not None:
-            previous.imported.discard(name)
-        code = hand_over(self.bus, name, stand_in.peer if stand_in else None, previous.peer if previous else None)
+        code = reassign_import(self.bus, self.imported, name, owner, stand_in, previous)
         if stand_in is None:
             log.info("federation: imported %s has no owner in the federation any more", name)
         elif code == IN_QUEUE and name in self.claims:

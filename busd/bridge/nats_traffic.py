@@ -106,8 +106,6 @@ class FederationNode(Protocol):
 
     def spawn(self, coroutine: Coroutine) -> None: ...
 
-    async def publish(self, subject: str, data: bytes) -> bool: ...
-
     def send(self, subject: str, data: bytes) -> bool:
         """Publish now (no task)."""
 
@@ -222,16 +220,24 @@ class Traffic:
 
     # ------------------------------------------------------------ messages from other nodes
 
-    async def on_call(self, msg: Msg) -> None:
+    @staticmethod
+    def _received(msg: Msg) -> tuple[Owner, bytes, Header] | None:
+        """A frame()'s origin, message and parsed header; None for anything else (logged)."""
         framed = unframe(msg.data)
         if framed is None:
-            return
+            return None
         origin, data = framed
         try:
-            h = parse_header(data)
+            return origin, data, parse_header(data)
         except ProtocolError as exc:
-            log.warning("federation: a broken call from node %s: %s", origin[0], exc)
+            log.warning("federation: a broken message from node %s on %s: %s", origin[0], msg.subject, exc)
+            return None
+
+    async def on_call(self, msg: Msg) -> None:
+        received = self._received(msg)
+        if received is None:
             return
+        origin, data, h = received
         if h.type != METHOD_CALL or h.destination is None:
             return
         if origin[0] not in self.fed.roster.nodes:
@@ -246,7 +252,7 @@ class Traffic:
                 text = f"The name {destination} is not exported by busd node {self.fed.node}"
                 error = build_message(ERROR, 1, error_name=errors.SERVICE_UNKNOWN, reply_serial=h.serial,
                                       signature="s", body=[text])
-                await self.fed.publish(msg.reply, error)
+                self.fed.send(msg.reply, error)
             return
         stand_in = self.fed.stand_in_for(*origin)
         stand_in.caller = True
@@ -256,14 +262,10 @@ class Traffic:
         inject(self.fed.bus, stand_in, data, h, None, destination, None, serial)
 
     async def on_signal(self, msg: Msg) -> None:
-        framed = unframe(msg.data)
-        if framed is None:
+        received = self._received(msg)
+        if received is None:
             return
-        origin, data = framed
-        try:
-            h = parse_header(data)
-        except ProtocolError:
-            return
+        origin, data, h = received
         stand_in = self.fed.stand_ins.get(origin)
         if h.type != SIGNAL or stand_in is None:
             return
