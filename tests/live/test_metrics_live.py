@@ -255,3 +255,34 @@ def test_bridge_state_is_scraped() -> None:
         finally:
             bus.stop()
             upstream.stop()
+
+
+def test_full_queues_are_counted_by_limit() -> None:
+    """A call bigger than the recipient's max_outgoing_bytes is refused (LimitsExceeded); broadcasts to a
+    subscriber that never reads are dropped once its queue is full. Both show in the counters."""
+    from busclient import RawClient
+
+    limit = 65536
+    with tempfile.TemporaryDirectory(prefix="busd-metrics-") as tmp:
+        path = os.path.join(tmp, "metrics")
+        bus = start_bus("busd", extra_config=f'<limit name="max_outgoing_bytes">{limit}</limit>',
+                        args=(f"--metrics=unix:path={path}",))
+        stuck = sender = None
+        try:
+            stuck = RawClient(bus.address)  # subscribes, then never reads again
+            stuck.call_driver("AddMatch", "s", ["type='signal',interface='org.example.Flood'"])
+            sender = RawClient(bus.address)
+            refused = sender.call_wait(stuck.unique_name, "/", "org.example.X", "Big", "ay", [b"x" * (2 * limit)])
+            assert refused.error_name == "org.freedesktop.DBus.Error.LimitsExceeded"
+            for _ in range(64):  # 2 MiB of signals: past the kernel's socket buffer and the bus's queue
+                sender.emit("/", "org.example.Flood", "Wave", "ay", [b"y" * 32768])
+            sender.driver_value("GetId")  # the bus has handled every signal before it answers this
+            samples = scrape_unix(path)
+        finally:
+            for client in (stuck, sender):
+                if client is not None:
+                    client.close()
+            bus.stop()
+    assert value(samples, "busd_queue_full_refusals_total", limit="max_outgoing_bytes") == 1
+    assert value(samples, "busd_errors_total", error="org.freedesktop.DBus.Error.LimitsExceeded") == 1
+    assert value(samples, "busd_broadcasts_dropped_total") > 0
