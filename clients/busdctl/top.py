@@ -139,13 +139,16 @@ def render_lines(current: TopSnapshot, rows: list[dict[str, Any]], column: int, 
     lines.append(" ".join(header))
     lines.extend(" ".join(_cell(col, col.text(row)) for col in COLUMNS) for row in rows)
     if current.users:
+        present = {line for ledger in current.users.values() for line in ledger}
+        # busd's ledger lines, or whatever the bus reports (dbus-broker: Bytes, Fds, Matches, Objects)
+        shown = [line for line in LEDGER_LINES if line in present] or sorted(present)
         lines.append("")
-        lines.append("USER".ljust(12) + "".join(line.rjust(16) for line in LEDGER_LINES) + "   (used/quota)")
+        lines.append("USER".ljust(12) + "".join(line.rjust(16) for line in shown) + "   (used/quota)")
         for uid, ledger in sorted(current.users.items()):
             cells = []
-            for line in LEDGER_LINES:
+            for line in shown:
                 used, _peak, quota = ledger.get(line, (0, 0, 0))
-                show = _size if line == "OutgoingBytes" else _count
+                show = _size if line in ("OutgoingBytes", "Bytes") else _count
                 cells.append(f"{show(used)}/{show(quota)} {used * 100 / quota:.0f}%".rjust(16) if quota
                              else "-".rjust(16))
             lines.append(_user(uid)[:12].ljust(12) + "".join(cells))

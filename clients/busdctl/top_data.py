@@ -6,9 +6,10 @@ connection its names, process, uid, queued bytes and fds, match rules and the
 running totals of messages and bytes it sent and received, plus the bus-wide
 Debug.Stats and busd's per-user ledger. `rates(previous, current)` turns two
 snapshots into messages/s and bytes/s per connection. Anything a bus does not
-report is None: dbus-daemon counts no totals (no rates), dbus-broker and a
-dbus-daemon built without --enable-stats have no Debug.Stats at all, so only
-names, pids and processes are known there. `busdctl top` draws these; `busdctl
+report is None: dbus-daemon counts no totals (no rates); dbus-broker answers
+GetStats only, whose per-peer and per-user accounting fills the queues, fds,
+match rules and the ledger; a dbus-daemon built without --enable-stats has no
+Debug.Stats at all, so only names, pids and processes are known there. `busdctl top` draws these; `busdctl
 web` (or any script) can call `snapshot()` itself.
 """
 
@@ -33,6 +34,12 @@ BYTES_OUT = "dev.busd.BytesOut"
 CONNECTION_ACCOUNTING = "dev.busd.ConnectionAccounting"  # line -> (used, peak, limit)
 USER_ACCOUNTING = "dev.busd.UserAccounting"  # GetStats: uid -> line -> (used, peak, quota)
 UNKNOWN_UID = 0xFFFFFFFF
+# dbus-broker's GetStats: [(unique name, credentials, accounting)] and [(uid, [(line, left, quota)], ...)]
+BROKER_PEERS = "org.bus1.DBus.Debug.Stats.PeerAccounting"
+BROKER_USERS = "org.bus1.DBus.Debug.Stats.UserAccounting"
+# Answers that mean "not from this bus": the policy refuses Debug.Stats, or dbus-broker's
+# "Unimplemented functionality" (it has GetStats but not GetConnectionStats).
+REFUSED = frozenset({"org.freedesktop.DBus.Error.AccessDenied", "org.freedesktop.DBus.Error.Failed"})
 
 # The columns of a row, in `busdctl top`'s order; each is a key of the per-connection dict.
 FIELDS = ("connection", "names", "pid", "process", "uid", "messages_in", "messages_out", "bytes_in", "bytes_out",
@@ -72,7 +79,7 @@ async def _stats(bus: DriverCalls, member: str, signature: str = "", body: list[
     try:
         [stats] = await bus.driver(member, signature, body or [], interface=STATS_INTERFACE)
     except BusError as error:
-        if error.error_name in NOT_SUPPORTED or error.error_name == "org.freedesktop.DBus.Error.AccessDenied":
+        if error.error_name in NOT_SUPPORTED or error.error_name in REFUSED:
             return None
         raise
     return _unwrap(stats)
@@ -100,7 +107,8 @@ def _worst_line(ledger: dict[str, list[int]] | None) -> tuple[str | None, float 
 
 
 async def _connection(bus: DriverCalls, name: str, owned: dict[str, list[str]], with_stats: bool,
-                      users: dict[int, dict[str, list[int]]]) -> dict[str, Any] | None:
+                      users: dict[int, dict[str, list[int]]], known: dict[str, Any] | None = None
+                      ) -> dict[str, Any] | None:
     try:
         facts, stats = await asyncio.gather(
             peer_facts(bus, name),
@@ -111,7 +119,7 @@ async def _connection(bus: DriverCalls, name: str, owned: dict[str, list[str]], 
         raise
     if facts is None:
         return None
-    stats = stats or {}
+    stats = stats or known or {}
     uid = facts.uid
     ledger = users.get(uid if uid is not None else UNKNOWN_UID) if users else None
     line, fraction = _worst_line(ledger)
@@ -165,10 +173,25 @@ async def snapshot(bus: DriverCalls) -> TopSnapshot:
     users: dict[int, dict[str, list[int]]] = {}
     if bus_stats and USER_ACCOUNTING in bus_stats:
         users = {int(uid): lines for uid, lines in bus_stats.pop(USER_ACCOUNTING).items()}
+    broker_peers: dict[str, dict[str, int]] = {}
+    if bus_stats and BROKER_PEERS in bus_stats:  # dbus-broker: per-peer accounting instead of GetConnectionStats
+        broker_peers = {name: accounting for name, _creds, accounting in bus_stats.pop(BROKER_PEERS)}
+        users = {int(uid): {line: [quota - left, quota - left, quota] for line, left, quota in lines}
+                 for uid, lines, *_ in bus_stats.pop(BROKER_USERS, [])}
     unique = [n for n in names if n.startswith(":")]
-    rows = await asyncio.gather(*(_connection(bus, n, owned, bus_stats is not None, users) for n in unique))
+    rows = await asyncio.gather(*(_connection(bus, n, owned, bus_stats is not None and not broker_peers, users,
+                                              _from_broker(broker_peers.get(n))) for n in unique))
     return TopSnapshot(taken_at=time.monotonic(), bus=bus_stats or {}, stats_supported=bus_stats is not None,
                        connections=[row for row in rows if row is not None], users=users)
+
+
+def _from_broker(accounting: dict[str, int] | None) -> dict[str, Any] | None:
+    """dbus-broker's accounting of one peer, under dbus-daemon's GetConnectionStats keys."""
+    if accounting is None:
+        return None
+    return {"IncomingBytes": accounting.get("IncomingBytes", 0), "OutgoingBytes": accounting.get("OutgoingBytes", 0),
+            "IncomingFDs": accounting.get("IncomingFds", 0), "OutgoingFDs": accounting.get("OutgoingFds", 0),
+            "MatchRules": accounting.get("Matches", 0)}
 
 
 RATE_FIELDS = {"messages_in": "messages_in_per_s", "messages_out": "messages_out_per_s",
