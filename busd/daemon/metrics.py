@@ -180,6 +180,7 @@ class Metrics:
         self.times: ReplyTimes | None = None
         self.bus: Bus | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self._rendering: dict[bool, asyncio.Future] = {}  # the render in progress, by format
 
     async def start(self, bus: Bus) -> None:
         """Count from now on and serve every listener (on the bus's loop)."""
@@ -196,9 +197,16 @@ class Metrics:
             log.info("metrics on %s%s", listener.address, "" if listener.unix else " (HTTP GET /metrics)")
 
     async def text(self, openmetrics: bool = False) -> bytes:
-        snapshot = take_snapshot(self.bus, self.departures, self.logs, self.times, self.bridge_state(),
-                                 self.audit_mode())
-        return await asyncio.get_running_loop().run_in_executor(None, render, snapshot, openmetrics)
+        """The exposition; scrapes that arrive while one is being rendered share it (so a crowd of scrapers
+        costs the loop one snapshot, not one each)."""
+        pending = self._rendering.get(openmetrics)
+        if pending is None:
+            snapshot = take_snapshot(self.bus, self.departures, self.logs, self.times, self.bridge_state(),
+                                     self.audit_mode())
+            pending = asyncio.get_running_loop().run_in_executor(None, render, snapshot, openmetrics)
+            self._rendering[openmetrics] = pending
+            pending.add_done_callback(lambda _: self._rendering.pop(openmetrics, None))
+        return await asyncio.shield(pending)
 
     async def _dump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """unix: the text to whoever connects, then close (as dbus-broker's metrics socket)."""

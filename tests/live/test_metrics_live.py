@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from dbus_next import Message, MessageType
@@ -189,6 +190,13 @@ def test_http_serves_prometheus_and_openmetrics() -> None:
         with pytest.raises(urllib.error.HTTPError) as error:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=TIMEOUT)
         assert error.value.code == 404
+
+        def fetch(_: int) -> dict:
+            with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+                return parse(response.read().decode())
+
+        with ThreadPoolExecutor(16) as pool:  # scrapes at once share one rendering; each gets it whole
+            assert all(("busd_pending_replies", ()) in found for found in pool.map(fetch, range(32)))
     finally:
         bus.stop()
 
