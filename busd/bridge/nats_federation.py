@@ -153,6 +153,7 @@ class Federation(BusObserver):
                 del self.imported[name]
         for key in [key for key in self.answers if key[0] is conn]:
             del self.answers[key]
+        self.traffic.forget(conn)
 
     # MirrorHost: NATS has no input to hold; a full local recipient holds back nothing across the network.
     def pause_upstream(self, conn: VirtualConnection) -> None:
@@ -174,6 +175,7 @@ class Federation(BusObserver):
             self._announce()
 
     def _down(self, reason: str) -> None:
+        self.traffic.forget(reason=f"busd node {self.node} lost NATS during the call: {reason}")
         log.warning("federation: node %s lost NATS %s: %s; other nodes' names leave here in %g s unless it "
                     "is back", self.node, self.nats.shown, reason, TTL)
 
@@ -186,6 +188,7 @@ class Federation(BusObserver):
         await nc.subscribe(f"{mine}.call", cb=self.traffic.on_call)
         await nc.subscribe(f"{mine}.signal", cb=self.traffic.on_signal)
         await nc.subscribe(f"{mine}.ping", cb=self._on_ping)
+        await nc.subscribe(f"{mine}.reply.*", cb=self.traffic.on_reply)
         self._announce()
 
     def _announce(self) -> None:
@@ -208,8 +211,8 @@ class Federation(BusObserver):
         if self.beat_due:
             self.beat()
 
-    def send(self, subject: str, data: bytes) -> bool:
-        return self.nats.send(subject, data)
+    def send(self, subject: str, data: bytes, reply: str = "") -> bool:
+        return self.nats.send(subject, data, reply)
 
     async def _tick(self) -> None:
         beats = 0

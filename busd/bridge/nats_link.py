@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import ConnectionClosedError, MaxPayloadError, NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import MaxPayloadError
 
 from .settings import BridgeSettings
 
@@ -31,8 +31,7 @@ MAX_BACKOFF = 5.0
 RECONNECT_WAIT = 0.5  # between nats-py's reconnection attempts (a restarted server is back quickly)
 PING_INTERVAL = 2  # a server that stops answering (cable pulled) is given up after 2 missed pings
 
-__all__ = ["ConnectionClosedError", "MaxPayloadError", "Msg", "NatsLink", "NatsTimeout", "NoRespondersError",
-           "plaintext_remote_urls"]
+__all__ = ["Msg", "NatsLink", "plaintext_remote_urls"]
 
 
 def _loopback(host: str) -> bool:
@@ -145,13 +144,14 @@ class NatsLink:
         if not self.closing:
             self._up(first=False)
 
-    def send(self, subject: str, data: bytes) -> bool:
+    def send(self, subject: str, data: bytes, reply: str = "") -> bool:
         """Publish now, without a task per message (nats-py's publish only queues bytes for its flusher,
-        unless its buffer is full: then a task finishes it). False when not sent (the reason is logged)."""
+        unless its buffer is full: then a task finishes it). `reply`: where the answer goes. False when not
+        sent (the reason is logged)."""
         nc = self.nc
         if nc is None or not self.connected:
             return False
-        coroutine = nc.publish(subject, data)
+        coroutine = nc.publish(subject, data, reply=reply)
         try:
             waiting_on = coroutine.send(None)
         except StopIteration:

@@ -21,7 +21,7 @@ from ..wire.message import ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, bu
 from ..wire.wellknown import DRIVER_NAME
 from .link import close_fds
 from .mirror import Home, Mirror, MirrorHost, VirtualConnection, inject
-from .nats_link import ConnectionClosedError, MaxPayloadError, Msg, NatsLink, NatsTimeout, NoRespondersError
+from .nats_link import Msg, NatsLink
 from .nats_roster import Claim, Owner, Roster
 from .readdress import readdressed
 
@@ -106,7 +106,7 @@ class FederationNode(Protocol):
 
     def spawn(self, coroutine: Coroutine) -> None: ...
 
-    def send(self, subject: str, data: bytes) -> bool:
+    def send(self, subject: str, data: bytes, reply: str = "") -> bool:
         """Publish now (no task)."""
 
     def beat(self) -> None:
@@ -118,6 +118,10 @@ class Traffic:
 
     def __init__(self, fed: FederationNode):
         self.fed = fed
+        # Calls sent, by the token ending their reply subject: (stand-in, local caller, the caller's serial).
+        # One subscription (SUBJECT.node.<node>.reply.*) takes every answer: no future or task per call.
+        self.pending: dict[int, tuple[StandIn, str, int]] = {}
+        self.token = 0
 
 
     def from_mirror(self, stand_in: Mirror, head: bytes, body: Any, fds: list[int] | SharedFds | None) -> None:
@@ -148,7 +152,7 @@ class Traffic:
                 self.answer_error(stand_in, h, errors.NO_REPLY,
                                    f"busd node {self.fed.node} has no NATS connection now; try again")
             else:
-                self.fed.spawn(self._call(stand_in, h, f"{where}.call", data))
+                self._request(stand_in, h, f"{where}.call", data)
             return
         reply_to = self.fed.answers.pop((stand_in, h.reply_serial), None)
         if reply_to is not None:
@@ -159,40 +163,61 @@ class Traffic:
         peer = self.fed.bus.peers.get(local_name) if local_name else None
         return peer is not None and not peer.names.isdisjoint(self.fed.export_owners)
 
-    async def _call(self, stand_in: StandIn, h: Header, subject: str, data: bytes) -> None:
-        """One call across: the reply (or why there is none) goes back to the caller from the stand-in."""
-        timeout = self.fed.bus.limits.reply_timeout / 1000 + 1  # the bus's own NoReply comes first
-        try:
-            msg = await self.fed.nats.nc.request(subject, data, timeout=timeout)
-        except NoRespondersError:
-            self.answer_error(stand_in, h, errors.SERVICE_UNKNOWN,
-                               f"busd node {stand_in.node} does not answer: it left the federation")
-            return
-        except MaxPayloadError:
+    def _request(self, stand_in: StandIn, h: Header, subject: str, data: bytes) -> None:
+        """One call across; its answer comes to on_reply(), by the token ending the reply subject."""
+        nc = self.fed.nats.nc
+        if nc is not None and len(data) > nc.max_payload:
             self.answer_error(stand_in, h, errors.LIMITS_EXCEEDED,
-                               f"the {len(data)}-byte call is over the NATS server's max_payload")
+                              f"the {len(data)}-byte call is over the NATS server's max_payload ({nc.max_payload})")
             return
-        except NatsTimeout:
-            return  # the bus has answered NoReply already
-        except (ConnectionClosedError, Exception) as exc:  # the connection went mid-call
-            self.answer_error(stand_in, h, errors.NO_REPLY, f"the NATS connection failed during the call: {exc}")
+        self.token = token = self.token + 1
+        self.pending[token] = (stand_in, h.sender, h.serial)
+        if not self.fed.send(subject, data, f"{self.fed.subject}.node.{self.fed.node}.reply.{token}"):
+            del self.pending[token]
+            self.answer_error(stand_in, h, errors.NO_REPLY, "busd could not send the call over NATS (its log says why)")
+
+    async def on_reply(self, msg: Msg) -> None:
+        """The answer to a call across (or NATS's word that nobody took it): to the caller, from the stand-in."""
+        try:
+            token = int(msg.subject.rpartition(".")[2])
+        except ValueError:
             return
-        if stand_in.closed:
+        entry = self.pending.pop(token, None)
+        if entry is None or entry[0].closed:
+            return
+        stand_in, caller, serial = entry
+        if msg.headers and msg.headers.get("Status") == "503":  # no responders: the node is gone
+            self._error_to(stand_in, caller, serial, errors.SERVICE_UNKNOWN,
+                           f"busd node {stand_in.node} does not answer: it left the federation")
             return
         try:
             reply = parse_header(msg.data)
         except ProtocolError as exc:
-            self.answer_error(stand_in, h, errors.FAILED, f"node {stand_in.node} sent a broken reply: {exc}")
+            self._error_to(stand_in, caller, serial, errors.FAILED, f"node {stand_in.node} sent a broken reply: {exc}")
             return
         if reply.type in (METHOD_RETURN, ERROR):
-            inject(self.fed.bus, stand_in, msg.data, reply, None, h.sender, h.serial)
+            inject(self.fed.bus, stand_in, msg.data, reply, None, caller, serial)
+
+    def forget(self, stand_in: StandIn | None = None, reason: str = "") -> None:
+        """Calls waiting on `stand_in` (None: on every node, NATS is gone) will not be answered from here.
+
+        With a reason their callers get NoReply now; without, the stand-in left and the bus answers them."""
+        for token, (waiting_on, caller, serial) in list(self.pending.items()):
+            if stand_in is None or waiting_on is stand_in:
+                del self.pending[token]
+                if reason:
+                    self._error_to(waiting_on, caller, serial, errors.NO_REPLY, reason)
 
     def answer_error(self, conn: VirtualConnection, h: Header, name: str, text: str) -> None:
         """An error to a local caller from `conn`, once the call is routed (monitors see the call first)."""
-        if h.type != METHOD_CALL or h.no_reply_expected or conn.closed:
+        if h.type == METHOD_CALL and not h.no_reply_expected:
+            self._error_to(conn, h.sender, h.serial, name, text)
+
+    def _error_to(self, conn: VirtualConnection, caller: str, serial: int, name: str, text: str) -> None:
+        if conn.closed:
             return
-        error = build_message(ERROR, conn.next_serial(), error_name=name, reply_serial=h.serial,
-                              destination=h.sender, signature="s", body=[text])
+        error = build_message(ERROR, conn.next_serial(), error_name=name, reply_serial=serial,
+                              destination=caller, signature="s", body=[text])
         self.fed.bus.loop.call_soon(lambda: conn.closed or self.fed.bus.receive(conn.peer, error, parse_header(error), None))
 
     def from_home(self, home: Home, head: bytes, body: Any, fds: list[int] | SharedFds | None) -> None:
