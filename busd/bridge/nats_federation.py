@@ -28,7 +28,7 @@ the same import/export patterns, stand-in peers (mirror.Mirror), re-addressing
   takes none, so the bus answers NotSupported.
 
 Subjects: busd.fed.<federation>.{state,hello,gone,bye} for everyone, and
-busd.fed.<federation>.node.<node>.{call,signal,ping} for one node.
+busd.fed.<federation>.node.<node>.{call,signal,ping,reply.<token>} for one node.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ The theory is in busd/bridge/nats_federation.py. Calls are NATS requests to the
 callee node's SUBJECT.node.<node>.call carrying the whole D-Bus message (its
 header re-addressed, without a sender) and the caller's node and unique name in
 a short prefix of the payload (frame(): NATS headers cost a parse per message
-in nats-py); the reply travels back as the NATS reply. Signals go to
-SUBJECT.node.<node>.signal, only to the nodes whose heartbeat asks for them.
+in nats-py); the reply travels back as the NATS reply, to the caller node's
+SUBJECT.node.<node>.reply.<token> (one subscription takes every reply; the token
+says whose). Signals go to SUBJECT.node.<node>.signal, only to the nodes whose
+heartbeat asks for them.
 """
 
 from __future__ import annotations
