@@ -199,7 +199,8 @@ class Federation(BusObserver):
     def beat(self) -> None:
         """Send this node's heartbeat now (ahead of anything sent after it: NATS keeps one sender's order)."""
         self.beat_due = False
-        self.send(f"{self.subject}.state", heartbeat(self.node, self.instance, self.claims, self.subscriptions))
+        self.send(f"{self.subject}.state",
+                  heartbeat(self.node, self.instance, self.claims, self.subscriptions, self.crossed))
 
     def _beat_soon(self) -> None:
         """Our state changed: one heartbeat for however many changes this loop turn brings."""
@@ -266,6 +267,16 @@ class Federation(BusObserver):
             self._beat_soon()
         if changed:
             self._resolve()
+        self._forget_callers(node)
+
+    def _forget_callers(self, node: str) -> None:
+        """Stand-ins of `node`'s callers that its heartbeat no longer lists left (their 'gone' may have been
+        lost in a NATS outage). A heartbeat sent after a call lists its caller: NATS keeps one sender's order."""
+        callers = self.roster.nodes[node].callers
+        for (owner_node, unique_name), stand_in in list(self.stand_ins.items()):
+            if (owner_node == node and stand_in.caller and not stand_in.imported
+                    and unique_name not in callers):
+                stand_in.drop("its node no longer lists it")
 
     async def _on_bye(self, msg: Msg) -> None:
         """A node stopped (SIGTERM): its names leave now, not after TTL."""

@@ -1,8 +1,9 @@
 """The federation as one node sees it: the nodes alive, the names each claims, who owns each name, who listens.
 
 Theory. Every node publishes its whole state (a *heartbeat*: its exported names
-with their claim times and local owners, and the signal rules its local
-subscribers need) on change and every HEARTBEAT seconds. The roster keeps the
+with their claim times and local owners, the signal rules its local subscribers
+need, and its local callers that other nodes have stand-ins for) on change and
+every HEARTBEAT seconds. The roster keeps the
 last heartbeat of each node and forgets a node whose heartbeats stop for TTL
 seconds (SIGKILL, cable pulled, NATS gone) or that said goodbye.
 
@@ -51,12 +52,14 @@ class NodeState:
     claims: dict[str, Claim] = field(default_factory=dict)
     interest: tuple[MatchRule, ...] = ()
     interest_text: tuple[str, ...] = ()
+    callers: frozenset[str] = frozenset()  # its local peers that other nodes have stand-ins for
 
 
-def heartbeat(node: str, instance: str, claims: dict[str, Claim], interest: Iterable[str]) -> bytes:
+def heartbeat(node: str, instance: str, claims: dict[str, Claim], interest: Iterable[str],
+              callers: Iterable[str] = ()) -> bytes:
     return json.dumps({"node": node, "instance": instance,
                        "claims": {name: [claim.stamp, claim.owner] for name, claim in claims.items()},
-                       "interest": sorted(interest)}, separators=(",", ":")).encode()
+                       "interest": sorted(interest), "callers": sorted(callers)}, separators=(",", ":")).encode()
 
 
 class HeartbeatError(ValueError):
@@ -88,10 +91,11 @@ class Roster:
             node, instance = str(payload["node"]), str(payload["instance"])
             claims = {str(name): Claim(float(stamp), str(owner)) for name, (stamp, owner) in payload["claims"].items()}
             interest = tuple(str(text) for text in payload["interest"])
+            callers = frozenset(str(name) for name in payload.get("callers", ()))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise HeartbeatError(f"not a busd heartbeat: {exc}") from None
         old = self.nodes.get(node)
-        state = NodeState(node, instance, self.clock(), claims)
+        state = NodeState(node, instance, self.clock(), claims, callers=callers)
         if old is not None and old.interest_text == interest:
             state.interest, state.interest_text = old.interest, old.interest_text
         else:

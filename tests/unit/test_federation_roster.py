@@ -70,6 +70,14 @@ def test_a_silent_node_expires_and_a_restarted_one_is_new():
     assert set(roster.nodes) == {"c"}
 
 
+def test_a_heartbeat_lists_the_callers_other_nodes_have_stand_ins_for():
+    roster = Roster("me")
+    roster.heard(heartbeat("b", "b-1", {}, (), {":1.4", ":1.9"}))
+    assert roster.nodes["b"].callers == {":1.4", ":1.9"}
+    roster.heard(heartbeat("b", "b-1", {}, ()))
+    assert roster.nodes["b"].callers == frozenset()
+
+
 def test_broken_heartbeats_are_refused():
     roster = Roster("me")
     for data in (b"not json", json.dumps({"node": "x"}).encode(), json.dumps([1, 2]).encode()):
