@@ -14,13 +14,15 @@ import sys
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
-# The per-message path (issue 14): framing, header parse and cache, sender stamping, the stream's
-# read and write loops, routing. The list is busd._extensions.COMPILED's; keep them equal (a test does).
+# The per-message path (issue 14): framing, header parse and cache, sender stamping, the stream's read
+# and write loops: the modules with .pxd types. (Compiled without types, as the router was at first, Cython's
+# generic attribute lookups ran slower than CPython 3.11's specialising interpreter: benchmarks/bench_path.py.)
+# The list is busd._extensions.COMPILED's; keep them equal (a test does).
+# Not the body checker (busd.wire.checker): a large body is checked in a thread, and compiled code never
+# offers the GIL back, so the loop would wait seconds for a 30 MiB body (issue 13, attack 7).
 COMPILED = [
     "busd.wire.message",
     "busd.transport.stream",
-    "busd.bus.router",
-    "busd.bus.match_index",
 ]
 
 
@@ -62,12 +64,17 @@ def extensions() -> list:
     try:
         # Types come from the .pxd files only: the .py's annotations are documentation, and as C types they
         # would make the compiled twin refuse arguments the pure one takes (a memoryview for `bytes`).
-        return cythonize(modules, language_level=3, quiet=True,
-                         compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
-                                              "embedsignature": True, "annotation_typing": False})
+        extensions = cythonize(modules, language_level=3, quiet=True,
+                               compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
+                                                    "embedsignature": True, "annotation_typing": False})
     except Exception as exc:  # noqa: BLE001 - Cython refused a module: install the pure twin
         OptionalBuildExt._pure(exc)
         return []
+    for extension in extensions:
+        # Python's own flags say -O3 -g: no debug info and -O2 build in half the time (CI builds twice),
+        # and Cython's code, calls into the C API, runs as fast.
+        extension.extra_compile_args = ["-O2", "-g0"]
+    return extensions
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

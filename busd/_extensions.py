@@ -19,8 +19,6 @@ import sys
 COMPILED = (
     "busd.wire.message",
     "busd.transport.stream",
-    "busd.bus.router",
-    "busd.bus.match_index",
 )
 SWITCH = "BUSD_NO_EXTENSIONS"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

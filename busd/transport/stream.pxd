@@ -30,8 +30,11 @@ cdef class Stream:
     cdef public unsigned long long bytes_written
     cdef public bint _writing
     cdef public bint _flush_scheduled
+    cdef public object _frame_buffer
+    cdef public Py_ssize_t _frame_filled
 
-    @cython.locals(size=Py_ssize_t, pos=Py_ssize_t, total=Py_ssize_t, max_size=Py_ssize_t, large=Py_ssize_t,
+    @cython.locals(size=Py_ssize_t, pos=Py_ssize_t, total=Py_ssize_t, unfinished=Py_ssize_t,
+                   max_size=Py_ssize_t, large=Py_ssize_t,
                    rbuf=bytearray, message=bytes)
     cpdef feed(self, object data)
 

@@ -38,4 +38,4 @@ cpdef Header parse_header(object buf, bint validate_body=*)
 
 @cython.locals(fields_end=Py_ssize_t, start=Py_ssize_t, stop=Py_ssize_t, next_field=Py_ssize_t,
                gap=Py_ssize_t, new_fields_len=Py_ssize_t, tail_pad=Py_ssize_t, kept=bytes)
-cpdef tuple stamp_sender(bytes buf, Header h, bytes field)
+cpdef tuple stamp_sender(object buf, Header h, bytes field)

@@ -458,13 +458,17 @@ def _without_fields(buf: bytes, fields_end: int, spans: list[tuple[int, int]]) -
     return b"".join(pieces)
 
 
-def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, memoryview]:
+_COPY_BODY_UP_TO = 4096
+
+
+def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, Any]:
     """The bytes to forward: header with SENDER replaced by `field`, and the untouched body.
 
     `field` comes from sender_field() in the message's byte order. Header fields
     unknown to us are dropped, as dbus-daemon does, so recipients can trust every
     field the bus passes on. Returns the new header (fixed part, fields, padding)
-    and a zero-copy view of the body.
+    and a zero-copy view of the body; for a body of up to _COPY_BODY_UP_TO bytes, the whole
+    message as one buffer and b"".
     """
     fields_end = FIXED_HEADER_SIZE + h.fields_len
     span = h.sender_span
@@ -484,6 +488,11 @@ def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, memoryview
     new_fields_len = len(kept) + gap + len(field)
     tail_pad = -new_fields_len & 7
     pack = _LE1.pack if h.endian == LITTLE else _BE1.pack
+    if h.body_len <= _COPY_BODY_UP_TO:
+        # A small body is cheaper copied than viewed (a memoryview costs more to make and free than a short
+        # copy), and the message then queues and sends as one buffer.
+        return b"".join((buf[:12], pack(new_fields_len), kept, _PAD[:gap], field, _PAD[:tail_pad],
+                         buf[h.body_start:])), b""
     head = b"".join((buf[:12], pack(new_fields_len), kept, _PAD[:gap], field, _PAD[:tail_pad]))
     return head, memoryview(buf)[h.body_start:]
 

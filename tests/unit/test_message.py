@@ -351,8 +351,21 @@ def test_message_without_body_reads_as_empty() -> None:
 def forwarded(buf: bytes, name: str = ":1.42") -> bytes:
     h = parse_header(buf)
     head, body = stamp_sender(buf, h, sender_field(name, h.endian))
-    assert body.obj is buf  # the body is forwarded without a copy
+    if h.body_len > 4096:
+        assert body.obj is buf  # a large body is forwarded without a copy
+    else:
+        assert body == b""  # a small one is copied into a single buffer with the header
     return head + bytes(body)
+
+
+def test_a_large_body_is_forwarded_as_a_view_a_small_one_in_one_buffer() -> None:
+    for size, viewed in ((4096 - 4, False), (4096 - 3, True), (1 << 20, True)):
+        buf = build_message(METHOD_CALL, 1, path="/p", member="M", signature="ay", body=[b"x" * size])
+        h = parse_header(buf)
+        head, body = stamp_sender(buf, h, sender_field(":1.42", h.endian))
+        assert (type(body) is memoryview) is viewed, size
+        assert parse_header(head + bytes(body)).sender == ":1.42"
+        assert (head + bytes(body))[-size:] == b"x" * size
 
 
 def header_values(h: Header) -> tuple:

@@ -133,6 +133,31 @@ def byte_streams(draw) -> list[bytes]:
     return [data[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
+@st.composite
+def streams_with_a_large_message(draw) -> list[bytes]:
+    """Small messages around one larger than a read (framed into a buffer of its size), possibly corrupted
+    in its header or body, cut at random points."""
+    size = draw(st.sampled_from([(256 << 10) - 64, (256 << 10) + 1, 300_000, 1 << 20]))
+    large = bytearray(compiled_message.build_message(
+        compiled_message.METHOD_CALL, 3, path="/big", member="Put", destination=":1.5", signature="ay",
+        body=[b"\x7f" * size], endian=draw(st.sampled_from([LITTLE, BIG]))))
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(large) - 1))
+        large[at] ^= 1 << draw(st.integers(0, 7))
+    parts = [draw(st.sampled_from(SEEDS)), bytes(large), draw(st.sampled_from(SEEDS))]
+    data = b"".join(parts)
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=5)))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@settings(FUZZ, max_examples=max(20, EXAMPLES // 10))
+@given(streams_with_a_large_message(), st.sampled_from([1 << 62, 1 << 20]))
+def test_the_twins_frame_large_messages_alike(chunks: list[bytes], large: int) -> None:
+    assert (framing_events(compiled_stream, compiled_message, chunks, large)
+            == framing_events(pure_stream, pure_message, chunks, large))
+
+
 @FUZZ
 @given(byte_streams(), st.sampled_from([1 << 62, 64]))
 def test_the_twins_frame_byte_streams_alike(chunks: list[bytes], large: int) -> None:
