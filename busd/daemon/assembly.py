@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import gc
 import logging
 import os
 import signal
@@ -94,7 +93,6 @@ class Daemon(BusObserver):
         loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
         if ready is not None:
             ready()
-        _settle_garbage_collector()
         self.watchdog = Watchdog.from_environment(loop)
         log.info("busd ready on %s (per-message path: %s)", self.addresses(), extension_mode())
         try:
@@ -260,19 +258,6 @@ class Daemon(BusObserver):
         if self.activation is not None:
             self.activation.reload(new.servicedirs, new.servicehelper)
         log.info("configuration reloaded")
-
-
-# Young objects collected once this many more containers were made than freed (CPython's default: 700).
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def _settle_garbage_collector() -> None:
-    """What start-up made lives as long as the daemon: frozen out of every collection. The per-message
-    objects (headers, queue entries) are freed by their reference counts and form no cycles, yet every 700
-    of them started a collection: py-spy put the collector at 40% of the loop's time under one call at a time."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 def run(settings: DaemonSettings, daemon: Daemon, ready: Callable[[], None] | None = None) -> None:
