@@ -192,15 +192,19 @@ def compiled_writer(signature: str, prefix: str = "<") -> Writer:
     return write_sequence
 
 
+@lru_cache(maxsize=512)
+def _body_writers(signature: str, prefix: str) -> tuple[Writer, ...]:
+    return tuple(compiled_writer(node.signature, prefix) for node in parse_signature(signature))
+
+
 def marshal_body(signature: str, values: list | tuple, endian: int = LITTLE) -> bytes:
     """Marshal `values` (one per complete type in `signature`) into a message body."""
-    nodes = parse_signature(signature)
-    if len(values) != len(nodes):
-        raise MarshalError(f"signature {signature!r} needs {len(nodes)} values, got {len(values)}")
+    writers = _body_writers(signature, _PREFIX[endian])  # one lookup per body, not a parse and one per value
+    if len(values) != len(writers):
+        raise MarshalError(f"signature {signature!r} needs {len(writers)} values, got {len(values)}")
     out = bytearray()
-    prefix = _PREFIX[endian]
-    for node, value in zip(nodes, values):
-        compiled_writer(node.signature, prefix)(out, value)
+    for write, value in zip(writers, values):
+        write(out, value)
     return bytes(out)
 
 

@@ -499,10 +499,6 @@ def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, Any]:
 
 # ---------------------------------------------------------------- building
 
-_FIELD_ATTRS = ((PATH, "o"), (INTERFACE, "s"), (MEMBER, "s"), (ERROR_NAME, "s"), (REPLY_SERIAL, "u"),
-                (DESTINATION, "s"), (SENDER, "s"), (SIGNATURE, "g"), (UNIX_FDS, "u"))
-
-
 def _append_field(out: bytearray, code: int, sig: str, value: Any, u32: Callable[[int], bytes]) -> None:
     out += _PAD[:-len(out) & 7]
     out += _FIELD_PREFIX[code]
@@ -510,9 +506,7 @@ def _append_field(out: bytearray, code: int, sig: str, value: Any, u32: Callable
         out += u32(value)
     elif sig == "g":
         data = value.encode("ascii")
-        out.append(len(data))
-        out += data
-        out.append(0)
+        out += b"%c%s\0" % (len(data), data)
     else:
         data = value.encode()
         if b"\0" in data:
@@ -522,9 +516,32 @@ def _append_field(out: bytearray, code: int, sig: str, value: Any, u32: Callable
         out.append(0)
 
 
-_FIELD_PREFIX = {code: bytes((code, 1, ord(sig), 0)) for code, sig in _FIELD_ATTRS}
+_FIELD_PREFIX = {code: bytes((code, 1, ord(sig), 0)) for code, sig in FIELD_TYPES.items()}
 _FIXED_LE = struct.Struct("<BBBBIII")
 _FIXED_BE = struct.Struct(">BBBBIII")
+
+# Marshalled header fields the bus builds again and again (its path, interface, member and error names,
+# its own name as SENDER, signatures), by (code, value, byte order): validated and encoded once.
+_BUILT_FIELDS: dict[tuple, bytes] = {}
+_BUILT_FIELDS_LIMIT = 512
+_KEPT_FIELDS = frozenset((PATH, INTERFACE, MEMBER, ERROR_NAME, SENDER, SIGNATURE))
+
+
+def _built_field(code: int, sig: str, value: Any, endian: int) -> bytes:
+    key = (code, value, endian)
+    field = _BUILT_FIELDS.get(key)
+    if field is None:
+        if code == PATH and not names.is_valid_object_path(value):
+            raise MarshalError(f"{value!r} is not a valid object path")
+        if code == SIGNATURE:
+            check_signature_text(value)
+        out = bytearray()
+        _append_field(out, code, sig, value, (_LE1 if endian == LITTLE else _BE1).pack)
+        field = bytes(out)
+        if len(_BUILT_FIELDS) >= _BUILT_FIELDS_LIMIT:
+            _BUILT_FIELDS.clear()
+        _BUILT_FIELDS[key] = field
+    return field
 
 
 def build_message(mtype: int, serial: int, *, path: str | None = None, interface: str | None = None,
@@ -533,10 +550,10 @@ def build_message(mtype: int, serial: int, *, path: str | None = None, interface
                   sender: str | None = None, signature: str = "", body: list | tuple = (),
                   flags: int = 0, unix_fds: int = 0, endian: int = LITTLE) -> bytes:
     """Marshal a complete message (header fields written directly: the driver builds many)."""
-    if path is not None and not names.is_valid_object_path(path):
-        raise MarshalError(f"{path!r} is not a valid object path")
+    if path is not None:
+        _built_field(PATH, "o", path, endian)  # the path, then the signature, are checked before the body
     if signature:
-        check_signature_text(signature)
+        _built_field(SIGNATURE, "g", signature, endian)
     body_bytes = marshal_body(signature, body, endian) if signature else b""
     u32 = (_LE1 if endian == LITTLE else _BE1).pack
     fields = bytearray()
@@ -544,7 +561,12 @@ def build_message(mtype: int, serial: int, *, path: str | None = None, interface
                              (ERROR_NAME, "s", error_name), (REPLY_SERIAL, "u", reply_serial),
                              (DESTINATION, "s", destination), (SENDER, "s", sender),
                              (SIGNATURE, "g", signature or None), (UNIX_FDS, "u", unix_fds or None)):
-        if value is not None:
+        if value is None:
+            continue
+        if code in _KEPT_FIELDS:  # each field starts 8-aligned, after the padding of the one before it
+            fields += _PAD[:-len(fields) & 7]
+            fields += _built_field(code, sig, value, endian)
+        else:  # serials, fd counts and destinations (often a unique name) change: not kept
             _append_field(fields, code, sig, value, u32)
     fixed = (_FIXED_LE if endian == LITTLE else _FIXED_BE).pack(
         endian, mtype, flags, PROTOCOL_VERSION, len(body_bytes), serial, len(fields))

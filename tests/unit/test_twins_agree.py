@@ -91,6 +91,23 @@ def test_the_twins_read_replies_alike(spec: dict, endian: int, data: st.DataObje
         assert wire_outcomes(compiled_message, buf) == wire_outcomes(pure_message, buf)
 
 
+@FUZZ
+@given(message_specs(), st.sampled_from([LITTLE, BIG]), st.sampled_from(["", "bad path", "M\0", "(", 7]))
+def test_the_twins_build_messages_alike(spec: dict, endian: int, spoiler: object) -> None:
+    """Building (the driver's replies and signals), valid or spoiled by a bad path, member, signature or body."""
+    if spoiler == "bad path":
+        spec["path"] = "org/no/slash"
+    elif spoiler == "M\0":
+        spec["member"] = "M\0"
+    elif spoiler == "(":
+        spec["signature"] = "("
+    elif spoiler == 7:
+        spec["signature"], spec["body"] = "s", [7]
+    for _ in range(2):  # the second time from the built-field cache
+        assert (outcome(lambda: compiled_message.build_message(**spec, endian=endian))
+                == outcome(lambda: pure_message.build_message(**spec, endian=endian)))
+
+
 def framing_events(module: Any, message_module: Any, chunks: list[bytes], large: int) -> list:
     """What a Stream of `module` (framing with `message_module`) makes of `chunks` fed one by one: each message with its header, drops, the rest."""
     events: list = []
