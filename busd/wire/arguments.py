@@ -127,4 +127,10 @@ class BodyArguments(Sequence[Any]):
         return value
 
 
-__all__ = ["BodyArguments", "compiled_skipper"]
+def body_arguments(buf: bytes, h: Any) -> BodyArguments:
+    """The arguments of the message `buf` whose header is `h` (a wire.message.Header), each decoded only when
+    indexed (for match rules' argN filters)."""
+    return BodyArguments(h.signature, buf, h.body_start, h.endian)
+
+
+__all__ = ["BodyArguments", "body_arguments", "compiled_skipper"]

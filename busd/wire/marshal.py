@@ -197,8 +197,35 @@ def _body_writers(signature: str, prefix: str) -> tuple[Writer, ...]:
     return tuple(compiled_writer(node.signature, prefix) for node in parse_signature(signature))
 
 
+_U32 = {LITTLE: struct.Struct("<I").pack, BIG: struct.Struct(">I").pack}
+
+
+def _marshal_strings(values: list | tuple, u32: Callable[[int], bytes]) -> bytes | None:
+    """A body of strings only (most of the bus's own signals and replies), or None for anything the general
+    writers must look at (a value that is no str, holds NUL or cannot be encoded: they say what is wrong)."""
+    parts: list[bytes] = []
+    pos = 0
+    for value in values:
+        if type(value) is not str:
+            return None
+        try:
+            data = value.encode()
+        except UnicodeEncodeError:
+            return None
+        if b"\0" in data:
+            return None
+        gap = -pos & 3
+        parts += (_PAD[:gap], u32(len(data)), data, b"\0")
+        pos += gap + len(data) + 5
+    return b"".join(parts)
+
+
 def marshal_body(signature: str, values: list | tuple, endian: int = LITTLE) -> bytes:
     """Marshal `values` (one per complete type in `signature`) into a message body."""
+    if not signature.strip("s") and len(values) == len(signature):
+        body = _marshal_strings(values, _U32[endian])
+        if body is not None:
+            return body
     writers = _body_writers(signature, _PREFIX[endian])  # one lookup per body, not a parse and one per value
     if len(values) != len(writers):
         raise MarshalError(f"signature {signature!r} needs {len(writers)} values, got {len(values)}")
@@ -327,7 +354,16 @@ def unmarshal_body(signature: str, buf: bytes, start: int, endian: int = LITTLE)
     return values
 
 
+def read_body(buf: bytes, h: Any) -> list[Any]:
+    """The body's values of the message `buf` whose header is `h` (a wire.message.Header): only for messages
+    the bus itself must understand."""
+    if not h.signature:
+        return []
+    return unmarshal_body(h.signature, buf, h.body_start, h.endian)
+
+
 __all__ = [
     "BIG", "LITTLE", "MAX_ARRAY_LENGTH", "MAX_NESTING_DEPTH", "Variant", "check_body", "check_string_bytes",
-    "compiled_checker", "compiled_reader", "compiled_writer", "marshal_body", "read_signature_at", "unmarshal_body",
+    "compiled_checker", "compiled_reader", "compiled_writer", "marshal_body", "read_body", "read_signature_at",
+    "unmarshal_body",
 ]

@@ -17,11 +17,11 @@ import struct
 from typing import Any, Callable
 
 from . import names
-from .arguments import BodyArguments
+from .arguments import body_arguments
 from .errors import MarshalError, ProtocolError
 from .marshal import (
     BIG, LITTLE, MAX_ARRAY_LENGTH, Variant, check_body, check_string_bytes,
-    compiled_checker, marshal_body, read_signature_at, unmarshal_body,
+    compiled_checker, marshal_body, read_body, read_signature_at,
 )
 from .signature import SignatureError, parse_signature
 from .wellknown import LOCAL_INTERFACE, LOCAL_PATH
@@ -550,39 +550,37 @@ def build_message(mtype: int, serial: int, *, path: str | None = None, interface
                   sender: str | None = None, signature: str = "", body: list | tuple = (),
                   flags: int = 0, unix_fds: int = 0, endian: int = LITTLE) -> bytes:
     """Marshal a complete message (header fields written directly: the driver builds many)."""
-    if path is not None:
-        _built_field(PATH, "o", path, endian)  # the path, then the signature, are checked before the body
-    if signature:
-        _built_field(SIGNATURE, "g", signature, endian)
+    # Without a serial, destination or fds to name (the bus's broadcast signals), all the fields repeat.
+    key = None if reply_serial is not None or destination is not None or unix_fds else (
+        path, interface, member, error_name, sender, signature, endian)
+    fields = None if key is None else _BUILT_FIELDS.get(key)
+    if fields is None:  # the path, then the signature, are checked before the body
+        if path is not None:
+            _built_field(PATH, "o", path, endian)
+        if signature:
+            _built_field(SIGNATURE, "g", signature, endian)
     body_bytes = marshal_body(signature, body, endian) if signature else b""
-    u32 = (_LE1 if endian == LITTLE else _BE1).pack
-    fields = bytearray()
-    for code, sig, value in ((PATH, "o", path), (INTERFACE, "s", interface), (MEMBER, "s", member),
-                             (ERROR_NAME, "s", error_name), (REPLY_SERIAL, "u", reply_serial),
-                             (DESTINATION, "s", destination), (SENDER, "s", sender),
-                             (SIGNATURE, "g", signature or None), (UNIX_FDS, "u", unix_fds or None)):
-        if value is None:
-            continue
-        if code in _KEPT_FIELDS:  # each field starts 8-aligned, after the padding of the one before it
-            fields += _PAD[:-len(fields) & 7]
-            fields += _built_field(code, sig, value, endian)
-        else:  # serials, fd counts and destinations (often a unique name) change: not kept
-            _append_field(fields, code, sig, value, u32)
+    if fields is None:
+        u32 = (_LE1 if endian == LITTLE else _BE1).pack
+        fields = bytearray()
+        for code, sig, value in ((PATH, "o", path), (INTERFACE, "s", interface), (MEMBER, "s", member),
+                                 (ERROR_NAME, "s", error_name), (REPLY_SERIAL, "u", reply_serial),
+                                 (DESTINATION, "s", destination), (SENDER, "s", sender),
+                                 (SIGNATURE, "g", signature or None), (UNIX_FDS, "u", unix_fds or None)):
+            if value is None:
+                continue
+            if code in _KEPT_FIELDS:  # each field starts 8-aligned, after the padding of the one before it
+                fields += _PAD[:-len(fields) & 7]
+                fields += _built_field(code, sig, value, endian)
+            else:  # serials, fd counts and destinations (often a unique name) change: not kept
+                _append_field(fields, code, sig, value, u32)
+        if key is not None:
+            if len(_BUILT_FIELDS) >= _BUILT_FIELDS_LIMIT:
+                _BUILT_FIELDS.clear()
+            _BUILT_FIELDS[key] = fields = bytes(fields)
     fixed = (_FIXED_LE if endian == LITTLE else _FIXED_BE).pack(
         endian, mtype, flags, PROTOCOL_VERSION, len(body_bytes), serial, len(fields))
     return b"".join((fixed, fields, _PAD[:-len(fields) & 7], body_bytes))
-
-
-def read_body(buf: bytes, h: Header) -> list[Any]:
-    """The body's values (only for messages the bus itself must understand)."""
-    if not h.signature:
-        return []
-    return unmarshal_body(h.signature, buf, h.body_start, h.endian)
-
-
-def body_arguments(buf: bytes, h: Header) -> BodyArguments:
-    """The body's arguments, each decoded only when indexed (for match rules' argN filters)."""
-    return BodyArguments(h.signature, buf, h.body_start, h.endian)
 
 
 def check_signature_text(sig: str) -> None:
