@@ -213,7 +213,9 @@ class Stream:
         in page faults of the copies' fresh memory).
         """
         frame = self._frame_buffer
-        view = memoryview(frame)[self._frame_filled:]
+        # At most a read's worth at a time, as any read: the input is charged to the user after each read,
+        # so one read may pass the user's quota by no more than READ_SIZE before the peer is dropped.
+        view = memoryview(frame)[self._frame_filled:self._frame_filled + READ_SIZE]
         try:
             if self.can_pass_fds:
                 size, ancdata, msg_flags, _ = self.sock.recvmsg_into((view,), _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
