@@ -31,6 +31,10 @@ asyncio.run(main())
 """
 
 
+# The kernel's name of a process this Python starts (python3; python in a virtual environment)
+PYTHON_NAME = os.path.basename(sys.executable)[:15]
+
+
 def own(address: str, name: str) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-c", OWNER, address, name], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, text=True)
@@ -84,7 +88,7 @@ def test_top_in_a_terminal_shows_follows_sorts_and_quits() -> None:
             tmux = Tmux(f"env -u COLUMNS -u LINES TERM=xterm {busdctl} top --address={bus.address}; "
                         f"echo $? > {status}")
             screen = tmux.wait_for("org.example.TopFirst")
-            assert "CONNECTION" in screen and "MSG/S IN▼" in screen and "python3" in screen
+            assert "CONNECTION" in screen and "MSG/S IN▼" in screen and PYTHON_NAME in screen
             second = own(bus.address, "org.example.TopSecond")
             tmux.wait_for("org.example.TopSecond")  # refreshed on its own
             tmux.run("send-keys", "-t", "top", ">")
@@ -132,7 +136,7 @@ def test_once_json_is_a_snapshot_with_rates(kind: str) -> None:
         data = json.loads(result.stdout)
         rows = {row["connection"]: row for row in data["connections"]}
         [row] = [row for row in rows.values() if row["names"] == ["org.example.TopOnce"]]
-        assert row["pid"] == owner.pid and row["process"] == "python3" and row["match_rules"] is not None
+        assert row["pid"] == owner.pid and row["process"] == PYTHON_NAME and row["match_rules"] is not None
         assert data["stats_supported"] is True
         ours = max(rows.values(), key=lambda r: int(r["connection"].rsplit(".", 1)[-1]))  # busdctl's own
         if kind == "busd":

@@ -46,6 +46,10 @@ REFUSE_MONITORING = """<policy context="mandatory">
   </policy>"""
 
 
+# The kernel's name of a process this Python starts (python3; python in a virtual environment)
+PYTHON_NAME = os.path.basename(sys.executable)[:15]
+
+
 def _chatter(address: str) -> None:
     from dbus_next import Message
     from dbus_next.aio import MessageBus
@@ -300,7 +304,7 @@ def test_the_page_shows_the_bus_live_and_calls_a_method(web_page, browser, tmp_p
         (By.CSS_SELECTOR, f'#numbers-table tr[data-connection="{demo.unique_name}"]')))
     row = browser.execute_script("return [...document.querySelectorAll('#numbers-table tr')].find("
                                  "tr => tr.dataset.connection === arguments[0]).textContent;", demo.unique_name)
-    assert "org.example.Demo" in row and "python3" in row
+    assert "org.example.Demo" in row and PYTHON_NAME in row
     wait.until(ready.presence_of_element_located((By.CSS_SELECTOR, f'#ledger-table tr[data-uid="{os.getuid()}"]')))
 
     # Without the token, nothing: not the page, not an API call, not the live updates.
