@@ -142,14 +142,9 @@ def measure_reply_times() -> ReplyTimes:
 def settled(caller: Peer, key: ReplyKey) -> None:
     """The call `key` of `caller` is answered: its counts and its user's ledger line go down (the router
     calls this inline for each reply it lets through)."""
-    started = caller.calling.pop(key, None)
-    caller.replies_outstanding -= 1
-    user = caller.user
-    if user is not None:
-        if user.replies > user.replies_peak:
-            user.replies_peak = user.replies
-        user.replies -= 1
-    if _reply_times is not None and started is not None:
+    started = caller.calling.get(key) if _reply_times is not None else None
+    unanswered(caller, key)
+    if started is not None:
         _reply_times.answered(key[2], started)
 
 
