@@ -38,7 +38,7 @@ sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
 import pyspy  # noqa: E402
 from broker import start_broker  # noqa: E402
 import rawclient as rc  # noqa: E402
-from buses import RunningBus, start_bus  # noqa: E402
+from buses import RunningBus, daemon_command, start_bus  # noqa: E402
 
 # The limits of the stock session.conf: generous, and the same for both daemons. Without
 # them dbus-daemon's built-in defaults (256 connections per user, 128 pending replies per
@@ -84,10 +84,11 @@ class Budget:
     payload_bytes: int = 16 * 1024 * MiB
     churn_connections: int = 100_000
     idle_connections: int = 1000
+    starts: int = 15  # the start workload: starts of each daemon (and of the bare interpreter), median taken
 
 
 FULL = Budget(seconds=3.0)
-QUICK = Budget(seconds=0.4, idle_connections=200)
+QUICK = Budget(seconds=0.4, idle_connections=200, starts=5)
 
 
 class WorkloadError(Exception):
@@ -111,11 +112,22 @@ def machine_busy_seconds() -> float:
 
 
 def rss_bytes(pid: int) -> int:
+    return memory_status(pid)["VmRSS"]
+
+
+def memory_status(pid: int) -> dict[str, int]:
+    """VmRSS and its parts from /proc/PID/status, in bytes: RssAnon (private memory: what the process
+    really costs), RssFile (file-backed pages: shared libraries, shared with every process mapping them)
+    and RssShmem."""
+    found = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise WorkloadError(f"process {pid} reports no VmRSS")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                found[key] = int(value.split()[0]) * 1024
+    if "VmRSS" not in found:
+        raise WorkloadError(f"process {pid} reports no VmRSS")
+    return found
 
 
 class CpuMeter:
@@ -524,6 +536,86 @@ def idle_memory(bus: RunningBus, budget: Budget) -> Outcome:
                     "RSS at start (MiB)": before / MiB, f"RSS with {count} idle (MiB)": after / MiB})
 
 
+class NotApplicable(Exception):
+    """A workload that cannot be run on a kind of bus at all (said once, not counted as a failure)."""
+
+
+# The start workload's command line, after the daemon's own command: the distribution's session.conf
+# for busd and dbus-daemon alike, in the foreground, the address printed to a pipe.
+START_ARGS = ("--session", "--nofork", "--nopidfile")
+# What the interpreter alone costs the Python buses, timed the same way: exec to a line on the pipe,
+# then it waits (on stdin) so that its memory can be read like the daemon's. Measured interleaved
+# with the daemon's starts, so both see the same load on this shared machine.
+BARE_INTERPRETER = "import os, sys; os.write(int(sys.argv[1]), b'up\\n'); os.read(0, 1)"
+PYTHON_BUSES = ("busd", "busd-pure")
+
+
+def _timed_start(argv: list[str], plan: CpuPlan, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Start argv (which prints a line on the fd named by its last argument's {fd}), on the daemon CPU;
+    return the ms from exec to the line, and the memory right after it; then stop the process."""
+    read_fd, write_fd = os.pipe()
+    argv = [arg.replace("{fd}", str(write_fd)) for arg in argv]
+    if plan.daemon is not None:
+        os.sched_setaffinity(0, plan.daemon)  # the child inherits it; the harness goes back below
+    try:
+        began = time.perf_counter()
+        process = subprocess.Popen(argv, pass_fds=(write_fd,), stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    finally:
+        os.close(write_fd)
+        if plan.clients is not None:
+            os.sched_setaffinity(0, plan.clients)
+    try:
+        with os.fdopen(read_fd, "rb") as reader:
+            ready = select.select([reader], [], [], REPLY_TIMEOUT)[0]
+            line = reader.readline() if ready else b""
+            elapsed = time.perf_counter() - began
+            if not line.strip():
+                raise WorkloadError(f"{argv[0]} printed nothing within {REPLY_TIMEOUT:.0f} s "
+                                    f"(status {process.poll()})")
+            memory = memory_status(process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+    return {"ms": elapsed * 1e3, **{key: value / MiB for key, value in memory.items()}}
+
+
+def start_to_address(kind: str, budget: Budget, plan: CpuPlan) -> Outcome:
+    """From exec to the address printed, and the memory then, median of budget.starts starts."""
+    if kind == "dbus-broker":
+        raise NotApplicable("dbus-broker has no --print-address: its launcher takes a socket from systemd, "
+                            "which listens before the bus starts, so there is no start-to-address to time")
+    command = daemon_command(kind) + [*START_ARGS, "--print-address={fd}"]
+    bare = [sys.executable, "-c", BARE_INTERPRETER, "{fd}"] if kind in PYTHON_BUSES else None
+    runs, bare_runs = [], []
+    for _ in range(budget.starts):
+        if bare is not None:
+            bare_runs.append(_timed_start(bare, plan))
+        runs.append(_timed_start(command, plan))
+
+    def median(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(row.get(key, 0.0) for row in rows)
+
+    figures = {"start to address, median (ms)": median(runs, "ms"),
+               "start to address, fastest (ms)": min(row["ms"] for row in runs),
+               "RSS after start (MiB)": median(runs, "VmRSS"),
+               "RssAnon after start (MiB)": median(runs, "RssAnon"),
+               "RssFile after start (MiB)": median(runs, "RssFile")}
+    if bare_runs:
+        figures.update({"interpreter alone: exec to a line (ms)": median(bare_runs, "ms"),
+                        "interpreter alone: RSS (MiB)": median(bare_runs, "VmRSS"),
+                        "interpreter alone: RssAnon (MiB)": median(bare_runs, "RssAnon")})
+    return Outcome(figures)
+
+
+# Workloads that start their own daemons (many times) instead of running on one the harness started.
+SELF_STARTING = {"start": start_to_address}
+
+
 # name -> (what it does, how to run it). In --only, a family name ("signal") picks all its members.
 WORKLOADS: dict[str, tuple[str, Workload]] = {
     "seq": ("method calls one at a time", sequential_calls),
@@ -535,14 +627,16 @@ WORKLOADS: dict[str, tuple[str, Workload]] = {
     "payload-16MiB": ("16 MiB 'ay' call + empty reply, one at a time", payload_calls(16 * MiB)),
     "churn": ("connect + auth + Hello + disconnect", connection_churn),
     "idle": (f"idle connections, Hello + {MATCHES_PER_IDLE_CONNECTION} match rules each", idle_memory),
+    "start": ("exec to the address printed (busd/dbus-daemon --session), and RSS then; the bare "
+              "interpreter beside the Python buses", start_to_address),
 }
 
 
 def better(figure: str) -> str:
     """Which way a figure should go for the bus: "higher", "lower", or "-" for context figures."""
-    if figure.startswith(("client", "everything")) or "busy" in figure:
-        return "-"  # about the load generator and the CPU split, not a merit of the bus
-    if any(word in figure for word in ("latency", "CPU/", "RSS")):
+    if figure.startswith(("client", "everything", "interpreter")) or "busy" in figure:
+        return "-"  # about the load generator, the CPU split or the interpreter, not a merit of the bus
+    if any(word in figure for word in ("latency", "CPU/", "RSS", "Rss", "start to")):
         return "lower"
     return "higher"
 
@@ -590,6 +684,7 @@ class Harness:
         self.cpu_splits: dict[str, dict[str, list[str]]] = {}
         self.failures: dict[str, dict[str, str]] = {}
         self.skipped: dict[str, str] = {}
+        self.not_applicable: dict[str, dict[str, str]] = {}  # workload -> bus -> why it cannot run there
         if plan.clients is not None:
             os.sched_setaffinity(0, plan.clients)  # forked client processes inherit this
 
@@ -647,6 +742,9 @@ class Harness:
 
     def run_one(self, name: str, kind: str, round_number: int) -> None:
         _, workload = WORKLOADS[name]
+        if name in SELF_STARTING:
+            self.run_self_starting(name, kind, round_number)
+            return
         try:
             bus = self.start(kind, name)
         except WorkloadError as exc:
@@ -675,6 +773,23 @@ class Harness:
             if recorder is not None:
                 recorder.stop()
             bus.stop()
+        self.record(name, kind, round_number, outcome)
+
+    def run_self_starting(self, name: str, kind: str, round_number: int) -> None:
+        try:
+            outcome = SELF_STARTING[name](kind, self.budget, self.plan)
+        except NotApplicable as exc:
+            if kind not in self.not_applicable.get(name, {}):
+                self.not_applicable.setdefault(name, {})[kind] = str(exc)
+                self.log(f"{name} on {kind} skipped: {exc}")
+            return
+        except (WorkloadError, OSError) as exc:
+            self.failures.setdefault(name, {})[kind] = str(exc)
+            self.log(f"{name} on {kind} failed: {exc}")
+            return
+        self.record(name, kind, round_number, outcome)
+
+    def record(self, name: str, kind: str, round_number: int, outcome: Outcome) -> None:
         self.results.setdefault(name, {}).setdefault(kind, []).append(outcome.figures)
         if outcome.cpu_split:
             self.cpu_splits.setdefault(name, {}).setdefault(kind, []).append(outcome.cpu_split)
@@ -830,6 +945,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"machine": machine, "budget": asdict(budget), "buses": harness.buses,
                           "skipped": harness.skipped, "failures": harness.failures,
+                          "not_applicable": harness.not_applicable,
                           "results": summary, "cpu_split": harness.cpu_splits}, indent=2, ensure_ascii=False))
     else:
         print(format_table(summary, names, harness.buses))
@@ -846,6 +962,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name} on {kind} failed: {reason}")
         for kind, reason in harness.skipped.items():
             print(f"{kind} skipped: {reason}")
+        for name, by_bus in harness.not_applicable.items():
+            for kind, reason in by_bus.items():
+                print(f"{name} on {kind} skipped: {reason}")
     for name, profile in harness.profiles.items():
         log(f"busd's CPU in {name} (py-spy, all rounds):\n{profile.table()}")
     return 1 if harness.failures else 0

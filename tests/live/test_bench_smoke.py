@@ -21,11 +21,14 @@ import rawclient as rc  # noqa: E402
 
 # The workloads the project issue asks for; the harness must cover every one of them.
 ISSUE_WORKLOADS = {"seq", "inflight", "signal-1", "signal-10", "signal-100",
-                   "payload-1MiB", "payload-16MiB", "churn", "idle"}
+                   "payload-1MiB", "payload-16MiB", "churn", "idle", "start"}
 # The figure each workload exists to produce.
 HEADLINES = {"seq": "calls/s", "inflight": "calls/s", "signal-1": "deliveries/s",
              "signal-10": "deliveries/s", "signal-100": "deliveries/s", "payload-1MiB": "MiB/s",
-             "payload-16MiB": "MiB/s", "churn": "connections/s", "idle": "RSS/connection (kB)"}
+             "payload-16MiB": "MiB/s", "churn": "connections/s", "idle": "RSS/connection (kB)",
+             "start": "start to address, median (ms)"}
+# Workloads that measure memory or start time: no CPU split.
+NO_CPU_SPLIT = {"idle", "start"}
 
 
 def run_harness(*args: str) -> subprocess.CompletedProcess:
@@ -45,11 +48,26 @@ def test_harness_produces_every_figure_on_dbus_daemon() -> None:
         figures = by_bus["dbus-daemon"]
         assert figures[HEADLINES[name]] > 0, (name, figures)
         assert all(math.isfinite(value) and value >= 0 for value in figures.values()), (name, figures)
-        if name != "idle":
+        if name not in NO_CPU_SPLIT:
             assert any(f.startswith("daemon CPU/") for f in figures), (name, figures)
             assert any(f.startswith("client CPU/") for f in figures), (name, figures)
             assert "dbus-daemon" in report["cpu_split"][name], name
     assert report["machine"]["cpu split"]
+    start = report["results"]["start"]["dbus-daemon"]
+    assert 0 < start["RssAnon after start (MiB)"] < start["RSS after start (MiB)"], start
+    assert not any(figure.startswith("interpreter") for figure in start)  # only beside the Python buses
+
+
+@pytest.mark.live
+def test_start_workload_puts_the_interpreter_beside_busd_and_skips_dbus_broker() -> None:
+    run = run_harness("--buses", "busd,dbus-broker", "--only", "start", "--quick", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    if "dbus-broker" not in report["skipped"]:
+        assert "no --print-address" in report["not_applicable"]["start"]["dbus-broker"]
+    figures = report["results"]["start"]["busd"]
+    assert figures["start to address, median (ms)"] > figures["interpreter alone: exec to a line (ms)"] > 0
+    assert figures["RSS after start (MiB)"] > figures["RssAnon after start (MiB)"] > 0
 
 
 @pytest.mark.live
