@@ -26,10 +26,10 @@ connection can always use its whole per-connection allowance, as on dbus-daemon:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from ..wire.records import record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class UserQuotas:
     """What one uid may hold at once, per ledger line (ledger.py)."""
 
@@ -51,7 +51,7 @@ class UserQuotas:
                 "Connections": self.connections, "IncompleteConnections": self.incomplete_connections}[line]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     max_incoming_bytes: int = 1_000_000_000
     max_incoming_unix_fds: int = 250_000_000

@@ -33,10 +33,10 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-from dataclasses import dataclass, field
 from typing import Any, Collection, Iterable, Mapping, NamedTuple, Protocol
 
 from ..wire.message import MAX_MESSAGE_UNIX_FDS
+from ..wire.records import field, record
 
 log = logging.getLogger("busd.policy")
 
@@ -154,7 +154,7 @@ class PolicyRule(Protocol):
     def origin(self) -> str: ...
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicyRules:
     """A configuration's rules by whom they apply to, each list in file order (launcher.policy builds it)."""
 

@@ -7,10 +7,11 @@ models: importing pydantic was 11 MiB of the daemon's RSS and half its start tim
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from typing import Literal, get_args
 
 from ..bus.limits import Limits
+from ..wire.records import field, record
 from ..wire.message import MAX_MESSAGE_SIZE, MAX_MESSAGE_UNIX_FDS
 
 MessageTypeName = Literal["method_call", "method_return", "error", "signal"]
@@ -19,7 +20,7 @@ RuleKind = Literal["send", "receive", "own", "user", "group"]
 BUSD_NAMESPACE = "https://busd.dev/config"
 
 
-_frozen = dataclass(frozen=True, kw_only=True)
+_frozen = record(frozen=True, kw_only=True)
 
 
 def _check_choice(owner: object, name: str, allowed: object) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 from xml.parsers import expat
 
@@ -20,13 +19,14 @@ from .model import (
 from .rules import RULE_ATTRIBUTES, RULE_FIELDS, rule_kind
 from .servicedirs import add_servicedir, standard_session_servicedirs, standard_system_servicedirs
 from .state import ConfigState
+from ..wire.records import field, record
 
 _INT_MAX = (1 << 31) - 1
 _LONG_MAX = (1 << 63) - 1
 _NAMESPACE_SEPARATOR = " "  # cannot occur in a namespace URI or an element name
 
 
-@dataclass
+@record
 class _Frame:
     """An open element: `kind` selects which children and text it accepts."""
 

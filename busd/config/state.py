@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 from .model import BusConfig, ConfigNote, ExtensionElement, LimitSettings, Policy, SelinuxAssociation, ServiceDir
 from .servicedirs import add_servicedir
+from ..wire.records import field, record
 
 
-@dataclass
+@record
 class ConfigState:
     """The configuration read so far from one file and its includes."""
 

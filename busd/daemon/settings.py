@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 
 from ..bus.limits import Limits
 from ..config.builtin import builtin_session_config
 from ..config.loader import load_config
 from ..config.model import BusConfig, ServiceDir
+from ..wire.records import field, record
 
 log = logging.getLogger("busd")
 
@@ -17,7 +17,7 @@ SYSTEM_CONFIG = "/usr/share/dbus-1/system.conf"
 SESSION_CONFIG = "/usr/share/dbus-1/session.conf"
 
 
-@dataclass
+@record
 class DaemonSettings:
     """Everything the daemon takes from its XML config and command line."""
 

@@ -11,13 +11,13 @@ import logging
 import os
 import re
 import stat
-from dataclasses import dataclass
 from typing import Sequence
 
 from ..bus import errors
 from ..bus.activation import ActivationError
 from ..config.model import ServiceDir
 from ..wire.names import is_valid_bus_name
+from ..wire.records import record
 from ..wire.wellknown import DRIVER_NAME
 
 log = logging.getLogger("busd.activation")
@@ -30,7 +30,7 @@ class ServiceFileError(Exception):
     """A .service file that is skipped; str() is the reason."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ServiceFile:
     """One activatable name, as a .service file describes it."""
 

@@ -9,8 +9,8 @@ import secrets
 import socket
 import stat
 import tempfile
-from dataclasses import dataclass, field
 
+from ..wire.records import field, record
 from ..wire.address import Address, AddressError, escape_value, parse_addresses, runtime_dir
 
 log = logging.getLogger("busd.server")
@@ -22,7 +22,7 @@ class ListenError(Exception):
     """An address could not be listened on; the message says which and why."""
 
 
-@dataclass
+@record
 class Listener:
     """One bound, listening socket and the address clients use to reach it."""
 

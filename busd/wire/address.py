@@ -6,7 +6,8 @@ import os
 import re
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+
+from .records import field, record
 
 DEFAULT_SYSTEM_BUS_ADDRESS = "unix:path=/var/run/dbus/system_bus_socket"
 
@@ -124,7 +125,7 @@ CONNECT_RULES: dict[str, Callable[[Mapping[str, str]], bool]] = {
 }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Address:
     """One server address: a transport name and its key=value parameters (unescaped)."""
 
