@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 from typing import Any, Callable, Iterable
@@ -41,7 +40,9 @@ class DirectoryWatcher:
         if not paths:
             return None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+            # The process's own symbols, libc's among them: ctypes.util.find_library("c") ran
+            # `ldconfig -p` in a child process to find the same library, at every start.
+            libc = ctypes.CDLL(None, use_errno=True)
             fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         except (OSError, AttributeError):
             return None
