@@ -39,13 +39,28 @@ Modules, one job each: settings (BridgeSettings from the command line and
 bus), subscriptions (local match rules as counted upstream rules), bridge (the
 orchestration) and manager (the daemon's bridge across configuration reloads).
 The daemon shell imports this package; the package never imports the shell.
-This file imports only the settings: a daemon with no bridge configured never
-loads the rest (start time; the manager imports the bridge when one is asked for).
+This file imports nothing: the settings' names below are imported on first use, so a
+daemon with no bridge configured loads only the manager (start time; the manager
+imports the bridge when one is asked for, the daemon the settings when a command-line
+option or a <busd:bridge> element asks for a bridge).
 Import the others from their modules: busd.bridge.bridge.Bridge, busd.bridge.mirror.Mirror.
 """
 
 from __future__ import annotations
 
-from .settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .settings import BridgeConfigError, BridgeSettings, NamePattern, bridge_settings
 
 __all__ = ["BridgeConfigError", "BridgeSettings", "NamePattern", "bridge_settings"]
+
+
+def __getattr__(name: str) -> Any:
+    """The settings' names, imported on first use: a daemon with no bridge imports none of the package but
+    the manager (busd.bridge.settings and the address and name checks it needs were a tenth of a start)."""
+    if name in __all__:
+        from . import settings
+
+        return vars(settings)[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

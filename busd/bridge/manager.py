@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..bus.observers import BusObserver
-from .settings import BridgeSettings
 
 if TYPE_CHECKING:
+    from .settings import BridgeSettings
     from .bridge import Bridge
     from .nats_federation import Federation
     from ..bus.router import Bus

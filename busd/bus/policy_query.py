@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..wire.message import (ERROR, METHOD_CALL, METHOD_RETURN, SIGNAL, Header, build_message, parse_header)
 from .policy import BusPolicy, ConfigPolicy, MessageRule, PolicyRule, Verdict, describe_rule
 from .policy_audit import AuditPolicy
+from ..wire.records import record
 
 TYPES = {"method_call": METHOD_CALL, "method_return": METHOD_RETURN, "error": ERROR, "signal": SIGNAL}
 
@@ -26,7 +26,7 @@ class PolicyQueryError(ValueError):
     """The query cannot be asked: the message says what to give instead."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class PolicyQuery:
     """A message, and who sends it (uid, groups) and receives it (its names, uid and groups when known)."""
 

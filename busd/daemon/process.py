@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 log = logging.getLogger("busd")
 
@@ -97,11 +98,35 @@ def _drop_privileges(user: str) -> None:
     log.info("dropped privileges to %s (uid %d)", user, entry.pw_uid)
 
 
+# Imported only when the configuration in hand needs them (start time: see the start workload of
+# benchmarks/bench_bus.py), and all of them before <user> drops privileges, since a reload or the
+# first cookie exchange may need them when Python's files are no longer readable.
+IMPORTED_ON_DEMAND = (
+    "busd.bridge.settings", "busd.bridge.bridge",  # a bridge or a federation (--upstream, <busd:bridge>)
+    "hashlib", "hmac", "secrets",  # a DBUS_COOKIE_SHA1 exchange
+    "json",  # --log-format=json
+)
+
+
+def _import_before_dropping_privileges() -> None:
+    import importlib
+    for name in IMPORTED_ON_DEMAND:
+        importlib.import_module(name)
+
+
+def _bridge_asked(args: argparse.Namespace, config: Any) -> bool:
+    """Whether the command line or the config asks for a bridge (busd.bridge.settings decides the rest)."""
+    options = (args.federation, args.node_name, args.upstream_credentials, args.remote_uid)
+    extensions = config.extensions if config is not None else ()
+    return bool(args.upstream or args.imports or args.exports) or any(value is not None for value in options) \
+        or any(element.name == "bridge" for element in extensions)
+
+
 def start(args: argparse.Namespace) -> int:
     # Everything the daemon will run is imported here, before <user> drops privileges: after
     # the drop, Python's and busd's own files may be unreadable (a python3 under a private
-    # home directory, as pyenv's in /root).
-    from ..bridge import BridgeConfigError, bridge_settings
+    # home directory, as pyenv's in /root). What only some configurations need is imported
+    # when they do, and before the drop (IMPORTED_ON_DEMAND).
     from ..bridge.manager import BridgeManager
     from ..config.errors import ConfigError
     from .assembly import Daemon, run
@@ -127,14 +152,19 @@ def start(args: argparse.Namespace) -> int:
     log_config_notes(settings.config)
 
     def bridge_settings_for(config):
+        if not _bridge_asked(args, config):
+            return None  # what bridge_settings() says then, without importing it
+        from ..bridge.settings import bridge_settings
         return bridge_settings(args.upstream, args.imports, args.exports, config.extensions if config else (),
                                federation=args.federation, node_name=args.node_name,
                                credentials=args.upstream_credentials, remote_uid=args.remote_uid)
 
-    try:
-        bridge_settings_for(settings.config)  # refuse a bridge that cannot work before binding anything
-    except BridgeConfigError as exc:
-        return _fail(f"invalid bridge configuration: {exc}")
+    if _bridge_asked(args, settings.config):
+        from ..bridge.settings import BridgeConfigError
+        try:
+            bridge_settings_for(settings.config)  # refuse a bridge that cannot work before binding anything
+        except BridgeConfigError as exc:
+            return _fail(f"invalid bridge configuration: {exc}")
     if args.address:
         settings.listen = [args.address]
     if not settings.listen:
@@ -164,7 +194,7 @@ def start(args: argparse.Namespace) -> int:
             return _fail(str(exc))
     if settings.user:
         # A reload may start a bridge later, when busd's files may no longer be readable.
-        from ..bridge import bridge as _loaded_now  # noqa: F401
+        _import_before_dropping_privileges()
         try:
             _drop_privileges(settings.user)
         except (RuntimeError, OSError) as exc:

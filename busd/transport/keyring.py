@@ -10,7 +10,6 @@ import contextlib
 import os
 import pwd
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +123,8 @@ class CookieKeyring:
         return cookie
 
     def _new_cookie(self, existing: list[Cookie]) -> Cookie:
+        import secrets  # here, not at the top: only a cookie exchange needs it (it imports hashlib)
+
         taken = {cookie.id for cookie in existing}
         cookie_id = secrets.randbits(31)
         while cookie_id in taken:
@@ -132,7 +133,7 @@ class CookieKeyring:
 
     def _save(self, cookies: list[Cookie]) -> None:
         text = "".join(f"{cookie.id} {cookie.created} {cookie.secret_hex}\n" for cookie in cookies)
-        temporary = f"{self.path}.{secrets.token_hex(4)}.tmp"
+        temporary = f"{self.path}.{os.urandom(4).hex()}.tmp"
         try:
             descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(descriptor, "w") as keyring_file:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import secrets
 import socket
 import stat
 import tempfile
@@ -46,7 +45,7 @@ class Listener:
 
 
 def _random_name(prefix: str = "dbus-") -> str:
-    return prefix + secrets.token_hex(5)
+    return prefix + os.urandom(5).hex()  # = secrets.token_hex(5), without importing hashlib
 
 
 def _bind_unix(path: str | None, abstract: str | None) -> socket.socket:

@@ -9,7 +9,6 @@ dbus-daemon does).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable
 from typing import NamedTuple, Protocol
@@ -85,6 +84,8 @@ def validate_cookie_context(context: str) -> None:
 
 def cookie_hash(server_challenge: str, client_challenge: str, secret_hex: str) -> str:
     """The DBUS_COOKIE_SHA1 proof: hex SHA-1 of 'server_challenge:client_challenge:cookie'."""
+    import hashlib  # here, not at the top: only a cookie exchange needs it (libcrypto, 4 MiB of a start)
+
     return hashlib.sha1(f"{server_challenge}:{client_challenge}:{secret_hex}".encode("ascii")).hexdigest()
 
 

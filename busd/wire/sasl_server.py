@@ -11,11 +11,9 @@ of accepted and then disconnected after BEGIN.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import pwd
 import re
-import secrets
 from typing import NamedTuple
 
 from .sasl import (
@@ -272,7 +270,7 @@ class ServerAuthenticator(Conversation):
             self._reject()
             return
         self._cookie = cookie
-        self._challenge = secrets.token_hex(CHALLENGE_BYTES)
+        self._challenge = os.urandom(CHALLENGE_BYTES).hex()  # = secrets.token_hex, without importing hashlib
         self._send_data(f"{self.cookie_context} {cookie.id} {self._challenge}".encode("ascii"))
         self._state = "data"
 
@@ -285,6 +283,8 @@ class ServerAuthenticator(Conversation):
         if not client_challenge or not client_hash:
             self._reject()
             return
+        import hmac  # here, not at the top: only a cookie exchange needs it (it imports hashlib)
+
         expected = cookie_hash(self._challenge, client_challenge, self._cookie.secret_hex)
         if hmac.compare_digest(expected, client_hash):
             self._accept(os.geteuid())
