@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 
 from .sasl import (
@@ -167,7 +166,7 @@ class ClientAuthenticator(Conversation):
         if cookie is None:
             self._send_error("Don't have the requested cookie ID")
             return
-        client_challenge = secrets.token_hex(CHALLENGE_BYTES)
+        client_challenge = os.urandom(CHALLENGE_BYTES).hex()  # = secrets.token_hex, without importing hashlib
         proof = cookie_hash(server_challenge, client_challenge, cookie.secret_hex)
         self._send(f"DATA {f'{client_challenge} {proof}'.encode('ascii').hex()}")
 
