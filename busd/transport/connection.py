@@ -354,7 +354,7 @@ class Connection(Stream, Generic[PeerT]):
             log.debug("the error happened here", exc_info=exc)
             self.drop(f"internal error after writing to it: {type(exc).__name__}: {exc}", level=logging.ERROR)
             return
-        if not self._out and self.dropped_broadcasts:
+        if self.dropped_broadcasts and not self.has_output():
             log.info("%s caught up; %d broadcasts were dropped while its queue was full",
                      self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
             self.dropped_broadcasts = 0

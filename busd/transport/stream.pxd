@@ -17,8 +17,9 @@ cdef class Stream:
     cdef public int _holds
     cdef public bytearray _rbuf
     cdef public object checking
-    cdef public object _received_fds
-    cdef public object _out
+    cdef public list _received_fds
+    cdef public list _out
+    cdef public Py_ssize_t _out_start
     cdef public Py_ssize_t out_bytes
     cdef public Py_ssize_t out_fds
     cdef public Py_ssize_t peak_out_bytes
@@ -44,6 +45,7 @@ cdef class Stream:
     @cython.locals(size=Py_ssize_t)
     cpdef queue(self, object head, object body, object fds=*)
 
-    @cython.locals(sent=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, count=Py_ssize_t, out=object, buffers=list,
-                   item=list)
+    cpdef bint has_output(self)
+
+    @cython.locals(sent=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, start=Py_ssize_t, out=list, buffers=list)
     cpdef flush(self)
