@@ -7,10 +7,20 @@ the drop, and may not be able to read its own installation afterwards.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-_XML = {path.name.removesuffix(".xml"): path.read_text(encoding="utf-8")
-        for path in sorted(Path(__file__).parent.glob("*.xml"))}
+
+def _read_all(directory: str) -> dict[str, str]:
+    """Every INTERFACE.xml of `directory` (os.path, not pathlib: a daemon's start does not import pathlib)."""
+    found = {}
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".xml"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                found[name.removesuffix(".xml")] = f.read()
+    return found
+
+
+_XML = _read_all(os.path.dirname(os.path.abspath(__file__)))
 
 
 def introspection_xml(interface: str) -> str:

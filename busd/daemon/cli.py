@@ -28,6 +28,30 @@ or listen error (the message names the file, line and reason)."""
 
 
 
+def _terminal_columns() -> int:
+    """The columns shutil.get_terminal_size() gives: $COLUMNS, else stdout's terminal, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """argparse's own, with the width found as argparse finds it, but without importing shutil
+    (and bz2, lzma and fnmatch with it): argparse makes a formatter for every add_argument()."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
 class _VersionAction(argparse.Action):
     """--version: says which twin of the per-message path runs (importing it only when asked)."""
 
@@ -47,7 +71,7 @@ def _fd_or_stdout(value: str | None) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="busd", description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=_HelpFormatter)
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--session", dest="bus_kind", action="store_const", const="session",
                       help="use the standard session bus configuration")

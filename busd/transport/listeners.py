@@ -7,7 +7,6 @@ import logging
 import os
 import socket
 import stat
-import tempfile
 
 from ..wire.records import field, record
 from ..wire.address import Address, AddressError, escape_value, parse_addresses, runtime_dir
@@ -98,7 +97,11 @@ def _listen_unix(address: Address) -> Listener:
             raise ListenError("unix:runtime=yes needs XDG_RUNTIME_DIR to be set")
         path = os.path.join(base, "bus")
         return _listen_unix(Address("unix", {"path": path}))
-    directory = params.get("dir") or params.get("tmpdir") or tempfile.gettempdir()
+    directory = params.get("dir") or params.get("tmpdir")
+    if not directory:
+        import tempfile  # only for an address that names no directory (tempfile imports random, shutil...)
+
+        directory = tempfile.gettempdir()
     for _ in range(16):
         path = os.path.join(directory, _random_name())
         try:
