@@ -1,11 +1,15 @@
 """busd starts on what its configuration needs: the modules a real start imports before it prints its address.
 
 Start time is mostly imports (benchmarks/bench_bus.py's start workload times it), so
-this guards it without timing anything: `python -X importtime -m busd` names every
-module as it is imported, on stderr, before the address is written to its pipe; what
-stderr holds when the address arrives is what the start imported. The built-in
+this guards it without timing anything: `python -X importtime` names every module as
+it is imported, on stderr, before busd writes its address to its pipe; what stderr
+holds when the address arrives is what the start imported. The built-in
 configuration asks for no bridge, no federation, no metrics and no cookie
 authentication, so none of their modules, nor the libraries behind them, may be there.
+
+The interpreter runs with -S (site-packages put on sys.path by hand), so that what
+site's .pth files import here (an editable install's finder imports pathlib, this
+sandbox's certificate hook tempfile and zipfile) does not hide what busd imports.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import os
 import select
+import site
 import subprocess
 import sys
 import time
@@ -45,13 +50,23 @@ NOT_NEEDED = {
     "pydantic": "nothing any more (the configuration model was pydantic: 11 MiB and half the start)",
     "dbus_next": "clients and tests, never the daemon",
     "busd_client": "clients, never the daemon",
+    "pathlib": "nothing: os.path (pathlib imports urllib.parse and ipaddress)",
+    "urllib.parse": "nothing",
+    "tempfile": "a unix: address that names no directory",
+    "shutil": "nothing (argparse's formatter imports it; busd's finds the width without it)",
+    "zipfile": "nothing",
 }
+
+# busd's command line, run as `python -S -c RUN ARGS...`: site-packages on sys.path without site's .pth files.
+RUN = ("import sys; sys.path[:0] = [sys.argv[1]]; sys.path.extend(sys.argv[2].split(':')); "
+       "sys.argv = ['busd', *sys.argv[3:]]; from busd.daemon.cli import main; sys.exit(main())")
 
 
 def imported_before_address(*args: str) -> set[str]:
     """The modules `python -X importtime -m busd ARGS` imported before it printed its address."""
     read_fd, write_fd = os.pipe()
-    process = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "busd", "--nofork",
+    packages = ":".join([*site.getsitepackages(), site.getusersitepackages()])
+    process = subprocess.Popen([sys.executable, "-S", "-X", "importtime", "-c", RUN, REPO, packages, "--nofork",
                                 f"--print-address={write_fd}", *args],
                                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, env=helper_env(), cwd=REPO)
