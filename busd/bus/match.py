@@ -148,11 +148,15 @@ class MatchRule:
     args: tuple[ArgMatch, ...] = ()
     eavesdrop: bool = False
     _hash: int = dataclasses.field(init=False, repr=False, compare=False, default=0)
+    # Whether matching needs more than the header key a MatchIndex buckets by (destination, path_namespace, args).
+    checks_beyond_key: bool = dataclasses.field(init=False, repr=False, compare=False, default=False)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.args, key=_arg_index))
         if ordered != self.args:
             object.__setattr__(self, "args", ordered)
+        object.__setattr__(self, "checks_beyond_key",
+                           self.destination is not None or self.path_namespace is not None or bool(self.args))
         # Rules are dict keys on every AddMatch/RemoveMatch: hash the fields once.
         object.__setattr__(self, "_hash", hash((self.type, self.sender, self.interface, self.member, self.path,
                                                 self.path_namespace, self.destination, self.args, self.eavesdrop)))

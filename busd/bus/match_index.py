@@ -22,6 +22,8 @@ from .match import MatchRule, MatchRuleNotFound
 _TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER = 1, 2, 4, 8, 16
 _SHAPE_FIELDS = (_TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER)  # positions in a key-fields tuple
 RECIPIENTS_CACHE_LIMIT = 1024  # cached broadcast recipient sets (headers and senders that repeat)
+SMALL_OWNERS = 8  # a rule's owners are a tuple up to this many, then a dict
+Owners = tuple[Hashable, ...] | dict[Hashable, None]  # see _ShapeTable
 
 
 def _shape_of(rule: MatchRule) -> int:
@@ -40,38 +42,74 @@ def _key_getter(shape: int) -> Callable[[tuple], Any]:
 
 
 class _ShapeTable:
-    """Rules bucketed by shape, then by the values of the shape's fields."""
+    """Rules bucketed by shape, then by the values of the shape's fields, each with its owners.
+
+    A rule's owners are a tuple while few (most rules have one: 48 bytes, where a one-entry
+    dict took 184) and a dict past SMALL_OWNERS, so a rule many connections share (a
+    NameOwnerChanged subscription) costs no copy of all its owners per AddMatch.
+    """
 
     __slots__ = ("buckets",)
 
     def __init__(self) -> None:
-        # shape -> (key getter, key -> {rule: (needs_full_check, owners)})
-        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, tuple[bool, dict]]]]] = {}
+        # shape -> (key getter, key -> {rule: owners})
+        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, Owners]]]] = {}
 
-    def insert(self, rule: MatchRule, owners: dict[Hashable, None]) -> None:
+    def _rules_at(self, rule: MatchRule, create: bool = False) -> tuple[dict, Any, dict | None]:
+        """(the shape's table, the rule's key in it, the rules at that key or None)."""
         shape = _shape_of(rule)
         entry = self.buckets.get(shape)
         if entry is None:
+            if not create:
+                return {}, None, None
             entry = self.buckets[shape] = (_key_getter(shape), {})
         getter, table = entry
         key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
-        # Only destination, path_namespace and args are left once the bucket key matched.
-        needs_check = rule.destination is not None or rule.path_namespace is not None or bool(rule.args)
-        table.setdefault(key, {})[rule] = (needs_check, owners)
+        return table, key, table.get(key)
 
-    def discard(self, rule: MatchRule) -> None:
-        shape = _shape_of(rule)
-        getter, table = self.buckets[shape]
-        key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
-        rules = table[key]
+    def owners_of(self, rule: MatchRule) -> Owners | None:
+        rules = self._rules_at(rule)[2]
+        return rules.get(rule) if rules is not None else None
+
+    def own(self, rule: MatchRule, owner: Hashable) -> bool:
+        """Give `rule` one more owner; True when the rule is new to the table."""
+        table, key, rules = self._rules_at(rule, create=True)
+        if rules is None:
+            rules = table[key] = {}
+        owners = rules.get(rule)
+        if owners is None:
+            rules[rule] = (owner,)
+            return True
+        if type(owners) is dict:
+            owners[owner] = None
+        elif len(owners) < SMALL_OWNERS:
+            rules[rule] = (*owners, owner)
+        else:
+            rules[rule] = dict.fromkeys((*owners, owner))
+        return False
+
+    def disown(self, rule: MatchRule, owner: Hashable) -> bool:
+        """Take one owner from `rule`; True when it had no other and left the table."""
+        table, key, rules = self._rules_at(rule)
+        assert rules is not None
+        owners = rules[rule]
+        if type(owners) is dict:
+            del owners[owner]
+            if owners:
+                return False
+        elif len(owners) > 1:
+            i = owners.index(owner)
+            rules[rule] = owners[:i] + owners[i + 1:]
+            return False
         del rules[rule]
         if not rules:
             del table[key]
             if not table:
-                del self.buckets[shape]
+                del self.buckets[_shape_of(rule)]
+        return True
 
-    def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, tuple[bool, dict]]]:
-        """Every rule whose exactly-compared fields equal the message's."""
+    def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, Owners]]:
+        """Every rule whose exactly-compared fields equal the message's, with its owners."""
         first = fields_by_sender[0]
         for shape, (getter, table) in self.buckets.items():
             for fields in (fields_by_sender if shape & _SENDER else (first,)):
@@ -96,7 +134,7 @@ class MatchIndex:
 
     def __init__(self) -> None:
         self._counts: dict[Hashable, dict[MatchRule, int]] = {}
-        self._owners: dict[MatchRule, dict[Hashable, None]] = {}
+        self._distinct = 0  # rules with an owner
         self._broadcast_rules = _ShapeTable()  # eavesdrop='false': only see broadcasts
         self._eavesdrop_rules = _ShapeTable()  # eavesdrop='true': may also see unicast messages
         self._by_unique_name: dict[str, set[MatchRule]] = {}
@@ -118,13 +156,10 @@ class MatchIndex:
         if count:
             return
         self._broadcast_recipients.clear()
-        owners = self._owners.get(rule)
-        if owners is None:
-            owners = self._owners[rule] = {}
-            self._table(rule).insert(rule, owners)
+        if self._table(rule).own(rule, owner):
+            self._distinct += 1
             for name in rule.unique_names():
                 self._by_unique_name.setdefault(name, set()).add(rule)
-        owners[owner] = None
 
     def remove(self, owner: Hashable, rule: MatchRule) -> None:
         """Undo one `add` of `rule` by `owner`; raises MatchRuleNotFound if there is none."""
@@ -156,7 +191,7 @@ class MatchIndex:
         if unique_name is None or not own_rules:
             return
         for rule in list(self._by_unique_name.get(unique_name, ())):
-            for other in list(self._owners.get(rule, ())):
+            for other in list(self._table(rule).owners_of(rule) or ()):
                 per_owner = self._counts[other]
                 del per_owner[rule]
                 if not per_owner:
@@ -165,12 +200,9 @@ class MatchIndex:
 
     def _forget_owner_of(self, rule: MatchRule, owner: Hashable) -> None:
         self._broadcast_recipients.clear()
-        owners = self._owners[rule]
-        del owners[owner]
-        if owners:
+        if not self._table(rule).disown(rule, owner):
             return
-        del self._owners[rule]
-        self._table(rule).discard(rule)
+        self._distinct -= 1
         for name in rule.unique_names():
             rules = self._by_unique_name[name]
             rules.discard(rule)
@@ -195,7 +227,7 @@ class MatchIndex:
 
     def __len__(self) -> int:
         """Distinct rules on the bus."""
-        return len(self._owners)
+        return self._distinct
 
     def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], Sequence[Any]], *,
                    addressed_recipient: Hashable | None = None,
@@ -240,7 +272,8 @@ class MatchIndex:
         tables = (self._broadcast_rules, self._eavesdrop_rules) if broadcast else (self._eavesdrop_rules,)
         found: set[Hashable] = set()
         for table in tables:
-            for rule, (needs_check, owners) in table.candidates(fields_by_sender):
+            for rule, owners in table.candidates(fields_by_sender):
+                needs_check = rule.checks_beyond_key
                 eligible: Collection[Hashable] = owners
                 if may_eavesdrop is not None and not broadcast:
                     eligible = [owner for owner in owners if may_eavesdrop(owner)]

@@ -317,6 +317,34 @@ def test_index_add_remove_counts():
     index.remove_owner("nobody")
 
 
+_shared_rules = [MatchRule.parse("type='signal',member='Changed'"), MatchRule.parse("type='signal',member='Other'")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["add", "remove", "leave"]), st.integers(0, 19), st.integers(0, 1)),
+                      max_size=80))
+def test_rules_shared_by_many_owners(steps):
+    """A rule's owners start as a tuple and become a dict past SMALL_OWNERS: both shapes deliver the same."""
+    index = MatchIndex()
+    model: dict[int, list[MatchRule]] = {}
+    for action, owner, which in [("add", owner, 0) for owner in range(12)] + steps:
+        rule = _shared_rules[which]
+        if action == "add":
+            index.add(owner, rule)
+            model.setdefault(owner, []).append(rule)
+        elif action == "remove" and rule in model.get(owner, []):
+            index.remove(owner, rule)
+            model[owner].remove(rule)
+        elif action == "leave":
+            index.remove_owner(owner)
+            model.pop(owner, None)
+        for member, shared in (("Changed", _shared_rules[0]), ("Other", _shared_rules[1])):
+            expected = {o for o, rules in model.items() if shared in rules}
+            assert index.recipients(Msg(member=member), (), list) == expected
+        assert len(index) == len({r for rules in model.values() for r in rules})
+        assert sorted(index.owners()) == sorted(o for o, rules in model.items() if rules)
+
+
 def test_remove_owner_drops_rules_naming_its_unique_name():
     index = MatchIndex()
     about_b = MatchRule.parse("sender=':1.2'")
