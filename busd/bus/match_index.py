@@ -44,68 +44,89 @@ def _key_getter(shape: int) -> Callable[[tuple], Any]:
 class _ShapeTable:
     """Rules bucketed by shape, then by the values of the shape's fields, each with its owners.
 
-    A rule's owners are a tuple while few (most rules have one: 48 bytes, where a one-entry
-    dict took 184) and a dict past SMALL_OWNERS, so a rule many connections share (a
+    Memory is per rule, and an idle desktop connection holds tens of rules, so the common
+    case is kept small. At a key with one rule (most keys) the entry is a (rule, owners)
+    pair; with more it is a dict, rule -> owners. A rule's owners are a tuple while few
+    (most rules have one) and a dict past SMALL_OWNERS, so a rule many connections share (a
     NameOwnerChanged subscription) costs no copy of all its owners per AddMatch.
     """
 
     __slots__ = ("buckets",)
 
     def __init__(self) -> None:
-        # shape -> (key getter, key -> {rule: owners})
-        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, dict[MatchRule, Owners]]]] = {}
+        # shape -> (key getter, key -> (rule, owners) | {rule: owners})
+        self.buckets: dict[int, tuple[Callable[[tuple], Any], dict[Any, Any]]] = {}
 
-    def _rules_at(self, rule: MatchRule, create: bool = False) -> tuple[dict, Any, dict | None]:
-        """(the shape's table, the rule's key in it, the rules at that key or None)."""
+    def _locate(self, rule: MatchRule, create: bool = False) -> tuple[dict, Any]:
+        """(the table of the rule's shape, the rule's key in it)."""
         shape = _shape_of(rule)
         entry = self.buckets.get(shape)
         if entry is None:
             if not create:
-                return {}, None, None
+                return {}, None
             entry = self.buckets[shape] = (_key_getter(shape), {})
         getter, table = entry
-        key = getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
-        return table, key, table.get(key)
+        return table, getter((rule.type, rule.interface, rule.member, rule.path, rule.sender))
 
     def owners_of(self, rule: MatchRule) -> Owners | None:
-        rules = self._rules_at(rule)[2]
-        return rules.get(rule) if rules is not None else None
+        table, key = self._locate(rule)
+        entry = table.get(key)
+        if type(entry) is tuple:
+            return entry[1] if entry[0] == rule else None
+        return entry.get(rule) if entry is not None else None
 
     def own(self, rule: MatchRule, owner: Hashable) -> bool:
         """Give `rule` one more owner; True when the rule is new to the table."""
-        table, key, rules = self._rules_at(rule, create=True)
-        if rules is None:
-            rules = table[key] = {}
-        owners = rules.get(rule)
-        if owners is None:
-            rules[rule] = (owner,)
+        table, key = self._locate(rule, create=True)
+        entry = table.get(key)
+        if entry is None:
+            table[key] = (rule, (owner,))
             return True
+        if type(entry) is tuple:
+            if entry[0] != rule:
+                table[key] = {entry[0]: entry[1], rule: (owner,)}
+                return True
+            owners = entry[1]
+        else:
+            owners = entry.get(rule)
+            if owners is None:
+                entry[rule] = (owner,)
+                return True
         if type(owners) is dict:
             owners[owner] = None
-        elif len(owners) < SMALL_OWNERS:
-            rules[rule] = (*owners, owner)
+            return False
+        owners = (*owners, owner) if len(owners) < SMALL_OWNERS else dict.fromkeys((*owners, owner))
+        if type(entry) is tuple:
+            table[key] = (rule, owners)
         else:
-            rules[rule] = dict.fromkeys((*owners, owner))
+            entry[rule] = owners
         return False
 
     def disown(self, rule: MatchRule, owner: Hashable) -> bool:
         """Take one owner from `rule`; True when it had no other and left the table."""
-        table, key, rules = self._rules_at(rule)
-        assert rules is not None
-        owners = rules[rule]
+        table, key = self._locate(rule)
+        entry = table[key]
+        owners = entry[1] if type(entry) is tuple else entry[rule]
         if type(owners) is dict:
             del owners[owner]
             if owners:
                 return False
         elif len(owners) > 1:
             i = owners.index(owner)
-            rules[rule] = owners[:i] + owners[i + 1:]
+            if type(entry) is tuple:
+                table[key] = (rule, owners[:i] + owners[i + 1:])
+            else:
+                entry[rule] = owners[:i] + owners[i + 1:]
             return False
-        del rules[rule]
-        if not rules:
+        if type(entry) is tuple:
             del table[key]
-            if not table:
-                del self.buckets[_shape_of(rule)]
+        else:
+            del entry[rule]
+            if len(entry) == 1:
+                table[key] = next(iter(entry.items()))
+            return True
+        if not table:
+            del self.buckets[_shape_of(rule)]
         return True
 
     def candidates(self, fields_by_sender: list[tuple]) -> Iterator[tuple[MatchRule, Owners]]:
@@ -113,15 +134,20 @@ class _ShapeTable:
         first = fields_by_sender[0]
         for shape, (getter, table) in self.buckets.items():
             for fields in (fields_by_sender if shape & _SENDER else (first,)):
-                rules = table.get(getter(fields))
-                if rules:
-                    yield from rules.items()
+                entry = table.get(getter(fields))
+                if entry is None:
+                    continue
+                if type(entry) is tuple:
+                    yield entry
+                else:
+                    yield from entry.items()
 
     def __bool__(self) -> bool:
         return bool(self.buckets)
 
     def __len__(self) -> int:
-        return sum(len(rules) for _, table in self.buckets.values() for rules in table.values())
+        return sum(1 if type(entry) is tuple else len(entry) for _, table in self.buckets.values()
+                   for entry in table.values())
 
 
 class MatchIndex:

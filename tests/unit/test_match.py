@@ -317,6 +317,29 @@ def test_index_add_remove_counts():
     index.remove_owner("nobody")
 
 
+def test_rules_that_share_a_bucket_key():
+    """Rules equal in the bucketed fields, told apart by an argument: one key holds them all."""
+    index = MatchIndex()
+    rules = [MatchRule.parse(f"type='signal',member='Changed',arg0='{value}'") for value in ("x", "y", "z")]
+    for owner, rule in enumerate(rules):
+        index.add(owner, rule)
+    index.add("both", rules[0])
+    index.add("both", rules[1])
+    assert len(index) == 3
+
+    def to(value: str) -> set:
+        return index.recipients(Msg(signature="s", body=[value]), (), lambda: [value])
+
+    assert to("x") == {0, "both"} and to("y") == {1, "both"} and to("z") == {2} and to("w") == set()
+    index.remove(1, rules[1])
+    index.remove_owner("both")
+    assert to("x") == {0} and to("y") == set() and to("z") == {2}
+    index.remove(2, rules[2])
+    assert len(index) == 1 and to("x") == {0} and to("z") == set()
+    index.add(3, rules[2])
+    assert to("z") == {3} and to("x") == {0}
+
+
 _shared_rules = [MatchRule.parse("type='signal',member='Changed'"), MatchRule.parse("type='signal',member='Other'")]
 
 
