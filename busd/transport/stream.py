@@ -16,7 +16,9 @@ thread (a lookup, or the check of one large body) are separate reasons, so
 neither resumes a peer the other still holds. A side that checks large bodies
 off the loop (large_message_size) gets each such message framed without its
 body check, with its fds claimed, in check_body_later(); everything after it
-waits unframed, counted in in_bytes, until body_checked() delivers it.
+waits unframed, counted in in_bytes, until body_checked() delivers it. A body
+whose check takes a few steps at any size (fixed-size values and arrays of
+them: a byte array) is checked in place instead, sparing the hand-off.
 
 The server side (busd.transport.connection.Connection) and the bridge's upstream link
 (busd.bridge.link.UpstreamLink) are both Streams; each adds only its SASL side
@@ -35,8 +37,9 @@ import threading
 from typing import Any, Callable
 
 from ..bus.ports import SharedFds
+from ..wire.checker import checked_in_constant_steps
 from ..wire.errors import ProtocolError
-from ..wire.message import FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, Header, frame_size, parse_header
+from ..wire.message import FIXED_HEADER_SIZE, MAX_MESSAGE_SIZE, Header, check_message_body, frame_size, parse_header
 
 READ_SIZE = 262144
 FRAME_PROGRESS = b""  # what data_received() is handed when a read went into the frame buffer
@@ -290,7 +293,9 @@ class Stream:
                     self._frame_large(message)
                     if self.closed:
                         return
-                    break  # the rest waits for the check
+                    if self.checking is not None:
+                        break  # the rest waits for the check
+                    continue
                 self._frame(message)
                 if self.closed:
                     return
@@ -354,8 +359,13 @@ class Stream:
         self.message_received(message, h, self._claim_fds(h) if h.unix_fds else None)
 
     def _frame_large(self, message: bytes) -> None:
-        """Frame a message over large_message_size: its header now, its body in check_body_later()."""
+        """Frame a message over large_message_size: its header now, its body in check_body_later(),
+        unless the check is a few steps at any size (a byte array: most large messages)."""
         h = parse_header(message, validate_body=False)
+        if checked_in_constant_steps(h.signature):
+            check_message_body(message, h)
+            self.message_received(message, h, self._claim_fds(h) if h.unix_fds else None)
+            return
         self.checking = (message, h, self._claim_fds(h) if h.unix_fds else None)
         self.check_body_later(message, h)
 

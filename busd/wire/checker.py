@@ -398,6 +398,32 @@ def _body_checkers(signature: str, prefix: str) -> tuple[Checker, ...]:
     return tuple(compiled_checker(node.signature, prefix) for node in parse_signature(signature))
 
 
+@lru_cache(maxsize=512)
+def checked_in_constant_steps(signature: str) -> bool:
+    """Whether checking a body of `signature` takes the same few Python steps at any size.
+
+    True when it holds only fixed-size values and arrays of them (structs of those
+    included): an array of fixed-size elements is one length check and, for booleans
+    and fds, strided slices. Strings, variants and arrays of anything else are walked
+    element by element, which a transport may rather do off its loop for a large body.
+    """
+    try:
+        nodes = parse_signature(signature)
+    except SignatureError:
+        return False  # the check itself reports it, wherever it runs
+    return all(_constant_steps(node) for node in nodes)
+
+
+def _constant_steps(node: TypeNode) -> bool:
+    if node.fixed_size:
+        return True
+    if node.code == "a":
+        return bool(node.children[0].fixed_size)
+    if node.code == "(":
+        return all(_constant_steps(child) for child in node.children)
+    return False
+
+
 def check_body(signature: str, buf: bytes, start: int, end: int, endian: int = LITTLE, nfds: int = 0) -> None:
     """Validate that buf[start:end] is exactly one value per complete type of `signature`."""
     try:
@@ -415,5 +441,5 @@ def check_body(signature: str, buf: bytes, start: int, end: int, endian: int = L
 
 __all__ = [
     "ANY_FD_INDEX", "BIG", "Checker", "LITTLE", "MAX_ARRAY_LENGTH", "MAX_NESTING_DEPTH", "check_body",
-    "check_string_bytes", "compiled_checker", "read_signature_at",
+    "check_string_bytes", "checked_in_constant_steps", "compiled_checker", "read_signature_at",
 ]

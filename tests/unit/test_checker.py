@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import busd.wire.checker as checker
+from busd.wire.checker import checked_in_constant_steps
 from busd.wire.errors import ProtocolError
 from busd.wire.marshal import BIG, LITTLE, Variant, check_body, marshal_body
 
@@ -141,3 +142,13 @@ def test_the_body_can_be_checked_apart_from_the_header_and_in_a_thread() -> None
     with pytest.raises(ProtocolError) as whole:
         parse_header(bytes(bad))
     assert apart.value.reason == whole.value.reason
+
+
+@pytest.mark.parametrize(("signature", "constant"), [
+    ("ay", True), ("ai", True), ("ab", True), ("yyat", True), ("(ii)", True), ("(ayi)", True), ("", True),
+    ("s", False), ("o", False), ("g", False), ("v", False), ("av", False), ("aay", False), ("as", False),
+    ("a(ii)", False), ("a{yy}", False), ("a{ss}", False), ("(is)", False), ("a", False),
+])
+def test_which_bodies_are_checked_in_constant_steps(signature, constant):
+    """Only these may be checked on the loop at any size: nothing in them is walked element by element."""
+    assert checked_in_constant_steps(signature) is constant

@@ -85,9 +85,15 @@ def admitted(bus: RecordingBus, label: str, lookups: Lookups | None = None,
 
 
 def big(member: str, serial: int, unix_fds: int = 0) -> bytes:
-    """A valid signal just over LARGE_MESSAGE: one `ay`."""
+    """A valid signal just over LARGE_MESSAGE: one string (its check reads every byte of it)."""
     return build_message(SIGNAL, serial, path="/t", interface="org.example.T", member=member,
-                         signature="ay", body=[bytes(LARGE_MESSAGE)], unix_fds=unix_fds)
+                         signature="s", body=["a" * LARGE_MESSAGE], unix_fds=unix_fds)
+
+
+def big_bytes(member: str, serial: int) -> bytes:
+    """A valid signal just over LARGE_MESSAGE: one `ay`, whose check is a few steps at any size."""
+    return build_message(SIGNAL, serial, path="/t", interface="org.example.T", member=member,
+                         signature="ay", body=[bytes(LARGE_MESSAGE)])
 
 
 def bad_big(member: str, serial: int) -> tuple[bytes, str]:
@@ -130,6 +136,27 @@ def test_a_large_body_is_delivered_after_its_check_in_order_with_what_came_aroun
     run_until(loop, lambda: len(bus.members("sender")) == 4, "the check ends and the rest is read")
     assert bus.members("sender") == ["Before", "Big", "After", "Later"]
     assert not sender.looking_up and sender.reading and sender.in_bytes == 0 and not sender.closed
+
+
+def test_a_large_byte_array_is_checked_in_place_without_waiting_for_the_thread(loop, gate) -> None:
+    bus = RecordingBus(loop)
+    sender, _sender_end = admitted(bus, "sender", gate.lookups())  # the check thread stays busy throughout
+    sender.data_received(signal("Before", 1) + big_bytes("Bytes", 2) + signal("After", 3))
+    assert bus.members("sender") == ["Before", "Bytes", "After"]
+    assert not sender.looking_up and sender.reading and sender.in_bytes == 0
+
+
+def test_a_bad_large_byte_array_drops_the_peer_in_place(loop, gate, caplog) -> None:
+    bus = RecordingBus(loop)
+    sender, _sender_end = admitted(bus, "sender", gate.lookups())
+    message = bytearray(big_bytes("Bytes", 2))
+    h = parse_header(bytes(message))
+    message[h.body_start:h.body_start + 4] = (LARGE_MESSAGE - 1).to_bytes(4, "little")  # one byte left over
+    with pytest.raises(ProtocolError) as inline:
+        parse_header(bytes(message))
+    sender.data_received(bytes(message) + signal("After", 3))
+    assert sender.closed and bus.members("sender") == []
+    assert f"protocol error: {inline.value.reason}" in caplog.text
 
 
 def test_two_large_bodies_in_one_read_are_checked_one_after_the_other(loop, gate) -> None:
