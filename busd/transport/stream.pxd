@@ -5,6 +5,20 @@
 cimport cython
 from busd.wire.message cimport Header, frame_size, parse_header
 
+# A large message is read into the bytes object it becomes (stream.py's _start_frame): a bytes of the
+# frame's size not yet filled, and a writable view of its memory, kept only until it is filled.
+cdef extern from *:
+    """
+    static PyObject *busd_uninitialised_bytes(Py_ssize_t size) {
+        return PyBytes_FromStringAndSize(NULL, size);
+    }
+    static PyObject *busd_writable_view(PyObject *data) {
+        return PyMemoryView_FromMemory(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), PyBUF_WRITE);
+    }
+    """
+    object uninitialised_bytes "busd_uninitialised_bytes" (Py_ssize_t size)
+    object writable_view "busd_writable_view" (object data)
+
 
 cdef class Stream:
     cdef public object loop
@@ -32,6 +46,7 @@ cdef class Stream:
     cdef public bint _writing
     cdef public bint _flush_scheduled
     cdef public object _frame_buffer
+    cdef public object _frame_view
     cdef public Py_ssize_t _frame_filled
 
     @cython.locals(size=Py_ssize_t, pos=Py_ssize_t, total=Py_ssize_t, unfinished=Py_ssize_t,

@@ -63,6 +63,7 @@ _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
 _IOV_MAX = 512
 UNLIMITED_FDS = 1 << 62
 NEVER = 1 << 62  # a large_message_size no message reaches: every body is checked inline
+_PURE = __file__.endswith(".py")  # this module's pure twin, not its compiled build
 
 # Why a stream's input is held; reading resumes once none remains.
 HELD_BY_RECIPIENTS = 1  # back-pressure: a recipient of this peer's messages is full
@@ -124,7 +125,8 @@ class Stream:
         self._writing = False
         self._flush_scheduled = False
         # A message larger than a read, being read straight into a buffer of its size (_read_into_frame).
-        self._frame_buffer: mmap.mmap | None = None
+        self._frame_buffer: Any = None
+        self._frame_view: memoryview | None = None  # writable, over all of _frame_buffer
         self._frame_filled = 0
 
     def attach(self, sock: socket.socket) -> None:
@@ -219,10 +221,9 @@ class Stream:
         input buffer and a slice of it (16 MiB calls spent over half their time copying, and
         in page faults of the copies' fresh memory).
         """
-        frame = self._frame_buffer
         # At most a read's worth at a time, as any read: the input is charged to the user after each read,
         # so one read may pass the user's quota by no more than READ_SIZE before the peer is dropped.
-        view = memoryview(frame)[self._frame_filled:self._frame_filled + READ_SIZE]
+        view = self._frame_view[self._frame_filled:self._frame_filled + READ_SIZE]
         try:
             if self.can_pass_fds:
                 size, ancdata, msg_flags, _ = self.sock.recvmsg_into((view,), _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
@@ -253,9 +254,8 @@ class Stream:
         if self._frame_buffer is not None:
             rest = b""
             if data:  # bytes handed in rather than read into the frame (the same framing either way)
-                frame = self._frame_buffer
-                take = min(len(data), len(frame) - self._frame_filled)
-                frame[self._frame_filled:self._frame_filled + take] = data[:take]
+                take = min(len(data), len(self._frame_buffer) - self._frame_filled)
+                self._frame_view[self._frame_filled:self._frame_filled + take] = data[:take]
                 self._frame_filled += take
                 rest = data[take:]
             if self._frame_filled < len(self._frame_buffer):
@@ -322,22 +322,42 @@ class Stream:
 
     def _start_frame(self, rbuf: bytearray, total: int) -> None:
         """The unfinished message in `rbuf`, of `total` bytes (its header framed), is larger than a read: the
-        rest of it goes straight into a buffer of its size (_read_into_frame). An anonymous mapping, so that
-        only what arrives takes memory (and is charged: in_bytes), and all of it goes back when it is done."""
-        frame = mmap.mmap(-1, total)
-        frame[:len(rbuf)] = rbuf
+        rest of it goes straight into a buffer of its size (_read_into_frame). Only what arrives takes memory
+        (and is charged: in_bytes), and all of it goes back when the message is done.
+
+        The pure twin reads into an anonymous mapping and copies the message out once. The compiled
+        one reads into the bytes object that becomes the message, written through a view before
+        anything else can see it, so a large message is never copied in the bus at all.
+        """
+        if _PURE:
+            frame: Any = mmap.mmap(-1, total)
+            view = memoryview(frame)
+        else:
+            frame = uninitialised_bytes(total)  # noqa: F821 - C, declared in stream.pxd
+            view = writable_view(frame)  # noqa: F821 - C, declared in stream.pxd
+        view[:len(rbuf)] = rbuf
         self._frame_buffer = frame
+        self._frame_view = view
         self._frame_filled = len(rbuf)
         rbuf.clear()
 
     def _finish_frame(self) -> bytes:
-        """The frame is complete: its bytes (the one copy out), and the mapping released."""
+        """The frame is complete: its bytes, and the buffer let go."""
         frame = self._frame_buffer
-        self._frame_buffer = None
-        self._frame_filled = 0
+        self._drop_frame()
+        if not _PURE:
+            return frame
         data = frame[:]
         frame.close()
         return data
+
+    def _drop_frame(self) -> None:
+        view = self._frame_view
+        if view is not None:
+            view.release()
+        self._frame_view = None
+        self._frame_buffer = None
+        self._frame_filled = 0
 
     @property
     def in_fds(self) -> int:
@@ -531,8 +551,10 @@ class Stream:
             close_fds(self.checking[2])
             self.checking = None
         if self._frame_buffer is not None:
-            self._frame_buffer.close()
-            self._frame_buffer = None
+            frame = self._frame_buffer
+            self._drop_frame()
+            if _PURE:
+                frame.close()
 
 
 __all__ = ["HELD_BY_RECIPIENTS", "HELD_FOR_THREAD", "Stream", "close_fds"]
