@@ -232,7 +232,11 @@ class Connection(Stream, Generic[PeerT]):
         if reply is None or auth is None:
             return
         if reply:
-            self.send_now(reply)
+            # Written at the end of this read, with what else it queued: after a pipelined BEGIN and Hello,
+            # the OK and the Hello reply go in one write. At once if the peer lets replies pile up.
+            self.queue_bytes(reply)
+            if self.out_bytes > MAX_AUTH_BUFFER:
+                self.flush()
             if self.closed:
                 return
         if auth.cookie_wanted is not None:

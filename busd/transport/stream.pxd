@@ -62,5 +62,7 @@ cdef class Stream:
 
     cpdef bint has_output(self)
 
+    cpdef queue_bytes(self, bytes data)
+
     @cython.locals(sent=Py_ssize_t, n=Py_ssize_t, i=Py_ssize_t, start=Py_ssize_t, out=list, buffers=list)
     cpdef flush(self)

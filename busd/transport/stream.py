@@ -458,6 +458,14 @@ class Stream:
                 skip = max(0, 16 + fields + (-fields % 8) + body - len(buf))
         return count
 
+    def queue_bytes(self, data: bytes) -> None:
+        """Queue bytes outside the message stream (handshake lines), written with the rest of this turn's output."""
+        self._out.append(data)
+        self.out_bytes += len(data)
+        if not self._flush_scheduled and not self._writing:
+            self._flush_scheduled = True
+            self.schedule_flush(self)
+
     def send_now(self, data: bytes) -> None:
         """Queue bytes outside the message stream (handshake lines) and write them at once."""
         self._out.append(data)
