@@ -34,6 +34,7 @@ import mmap
 import os
 import socket
 import threading
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Callable
 
 from ..bus.ports import SharedFds
@@ -63,7 +64,7 @@ _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
 _IOV_MAX = 512
 UNLIMITED_FDS = 1 << 62
 NEVER = 1 << 62  # a large_message_size no message reaches: every body is checked inline
-_PURE = __file__.endswith(".py")  # this module's pure twin, not its compiled build
+_PURE = not __file__.endswith(tuple(EXTENSION_SUFFIXES))  # the pure twin (from .py or .pyc), not the compiled build
 
 # Why a stream's input is held; reading resumes once none remains.
 HELD_BY_RECIPIENTS = 1  # back-pressure: a recipient of this peer's messages is full
