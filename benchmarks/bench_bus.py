@@ -38,7 +38,7 @@ sys.path[:0] = [HERE, os.path.join(REPO, "tests")]
 import pyspy  # noqa: E402
 from broker import start_broker  # noqa: E402
 import rawclient as rc  # noqa: E402
-from buses import RunningBus, daemon_command, start_bus  # noqa: E402
+from buses import RunningBus, daemon_command, start_bus, stop_process  # noqa: E402
 
 # The limits of the stock session.conf: generous, and the same for both daemons. Without
 # them dbus-daemon's built-in defaults (256 connections per user, 128 pending replies per
@@ -575,12 +575,8 @@ def _timed_start(argv: list[str], plan: CpuPlan, env: dict[str, str] | None = No
                                     f"(status {process.poll()})")
             memory = memory_status(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        process.stdin.close()
+        stop_process(process)
     return {"ms": elapsed * 1e3, **{key: value / MiB for key, value in memory.items()}}
 
 

@@ -64,7 +64,7 @@ class RunningBus:
 
     def stop(self) -> None:
         try:
-            _end(self.process)
+            stop_process(self.process)
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
             _RUNNING[:] = [bus for bus in _RUNNING if bus is not self]
@@ -90,8 +90,8 @@ def _stop_running_buses() -> None:
         bus.stop()
 
 
-def _end(process: subprocess.Popen) -> None:
-    """SIGTERM (the daemon removes its socket files), SIGKILL if it is still there 10s later."""
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM (a daemon removes its socket files), SIGKILL if it is still there 10s later."""
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
@@ -165,7 +165,7 @@ def start_bus(kind: str, extra_config: str = "", config_text: str | None = None,
             raise RuntimeError(f"{kind} exited without printing its address (status {process.wait(10)})")
     except BaseException:
         if process is not None:
-            _end(process)
+            stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     return register_running(RunningBus(kind=kind, address=address, process=process, workdir=workdir))

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from buses import RunningBus, helper_env, start_bus
+from buses import RunningBus, helper_env, start_bus, stop_process
 from test_busdctl_service import (SAFETY_TIMEOUT, DemoService, LineReader, busdctl_command, interrupt, run,
                                   start_demo)
 
@@ -66,16 +66,6 @@ def _chatter(address: str) -> None:
             await asyncio.sleep(0.2)
 
     asyncio.run(main())
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _status(url: str, headers: dict[str, str] | None = None) -> int:
@@ -139,7 +129,7 @@ def _busy_bus(kind: str, extra_config: str = "") -> Iterator[tuple[RunningBus, l
         yield bus, services, client
     finally:
         if chatter is not None:
-            _stop(chatter)
+            stop_process(chatter)
         for service in services:
             service.stop()
         bus.stop()
