@@ -14,66 +14,40 @@ The body is passed on as a memoryview of the received buffer.
 from __future__ import annotations
 
 import struct
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Callable
 
 from . import names
 from .arguments import body_arguments
 from .errors import MarshalError, ProtocolError
 from .marshal import (
-    BIG, LITTLE, MAX_ARRAY_LENGTH, Variant, check_body, check_string_bytes,
+    BIG, LITTLE, Variant, check_body, check_string_bytes,
     compiled_checker, marshal_body, read_body, read_signature_at,
+)
+from .protocol import (  # the format's numbers: re-exported, every reader of messages imports them from here
+    ALLOW_INTERACTIVE_AUTHORIZATION, DESTINATION, ERROR, ERROR_NAME, FIELD_NAMES, FIELD_TYPES, FIXED_HEADER_SIZE,
+    INTERFACE, MAX_HEADER_FIELDS_LENGTH, MAX_MESSAGE_SIZE, MAX_MESSAGE_UNIX_FDS, MEMBER, METHOD_CALL, METHOD_RETURN,
+    NO_AUTO_START, NO_REPLY_EXPECTED, PATH, PROTOCOL_VERSION, REPLY_SERIAL, REQUIRED_FIELDS, SENDER, SIGNAL,
+    SIGNATURE, TYPE_NAMES, UNIX_FDS,
 )
 from .signature import SignatureError, parse_signature
 from .wellknown import LOCAL_INTERFACE, LOCAL_PATH
 
-# Message types
-METHOD_CALL = 1
-METHOD_RETURN = 2
-ERROR = 3
-SIGNAL = 4
-TYPE_NAMES = {METHOD_CALL: "method_call", METHOD_RETURN: "method_return", ERROR: "error", SIGNAL: "signal"}
-
-# Flags
-NO_REPLY_EXPECTED = 0x1
-NO_AUTO_START = 0x2
-ALLOW_INTERACTIVE_AUTHORIZATION = 0x4
-
-# Header field codes
-PATH = 1
-INTERFACE = 2
-MEMBER = 3
-ERROR_NAME = 4
-REPLY_SERIAL = 5
-DESTINATION = 6
-SENDER = 7
-SIGNATURE = 8
-UNIX_FDS = 9
-FIELD_NAMES = {PATH: "PATH", INTERFACE: "INTERFACE", MEMBER: "MEMBER", ERROR_NAME: "ERROR_NAME",
-               REPLY_SERIAL: "REPLY_SERIAL", DESTINATION: "DESTINATION", SENDER: "SENDER",
-               SIGNATURE: "SIGNATURE", UNIX_FDS: "UNIX_FDS"}
-FIELD_TYPES = {PATH: "o", INTERFACE: "s", MEMBER: "s", ERROR_NAME: "s", REPLY_SERIAL: "u",
-               DESTINATION: "s", SENDER: "s", SIGNATURE: "g", UNIX_FDS: "u"}
 _FIELD_TYPE_BYTES = {code: ord(t) for code, t in FIELD_TYPES.items()}
+# The constants parse_header() and stamp_sender() compare with, again: C integers in the compiled twin
+# (message.pxd), where comparing a C integer with a module global boxed it first.
+_FIXED_SIZE, _MAX_FIELDS, _VERSION = FIXED_HEADER_SIZE, MAX_HEADER_FIELDS_LENGTH, PROTOCOL_VERSION
+_LITTLE, _BIG, _RETURN, _ERROR = LITTLE, BIG, METHOD_RETURN, ERROR
 
-PROTOCOL_VERSION = 1
-FIXED_HEADER_SIZE = 16
-MAX_MESSAGE_SIZE = 1 << 27  # 128 MiB, the specification's maximum
-MAX_MESSAGE_UNIX_FDS = 1 << 25  # DBUS_MAXIMUM_MESSAGE_UNIX_FDS, libdbus's cap on fds in one message
-MAX_HEADER_FIELDS_LENGTH = MAX_ARRAY_LENGTH
-
+# The pure twin (from .py or .pyc) rather than the compiled build, which reads integers and scans bytes
+# through C helpers declared in message.pxd (the names marked F821 below).
+_PURE = not __file__.endswith(tuple(EXTENSION_SUFFIXES))
 _LE3 = struct.Struct("<III")
 _BE3 = struct.Struct(">III")
 _LE1 = struct.Struct("<I")
 _BE1 = struct.Struct(">I")
 _PAD = b"\0" * 8
 _ANY_FD_INDEX = 1 << 32  # an fd count above every possible index
-
-_REQUIRED_FIELDS = {
-    METHOD_CALL: ((PATH, "path"), (MEMBER, "member")),
-    SIGNAL: ((PATH, "path"), (INTERFACE, "interface"), (MEMBER, "member")),
-    ERROR: ((ERROR_NAME, "error_name"), (REPLY_SERIAL, "reply_serial")),
-    METHOD_RETURN: ((REPLY_SERIAL, "reply_serial"),),
-}
 
 
 def frame_size(buf: bytes | bytearray | memoryview, offset: int = 0,
@@ -83,6 +57,10 @@ def frame_size(buf: bytes | bytearray | memoryview, offset: int = 0,
     The caller guarantees 16 bytes are available. Rejects impossible lengths before
     anything is buffered for them.
     """
+    if not _PURE:
+        size = c_frame_size(buf, offset, max_message_size, _MAX_FIELDS)  # noqa: F821
+        if size >= 0:
+            return size
     endian = buf[offset]
     if endian == LITTLE:
         body_len, _serial, fields_len = _LE3.unpack_from(buf, offset + 4)
@@ -185,81 +163,91 @@ def parse_header(buf: bytes, validate_body: bool = True) -> Header:
     header and, with `validate_body`, checks the body against SIGNATURE without
     building values. Raises ProtocolError with a precise reason.
     """
-    if type(buf) is not bytes:
-        buf = bytes(buf)
-    size = len(buf)
-    if size < FIXED_HEADER_SIZE:
+    data = buf if type(buf) is bytes else bytes(buf)
+    size = len(data)
+    if size < _FIXED_SIZE:
         raise ProtocolError("message shorter than the fixed header")
-    endian = buf[0]
-    if endian == LITTLE:
-        body_len, serial, fields_len = _LE3.unpack_from(buf, 4)
-        u32 = _LE1.unpack_from
-    elif endian == BIG:
-        body_len, serial, fields_len = _BE3.unpack_from(buf, 4)
-        u32 = _BE1.unpack_from
-    else:
+    endian = data[0]
+    if endian != _LITTLE and endian != _BIG:
         raise ProtocolError(f"invalid byte-order mark {endian:#04x}")
-    if buf[3] != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {buf[3]}")
-    fields_end = FIXED_HEADER_SIZE + fields_len
+    if _PURE:
+        body_len, serial, fields_len = (_LE3 if endian == _LITTLE else _BE3).unpack_from(data, 4)
+    else:
+        body_len = u32_at(data, 4, endian)  # noqa: F821
+        serial = u32_at(data, 8, endian)  # noqa: F821
+        fields_len = u32_at(data, 12, endian)  # noqa: F821
+    if data[3] != _VERSION:
+        raise ProtocolError(f"unsupported protocol version {data[3]}")
+    fields_end = _FIXED_SIZE + fields_len
     body_start = (fields_end + 7) & ~7
-    if fields_len > MAX_HEADER_FIELDS_LENGTH or body_start + body_len != size:
+    if fields_len > _MAX_FIELDS or body_start + body_len != size:
         raise ProtocolError("header lengths do not add up to the message size")
     if serial == 0:
         raise ProtocolError("serial number is zero")
-    mtype = buf[1]
+    mtype = data[1]
 
     reply_at = 0
     if fields_len > _CACHEABLE_FIELDS_LENGTH:
         fields_key = template = None
-    elif mtype == METHOD_RETURN or mtype == ERROR:
+    elif mtype == _RETURN or mtype == _ERROR:
         # Replies name a different serial each time: their cache key leaves out the four
         # bytes of REPLY_SERIAL's value (issue 14: before, every reply took the full parse).
-        reply_at = buf.find(_REPLY_SERIAL_MARK, FIXED_HEADER_SIZE, fields_end)
+        if _PURE:
+            reply_at = data.find(_REPLY_SERIAL_MARK, _FIXED_SIZE, fields_end)
+        else:
+            reply_at = find_reply_mark(data, _FIXED_SIZE, fields_end)  # noqa: F821
         if reply_at & 7:
-            reply_at = _reply_serial_at(buf, reply_at, fields_end)
+            reply_at = _reply_serial_at(data, reply_at, fields_end)
         reply_at = reply_at + 4 if reply_at > 0 and reply_at + 8 <= fields_end else 0
         if reply_at:
-            fields_key = buf[FIXED_HEADER_SIZE:reply_at] + buf[reply_at + 4:fields_end]
-            cached = _REPLY_FIELDS_CACHE.get(fields_key)
+            fields_key = data[_FIXED_SIZE:reply_at] + data[reply_at + 4:fields_end]
+            replies_cache = _REPLY_FIELDS_CACHE  # (typed dict locals: C lookups in the compiled twin)
+            cached = replies_cache.get(fields_key)
             template = cached[0] if cached is not None and cached[1] == reply_at else None
         else:
             fields_key = template = None
     else:
-        fields_key = buf[FIXED_HEADER_SIZE:fields_end]
-        template = _FIELDS_CACHE.get(fields_key)
+        fields_key = data[_FIXED_SIZE:fields_end]
+        cache = _FIELDS_CACHE
+        template = cache.get(fields_key)
     if template is not None and template.type == mtype and template.endian == endian:
         # Same header fields as an earlier message: already validated, copy them.
         h = _copy_fields(template)
         if reply_at:  # the same bytes but the serial's value: only that can be wrong
-            reply_serial = u32(buf, reply_at)[0]
+            if _PURE:
+                reply_serial = (_LE1 if endian == _LITTLE else _BE1).unpack_from(data, reply_at)[0]
+            else:
+                reply_serial = u32_at(data, reply_at, endian)  # noqa: F821
             if reply_serial == 0:
                 raise _bad_field(REPLY_SERIAL, "is zero")
             h.reply_serial = reply_serial
     else:
-        h = _parse_fields(buf, endian, mtype, u32, fields_end)
+        u32 = _LE1.unpack_from if endian == _LITTLE else _BE1.unpack_from
+        h = _parse_fields(data, endian, mtype, u32, fields_end)
         if fields_key is not None and _DOORKEEPER.admits(fields_key):
             if not reply_at:
                 if len(_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
                     _forget_all()
                 _FIELDS_CACHE[fields_key] = _copy_fields(h)
                 _remember_destination(h.destination, fields_key)
-            elif _is_reply_serial_at(buf, endian, mtype, u32, fields_end, reply_at, h.reply_serial):
+            elif _is_reply_serial_at(data, endian, mtype, u32, fields_end, reply_at, h.reply_serial):
                 if len(_REPLY_FIELDS_CACHE) >= _FIELDS_CACHE_LIMIT:
                     _forget_all()
                 _REPLY_FIELDS_CACHE[fields_key] = (_copy_fields(h), reply_at)
                 _remember_destination(h.destination, fields_key)
-    h.flags = buf[2]
+    h.flags = data[2]
     h.body_len = body_len
     h.serial = serial
     h.fields_len = fields_len
     h.body_start = body_start
-    if fields_end != body_start and buf.count(0, fields_end, body_start) != body_start - fields_end:
+    if fields_end != body_start and (
+            data.count(0, fields_end, body_start) != body_start - fields_end if _PURE
+            else not zeros(data, fields_end, body_start)):  # noqa: F821
         raise ProtocolError("non-zero padding after the header")
     if body_len and not h.signature:
         raise ProtocolError("message has a body but no SIGNATURE")
     if validate_body:
-        check_message_body(buf, h)
+        check_message_body(data, h)
     return h
 
 
@@ -426,7 +414,7 @@ def _parse_fields(buf: bytes, endian: int, mtype: int, u32, fields_end: int) -> 
     if pos != fields_end:
         raise ProtocolError("header fields overrun the header array")
 
-    required = _REQUIRED_FIELDS.get(mtype)
+    required = REQUIRED_FIELDS.get(mtype)
     if required is not None:
         for code, attr in required:
             if getattr(h, attr) is None:
@@ -472,6 +460,19 @@ def stamp_sender(buf: bytes, h: Header, field: bytes) -> tuple[bytes, Any]:
     """
     fields_end = FIXED_HEADER_SIZE + h.fields_len
     span = h.sender_span
+    if not _PURE and h.unknown_spans is None and type(buf) is bytes:
+        fields_end = _FIXED_SIZE + h.fields_len
+        # One allocation, the pieces copied in: what the join below builds from seven.
+        if span is None:
+            start = next_field = fields_end
+        else:
+            start, stop = span
+            next_field = min((stop + 7) & ~7, fields_end)
+        if h.body_len <= _COPY_BODY_UP_TO:
+            return stamped(buf, h.endian, _FIXED_SIZE, start, next_field, fields_end, field,  # noqa: F821
+                           h.body_start), b""
+        return (stamped(buf, h.endian, _FIXED_SIZE, start, next_field, fields_end, field, -1),  # noqa: F821
+                memoryview(buf)[h.body_start:])
     if h.unknown_spans is not None:
         spans = h.unknown_spans if span is None else sorted(h.unknown_spans + [span])
         kept = _without_fields(buf, fields_end, spans)
