@@ -58,13 +58,13 @@ class _ReadBuffer(threading.local):
         self.view = memoryview(bytearray(READ_SIZE))
 
 
-_read_buffer = _ReadBuffer()
-MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD
+_PURE = not __file__.endswith(tuple(EXTENSION_SUFFIXES))  # the pure twin (from .py or .pyc), not the compiled build
+_read_buffer = _ReadBuffer() if _PURE else None  # (the compiled twin reads into a C buffer per thread: stream.pxd)
+MAX_FDS_PER_READ = 253  # the kernel's SCM_MAX_FD (stream.pxd's BUSD_MAX_FDS)
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
-_IOV_MAX = 512
+_IOV_MAX = 512  # (stream.pxd's BUSD_IOV_MAX)
 UNLIMITED_FDS = 1 << 62
 NEVER = 1 << 62  # a large_message_size no message reaches: every body is checked inline
-_PURE = not __file__.endswith(tuple(EXTENSION_SUFFIXES))  # the pure twin (from .py or .pyc), not the compiled build
 
 # Why a stream's input is held; reading resumes once none remains.
 HELD_BY_RECIPIENTS = 1  # back-pressure: a recipient of this peer's messages is full
@@ -179,7 +179,14 @@ class Stream:
             self._read_into_frame()
             return
         try:
-            if self.can_pass_fds:
+            if not _PURE:
+                # One C call (stream.pxd): the same recvmsg, into this thread's buffer, fds onto _received_fds.
+                data = read_once(self.fileno, self._received_fds if self.can_pass_fds else None)  # noqa: F821
+                if data is None:
+                    return
+                if self.can_pass_fds and not self._fds_within_limits(data is False):
+                    return
+            elif self.can_pass_fds:
                 view = _read_buffer.view
                 size, ancdata, msg_flags, _ = self.sock.recvmsg_into((view,), _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
                 data = view[:size].tobytes()
@@ -205,7 +212,11 @@ class Stream:
                 fds = array.array("i")
                 fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
                 self._received_fds.extend(fds)
-        if msg_flags & socket.MSG_CTRUNC:
+        return self._fds_within_limits(bool(msg_flags & socket.MSG_CTRUNC))
+
+    def _fds_within_limits(self, truncated: bool) -> bool:
+        """After a read with fds: False once the stream is dropped for them (cut short, or too many held)."""
+        if truncated:
             self.drop("too many unix fds in one read")
             return False
         if len(self._received_fds) > self.max_incoming_unix_fds:
@@ -483,17 +494,23 @@ class Stream:
             fds = None
             if type(first) is tuple:
                 first, fds = first
-            buffers = [first]
-            for i in range(start + 1, min(len(out), start + _IOV_MAX)):
-                item = out[i]
-                if type(item) is tuple:
-                    break  # its fds go with its own first byte: in the next sendmsg
-                buffers.append(item)
             try:
-                if fds:
-                    sent = sock.sendmsg(buffers, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                if not _PURE and not fds:
+                    # One C call (stream.pxd): the same sendmsg, its iovec made from the queue itself.
+                    sent = send_queued(self.fileno, out, start)  # noqa: F821
+                    if sent < 0:
+                        break  # the socket is full
                 else:
-                    sent = sock.sendmsg(buffers)
+                    buffers = [first]
+                    for i in range(start + 1, min(len(out), start + _IOV_MAX)):
+                        item = out[i]
+                        if type(item) is tuple:
+                            break  # its fds go with its own first byte: in the next sendmsg
+                        buffers.append(item)
+                    if fds:
+                        sent = sock.sendmsg(buffers, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                    else:
+                        sent = sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
