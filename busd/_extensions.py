@@ -19,6 +19,10 @@ import sys
 COMPILED = (
     "busd.wire.message",
     "busd.transport.stream",
+    "busd.bus.ledger",
+    "busd.bus.peer",
+    "busd.bus.replies",
+    "busd.bus.router",
 )
 SWITCH = "BUSD_NO_EXTENSIONS"
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -163,6 +163,9 @@ class MatchIndex:
         self._distinct = 0  # rules with an owner
         self._broadcast_rules = _ShapeTable()  # eavesdrop='false': only see broadcasts
         self._eavesdrop_rules = _ShapeTable()  # eavesdrop='true': may also see unicast messages
+        # Whether any rule says eavesdrop='true'; if not, a unicast message needs no lookup (read per message:
+        # an attribute kept as rules come and go, not a property).
+        self.has_eavesdroppers = False
         self._by_unique_name: dict[str, set[MatchRule]] = {}
         # Broadcast recipients by the header fields rules compare and the sender, for messages no
         # argument rule looked at. Emptied whenever a rule, an owner or a sender's names change.
@@ -184,6 +187,7 @@ class MatchIndex:
         self._broadcast_recipients.clear()
         if self._table(rule).own(rule, owner):
             self._distinct += 1
+            self.has_eavesdroppers = bool(self._eavesdrop_rules)
             for name in rule.unique_names():
                 self._by_unique_name.setdefault(name, set()).add(rule)
 
@@ -229,6 +233,7 @@ class MatchIndex:
         if not self._table(rule).disown(rule, owner):
             return
         self._distinct -= 1
+        self.has_eavesdroppers = bool(self._eavesdrop_rules)
         for name in rule.unique_names():
             rules = self._by_unique_name[name]
             rules.discard(rule)
@@ -242,11 +247,6 @@ class MatchIndex:
     def rules(self, owner: Hashable) -> list[MatchRule]:
         """`owner`'s rules, one entry per AddMatch (Debug.Stats.GetAllMatchRules)."""
         return [rule for rule, count in self._counts.get(owner, {}).items() for _ in range(count)]
-
-    @property
-    def has_eavesdroppers(self) -> bool:
-        """Whether any rule says eavesdrop='true'; if not, a unicast message needs no lookup."""
-        return bool(self._eavesdrop_rules)
 
     def owners(self) -> list[Hashable]:
         return list(self._counts)

@@ -1,0 +1,29 @@
+# Types for the compiled twin of router.py (Cython, pure-Python mode: router.py is the source). Bus is an
+# extension type whose per-message attributes are C fields; the rest live in its __dict__.
+cimport cython
+from busd.bus.ledger cimport UserLedger
+from busd.bus.peer cimport Peer
+from busd.bus.replies cimport ReplyTracker, settled
+from busd.wire.message cimport Header
+
+
+cdef class Bus:
+    cdef dict __dict__
+    cdef public object loop, ledger, registry, matches, backpressure, policy, outbox, driver
+    cdef public ReplyTracker replies
+    cdef public dict peers, links, _link_users
+    cdef public list monitors, _flush_queue, observers
+    cdef public bint _reading
+    cdef public object _limits, _user_out_bytes, _user_out_fds, soft_queue_limit
+
+    cpdef input_started(self)
+    cpdef input_done(self)
+    cpdef schedule_flush(self, object link)
+    cpdef _flush_all(self)
+    cpdef output_flushed(self, object link)
+
+    @cython.locals(target=Peer, mtype=int, requested_reply=bint, key=tuple)
+    cpdef receive(self, Peer peer, object buf, Header h, object fds, bint monitored=*)
+
+    @cython.locals(size=Py_ssize_t, field=bytes, user=UserLedger)
+    cpdef deliver(self, Peer target, Peer sender, object buf, Header h, object fds)
