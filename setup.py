@@ -69,9 +69,12 @@ def extensions() -> list:
     try:
         # Types come from the .pxd files only: the .py's annotations are documentation, and as C types they
         # would make the compiled twin refuse arguments the pure one takes (a memoryview for `bytes`).
+        # nonecheck: a typed object that is None (a peer without a ledger line, by some bug) raises as in
+        # Python, so one peer is dropped, instead of crashing the bus.
         extensions = cythonize(modules, language_level=3, quiet=True,
                                compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True,
-                                                    "embedsignature": True, "annotation_typing": False})
+                                                    "embedsignature": True, "annotation_typing": False,
+                                                    "nonecheck": True})
     except Exception as exc:  # noqa: BLE001 - Cython refused a module: install the pure twin
         OptionalBuildExt._pure(exc)
         return []
