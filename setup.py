@@ -24,6 +24,7 @@ from setuptools.command.build_ext import build_ext
 COMPILED = [
     "busd.wire.message",
     "busd.transport.stream",
+    "busd.transport.served",
     "busd.bus.ledger",
     "busd.bus.peer",
     "busd.bus.replies",

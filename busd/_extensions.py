@@ -19,6 +19,7 @@ import sys
 COMPILED = (
     "busd.wire.message",
     "busd.transport.stream",
+    "busd.transport.served",
     "busd.bus.ledger",
     "busd.bus.peer",
     "busd.bus.replies",

@@ -50,14 +50,14 @@ POLICY_DENIED_START = "policy denied auto-starting %s for %s (uid %s) by send ru
 QUEUE_FULL = ("rejecting %s from %s to %s (uid %s): destination has a full message queue (%s=%d)")  # bus/router.py
 CONNECTION_FULL = "%s (uid %s) has a full message queue (%s=%d): dropping %s until it reads"  # bus/ledger.py
 USER_QUOTA = "uid %s is at its %s quota (%d) at %s: refusing %s"  # bus/ledger.py
-BROADCASTS_DROPPED = "%s caught up; %d broadcasts were dropped while its queue was full"  # transport/connection.py
+BROADCASTS_DROPPED = "%s caught up; %d broadcasts were dropped while its queue was full"  # transport/served.py
 CONNECTION_DROPPED = "dropping connection %s (uid=%s pid=%s): %s"  # transport/connection.py
 AUDIT_WOULD_DENY = "policy audit: would deny %s by %s rule %s (uid %s)"  # bus/policy_audit.py
 TEMPLATE_SOURCES = {
     POLICY_DENIED: "busd/bus/router.py", POLICY_DENIED_DRIVER: "busd/bus/router.py",
     POLICY_DENIED_START: "busd/bus/activation.py", QUEUE_FULL: "busd/bus/router.py",
     CONNECTION_FULL: "busd/bus/ledger.py", USER_QUOTA: "busd/bus/ledger.py",
-    BROADCASTS_DROPPED: "busd/transport/connection.py", CONNECTION_DROPPED: "busd/transport/connection.py",
+    BROADCASTS_DROPPED: "busd/transport/served.py", CONNECTION_DROPPED: "busd/transport/connection.py",
     AUDIT_WOULD_DENY: "busd/bus/policy_audit.py",
 }
 

@@ -30,7 +30,8 @@ from ..wire.errors import ProtocolError
 from ..wire.message import Header, check_message_body
 from ..wire.sasl import Cookie
 from ..wire.sasl_server import ServerAuthenticator, cookie_for_identity
-from .stream import HELD_FOR_THREAD, Stream
+from .served import ServedStream
+from .stream import HELD_FOR_THREAD
 from .users import UserDirectory
 
 log = logging.getLogger("busd.connection")
@@ -126,76 +127,35 @@ class Lookups:
 _SHARED_LOOKUPS = Lookups()  # for connections made without a daemon's own (tests)
 
 
-class Connection(Stream, Generic[PeerT]):
+class Connection(ServedStream, Generic[PeerT]):
     """The I/O side of one peer, a PeerLink. The bus side (a PeerT) is the bus's, made once SASL succeeds."""
 
     large_message_size = LARGE_MESSAGE
+    bus: BusEntry[PeerT]
+    auth: ServerAuthenticator | None
+    peer: PeerT | None
 
     def __init__(self, bus: BusEntry[PeerT], sock: socket.socket,
                  make_auth: Callable[[Credentials], ServerAuthenticator], label: str,
                  lookups: Lookups | None = None):
-        super().__init__(bus.loop, bus.schedule_flush)
-        self.bus = bus
+        super().__init__(bus, label)
         self.attach(sock)
-        self.label = label
         self.lookups = lookups or _SHARED_LOOKUPS
         self.credentials = credentials_of(sock)
-        self.auth: ServerAuthenticator | None = make_auth(self.credentials)
-        self.peer: PeerT | None = None
+        self.auth = make_auth(self.credentials)
         # A lookup or a body check for this peer runs in a thread: its input waits (held), with what it
         # sent meanwhile (in _waiting_input during authentication, then in the stream's buffer).
         self.looking_up = False
         self._waiting_input = b""
-        self.dropped_broadcasts = 0
-        self._input_charged = False  # the bus holds a charge for this link's unfinished input
         # Incomplete until Hello, as in dbus-daemon: the bus counts it against
         # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
         self.auth_timer: asyncio.TimerHandle | None = None
         bus.link_opened(self)
         self.start_reading()
 
-    # The bus's limits, which a reload may change.
-    @property
-    def max_message_size(self) -> int:  # type: ignore[override]
-        return self.bus.limits.max_message_size
+    # ------------------------------------------------------------ reading (data_received: ServedStream's)
 
-    @property
-    def max_message_unix_fds(self) -> int:  # type: ignore[override]
-        return self.bus.limits.max_message_unix_fds
-
-    @property
-    def max_incoming_unix_fds(self) -> int:  # type: ignore[override]
-        return self.bus.limits.max_incoming_unix_fds
-
-    # ------------------------------------------------------------ reading
-
-    def data_received(self, data: bytes) -> None:
-        self.bytes_read += len(data)
-        bus = self.bus
-        bus.input_started()
-        try:
-            if self.auth is not None:
-                self._feed_auth(data)
-            else:
-                self.feed(data)
-        except Exception as exc:  # noqa: BLE001 - whatever went wrong, this peer alone pays for it
-            # Its framing state is lost mid-read: drop it. The finally still writes what
-            # the read queued for other peers.
-            log.debug("the error happened here", exc_info=exc)
-            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
-        finally:
-            if self.in_bytes or self._received_fds or self._input_charged:
-                self._charge_input()
-            bus.input_done()
-
-    def _charge_input(self) -> None:
-        """What this peer left unfinished (a partial message, input behind a body check, unclaimed fds)
-        is charged to its user; the bus drops a link that passes the user's quota (attack #1)."""
-        if not self.closed:
-            self._input_charged = bool(self.in_bytes or self.in_fds)
-            self.bus.input_buffered(self)
-
-    def _feed_auth(self, data: bytes) -> None:
+    def feed_handshake(self, data: bytes) -> None:
         """Feed the handshake in slices, dropping a peer that leaves over MAX_AUTH_BUFFER of replies unread.
 
         Each junk line is answered with an ERROR up to 8 times its size, so a
@@ -282,7 +242,7 @@ class Connection(Stream, Generic[PeerT]):
             self.release_input(HELD_FOR_THREAD)
             if self.auth is not None:
                 if pending:
-                    self._feed_auth(pending)
+                    self.feed_handshake(pending)
             elif self.peer is not None:
                 self.feed(pending)  # (b"" too: what waited behind a large body is in the stream's buffer)
         except Exception as exc:  # noqa: BLE001 - as in data_received: this peer alone pays
@@ -290,7 +250,7 @@ class Connection(Stream, Generic[PeerT]):
             self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
         finally:
             if self.in_bytes or self._received_fds or self._input_charged:
-                self._charge_input()
+                self.charge_input()
             bus.input_done()
 
     def _cookie_found(self, cookie: Cookie | None) -> None:
@@ -335,10 +295,6 @@ class Connection(Stream, Generic[PeerT]):
         if pending:
             self.feed(pending)  # what followed BEGIN: the first messages
 
-    def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
-        self.received[h.type & 7] += 1
-        self.bus.receive(self.peer, message, h, fds)
-
     def check_body_later(self, message: bytes, h: Header) -> None:
         """A body over LARGE_MESSAGE is checked in a thread; this peer's input waits, other peers' does not."""
         self._look_up(self.lookups.checks.submit(body_error, message, h), self.body_checked,
@@ -349,27 +305,6 @@ class Connection(Stream, Generic[PeerT]):
         if self.auth_timer is not None:
             self.auth_timer.cancel()
             self.auth_timer = None
-
-    # ------------------------------------------------------------ writing
-
-    def flushed(self) -> None:
-        try:
-            self.bus.output_flushed(self)
-        except Exception as exc:  # noqa: BLE001 - the bus flushes many links in a row: never stop the others
-            log.debug("the error happened here", exc_info=exc)
-            self.drop(f"internal error after writing to it: {type(exc).__name__}: {exc}", level=logging.ERROR)
-            return
-        if self.dropped_broadcasts and not self.has_output():
-            log.info("%s caught up; %d broadcasts were dropped while its queue was full",
-                     self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
-            self.dropped_broadcasts = 0
-
-    def note_dropped_broadcast(self, limit: int) -> None:
-        """A broadcast was not queued because this peer's queue is full: log once per episode."""
-        if not self.dropped_broadcasts:
-            log.warning("%s is not reading: dropping broadcasts to it while its queue is over "
-                        "max_outgoing_bytes=%d", self.peer.unique_name if self.peer else self.label, limit)
-        self.dropped_broadcasts += 1
 
     # ------------------------------------------------------------ closing
 

@@ -9,10 +9,10 @@ from busd.wire.message cimport Header, frame_size, parse_header
 # frame's size not yet filled, and a writable view of its memory, kept only until it is filled.
 cdef extern from *:
     """
-    static PyObject *busd_uninitialised_bytes(Py_ssize_t size) {
+    static inline PyObject *busd_uninitialised_bytes(Py_ssize_t size) {
         return PyBytes_FromStringAndSize(NULL, size);
     }
-    static PyObject *busd_writable_view(PyObject *data) {
+    static inline PyObject *busd_writable_view(PyObject *data) {
         return PyMemoryView_FromMemory(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data), PyBUF_WRITE);
     }
     """
@@ -38,7 +38,7 @@ cdef extern from *:
     static pthread_key_t busd_read_key;
     static pthread_once_t busd_read_once = PTHREAD_ONCE_INIT;
     static void busd_read_key_make(void) { (void)pthread_key_create(&busd_read_key, free); }
-    static char *busd_read_buffer(void) {
+    static inline char *busd_read_buffer(void) {
         char *buffer;
         (void)pthread_once(&busd_read_once, busd_read_key_make);
         buffer = (char *)pthread_getspecific(busd_read_key);
@@ -54,7 +54,7 @@ cdef extern from *:
     /* What one read brought: bytes (b"" at the end of the stream), None when nothing is there yet, or
        False when the kernel cut the fds short (MSG_CTRUNC); with `fds` a list, received fds go on it.
        NULL with OSError set when the read fails. */
-    static PyObject *busd_read(int fd, PyObject *fds) {
+    static inline PyObject *busd_read(int fd, PyObject *fds) {
         char *buffer = busd_read_buffer();
         char control[CMSG_SPACE(BUSD_MAX_FDS * sizeof(int))];
         struct iovec iov;
@@ -106,7 +106,7 @@ cdef extern from *:
     /* One sendmsg() of the queue `out` from `start`: every entry up to the next (buffer, fds) tuple, at most
        BUSD_IOV_MAX. The bytes written, -2 when the socket is full (or the call interrupted), -1 with OSError
        set on failure. The entry at `start` carries no fds (the caller sends those itself). */
-    static Py_ssize_t busd_send_queued(int fd, PyObject *out, Py_ssize_t start) {
+    static inline Py_ssize_t busd_send_queued(int fd, PyObject *out, Py_ssize_t start) {
         struct iovec iov[BUSD_IOV_MAX];
         Py_buffer views[BUSD_IOV_MAX];
         int viewed[BUSD_IOV_MAX];
@@ -184,6 +184,11 @@ cdef class Stream:
     cdef public object _frame_buffer
     cdef public object _frame_view
     cdef public Py_ssize_t _frame_filled
+
+    # What a side adds, called at C level from the read and write loops (a Python subclass may override them).
+    cpdef data_received(self, object data)
+    cpdef message_received(self, object message, object h, object fds)
+    cpdef flushed(self)
 
     @cython.locals(size=Py_ssize_t, pos=Py_ssize_t, total=Py_ssize_t, unfinished=Py_ssize_t,
                    max_size=Py_ssize_t, large=Py_ssize_t,

@@ -1,0 +1,106 @@
+"""The per-message half of the server side of a connection: a Stream whose messages go to the bus.
+
+busd.transport.connection.Connection is a ServedStream; it adds the rest of a
+connection's life (the SASL side, lookups in threads, dropping). The split is the
+compiled path's: ServedStream is an extension type (served.pxd), so a read goes
+from the stream's framing to the bus's receive() and back to the flush with no
+Python frame between, while Connection stays a Python class, generic in the
+bus's peer type, which an extension type cannot be.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..bus.ports import BusEntry
+from ..wire.message import Header
+from .stream import Stream
+
+log = logging.getLogger("busd.connection")
+
+
+class ServedStream(Stream):
+    """A Stream that hands each message to `bus` as `peer` (once the handshake, `auth`, is over)."""
+
+    def __init__(self, bus: BusEntry[Any], label: str):
+        super().__init__(bus.loop, bus.schedule_flush)
+        self.bus = bus
+        self.label = label  # who it is in logs before it has a unique name
+        self.auth: Any = None  # the server's SASL conversation, while it runs
+        self.peer: Any = None  # the bus's peer, from the handshake's end to the drop
+        self.dropped_broadcasts = 0
+        self._input_charged = False  # the bus holds a charge for this link's unfinished input
+
+    # The bus's limits, which a reload may change.
+    @property
+    def max_message_size(self) -> int:  # type: ignore[override]
+        return self.bus.limits.max_message_size
+
+    @property
+    def max_message_unix_fds(self) -> int:  # type: ignore[override]
+        return self.bus.limits.max_message_unix_fds
+
+    @property
+    def max_incoming_unix_fds(self) -> int:  # type: ignore[override]
+        return self.bus.limits.max_incoming_unix_fds
+
+    # ------------------------------------------------------------ reading
+
+    def data_received(self, data: bytes) -> None:
+        self.bytes_read += len(data)
+        bus = self.bus
+        bus.input_started()
+        try:
+            if self.auth is not None:
+                self.feed_handshake(data)
+            else:
+                self.feed(data)
+        except Exception as exc:  # noqa: BLE001 - whatever went wrong, this peer alone pays for it
+            # Its framing state is lost mid-read: drop it. The finally still writes what
+            # the read queued for other peers.
+            log.debug("the error happened here", exc_info=exc)
+            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
+        finally:
+            if self.in_bytes or self._received_fds or self._input_charged:
+                self.charge_input()
+            bus.input_done()
+
+    def feed_handshake(self, data: bytes) -> None:
+        """Bytes that arrived while `auth` runs: the side's SASL conversation (and what follows BEGIN)."""
+        raise NotImplementedError
+
+    def charge_input(self) -> None:
+        """What this peer left unfinished (a partial message, input behind a body check, unclaimed fds)
+        is charged to its user; the bus drops a link that passes the user's quota (attack #1)."""
+        if not self.closed:
+            self._input_charged = bool(self.in_bytes or self.in_fds)
+            self.bus.input_buffered(self)
+
+    def message_received(self, message: bytes, h: Header, fds: list[int] | None) -> None:
+        self.received[h.type & 7] += 1
+        self.bus.receive(self.peer, message, h, fds)
+
+    # ------------------------------------------------------------ writing
+
+    def flushed(self) -> None:
+        try:
+            self.bus.output_flushed(self)
+        except Exception as exc:  # noqa: BLE001 - the bus flushes many links in a row: never stop the others
+            log.debug("the error happened here", exc_info=exc)
+            self.drop(f"internal error after writing to it: {type(exc).__name__}: {exc}", level=logging.ERROR)
+            return
+        if self.dropped_broadcasts and not self.has_output():
+            log.info("%s caught up; %d broadcasts were dropped while its queue was full",
+                     self.peer.unique_name if self.peer else self.label, self.dropped_broadcasts)
+            self.dropped_broadcasts = 0
+
+    def note_dropped_broadcast(self, limit: int) -> None:
+        """A broadcast was not queued because this peer's queue is full: log once per episode."""
+        if not self.dropped_broadcasts:
+            log.warning("%s is not reading: dropping broadcasts to it while its queue is over "
+                        "max_outgoing_bytes=%d", self.peer.unique_name if self.peer else self.label, limit)
+        self.dropped_broadcasts += 1
+
+
+__all__ = ["ServedStream"]
