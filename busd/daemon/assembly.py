@@ -34,6 +34,7 @@ except ImportError:
 log = logging.getLogger("busd")
 
 ACCEPT_BATCH = 64
+_KEYRING = KeyringDirectory()  # the bus user's keyrings: one for every connection (each lookup finds them anew)
 
 
 class Daemon(BusObserver):
@@ -152,11 +153,12 @@ class Daemon(BusObserver):
 
     def _make_authenticator(self, unix: bool) -> Callable[[Credentials], ServerAuthenticator]:
         settings = self.settings
+        mechanisms = tuple(settings.auth) or ("EXTERNAL",)
 
         def make(creds: Credentials) -> ServerAuthenticator:
-            return ServerAuthenticator(self.guid, mechanisms=tuple(settings.auth) or ("EXTERNAL",),
-                                       peer_uid=creds.uid, allow_anonymous=settings.allow_anonymous,
-                                       unix_fd_possible=unix, keyring=KeyringDirectory(), defer_cookies=True)
+            return ServerAuthenticator(self.guid, mechanisms=mechanisms, peer_uid=creds.uid,
+                                       allow_anonymous=settings.allow_anonymous, unix_fd_possible=unix,
+                                       keyring=_KEYRING, defer_cookies=True)
         return make
 
     def _on_accept(self, listener: Listener) -> None:

@@ -11,6 +11,7 @@ of accepted and then disconnected after BEGIN.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pwd
 import re
@@ -63,6 +64,21 @@ def _uid_of(identity: bytes, usernames: bool) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)
+def _offer(guid: str, mechanisms: tuple[str, ...], allow_anonymous: bool, cookie_context: str) -> tuple[str, ...]:
+    """The mechanisms REJECTED lists, once the settings are checked; checked once per distinct settings (a bus
+    makes an authenticator per connection, all alike)."""
+    if not _GUID.match(guid):
+        raise ValueError(f"server GUID {guid!r} must be 32 hex digits")
+    unknown = [name for name in mechanisms if name not in ALL_MECHANISMS]
+    if unknown:
+        raise ValueError(f"unsupported authentication mechanism {unknown[0]!r}; "
+                         f"busd supports {', '.join(ALL_MECHANISMS)}")
+    validate_cookie_context(cookie_context)
+    # ANONYMOUS is offered only when both listed and allowed; see the module docstring.
+    return tuple(name for name in ALL_MECHANISMS if name in mechanisms and (name != ANONYMOUS or allow_anonymous))
+
+
 class ServerAuthenticator(Conversation):
     """The bus side of the handshake for one connection.
 
@@ -87,13 +103,6 @@ class ServerAuthenticator(Conversation):
                  unix_fd_possible: bool = True, cookie_context: str = DEFAULT_COOKIE_CONTEXT,
                  keyring: CookieStore | None = None, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
                  max_failures: int = DEFAULT_MAX_FAILURES, defer_cookies: bool = False):
-        if not _GUID.match(guid):
-            raise ValueError(f"server GUID {guid!r} must be 32 hex digits")
-        unknown = [name for name in mechanisms if name not in ALL_MECHANISMS]
-        if unknown:
-            raise ValueError(f"unsupported authentication mechanism {unknown[0]!r}; "
-                             f"busd supports {', '.join(ALL_MECHANISMS)}")
-        validate_cookie_context(cookie_context)
         check_keyring(mechanisms, keyring)
         super().__init__("auth", max_line_length)
         self.guid = guid
@@ -104,9 +113,7 @@ class ServerAuthenticator(Conversation):
         self.max_failures = max_failures
         self.defer_cookies = defer_cookies
         self.cookie_wanted: CookieWanted | None = None
-        # ANONYMOUS is offered only when both listed and allowed; see the module docstring.
-        self.offered = tuple(name for name in ALL_MECHANISMS
-                             if name in mechanisms and (name != ANONYMOUS or allow_anonymous))
+        self.offered = _offer(guid, tuple(mechanisms), allow_anonymous, cookie_context)
         self.failures = 0
         self.unix_fd = False
         self.uid: int | None = None
