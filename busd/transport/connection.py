@@ -1,8 +1,9 @@
 """The server side of one client connection: a Stream that authenticates its peer, then hands messages to the bus.
 
-The reading, framing, fd passing and batched writing are busd.transport.stream's;
+The reading, framing, fd passing and batched writing are busd.transport.stream's,
+the hand-over of each message to the bus busd.transport.served's (ServedStream);
 this adds the server's SASL side (fed in bounded slices), the peer's kernel
-credentials and the PeerLink members the bus reads. What may take long runs in
+credentials and the rest of the PeerLink members the bus reads. What may take long runs in
 a thread while that peer's input alone waits: the user database and the cookie
 keyring during authentication, and the body check of every message over
 LARGE_MESSAGE that walks its elements (a 30 MiB body of tiny mixed variants
