@@ -33,7 +33,6 @@ except ImportError:
 
 log = logging.getLogger("busd")
 
-ACCEPT_BATCH = 64
 _KEYRING = KeyringDirectory()  # the bus user's keyrings: one for every connection (each lookup finds them anew)
 
 
@@ -162,33 +161,35 @@ class Daemon(BusObserver):
         return make
 
     def _on_accept(self, listener: Listener) -> None:
+        """One connection per readiness, as dbus-daemon: the listener stays readable while more wait, so a
+        burst is taken one per loop turn, between other peers' reads, and a lone connection costs no
+        accept() that finds the queue empty (an exception per connection under churn)."""
         bus = self.bus
         limits = bus.limits
-        for _ in range(ACCEPT_BATCH):
-            if bus.incomplete_connections >= limits.max_incomplete_connections:
-                self._stop_accepting_incomplete()
+        if bus.incomplete_connections >= limits.max_incomplete_connections:
+            self._stop_accepting_incomplete()
+            return
+        try:
+            sock, _addr = listener.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._pause_accepting(listener, exc)
                 return
-            try:
-                sock, _addr = listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self._pause_accepting(listener, exc)
-                    return
-                log.warning("accept failed on %s: %s", listener.address, exc)
-                return
-            sock.setblocking(False)
-            self._serial += 1
-            try:
-                conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}",
-                                  self.lookups)
-            except OSError as exc:
-                log.warning("could not set up a connection: %s", exc)
-                sock.close()
-                continue
-            conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.drop,
-                                                   f"no Hello within auth_timeout={limits.auth_timeout}ms")
+            log.warning("accept failed on %s: %s", listener.address, exc)
+            return
+        sock.setblocking(False)
+        self._serial += 1
+        try:
+            conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}",
+                              self.lookups)
+        except OSError as exc:
+            log.warning("could not set up a connection: %s", exc)
+            sock.close()
+            return
+        conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.drop,
+                                               f"no Hello within auth_timeout={limits.auth_timeout}ms")
 
     def incomplete_room(self) -> None:
         self._resume_accepting_incomplete()
