@@ -230,8 +230,7 @@ class Connection(ServedStream, Generic[PeerT]):
             return
         self.looking_up = False
         pending, self._waiting_input = self._waiting_input, b""
-        bus = self.bus
-        bus.input_started()
+        self.bus.input_started()
         try:
             error = done.exception() if not done.cancelled() else asyncio.CancelledError()
             if error is not None:
@@ -250,12 +249,9 @@ class Connection(ServedStream, Generic[PeerT]):
             elif self.peer is not None:
                 self.feed(pending)  # (b"" too: what waited behind a large body is in the stream's buffer)
         except Exception as exc:  # noqa: BLE001 - as in data_received: this peer alone pays
-            log.debug("the error happened here", exc_info=exc)
-            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
+            self.input_failed(exc)
         finally:
-            if self.in_bytes or self._received_fds or self._input_charged:
-                self.charge_input()
-            bus.input_done()
+            self.input_ended()
 
     def _cookie_found(self, cookie: Cookie | None) -> None:
         assert self.auth is not None

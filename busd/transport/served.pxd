@@ -13,6 +13,7 @@ cdef class ServedStream(Stream):
     cdef public bint _input_charged
 
     cpdef data_received(self, object data)
+    cpdef input_ended(self)
     cpdef charge_input(self)
     cpdef message_received(self, object message, object h, object fds)
     cpdef flushed(self)

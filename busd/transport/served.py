@@ -49,22 +49,29 @@ class ServedStream(Stream):
 
     def data_received(self, data: bytes) -> None:
         self.bytes_read += len(data)
-        bus = self.bus
-        bus.input_started()
+        self.bus.input_started()
         try:
             if self.auth is not None:
                 self.feed_handshake(data)
             else:
                 self.feed(data)
         except Exception as exc:  # noqa: BLE001 - whatever went wrong, this peer alone pays for it
-            # Its framing state is lost mid-read: drop it. The finally still writes what
-            # the read queued for other peers.
-            log.debug("the error happened here", exc_info=exc)
-            self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
+            self.input_failed(exc)
         finally:
-            if self.in_bytes or self._received_fds or self._input_charged:
-                self.charge_input()
-            bus.input_done()
+            self.input_ended()
+
+    def input_failed(self, exc: Exception) -> None:
+        """Handling this peer's input raised: its framing state is lost, so it is dropped (the read still
+        ends with input_ended(), which writes what it queued for other peers)."""
+        log.debug("the error happened here", exc_info=exc)
+        self.drop(f"internal error while handling its input: {type(exc).__name__}: {exc}", level=logging.ERROR)
+
+    def input_ended(self) -> None:
+        """A hand-over of input (a read, or what waited for a thread) is over: charge what is left
+        unfinished, and let the bus write what it queued."""
+        if self.in_bytes or self._received_fds or self._input_charged:
+            self.charge_input()
+        self.bus.input_done()
 
     def feed_handshake(self, data: bytes) -> None:
         """Bytes that arrived while `auth` runs: the side's SASL conversation (and what follows BEGIN)."""
