@@ -103,6 +103,7 @@ class ServerAuthenticator(Conversation):
                  unix_fd_possible: bool = True, cookie_context: str = DEFAULT_COOKIE_CONTEXT,
                  keyring: CookieStore | None = None, max_line_length: int = DEFAULT_MAX_LINE_LENGTH,
                  max_failures: int = DEFAULT_MAX_FAILURES, defer_cookies: bool = False):
+        offered = _offer(guid, tuple(mechanisms), allow_anonymous, cookie_context)
         check_keyring(mechanisms, keyring)
         super().__init__("auth", max_line_length)
         self.guid = guid
@@ -113,7 +114,7 @@ class ServerAuthenticator(Conversation):
         self.max_failures = max_failures
         self.defer_cookies = defer_cookies
         self.cookie_wanted: CookieWanted | None = None
-        self.offered = _offer(guid, tuple(mechanisms), allow_anonymous, cookie_context)
+        self.offered = offered
         self.failures = 0
         self.unix_fd = False
         self.uid: int | None = None
