@@ -150,3 +150,18 @@ def test_harness_measures_dbus_broker_beside_dbus_daemon() -> None:
     table = run_harness("--buses", "dbus-daemon,dbus-broker", "--only", "churn", "--quick", "--seconds", "0.1")
     assert table.stdout.splitlines()[0].split()[:5] == ["workload", "figure", "dbus-daemon", "dbus-broker",
                                                         "dbus-daemon/dbus-broker"]
+
+
+def test_path_bench_times_every_workload_in_both_modes() -> None:
+    """bench_path.py (in one process, no daemon) gives a positive CPU time for each workload, connect included,
+    compiled and pure, in its JSON."""
+    result = subprocess.run([sys.executable, os.path.join(BENCHMARKS, "bench_path.py"), "--json", "--rounds", "20"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    import bench_path
+    for mode in ("compiled", "pure"):
+        assert set(figures[mode]["figures"]) == set(bench_path.WORKLOADS)
+        assert all(value > 0 and math.isfinite(value) for value in figures[mode]["figures"].values()), figures[mode]
+    assert "connect" in bench_path.WORKLOADS
+    assert figures["pure"]["mode"].startswith("pure Python")
