@@ -15,12 +15,14 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 # The per-message path (issue 14): framing, header parse and cache, sender stamping, the stream's read
-# and write loops, the router's unicast path and reply tracking: the modules with .pxd types. (Compiled
+# and write loops, a server connection's hand-over to the bus, the router's unicast path and reply tracking:
+# the modules with .pxd types. (Compiled
 # without types, as the router was at first, Cython's generic attribute lookups ran slower than CPython
 # 3.11's specialising interpreter: Peer, Bus and ReplyTracker are extension types so they need none.)
 # The list is busd._extensions.COMPILED's; keep them equal (a test does).
 # Not the body checker (busd.wire.checker): a large body is checked in a thread, and compiled code never
-# offers the GIL back, so the loop would wait seconds for a 30 MiB body (issue 13, attack 7).
+# offers the GIL back, so the loop would wait seconds for a 30 MiB body (issue 13, attack 7). Nor message
+# building (busd.wire.build): untyped, it ran slower compiled than under CPython.
 COMPILED = [
     "busd.wire.message",
     "busd.transport.stream",

@@ -19,6 +19,7 @@ cdef extern from *:
     object uninitialised_bytes "busd_uninitialised_bytes" (Py_ssize_t size)
     object writable_view "busd_writable_view" (object data)
 
+# (The C helpers here are `static inline`: served.pxd cimports this file, so its module carries them unused.)
 # One read and one write of the per-message path as single C calls (stream.py's _on_readable and flush), not
 # through the socket module: its recv_into/sendmsg parse arguments, slice a view and build the iovec from a
 # list each time, about a fifth of the daemon's CPU per sequential call beside the system calls themselves.

@@ -35,7 +35,7 @@ from .wellknown import LOCAL_INTERFACE, LOCAL_PATH
 
 # Building is plain Python even when this module is compiled: untyped, as compiled code it ran slower than
 # under CPython 3.11 (a Hello reply 7.7 us against 4.7). Re-exported: the bus builds with message.build_message.
-from .build import build_message  # noqa: E402
+from .build import build_message
 
 _FIELD_TYPE_BYTES = {code: ord(t) for code, t in FIELD_TYPES.items()}
 # The constants parse_header() and stamp_sender() compare with, again: C integers in the compiled twin
