@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Callable, Collection, Iterator, Sequence
 from enum import Enum
 from functools import lru_cache
@@ -405,7 +406,7 @@ def _parse_arg_key(key: str, value: str, seen: dict[int, ArgMatch]) -> ArgMatch:
                                f"but the maximum is {MAX_ARG_INDEX}.")
     if index in seen:
         raise MatchRuleInvalid(f"Argument {key} matched more than once in match rule")
-    return ArgMatch(index, value, kind)
+    return ArgMatch(index, sys.intern(value), kind)
 
 
 def _is_valid_rule_bus_name(name: str) -> bool:
@@ -424,13 +425,15 @@ def _is_valid_bus_namespace(name: str) -> bool:
     return _BUS_NAMESPACE_RE.match(name) is not None
 
 
+# Values kept in a rule are interned: every client of a service subscribes with the same interface,
+# member, sender and often path or arg0, so thousands of rules share one copy of each string.
 def _checked_key(check: Callable[[str], bool], what: str) -> Callable[[dict[str, Any], str, str], None]:
     def handle(fields: dict[str, Any], key: str, value: str) -> None:
         if key in fields:
             raise MatchRuleInvalid(f"Key {key} specified twice in match rule")
         if not check(value):
             raise MatchRuleInvalid(f"{what} '{value}' is invalid")
-        fields[key] = value
+        fields[key] = sys.intern(value)
     return handle
 
 
@@ -447,7 +450,7 @@ def _handle_path(fields: dict[str, Any], key: str, value: str) -> None:
         raise MatchRuleInvalid("path or path_namespace specified twice in match rule")
     if not names.is_valid_object_path(value):
         raise MatchRuleInvalid(f"Path '{value}' is invalid")
-    fields[key] = value
+    fields[key] = sys.intern(value)
 
 
 def _handle_eavesdrop(fields: dict[str, Any], key: str, value: str) -> None:

@@ -174,6 +174,21 @@ def test_canonical_form_uses_dbus_daemon_key_order_and_quoting():
     assert str(MatchRule.parse("eavesdrop='false'")) == ""
 
 
+
+def test_equal_values_of_separately_parsed_rules_are_one_string():
+    # Thousands of connections subscribe with the same names: each value must be kept once, not per rule.
+    def parse(owner: int) -> MatchRule:
+        # Each text is built at run time, so no two share a string before parsing.
+        return MatchRule.parse("".join(["type='signal',sender='org.example.Svc',interface='org.example.If',",
+                                        "member='Changed',path='/org/example/Obj',",
+                                        f"arg0='org.example.Key',arg1path='/p/{owner}/'"]))
+
+    first, second = parse(1), parse(2)
+    for field_name in ("sender", "interface", "member", "path"):
+        assert getattr(first, field_name) is getattr(second, field_name), field_name
+    assert first.args[0].value is second.args[0].value
+    assert first.args[1].value == "/p/1/" and second.args[1].value == "/p/2/"
+
 _values = st.text(alphabet="ab',\\ /.=", max_size=8)
 _rules = st.builds(
     MatchRule,
