@@ -13,6 +13,7 @@ daemon or the clients were the bottleneck.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -547,6 +548,10 @@ START_ARGS = ("--session", "--nofork", "--nopidfile")
 # then it waits (on stdin) so that its memory can be read like the daemon's. Measured interleaved
 # with the daemon's starts, so both see the same load on this shared machine.
 BARE_INTERPRETER = "import os, sys; os.write(int(sys.argv[1]), b'up\\n'); os.read(0, 1)"
+# The same with the runtime busd is built on and imports before any of its own modules: asyncio (which
+# imports ssl), uvloop (busd runs without it when it is missing), logging and argparse. What busd itself
+# costs is the difference from this.
+RUNTIME_MODULES = ("asyncio", "uvloop", "logging", "argparse")
 PYTHON_BUSES = ("busd", "busd-pure")
 
 
@@ -586,11 +591,15 @@ def start_to_address(kind: str, budget: Budget, plan: CpuPlan) -> Outcome:
         raise NotApplicable("dbus-broker has no --print-address: its launcher takes a socket from systemd, "
                             "which listens before the bus starts, so there is no start-to-address to time")
     command = daemon_command(kind) + [*START_ARGS, "--print-address={fd}"]
-    bare = [sys.executable, "-c", BARE_INTERPRETER, "{fd}"] if kind in PYTHON_BUSES else None
-    runs, bare_runs = [], []
+    python = kind in PYTHON_BUSES
+    bare = [sys.executable, "-c", BARE_INTERPRETER, "{fd}"]
+    modules = [name for name in RUNTIME_MODULES if importlib.util.find_spec(name) is not None]
+    runtime = [sys.executable, "-c", f"import {', '.join(modules)}; {BARE_INTERPRETER}", "{fd}"]
+    runs, bare_runs, runtime_runs = [], [], []
     for _ in range(budget.starts):
-        if bare is not None:
+        if python:
             bare_runs.append(_timed_start(bare, plan))
+            runtime_runs.append(_timed_start(runtime, plan))
         runs.append(_timed_start(command, plan))
 
     def median(rows: list[dict[str, float]], key: str) -> float:
@@ -604,7 +613,9 @@ def start_to_address(kind: str, budget: Budget, plan: CpuPlan) -> Outcome:
     if bare_runs:
         figures.update({"interpreter alone: exec to a line (ms)": median(bare_runs, "ms"),
                         "interpreter alone: RSS (MiB)": median(bare_runs, "VmRSS"),
-                        "interpreter alone: RssAnon (MiB)": median(bare_runs, "RssAnon")})
+                        "interpreter alone: RssAnon (MiB)": median(bare_runs, "RssAnon"),
+                        "interpreter + its runtime: exec to a line (ms)": median(runtime_runs, "ms"),
+                        "interpreter + its runtime: RSS (MiB)": median(runtime_runs, "VmRSS")})
     return Outcome(figures)
 
 
@@ -624,7 +635,7 @@ WORKLOADS: dict[str, tuple[str, Workload]] = {
     "churn": ("connect + auth + Hello + disconnect", connection_churn),
     "idle": (f"idle connections, Hello + {MATCHES_PER_IDLE_CONNECTION} match rules each", idle_memory),
     "start": ("exec to the address printed (busd/dbus-daemon --session), and RSS then; the bare "
-              "interpreter beside the Python buses", start_to_address),
+              "interpreter, and with busd's runtime, beside the Python buses", start_to_address),
 }
 
 
