@@ -95,7 +95,7 @@ class MonitoringMethods:
         rule_texts, flags = args
         if flags != 0:
             raise DriverError(errors.INVALID_ARGS, "BecomeMonitor does not support any flags yet")
-        rules = [_parse_rule(text).with_eavesdrop() for text in rule_texts]  # monitors see unicast too
+        rules = tuple(_parse_rule(text).with_eavesdrop() for text in rule_texts)  # monitors see unicast too
         bus = self.bus
         if not h.no_reply_expected:  # answered while still a plain peer, before its names go
             bus.outbox.send_reply(peer, h.serial)

@@ -62,7 +62,7 @@ class ReplyTracker:
             caller.peak_replies = caller.replies_outstanding
         now = time.monotonic()
         pending[key] = now + limits.reply_timeout / 1000
-        callee.expecting.add(key)
+        callee.expecting[key] = None
         caller.calling[key] = now
         return None
 
@@ -71,7 +71,7 @@ class ReplyTracker:
         if self.pending.pop(key, None) is None:
             return False
         caller, _, callee = key
-        callee.expecting.discard(key)
+        callee.expecting.pop(key, None)
         unanswered(caller, key)
         return True
 
@@ -91,7 +91,7 @@ class ReplyTracker:
         pending = self.pending
         for key in caller.calling:
             if pending.pop(key, None) is not None:
-                key[2].expecting.discard(key)
+                key[2].expecting.pop(key, None)
         if caller.user is not None:
             caller.user.replies -= caller.replies_outstanding
         caller.replies_outstanding = 0
@@ -108,7 +108,7 @@ class ReplyTracker:
         for key in keys:
             del pending[key]
             caller, _, callee = key
-            callee.expecting.discard(key)
+            callee.expecting.pop(key, None)
             unanswered(caller, key)
         return [(caller, serial) for caller, serial, _ in keys]
 

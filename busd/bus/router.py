@@ -383,7 +383,7 @@ class Bus:
         elif requested_reply:
             # The call is answered: ReplyTracker.forget(), inline to spend no call per reply.
             del self.replies.pending[key]
-            peer.expecting.discard(key)
+            peer.expecting.pop(key, None)
             settled(target, key)
         self.deliver(target, peer, buf, h, fds)
         if self.monitors and monitored:
