@@ -174,7 +174,6 @@ def test_canonical_form_uses_dbus_daemon_key_order_and_quoting():
     assert str(MatchRule.parse("eavesdrop='false'")) == ""
 
 
-
 def test_equal_values_of_separately_parsed_rules_are_one_string():
     # Thousands of connections subscribe with the same names: each value must be kept once, not per rule.
     def parse(owner: int) -> MatchRule:
@@ -188,6 +187,7 @@ def test_equal_values_of_separately_parsed_rules_are_one_string():
         assert getattr(first, field_name) is getattr(second, field_name), field_name
     assert first.args[0].value is second.args[0].value
     assert first.args[1].value == "/p/1/" and second.args[1].value == "/p/2/"
+
 
 _values = st.text(alphabet="ab',\\ /.=", max_size=8)
 _rules = st.builds(
