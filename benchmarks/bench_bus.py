@@ -405,7 +405,7 @@ def count_signals(pipe: Pipe, address: str, subscribers: int, delivered: Any) ->
 
 def churn_connections(pipe: Pipe, address: str, max_connections: int, seconds: float) -> None:
     """Connect, authenticate, Hello, disconnect; again and again."""
-    rc.Connection.open(address).close()
+    rc.Connection.open(address, sync=False).close()  # warm-up, as measured (the null bus answers nothing more)
 
     def one_connection(_: int) -> int:
         rc.Connection.open(address, sync=False).close()
@@ -539,6 +539,28 @@ def idle_memory(bus: RunningBus, budget: Budget) -> Outcome:
 
 class NotApplicable(Exception):
     """A workload that cannot be run on a kind of bus at all (said once, not counted as a failure)."""
+
+
+# benchmarks/null_bus.py: a uvloop server that answers the handshake and Hello with canned bytes and
+# does nothing else, the floor of churn for a Python daemon. It runs only the workloads listed here.
+NULL_BUS = "null-bus"
+NULL_BUS_WORKLOADS = ("churn",)
+
+
+def start_null_bus() -> RunningBus:
+    workdir = tempfile.mkdtemp(prefix="null-bus-")
+    path = os.path.join(workdir, "bus")
+    process = subprocess.Popen([sys.executable, os.path.join(HERE, "null_bus.py"), path], stdout=subprocess.PIPE)
+    try:
+        ready = select.select([process.stdout], [], [], REPLY_TIMEOUT)[0]
+        line = process.stdout.readline() if ready else b""
+    finally:
+        process.stdout.close()
+    if line.strip() != b"ready":
+        stop_process(process)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise WorkloadError(f"null_bus.py did not say it was ready (status {process.poll()})")
+    return RunningBus(NULL_BUS, f"unix:path={path}", process, workdir)
 
 
 # The start workload's command line, after the daemon's own command: the distribution's session.conf
@@ -709,6 +731,8 @@ class Harness:
             tempfile.tempdir = self.logdir
             if kind == "dbus-broker":
                 return start_broker(extra_config=SESSION_LIMITS)
+            if kind == NULL_BUS:
+                return start_null_bus()
             return start_bus(kind, extra_config=SESSION_LIMITS)
         except Exception as exc:
             raise WorkloadError(f"{kind} did not start: {exc}; {self._log_tail(log_path)}") from None
@@ -749,6 +773,10 @@ class Harness:
 
     def run_one(self, name: str, kind: str, round_number: int) -> None:
         _, workload = WORKLOADS[name]
+        if kind == NULL_BUS and name not in NULL_BUS_WORKLOADS:
+            self.not_run(name, kind, "the null bus answers a connection's handshake and Hello, nothing else: "
+                                     "it is the floor of churn only")
+            return
         if name in SELF_STARTING:
             self.run_self_starting(name, kind, round_number)
             return
@@ -786,15 +814,19 @@ class Harness:
         try:
             outcome = SELF_STARTING[name](kind, self.budget, self.plan)
         except NotApplicable as exc:
-            if kind not in self.not_applicable.get(name, {}):
-                self.not_applicable.setdefault(name, {})[kind] = str(exc)
-                self.log(f"{name} on {kind} skipped: {exc}")
+            self.not_run(name, kind, str(exc))
             return
         except (WorkloadError, OSError) as exc:
             self.failures.setdefault(name, {})[kind] = str(exc)
             self.log(f"{name} on {kind} failed: {exc}")
             return
         self.record(name, kind, round_number, outcome)
+
+    def not_run(self, name: str, kind: str, why: str) -> None:
+        """`name` cannot run on `kind` at all: said once, not counted as a failure."""
+        if kind not in self.not_applicable.get(name, {}):
+            self.not_applicable.setdefault(name, {})[kind] = why
+            self.log(f"{name} on {kind} skipped: {why}")
 
     def record(self, name: str, kind: str, round_number: int, outcome: Outcome) -> None:
         self.results.setdefault(name, {}).setdefault(kind, []).append(outcome.figures)
@@ -912,7 +944,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--buses", default="busd,dbus-daemon,dbus-broker",
                         help="comma-separated bus kinds; the first is compared with each other one "
                              "(default: busd,dbus-daemon,dbus-broker; dbus-broker needs root and Debian's "
-                             "dbus-broker package, and is skipped with a line saying why when it cannot run)")
+                             "dbus-broker package, and is skipped with a line saying why when it cannot run; "
+                             "null-bus, benchmarks/null_bus.py, is the floor of churn for a Python daemon)")
     parser.add_argument("--quick", action="store_true", help="short runs: the whole thing in seconds")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of a table")
     parser.add_argument("--only", nargs="+", metavar="WORKLOAD",

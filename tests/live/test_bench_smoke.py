@@ -77,6 +77,20 @@ def test_start_workload_puts_the_interpreter_beside_busd_and_skips_dbus_broker()
 
 
 @pytest.mark.live
+def test_the_null_bus_runs_churn_beside_dbus_daemon_and_nothing_else() -> None:
+    run = run_harness("--buses", "dbus-daemon,null-bus", "--only", "churn", "seq", "start", "--quick",
+                      "--seconds", "0.2", "--json")
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert not report["failures"] and not report["skipped"], run.stderr
+    churn = report["results"]["churn"]["null-bus"]
+    assert churn["connections/s"] > 0 and churn["daemon CPU/connection (µs)"] > 0, churn
+    assert "null-bus" not in report["results"]["seq"]
+    for name in ("seq", "start"):
+        assert "churn only" in report["not_applicable"][name]["null-bus"], report["not_applicable"]
+
+
+@pytest.mark.live
 def test_harness_skips_a_bus_that_cannot_start() -> None:
     run = run_harness("--buses", "no-such-bus,dbus-daemon", "--only", "churn", "--quick", "--seconds", "0.1")
     assert run.returncode == 0, run.stderr
