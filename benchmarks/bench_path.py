@@ -19,7 +19,9 @@ with a match rule each), and "connect": one connection's whole life on the bus's
 side, per connection rather than per message (the server Connection made on a
 fresh socketpair, the AUTH EXTERNAL read, the BEGIN and Hello read with their
 replies written, and the read of the end of the stream that drops it: bench_bus.py's
-churn without accept(), the auth timer and the event loop). The bus has no
+churn without accept(), the auth timer and the event loop), also shown in those
+four parts, each its own 10th percentile ("connect: made", "connect: AUTH",
+"connect: BEGIN+Hello", "connect: closed"). The bus has no
 policy (every config file's own rules cost more, in both modes alike). This is a
 measurement: it asserts nothing.
 """
@@ -40,6 +42,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 BATCH = 64
 ROUNDS = 300
 WORKLOADS = ("call", "reply", "signal-1", "signal-10", "connect")
+# The connect workload's parts, each its own 10th percentile: where a connection's time goes.
+CONNECT_PARTS = ("connect: made", "connect: AUTH", "connect: BEGIN+Hello", "connect: closed")
+FIGURES = WORKLOADS + CONNECT_PARTS
 
 
 def _measure(rounds: int, batch: int = BATCH) -> dict[str, float]:
@@ -131,30 +136,35 @@ def _measure(rounds: int, batch: int = BATCH) -> dict[str, float]:
     hello = build_message(METHOD_CALL, 1, path=DRIVER_PATH, interface=DRIVER_INTERFACE, member="Hello",
                           destination=DRIVER_NAME)
 
-    def connect(timed: list[float] | None) -> None:
-        """One connection, start to end, as the bus sees it; its CPU time goes to `timed`."""
+    def connect(timed: list[float] | None, parts: dict[str, list[float]]) -> None:
+        """One connection, start to end, as the bus sees it; its CPU time goes to `timed`, and that of
+        each part of its life to `parts` (when timed)."""
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         theirs.sendall(auth_line)
-        start = time.thread_time()
+        made = time.thread_time()
         conn = Connection(bus, ours, lambda creds: ServerAuthenticator(guid, peer_uid=creds.uid), "churn")
+        authenticating = time.thread_time()
         conn._on_readable()
         bus._flush_all()
-        spent = time.thread_time() - start
+        authenticated = time.thread_time()
         theirs.recv(4096)  # OK <guid>
         theirs.sendall(b"BEGIN\r\n" + hello)
-        start = time.thread_time()
+        beginning = time.thread_time()
         conn._on_readable()
         bus._flush_all()
-        spent += time.thread_time() - start
+        begun = time.thread_time()
         if conn.peer is None or conn.closed:
             raise RuntimeError("the connection was not admitted at once (the uid's groups were not cached)")
         theirs.close()
-        start = time.thread_time()
+        closing = time.thread_time()
         conn._on_readable()  # the end of the stream: dropped
-        spent += time.thread_time() - start
+        closed = time.thread_time()
         if timed is not None:
-            timed.append(spent)
+            spans = (authenticating - made, authenticated - authenticating, begun - beginning, closed - closing)
+            timed.append(sum(spans))
+            for part, span in zip(CONNECT_PARTS, spans):
+                parts[part].append(span)
 
     # Every workload runs twice and only the second pass counts: the first warms the caches and the
     # process (a fresh process ran its first workload up to twice as slowly, whichever it was).
@@ -163,10 +173,13 @@ def _measure(rounds: int, batch: int = BATCH) -> dict[str, float]:
         timed: list[float] = []
         sample = timed if workload in warmed else None
         if workload == "connect":
+            parts: dict[str, list[float]] = {part: [] for part in CONNECT_PARTS}
             for _ in range(rounds):
-                connect(sample)
+                connect(sample, parts)
             if timed:
                 figures[workload] = statistics.quantiles(timed, n=10)[0] * 1e6  # per connection
+                for part, spans in parts.items():
+                    figures[part] = statistics.quantiles(spans, n=10)[0] * 1e6
             warmed.add(workload)
             continue
         for _ in range(rounds):
@@ -220,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         for pure_mode in (False, True):
             runs[pure_mode].append(_run_mode(pure_mode, args.rounds, args.batch))
     compiled, pure = ({"mode": runs[m][0]["mode"],
-                       "figures": {w: min(r["figures"][w] for r in runs[m]) for w in WORKLOADS}}
+                       "figures": {f: min(r["figures"][f] for r in runs[m]) for f in FIGURES}}
                       for m in (False, True))
     if args.json:
         print(json.dumps({"batch": args.batch, "rounds": args.rounds, "compiled": compiled, "pure": pure}, indent=1))
@@ -228,10 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU µs per message, batches of {args.batch} (connect: per connection): 10th percentile of {args.rounds} "
           f"batches, lowest of 3 processes")
     print(f"  first column: {compiled['mode']}; second: {pure['mode']}")
-    print(f"{'workload':<10} {'compiled':>9} {'pure':>9} {'ratio':>6}")
-    for workload in WORKLOADS:
-        a, b = compiled["figures"][workload], pure["figures"][workload]
-        print(f"{workload:<10} {a:9.2f} {b:9.2f} {a / b:6.2f}")
+    print(f"{'workload':<21} {'compiled':>9} {'pure':>9} {'ratio':>6}")
+    for figure in FIGURES:
+        a, b = compiled["figures"][figure], pure["figures"][figure]
+        print(f"{figure:<21} {a:9.2f} {b:9.2f} {a / b:6.2f}")
     return 0
 
 
