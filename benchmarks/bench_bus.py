@@ -613,15 +613,18 @@ def start_to_address(kind: str, budget: Budget, plan: CpuPlan) -> Outcome:
         raise NotApplicable("dbus-broker has no --print-address: its launcher takes a socket from systemd, "
                             "which listens before the bus starts, so there is no start-to-address to time")
     command = daemon_command(kind) + [*START_ARGS, "--print-address={fd}"]
-    python = kind in PYTHON_BUSES
-    bare = [sys.executable, "-c", BARE_INTERPRETER, "{fd}"]
-    modules = [name for name in RUNTIME_MODULES if importlib.util.find_spec(name) is not None]
-    runtime = [sys.executable, "-c", f"import {', '.join(modules)}; {BARE_INTERPRETER}", "{fd}"]
-    runs, bare_runs, runtime_runs = [], [], []
+    # Beside a Python bus, in turn with its starts: the bare interpreter, then with busd's runtime.
+    beside: list[list[str]] = []
+    if kind in PYTHON_BUSES:
+        modules = [name for name in RUNTIME_MODULES if importlib.util.find_spec(name) is not None]
+        beside = [[sys.executable, "-c", BARE_INTERPRETER, "{fd}"],
+                  [sys.executable, "-c", f"import {', '.join(modules)}; {BARE_INTERPRETER}", "{fd}"]]
+    runs: list[dict[str, float]] = []
+    bare_runs: list[dict[str, float]] = []
+    runtime_runs: list[dict[str, float]] = []
     for _ in range(budget.starts):
-        if python:
-            bare_runs.append(_timed_start(bare, plan))
-            runtime_runs.append(_timed_start(runtime, plan))
+        for argv, rows in zip(beside, (bare_runs, runtime_runs)):
+            rows.append(_timed_start(argv, plan))
         runs.append(_timed_start(command, plan))
 
     def median(rows: list[dict[str, float]], key: str) -> float:
