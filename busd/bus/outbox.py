@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Collection
 
+from ..wire.build import build_string_to, string_runs
 from ..wire.message import (
     ERROR, METHOD_CALL, METHOD_RETURN, NO_REPLY_EXPECTED, SIGNAL, Header, build_message, parse_header, read_body,
 )
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("busd.bus")
 
 DRIVER_NAMES = frozenset({DRIVER_NAME})  # the names a message from the bus comes from
+# The prepared runs of the bus's messages with one string argument to one peer (build_string_to): its
+# replies, and its signals by member (NameAcquired and NameLost).
+_REPLY_RUNS = string_runs(None, None, None, None, DRIVER_NAME)
+_SIGNAL_RUNS = {member: string_runs(DRIVER_PATH, DRIVER_INTERFACE, member, None, DRIVER_NAME)
+                for member in ("NameAcquired", "NameLost")}
 
 
 def queue_to_monitors(ledger: Ledger, monitors: list[Peer], head: bytes, body: Any, h: Header,
@@ -96,6 +102,11 @@ class DriverOutbox:
         self.send(target, message)
 
     def send_reply(self, target: Peer, reply_serial: int, signature: str = "", body: list | tuple = ()) -> None:
+        if signature == "s" and target.unique_name is not None:
+            head, tail = _REPLY_RUNS
+            self.send(target, build_string_to(METHOD_RETURN, self.next_serial(), head, reply_serial,
+                                              target.unique_name, tail, body[0]))
+            return
         message = build_message(METHOD_RETURN, self.next_serial(), reply_serial=reply_serial,
                                 destination=target.unique_name, sender=DRIVER_NAME,
                                 signature=signature, body=body)
@@ -127,6 +138,11 @@ class DriverOutbox:
         monitors = self.monitors
         if destination is not None:
             if destination.conn.closed and not monitors:
+                return
+            runs = _SIGNAL_RUNS.get(member) if signature == "s" and destination.unique_name is not None else None
+            if runs is not None:
+                self.send(destination, build_string_to(SIGNAL, self.next_serial(), runs[0], None,
+                                                       destination.unique_name, runs[1], body[0]))
                 return
             self.send(destination, build_message(SIGNAL, self.next_serial(), path=DRIVER_PATH,
                                                  interface=DRIVER_INTERFACE, member=member, sender=DRIVER_NAME,

@@ -170,7 +170,7 @@ class Daemon(BusObserver):
             self._stop_accepting_incomplete()
             return
         try:
-            sock, _addr = listener.sock.accept()
+            sock = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -179,11 +179,10 @@ class Daemon(BusObserver):
                 return
             log.warning("accept failed on %s: %s", listener.address, exc)
             return
-        sock.setblocking(False)
         self._serial += 1
         try:
             conn = Connection(bus, sock, self._make_authenticator(listener.unix), f"#{self._serial}",
-                              self.lookups)
+                              self.lookups, listener.unix)
         except OSError as exc:
             log.warning("could not set up a connection: %s", exc)
             sock.close()

@@ -12,7 +12,6 @@ walks for seconds; a byte array of any size is checked in a few steps, in place)
 
 from __future__ import annotations
 
-import array
 import asyncio
 import ctypes
 import errno
@@ -20,7 +19,6 @@ import functools
 import logging
 import os
 import socket
-import struct
 import concurrent.futures
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,49 +29,43 @@ from ..wire.errors import ProtocolError
 from ..wire.message import Header, check_message_body
 from ..wire.sasl import Cookie
 from ..wire.sasl_server import ServerAuthenticator, cookie_for_identity
-from .served import ServedStream
+from .served import MAX_PEER_GROUPS, SO_PEERGROUPS, ServedStream, peer_credentials
 from .stream import HELD_FOR_THREAD
 from .users import UserDirectory
 
 log = logging.getLogger("busd.connection")
 
-SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 MAX_AUTH_BUFFER = 16384  # dbus-daemon's cap on unsent handshake replies (and on an unfinished line)
 # Bodies over this are checked in a thread. Below it the inline walk costs the loop at most ~0.3 s
 # (1 MiB of empty-string variants, the worst shape; ordinary data microseconds); above it the hand-off
 # (a loop turn, and up to the GIL's 5 ms switch interval when the loop is busy) is noise, where for
 # messages of tens of KiB it would throttle a peer that streams them.
 LARGE_MESSAGE = 1 << 20
-_PYTHON_MAX_OPTLEN = 1024  # socket.getsockopt() refuses larger buffers: 256 groups
 
 
-def credentials_of(sock: socket.socket) -> Credentials:
-    """What the kernel says about the process at the other end of a unix socket (nothing for TCP)."""
-    if sock.family != socket.AF_UNIX:
+def credentials_of(sock: socket.socket, unix: bool | None = None) -> Credentials:
+    """What the kernel says about the process at the other end of a unix socket (nothing for TCP).
+    `unix`: whether it is one, when the caller knows (socket.family converts to an enum each time)."""
+    if not (sock.family == socket.AF_UNIX if unix is None else unix):
         return Credentials()
     try:
-        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        pid, uid, gid, supplementary = peer_credentials(sock)
     except OSError:
         return Credentials()
-    groups = {gid}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
-    try:
-        groups.update(_peer_groups(sock))
-    except OSError:
-        pass
+    if supplementary is None:  # more than 256 groups
+        try:
+            supplementary = _peer_groups(sock)
+        except OSError:
+            supplementary = []
+    groups = {gid, *supplementary}  # the kernel lists only supplementary groups; dbus-daemon reports the primary too
     return Credentials(pid or None, uid, gid, tuple(sorted(groups)))
 
 
 def _peer_groups(sock: socket.socket) -> list[int]:
-    """The supplementary groups of the peer, however many (a <policy group> rule must see them all)."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, _PYTHON_MAX_OPTLEN)
-        return list(array.array("I", raw[: len(raw) - len(raw) % 4]))
-    except OSError as exc:
-        if exc.errno != errno.ERANGE:
-            raise
-    # More than 256 groups: Python's getsockopt() cannot pass a larger buffer, libc's can,
-    # and on ERANGE the kernel says the size it needs (the group list may grow meanwhile).
-    size = 2 * _PYTHON_MAX_OPTLEN
+    """The supplementary groups of a peer with more than 256 (a <policy group> rule must see them all):
+    Python's getsockopt() cannot pass a larger buffer, libc's can, and on ERANGE the kernel says the
+    size it needs (the group list may grow meanwhile)."""
+    size = 8 * MAX_PEER_GROUPS
     while True:
         buffer = (ctypes.c_uint32 * (size // 4))()
         length = ctypes.c_uint32(size)
@@ -141,11 +133,11 @@ class Connection(ServedStream, Generic[PeerT]):
 
     def __init__(self, bus: BusEntry[PeerT], sock: socket.socket,
                  make_auth: Callable[[Credentials], ServerAuthenticator], label: str,
-                 lookups: Lookups | None = None):
+                 lookups: Lookups | None = None, unix: bool | None = None):
         super().__init__(bus, label)
         self.attach(sock)
         self.lookups = lookups or _SHARED_LOOKUPS
-        self.credentials = credentials_of(sock)
+        self.credentials = credentials_of(sock, unix)
         self.auth = make_auth(self.credentials)
         # A lookup or a body check for this peer runs in a thread: its input waits (held), with what it
         # sent meanwhile (in _waiting_input during authentication, then in the stream's buffer).

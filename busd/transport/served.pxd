@@ -1,7 +1,7 @@
 # Types for the compiled twin of served.py (Cython, pure-Python mode: served.py is the source). ServedStream
 # is an extension type: the read's hand-over to the bus and the flush's report back are C calls from the
 # stream's loops, and its per-message fields are C fields (Connection, a Python subclass, adds the rest).
-from busd.transport.stream cimport Stream
+from busd.transport.stream cimport Stream, read_peer_credentials
 
 
 cdef class ServedStream(Stream):

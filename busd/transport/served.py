@@ -10,7 +10,12 @@ bus's peer type, which an extension type cannot be.
 
 from __future__ import annotations
 
+import array
+import errno
 import logging
+import socket
+import struct
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any
 
 from ..bus.ports import BusEntry
@@ -18,6 +23,25 @@ from ..wire.message import Header
 from .stream import Stream
 
 log = logging.getLogger("busd.connection")
+
+_PURE = not __file__.endswith(tuple(EXTENSION_SUFFIXES))  # the pure twin (from .py or .pyc), not the compiled build
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEER_CRED = struct.Struct("3i")
+MAX_PEER_GROUPS = 256  # (stream.pxd's busd_peer_credentials; socket.getsockopt() takes no larger buffer either)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int, list[int] | None]:
+    """pid, uid, gid and supplementary groups of a unix socket's peer: None for the groups when there are
+    more than 256 (the caller asks with a larger buffer), [] when the kernel does not say. OSError when
+    it will not say who the peer is. (The compiled twin does it in one C call: a tenth of accepting.)"""
+    if not _PURE:
+        return read_peer_credentials(sock.fileno())  # noqa: F821 - stream.pxd, cimported by served.pxd
+    pid, uid, gid = _PEER_CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEER_CRED.size))
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_PEER_GROUPS)
+    except OSError as exc:
+        return pid, uid, gid, (None if exc.errno == errno.ERANGE else [])
+    return pid, uid, gid, list(array.array("I", raw[: len(raw) - len(raw) % 4]))
 
 
 class ServedStream(Stream):
@@ -110,4 +134,4 @@ class ServedStream(Stream):
         self.dropped_broadcasts += 1
 
 
-__all__ = ["ServedStream"]
+__all__ = ["MAX_PEER_GROUPS", "SO_PEERGROUPS", "ServedStream", "peer_credentials"]

@@ -152,8 +152,39 @@ cdef extern from *:
                 PyBuffer_Release(&views[i]);
         return sent;
     }
+    /* stream.py's peer_credentials(): (pid, uid, gid, groups) of a unix socket's peer, in two getsockopt()
+       calls and no Python objects between them; groups None when there are more than 256 of them. */
+    static inline PyObject *busd_peer_credentials(int fd) {
+        struct ucred cred;
+        gid_t groups[256];
+        socklen_t size = sizeof cred;
+        PyObject *list;
+        Py_ssize_t i, count;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &size) < 0)
+            return PyErr_SetFromErrno(PyExc_OSError);
+        size = sizeof groups;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &size) < 0) {
+            if (errno == ERANGE)
+                return Py_BuildValue("(iiiO)", (int)cred.pid, (int)cred.uid, (int)cred.gid, Py_None);
+            size = 0;  /* the kernel will not say: the primary group alone, as the pure twin */
+        }
+        count = size / sizeof(gid_t);
+        list = PyList_New(count);
+        if (list == NULL)
+            return NULL;
+        for (i = 0; i < count; i++) {
+            PyObject *number = PyLong_FromUnsignedLong(groups[i]);
+            if (number == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, i, number);
+        }
+        return Py_BuildValue("(iiiN)", (int)cred.pid, (int)cred.uid, (int)cred.gid, list);
+    }
     """
     object read_once "busd_read" (int fd, object fds)
+    object read_peer_credentials "busd_peer_credentials" (int fd)
     Py_ssize_t send_queued "busd_send_queued" (int fd, list out, Py_ssize_t start) except -1
 
 

@@ -16,7 +16,7 @@ BUILTINS = {"getattr", "setattr", "hasattr", "delattr"}
 
 # (file, attribute): why a literal-named lookup there is not a hook.
 ALLOWED = {
-    ("busd/transport/connection.py", "SO_PEERGROUPS"): "a socket constant that older Pythons lack (the kernel's value is the default)",
+    ("busd/transport/served.py", "SO_PEERGROUPS"): "a socket constant that older Pythons lack (the kernel's value is the default)",
     ("busd/transport/connection.py", "reply"): "the last SASL words an exception may carry, read when the peer is dropped",
     ("busd/bus/match.py", "signature"): "MatchRule.matches() takes any header-like object; one without a "
                                         "signature compares arguments by Python type",

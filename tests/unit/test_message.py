@@ -770,3 +770,38 @@ def test_one_off_headers_and_names_never_enter_the_caches() -> None:
     repeated = message(change={PATH: ("o", "/again")})
     parse_header(repeated), parse_header(repeated)
     assert len(wire_message._FIELDS_CACHE) == 1 and "/again" in wire_names.PATHS._valid.values()
+
+
+_NAMES = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(kind=st.sampled_from(["reply", "NameAcquired", "NameLost", "error"]), serial=st.integers(1, 0xFFFFFFFF),
+       reply_serial=st.integers(1, 0xFFFFFFFF), destination=_NAMES, text=st.text(max_size=300))
+def test_prepared_string_messages_are_build_messages_own(kind: str, serial: int, reply_serial: int,
+                                                         destination: str, text: str) -> None:
+    """build_string_to() (Hello's reply and NameAcquired, from prepared runs) makes build_message's bytes."""
+    from busd.wire.build import build_message, build_string_to, string_runs
+    from busd.wire.errors import MarshalError
+    from busd.wire.message import ERROR, METHOD_RETURN, SIGNAL
+
+    fields: dict = {"sender": "org.freedesktop.DBus"}
+    mtype = METHOD_RETURN
+    if kind == "error":
+        mtype, fields["error_name"] = ERROR, "org.freedesktop.DBus.Error.Failed"
+    elif kind != "reply":
+        mtype = SIGNAL
+        fields.update(path="/org/freedesktop/DBus", interface="org.freedesktop.DBus", member=kind)
+    head, tail = string_runs(fields.get("path"), fields.get("interface"), fields.get("member"),
+                             fields.get("error_name"), fields["sender"])
+    replying = None if mtype == SIGNAL else reply_serial
+    try:
+        expected: object = build_message(mtype, serial, reply_serial=replying, destination=destination,
+                                         signature="s", body=[text], **fields)
+    except MarshalError:
+        expected = MarshalError
+    try:
+        made: object = build_string_to(mtype, serial, head, replying, destination, tail, text)
+    except MarshalError:
+        made = MarshalError
+    assert made == expected

@@ -15,12 +15,14 @@ Run long with BUSD_FUZZ_EXAMPLES=100000 python3 -m pytest -q tests/unit/test_twi
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import busd.transport.served as compiled_served
 import busd.transport.stream as compiled_stream
 import busd.wire.message as compiled_message
 from busd.wire.marshal import BIG, LITTLE
@@ -38,6 +40,7 @@ pytestmark = pytest.mark.skipif(
 
 pure_message = twin("busd.wire.message")
 pure_stream = twin("busd.transport.stream")
+pure_served = twin("busd.transport.served")
 
 HEADER_ATTRS = ("endian", "type", "flags", "body_len", "serial", "fields_len", "body_start", "path", "interface",
                 "member", "error_name", "reply_serial", "destination", "sender", "signature", "unix_fds",
@@ -180,6 +183,28 @@ def test_the_twins_frame_large_messages_alike(chunks: list[bytes], large: int) -
 def test_the_twins_frame_byte_streams_alike(chunks: list[bytes], large: int) -> None:
     assert (framing_events(compiled_stream, compiled_message, chunks, large)
             == framing_events(pure_stream, pure_message, chunks, large))
+
+
+def test_the_twins_read_peer_credentials_alike() -> None:
+    """The C getsockopt() calls and the socket module's say the same of a peer: this process, as the kernel
+    knows it; and the same of a socket with no peer (the kernel answers uid and gid -1 there)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        compiled = compiled_served.peer_credentials(ours)
+        pure = pure_served.peer_credentials(ours)
+    assert compiled == pure
+    pid, uid, gid, groups = compiled
+    assert (pid, uid, gid) == (os.getpid(), os.getuid(), os.getgid())
+    assert sorted(groups) == sorted(os.getgroups())
+    unconnected = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with unconnected:
+        outcomes = []
+        for served in (compiled_served, pure_served):
+            try:
+                outcomes.append(served.peer_credentials(unconnected))
+            except OSError as exc:
+                outcomes.append(("OSError", exc.errno))
+    assert outcomes[0] == outcomes[1]
 
 
 def test_the_twins_are_different_modules() -> None:
