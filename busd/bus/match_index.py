@@ -214,8 +214,12 @@ class MatchIndex:
         them fails with MatchRuleNotFound. Like dbus-daemon, it does so only
         when the departing owner had match rules of its own.
         """
-        self._broadcast_recipients.clear()  # (a departed sender's entries go too)
         own_rules = self._counts.pop(owner, {})
+        if own_rules:
+            # Cached recipient sets may hold the owner. Those of a departed sender without rules stay: they
+            # are right and bounded (RECIPIENTS_CACHE_LIMIT), and clearing on every departure left the
+            # bus's NameOwnerChanged uncached for every connection of a churn.
+            self._broadcast_recipients.clear()
         for rule in own_rules:
             self._forget_owner_of(rule, owner)
         if unique_name is None or not own_rules:
@@ -254,6 +258,12 @@ class MatchIndex:
     def __len__(self) -> int:
         """Distinct rules on the bus."""
         return self._distinct
+
+    def cached_broadcast(self, msg_type: int, interface: str | None, member: str | None, path: str | None,
+                         sender: str | None) -> frozenset[Hashable] | None:
+        """The recipients of a broadcast with these header fields if known already (no rule tests its
+        arguments), else None: the bus's own signals skip building a header when no one listens."""
+        return self._broadcast_recipients.get((msg_type, interface, member, path, sender))
 
     def recipients(self, msg: Any, sender_names: Collection[str], get_args: Callable[[], Sequence[Any]], *,
                    addressed_recipient: Hashable | None = None,

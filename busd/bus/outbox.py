@@ -33,6 +33,7 @@ DRIVER_NAMES = frozenset({DRIVER_NAME})  # the names a message from the bus come
 # The prepared runs of the bus's messages with one string argument to one peer (build_string_to): its
 # replies, and its signals by member (NameAcquired and NameLost).
 _REPLY_RUNS = string_runs(None, None, None, None, DRIVER_NAME)
+_NO_ONE: frozenset = frozenset()
 _SIGNAL_RUNS = {member: string_runs(DRIVER_PATH, DRIVER_INTERFACE, member, None, DRIVER_NAME)
                 for member in ("NameAcquired", "NameLost")}
 
@@ -148,6 +149,9 @@ class DriverOutbox:
                                                  interface=DRIVER_INTERFACE, member=member, sender=DRIVER_NAME,
                                                  destination=destination.unique_name,
                                                  signature=signature, body=body))
+            return
+        if not monitors and self.matches.cached_broadcast(SIGNAL, DRIVER_INTERFACE, member, DRIVER_PATH,
+                                                          DRIVER_NAME) == _NO_ONE:
             return
         h = Header()
         h.type = SIGNAL

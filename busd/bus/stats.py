@@ -72,8 +72,10 @@ class StatsPeaks(BusObserver):
         return sum(user.match_rules for user in self.bus.ledger.users.values())
 
     def names_changed(self, events: list[NameEvent]) -> None:
-        if any(event.new_owner is not None for event in events):
-            self.names = max(self.names, self.bus_names())
+        for event in events:  # (a loop, not any() over a generator: every Hello and every departure come here)
+            if event.new_owner is not None:
+                self.names = max(self.names, self.bus_names())
+                return
 
     def match_added(self, peer: Peer, rule: MatchRule) -> None:
         self.match_rules = max(self.match_rules, self.match_rule_count())

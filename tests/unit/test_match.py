@@ -332,6 +332,23 @@ def test_index_add_remove_counts():
     index.remove_owner("nobody")
 
 
+def test_a_departure_without_rules_keeps_the_cached_recipients():
+    # A peer with no rules is in no cached set: its departure (every connection of a churn) leaves the cache,
+    # so the bus's NameOwnerChanged stays a lookup. A departing owner's rules empty it.
+    index = MatchIndex()
+    index.add("a", MatchRule.parse("type='signal',member='Changed'"))
+    fields = (SIGNAL, "com.example.Iface", "Changed", "/com/example/obj", ":1.1")
+    assert index.cached_broadcast(*fields) is None
+    assert index.recipients(Msg(), (), list) == {"a"}
+    assert index.cached_broadcast(*fields) == {"a"}
+    index.remove_owner("quiet", unique_name=":1.9")
+    assert index.cached_broadcast(*fields) == {"a"}
+    index.remove_owner("a", unique_name=":1.5")
+    assert index.cached_broadcast(*fields) is None
+    assert index.recipients(Msg(), (), list) == set()
+    assert index.cached_broadcast(*fields) == frozenset()
+
+
 def test_rules_that_share_a_bucket_key():
     """Rules equal in the bucketed fields, told apart by an argument: one key holds them all."""
     index = MatchIndex()

@@ -772,12 +772,12 @@ def test_one_off_headers_and_names_never_enter_the_caches() -> None:
     assert len(wire_message._FIELDS_CACHE) == 1 and "/again" in wire_names.PATHS._valid.values()
 
 
-_NAMES = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=40)
+_DESTINATIONS = st.text(st.characters(blacklist_characters="\0", blacklist_categories=("Cs",)), min_size=1, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
 @given(kind=st.sampled_from(["reply", "NameAcquired", "NameLost", "error"]), serial=st.integers(1, 0xFFFFFFFF),
-       reply_serial=st.integers(1, 0xFFFFFFFF), destination=_NAMES, text=st.text(max_size=300))
+       reply_serial=st.integers(1, 0xFFFFFFFF), destination=_DESTINATIONS, text=st.text(max_size=300))
 def test_prepared_string_messages_are_build_messages_own(kind: str, serial: int, reply_serial: int,
                                                          destination: str, text: str) -> None:
     """build_string_to() (Hello's reply and NameAcquired, from prepared runs) makes build_message's bytes."""
