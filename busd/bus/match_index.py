@@ -22,6 +22,9 @@ from .match import MatchRule, MatchRuleNotFound
 _TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER = 1, 2, 4, 8, 16
 _SHAPE_FIELDS = (_TYPE, _INTERFACE, _MEMBER, _PATH, _SENDER)  # positions in a key-fields tuple
 RECIPIENTS_CACHE_LIMIT = 1024  # cached broadcast recipient sets (headers and senders that repeat)
+# Longer paths are not cached: 1024 keys of long paths would hold the memory of 1024 messages (as the
+# wire's header cache, which skips fields over 1 KiB).
+CACHED_PATH_LIMIT = 1024
 SMALL_OWNERS = 8  # a rule's owners are a tuple up to this many, then a dict
 Owners = tuple[Hashable, ...] | dict[Hashable, None]  # see _ShapeTable
 
@@ -170,10 +173,15 @@ class MatchIndex:
         # Broadcast recipients by the header fields rules compare and the sender, for messages no
         # argument rule looked at. Emptied whenever a rule, an owner or a sender's names change.
         self._broadcast_recipients: dict[tuple, frozenset[Hashable]] = {}
+        self._cached_senders: set[str | None] = set()  # the senders in its keys
+
+    def _forget_cached(self) -> None:
+        self._broadcast_recipients.clear()
+        self._cached_senders.clear()
 
     def names_changed(self) -> None:
         """Some peer gained or lost a bus name: sender='name' rules may now match other senders."""
-        self._broadcast_recipients.clear()
+        self._forget_cached()
 
     def _table(self, rule: MatchRule) -> _ShapeTable:
         return self._eavesdrop_rules if rule.eavesdrop else self._broadcast_rules
@@ -184,7 +192,7 @@ class MatchIndex:
         per_owner[rule] = count + 1
         if count:
             return
-        self._broadcast_recipients.clear()
+        self._forget_cached()
         if self._table(rule).own(rule, owner):
             self._distinct += 1
             self.has_eavesdroppers = bool(self._eavesdrop_rules)
@@ -215,11 +223,11 @@ class MatchIndex:
         when the departing owner had match rules of its own.
         """
         own_rules = self._counts.pop(owner, {})
-        if own_rules:
-            # Cached recipient sets may hold the owner. Those of a departed sender without rules stay: they
-            # are right and bounded (RECIPIENTS_CACHE_LIMIT), and clearing on every departure left the
-            # bus's NameOwnerChanged uncached for every connection of a churn.
-            self._broadcast_recipients.clear()
+        if own_rules or unique_name is None or unique_name in self._cached_senders:
+            # Cached sets may hold the owner, or keys its signals made. Any other departure (a peer that
+            # neither subscribed nor broadcast: every connection of a churn) leaves the cache, which kept
+            # the bus's own NameOwnerChanged uncached.
+            self._forget_cached()
         for rule in own_rules:
             self._forget_owner_of(rule, owner)
         if unique_name is None or not own_rules:
@@ -233,7 +241,7 @@ class MatchIndex:
                 self._forget_owner_of(rule, other)
 
     def _forget_owner_of(self, rule: MatchRule, owner: Hashable) -> None:
-        self._broadcast_recipients.clear()
+        self._forget_cached()
         if not self._table(rule).disown(rule, owner):
             return
         self._distinct -= 1
@@ -322,10 +330,11 @@ class MatchIndex:
                     found.update(eligible)
         if addressed_recipient is not None:
             found.discard(addressed_recipient)
-        if broadcast and not tests_args:
+        if broadcast and not tests_args and (msg.path is None or len(msg.path) <= CACHED_PATH_LIMIT):
             cache = self._broadcast_recipients
             if len(cache) >= RECIPIENTS_CACHE_LIMIT:
-                cache.clear()
+                self._forget_cached()
+            self._cached_senders.add(msg.sender)
             recipients = cache[cache_key] = frozenset(found)
             return recipients
         return found

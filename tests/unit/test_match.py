@@ -333,8 +333,8 @@ def test_index_add_remove_counts():
 
 
 def test_a_departure_without_rules_keeps_the_cached_recipients():
-    # A peer with no rules is in no cached set: its departure (every connection of a churn) leaves the cache,
-    # so the bus's NameOwnerChanged stays a lookup. A departing owner's rules empty it.
+    # A peer with no rules that sent no cached broadcast is in no cached set and no key: its departure (every
+    # connection of a churn) leaves the cache, so the bus's NameOwnerChanged stays a lookup.
     index = MatchIndex()
     index.add("a", MatchRule.parse("type='signal',member='Changed'"))
     fields = (SIGNAL, "com.example.Iface", "Changed", "/com/example/obj", ":1.1")
@@ -347,6 +347,16 @@ def test_a_departure_without_rules_keeps_the_cached_recipients():
     assert index.cached_broadcast(*fields) is None
     assert index.recipients(Msg(), (), list) == set()
     assert index.cached_broadcast(*fields) == frozenset()
+    index.remove_owner("sender", unique_name=":1.1")  # keys with its name go (test_hostile's attack #3)
+    assert index.cached_broadcast(*fields) is None
+
+
+def test_broadcasts_with_long_paths_are_not_cached():
+    index = MatchIndex()
+    index.add("a", MatchRule.parse("type='signal'"))
+    long_path = "/" + "p" * 2000
+    assert index.recipients(Msg(path=long_path), (), list) == {"a"}
+    assert index.cached_broadcast(SIGNAL, "com.example.Iface", "Changed", long_path, ":1.1") is None
 
 
 def test_rules_that_share_a_bucket_key():
