@@ -12,6 +12,12 @@ cdef class ReplyTracker:
     @cython.locals(key=tuple, pending=dict, user=UserLedger)
     cpdef expect(self, Peer caller, object serial, Peer callee, object limits)
 
+    @cython.locals(calls=list, key=tuple, caller=Peer)
+    cpdef list callee_gone(self, Peer callee)
+
+    @cython.locals(pending=dict, key=tuple, callee=Peer)
+    cpdef caller_gone(self, Peer caller)
+
 
 cpdef settled(Peer caller, tuple key)
 

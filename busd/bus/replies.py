@@ -91,7 +91,8 @@ class ReplyTracker:
         pending = self.pending
         for key in caller.calling:
             if pending.pop(key, None) is not None:
-                key[2].expecting.pop(key, None)
+                callee = key[2]
+                callee.expecting.pop(key, None)
         if caller.user is not None:
             caller.user.replies -= caller.replies_outstanding
         caller.replies_outstanding = 0

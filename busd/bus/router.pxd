@@ -1,15 +1,16 @@
 # Types for the compiled twin of router.py (Cython, pure-Python mode: router.py is the source). Bus is an
 # extension type whose per-message attributes are C fields; the rest live in its __dict__.
 cimport cython
-from busd.bus.ledger cimport UserLedger
+from busd.bus.ledger cimport Ledger, UserLedger
 from busd.bus.peer cimport Peer
 from busd.bus.replies cimport ReplyTracker, settled
-from busd.wire.message cimport Header
+from busd.wire.message cimport Header, forget_unique_name
 
 
 cdef class Bus:
     cdef dict __dict__
-    cdef public object loop, ledger, registry, matches, backpressure, policy, outbox, driver
+    cdef public Ledger ledger
+    cdef public object loop, registry, matches, backpressure, policy, outbox, driver
     cdef public ReplyTracker replies
     cdef public dict peers, links, _link_users
     cdef public list monitors, _flush_queue, observers

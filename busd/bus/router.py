@@ -231,7 +231,7 @@ class Bus:
         """Record who now holds which primary names, announce the changes as the driver's signals, tell observers."""
         emit_signal = self.outbox.emit_signal
         registry = self.registry
-        settle_names = self.ledger.settle_names
+        ledger = self.ledger
         for event in events:
             if event.kind == "owner_changed":
                 old = event.old_owner.unique_name if event.old_owner else ""
@@ -240,10 +240,10 @@ class Bus:
                     self.matches.names_changed()
                     if event.old_owner:
                         event.old_owner.names.discard(event.name)
-                        settle_names(event.old_owner, registry.queued_count(event.old_owner))
+                        ledger.settle_names(event.old_owner, registry.queued_count(event.old_owner))
                     if event.new_owner:
                         event.new_owner.names.add(event.name)
-                        settle_names(event.new_owner, registry.queued_count(event.new_owner))
+                        ledger.settle_names(event.new_owner, registry.queued_count(event.new_owner))
                 emit_signal("NameOwnerChanged", "sss", [event.name, old, new])
             elif event.kind == "lost":
                 emit_signal("NameLost", "s", [event.name], event.old_owner)

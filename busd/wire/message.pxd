@@ -162,3 +162,5 @@ cpdef Header parse_header(object buf, bint validate_body=*)
 cpdef tuple stamp_sender(object buf, Header h, bytes field)
 
 cpdef check_message_body(object buf, Header h)
+
+cpdef forget_unique_name(str name)
