@@ -17,6 +17,27 @@ cdef class Bus:
     cdef public bint _reading
     cdef public object _limits, _user_out_bytes, _user_out_fds, soft_queue_limit
 
+    cdef public set _incomplete
+    cdef public Py_ssize_t _next_unique
+
+    # A connection's life: called from the transport (Python) but typed inside, so peers, users and the
+    # ledger are read at C level.
+    @cython.locals(user=UserLedger)
+    cpdef link_opened(self, object link)
+
+    @cython.locals(peer=Peer, uid=object)
+    cpdef peer_authenticated(self, object link, object auth_uid)
+
+    cpdef admit(self, Peer peer)
+
+    @cython.locals(name=str)
+    cpdef str assign_unique_name(self, Peer peer)
+
+    @cython.locals(peer=Peer, user=UserLedger, caller=Peer)
+    cpdef link_closed(self, object link)
+
+    cpdef _incomplete_ended(self, object link)
+
     cpdef input_started(self)
     cpdef input_done(self)
     cpdef schedule_flush(self, object link)
