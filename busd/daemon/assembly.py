@@ -17,7 +17,7 @@ from ..bus.ports import Credentials
 from ..interfaces import introspection_xml
 from ..launcher.activation import Activation, install_activation
 from ..launcher.policy import compile_policy
-from ..transport.connection import Connection, Lookups
+from ..transport.connection import Connection, HandshakeDeadlines, Lookups
 from ..transport.keyring import KeyringDirectory
 from ..transport.listeners import Listener, ListenError, listen
 from ..wire.sasl_server import ServerAuthenticator
@@ -46,6 +46,7 @@ class Daemon(BusObserver):
         self.listeners: list[Listener] = []
         self.bus: Bus | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.deadlines: HandshakeDeadlines | None = None  # auth_timeout of incomplete connections, once serving
         self._stopped: asyncio.Future | None = None
         self._accept_paused: set[int] = set()
         self._full_of_incomplete = False  # max_incomplete_connections reached: not accepting
@@ -73,6 +74,7 @@ class Daemon(BusObserver):
     async def serve(self, ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
+        self.deadlines = HandshakeDeadlines(loop)
         self.bus = Bus(loop, self.guid, self.settings.limits, self.settings.bus_type,
                        machine_id=read_machine_id(), introspection=introspection_xml(DRIVER_NAME))
         self.bus.add_observer(self)  # ReloadConfig and room for incomplete connections
@@ -144,6 +146,8 @@ class Daemon(BusObserver):
         self.listeners = []
         if self.metrics is not None:
             self.metrics.close()
+        if self.deadlines is not None:
+            self.deadlines.close()
         if self.bus is not None:
             self.bus.close()
         self.lookups.close()
@@ -187,8 +191,8 @@ class Daemon(BusObserver):
             log.warning("could not set up a connection: %s", exc)
             sock.close()
             return
-        conn.auth_timer = self.loop.call_later(limits.auth_timeout / 1000, conn.drop,
-                                               f"no Hello within auth_timeout={limits.auth_timeout}ms")
+        if not conn.closed:
+            self.deadlines.start(conn, limits.auth_timeout)
 
     def incomplete_room(self) -> None:
         self._resume_accepting_incomplete()

@@ -120,12 +120,82 @@ class Lookups:
 _SHARED_LOOKUPS = Lookups()  # for connections made without a daemon's own (tests)
 
 
+class HandshakeDeadlines:
+    """Drops each connection that has not said Hello by its deadline (auth_timeout after it was accepted),
+    with one timer for all of them: a timer per connection, made at accept and cancelled at Hello, was
+    about 2% of a connection's CPU under churn.
+
+    Deadlines are kept in the order they were set, which is the order they fall due while auth_timeout
+    stays the same; once a reload shortens it, expiry looks through them all until the queue next empties.
+    """
+
+    # uvloop keeps its clock in milliseconds: a timer may run up to one early.
+    SLACK = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._due: dict[Connection, tuple[float, int]] = {}  # (deadline, auth_timeout in ms), in order set
+        self._in_order = True
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = float("inf")
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def start(self, conn: Connection, timeout_ms: int) -> None:
+        """`conn` must say Hello within `timeout_ms` or be dropped."""
+        deadline = self.loop.time() + timeout_ms / 1000
+        if deadline < self._last:
+            self._in_order = False
+        self._last = deadline
+        self._due[conn] = (deadline, timeout_ms)
+        conn.deadlines = self
+        if deadline < self._timer_at:
+            self._arm(deadline)
+
+    def stop(self, conn: Connection) -> None:
+        """`conn` said Hello or closed. (The timer stays: when it runs, it finds nothing due and moves on.)"""
+        self._due.pop(conn, None)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._due.clear()
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._timer, self._timer_at = None, float("inf")
+        now = self.loop.time() + self.SLACK
+        expired = []
+        for conn, (deadline, timeout_ms) in self._due.items():
+            if deadline <= now:
+                expired.append((conn, timeout_ms))
+            elif self._in_order:
+                break
+        for conn, _ in expired:
+            del self._due[conn]
+        if self._due:
+            self._arm(next(iter(self._due.values()))[0] if self._in_order
+                      else min(deadline for deadline, _ in self._due.values()))
+        else:
+            self._in_order, self._last = True, 0.0
+        for conn, timeout_ms in expired:
+            conn.drop(f"no Hello within auth_timeout={timeout_ms}ms")
+
+
 class Connection(ServedStream, Generic[PeerT]):
     """The I/O side of one peer, a PeerLink. The bus side (a PeerT) is the bus's, made once SASL succeeds."""
 
     # No __dict__ over the compiled ServedStream: less memory per connection, and the bus's attribute reads
     # on its links find the methods without probing an instance dict first.
-    __slots__ = ("lookups", "credentials", "looking_up", "_waiting_input", "auth_timer")
+    __slots__ = ("lookups", "credentials", "looking_up", "_waiting_input", "deadlines")
     large_message_size = LARGE_MESSAGE
     bus: BusEntry[PeerT]
     auth: ServerAuthenticator | None
@@ -144,8 +214,8 @@ class Connection(ServedStream, Generic[PeerT]):
         self.looking_up = False
         self._waiting_input = b""
         # Incomplete until Hello, as in dbus-daemon: the bus counts it against
-        # max_incomplete_connections, and auth_timer drops it when auth_timeout expires first.
-        self.auth_timer: asyncio.TimerHandle | None = None
+        # max_incomplete_connections, and the daemon's HandshakeDeadlines drop it when auth_timeout expires first.
+        self.deadlines: HandshakeDeadlines | None = None
         bus.link_opened(self)
         self.start_reading()
 
@@ -294,9 +364,9 @@ class Connection(ServedStream, Generic[PeerT]):
 
     def registered(self) -> None:
         """The peer said Hello: the connection is complete and may stay past auth_timeout."""
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
-            self.auth_timer = None
+        if self.deadlines is not None:
+            self.deadlines.stop(self)
+            self.deadlines = None
 
     # ------------------------------------------------------------ closing
 
@@ -308,8 +378,8 @@ class Connection(ServedStream, Generic[PeerT]):
         log.log(level, "dropping connection %s (uid=%s pid=%s): %s", who,
                 self.credentials.uid, self.credentials.pid, reason)
         self.shut()
-        if self.auth_timer is not None:
-            self.auth_timer.cancel()
+        if self.deadlines is not None:
+            self.deadlines.stop(self)
         self.auth = None
         self.bus.link_closed(self)
         # The bus is done with the peer: without the cycle (peer.conn, conn.peer) both go by their reference
