@@ -502,6 +502,8 @@ class _Tests:
 
 # ---------------------------------------------------------------- the whole bus
 
+_IDENTITIES_LIMIT = 4096  # distinct (uid, groups) pairs remembered by ConfigPolicy.for_peer
+
 class ConfigPolicy:
     """The <policy> elements of a configuration, compiled; hands out per-peer policies."""
 
@@ -514,6 +516,9 @@ class ConfigPolicy:
         self.connection_rules = [r for r in (*self.default, *self.mandatory) if r.kind in ("user", "group")]
         self.enforced = not (self._allows_everything("send") and self._allows_everything("receive"))
         self._peers: dict[tuple, ConfigPeerPolicy] = {}
+        # By (uid, groups) as peers present them: every connection of a user asks with the same two, and
+        # working out the key above was a sort per connection. Bounded: cleared past _IDENTITIES_LIMIT.
+        self._by_identity: dict[tuple, ConfigPeerPolicy] = {}
 
     def _allows_everything(self, kind: str) -> bool:
         """True when every peer ends up with a rule of `kind` that allows any message, not overridden."""
@@ -533,6 +538,19 @@ class ConfigPolicy:
         return False
 
     def for_peer(self, uid: int | None, gids: Collection[int]) -> ConfigPeerPolicy:
+        identity = (uid, gids) if type(gids) is tuple else None
+        if identity is not None:
+            peer = self._by_identity.get(identity)
+            if peer is not None:
+                return peer
+        peer = self._for_groups(uid, gids)
+        if identity is not None:
+            if len(self._by_identity) >= _IDENTITIES_LIMIT:
+                self._by_identity.clear()
+            self._by_identity[identity] = peer
+        return peer
+
+    def _for_groups(self, uid: int | None, gids: Collection[int]) -> ConfigPeerPolicy:
         groups = tuple(sorted(gid for gid in set(gids) if gid in self.by_gid))
         user_key = uid if uid is None or uid in self.by_uid else -1
         key = (user_key, groups)

@@ -417,3 +417,24 @@ def test_verdicts_on_peer_chosen_long_paths_and_many_names_are_not_cached():
     finally:
         tracemalloc.stop()
     assert retained < 2 << 20, f"the policy kept {retained} bytes of peer-chosen keys"
+
+
+def test_per_peer_policies_are_found_again_by_identity():
+    """for_peer() remembers a (uid, groups) it was asked with: the same policy object comes back, and the
+    same one as for those groups in another order or with groups no rule names; past the bound it starts
+    over and still answers alike."""
+    compiled = compile_policy(_rules_text('<policy context="default"><allow send_destination="*"/></policy>'
+                                          '<policy group="root"><deny own="a.b"/></policy>'
+                                          '<policy user="root"><deny own="a.c"/></policy>'))
+    root = compiled.for_peer(0, (0, 5))
+    assert compiled.for_peer(0, (0, 5)) is root
+    assert compiled.for_peer(0, (5, 0)) is root  # (the groups no rule names do not make another)
+    assert compiled.for_peer(0, [0, 5]) is root  # (a list is not remembered, but finds the same)
+    other = compiled.for_peer(1000, (1000,))
+    assert other is not root
+    for uid in range(policy_module._IDENTITIES_LIMIT + 10):
+        compiled.for_peer(uid + 2000, (uid + 2000,))
+    assert len(compiled._by_identity) <= policy_module._IDENTITIES_LIMIT
+    assert compiled.for_peer(0, (0, 5)) is root
+    denied = (root.can_own("a.b"), root.can_own("a.c"))
+    assert not any(verdict.allowed for verdict in denied) and all(verdict.rule for verdict in denied)
