@@ -9,8 +9,7 @@ to the old owner, NameOwnerChanged, then NameAcquired to the new owner.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Collection, Hashable
+from typing import Collection, Hashable, NamedTuple
 
 # RequestName flags
 ALLOW_REPLACEMENT = 0x1
@@ -29,9 +28,11 @@ NON_EXISTENT = 2
 NOT_OWNER = 3
 
 
-@dataclass(frozen=True, slots=True)
-class NameEvent:
-    """A change to announce: kind is "owner_changed", "lost" or "acquired"."""
+class NameEvent(NamedTuple):
+    """A change to announce: kind is "owner_changed", "lost" or "acquired".
+
+    (A named tuple: every connection makes four, and a frozen dataclass's __init__ sets each field
+    through object.__setattr__, 0.49 µs against 0.21.)"""
 
     kind: str
     name: str

@@ -141,20 +141,19 @@ def build_string_to(mtype: int, serial: int, head: bytes, reply_serial: int | No
     data = text.encode()
     if b"\0" in dest or b"\0" in data:
         raise MarshalError("a string may not contain NUL")
-    fields = bytearray(head)
-    fields += _PAD[:-len(fields) & 7]
-    if reply_serial is not None:
-        fields += _REPLY_SERIAL_PREFIX
-        fields += _LE1.pack(reply_serial)
-    fields += _DESTINATION_PREFIX
-    fields += _LE1.pack(len(dest))
-    fields += dest
-    fields.append(0)
-    fields += _PAD[:-len(fields) & 7]
-    fields += tail
-    body = b"%b%b\0" % (_LE1.pack(len(data)), data)
-    return b"".join((_FIXED_LE.pack(LITTLE, mtype, 0, PROTOCOL_VERSION, len(body), serial, len(fields)),
-                     fields, _PAD[:-len(fields) & 7], body))
+    # The fields, in one join: head (padded), REPLY_SERIAL, DESTINATION (padded), tail; each starts 8-aligned.
+    head_pad = _PAD[:-len(head) & 7]
+    before = len(head) + len(head_pad) + (8 if reply_serial is not None else 0)
+    dest_end = before + 8 + len(dest) + 1
+    dest_pad = _PAD[:-dest_end & 7]
+    fields_len = dest_end + len(dest_pad) + len(tail)
+    return b"".join((
+        _FIXED_LE.pack(LITTLE, mtype, 0, PROTOCOL_VERSION, len(data) + 5, serial, fields_len),
+        head, head_pad,
+        b"" if reply_serial is None else _REPLY_SERIAL_PREFIX + _LE1.pack(reply_serial),
+        _DESTINATION_PREFIX, _LE1.pack(len(dest)), dest, b"\0", dest_pad,
+        tail, _PAD[:-fields_len & 7],
+        _LE1.pack(len(data)), data, b"\0"))
 
 
 def string_runs(path: str | None, interface: str | None, member: str | None, error_name: str | None,
