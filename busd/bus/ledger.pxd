@@ -19,6 +19,7 @@ cdef class Ledger:
     cdef public dict _input
     cdef public object _limits
     cdef public object quotas
+    cdef public Py_ssize_t names_total
 
     cpdef UserLedger open_link(self, object uid)
     cpdef close_link(self, UserLedger user)

@@ -107,6 +107,7 @@ class Ledger:
         # What each link holding unfinished input has charged to its user: [bytes, fds].
         self._input: dict[PeerLink, list[int]] = {}
         self.limits = limits
+        self.names_total = 0  # every user's Names line summed (Debug.Stats' BusNames peak reads it per Hello)
 
     @property
     def limits(self) -> Limits:
@@ -187,6 +188,7 @@ class Ledger:
         if user is None:
             return
         user.names += count - peer.names_charged
+        self.names_total += count - peer.names_charged
         peer.names_charged = count
         if user.names > user.names_peak:
             user.names_peak = user.names
@@ -362,6 +364,7 @@ class Ledger:
         peer.out_charged = peer.fds_charged = 0
         user.match_rules -= peer.match_count
         user.names -= peer.names_charged
+        self.names_total -= peer.names_charged
         peer.names_charged = 0
 
     # ------------------------------------------------------------ refusals

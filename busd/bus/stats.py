@@ -66,7 +66,7 @@ class StatsPeaks(BusObserver):
     def bus_names(self) -> int:
         """As dbus-daemon counts them: the names of every connection, each its unique name plus every
         well-known name it owns or queues for (a name two connections queue for counts twice)."""
-        return len(self.bus.peers) + sum(user.names for user in self.bus.ledger.users.values())
+        return len(self.bus.peers) + self.bus.ledger.names_total
 
     def match_rule_count(self) -> int:
         return sum(user.match_rules for user in self.bus.ledger.users.values())

@@ -53,6 +53,8 @@ def bus():
 
 
 def used(bus: Bus, uid: int = UID) -> dict[str, int]:
+    # (the ledger's running total of names is every user's Names line summed, whenever anyone looks)
+    assert bus.ledger.names_total == sum(user.names for user in bus.ledger.users.values())
     return {line: value[0] for line, value in bus.ledger.report()[uid].items()}
 
 
@@ -66,6 +68,7 @@ def everyone_leaves(bus: Bus, *links: MemoryLink) -> None:
     for link in links:
         link.drop("gone")
     assert bus.ledger.users == {}, "every line must be back to zero once every peer has left"
+    assert bus.ledger.names_total == 0
 
 
 def test_lines_are_named_and_reported_with_used_peak_and_quota(bus: Bus) -> None:
