@@ -19,7 +19,8 @@ import pytest
 from test_hostile import LIVENESS, SYSTEM_CONFIG, Bystander, Usage, attack, growth, system_bus
 
 import hostile_peer
-from busclient import BUS_KINDS, TIMEOUT, BusClosed, RawClient, WaitTimeout, running_bus
+from busclient import (BUS_KINDS, TIMEOUT, BusClosed, RawClient, WaitTimeout, busd_available, running_bus,
+                       start_bus_logged)
 from busd.transport.keyring import CookieKeyring
 from busd.wire.message import SIGNAL, build_message
 from busd.wire.sasl import DEFAULT_COOKIE_CONTEXT
@@ -180,3 +181,36 @@ def test_a_tcp_peer_authenticated_by_cookie_is_that_user(kind: str) -> None:
     assert credentials["UnixUserID"].value == 0
     assert owned == owned_by_group == 1  # DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER
     assert "LimitsExceeded" in str(refused.value) or isinstance(refused.value, BusClosed), refused.value
+
+
+# ---------------------------------------------------------------- out of file descriptors
+
+
+def test_out_of_fds_the_bus_pauses_accepting_and_serves_everyone_once_it_can() -> None:
+    """A flood of connections that takes the daemon to its fd limit (RLIMIT_NOFILE, here lowered to a few fds
+    above what it holds): accept() fails with EMFILE, busd stops accepting for a second with one log line
+    rather than spin on a listener that stays readable, keeps serving who is connected, and takes every
+    connection that waited in the kernel's queue once it has fds again."""
+    import resource
+
+    if not busd_available():
+        pytest.skip("the busd daemon is not built yet")
+    bus, log = start_bus_logged("busd")
+    try:
+        with RawClient(bus.address) as bystander:
+            pid = bus.process.pid
+            soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            held = len(os.listdir(f"/proc/{pid}/fd"))
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (held + 3, hard))
+            with contextlib.ExitStack() as stack:
+                flood = [stack.enter_context(RawClient(bus.address, authenticate=False)) for _ in range(8)]
+                log.wait_for(r"accept paused on unix:.* for 1s: Too many open files")
+                bystander.sync()  # who is connected is served meanwhile
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+                for client in flood:  # each was accepted at once or waited in the queue: all get through
+                    client.authenticate()
+                    client.hello()
+            bystander.sync()
+        assert bus.process.poll() is None
+    finally:
+        bus.stop()
