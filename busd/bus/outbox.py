@@ -33,7 +33,7 @@ DRIVER_NAMES = frozenset({DRIVER_NAME})  # the names a message from the bus come
 # The prepared runs of the bus's messages with one string argument to one peer (build_string_to): its
 # replies, and its signals by member (NameAcquired and NameLost).
 _REPLY_RUNS = string_runs(None, None, None, None, DRIVER_NAME)
-_NO_ONE: frozenset = frozenset()
+_NO_ONE: frozenset = frozenset()  # the cached recipients of a broadcast no rule matches
 _SIGNAL_RUNS = {member: string_runs(DRIVER_PATH, DRIVER_INTERFACE, member, None, DRIVER_NAME)
                 for member in ("NameAcquired", "NameLost")}
 
