@@ -136,7 +136,8 @@ def build_string_to(mtype: int, serial: int, head: bytes, reply_serial: int | No
                     tail: bytes, text: str) -> bytes:
     """What build_message makes of a little-endian message with one string argument to `destination`,
     from runs made once: `head` its PATH..ERROR_NAME fields (string_runs()), `tail` its SENDER and the
-    signature "s". Every connection gets two (Hello's reply and NameAcquired): this is a fifth of the cost."""
+    signature "s". Every connection gets two (Hello's reply and NameAcquired): 1.4-1.5 µs each here,
+    against build_message's 5.6 and 3.8."""
     dest = destination.encode()
     data = text.encode()
     if b"\0" in dest or b"\0" in data:
