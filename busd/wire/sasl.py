@@ -106,6 +106,10 @@ class LineReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    def __len__(self) -> int:
+        """How many bytes wait: an unfinished line, or lines not yet taken."""
+        return len(self._buffer)
+
     def next_line(self) -> str | None:
         end = self._buffer.find(b"\r\n")
         if end < 0:
