@@ -158,7 +158,6 @@ class ServerAuthenticator(Conversation):
         start = 1 if self._awaiting_nul else 0
         self._awaiting_nul = False
         self._output = []  # (what the machine queued for an earlier read went out with that read)
-        replies = b""
         while True:
             end = data.find(b"\r\n", start)
             if end < 0:
@@ -167,23 +166,20 @@ class ServerAuthenticator(Conversation):
             if self._state == "auth":
                 if line != self._external_line:
                     break
-                self._mechanism = self.mechanism = EXTERNAL  # as _accept(), which would send the same OK
-                self.uid = self.peer_uid
-                self._state = "begin"
-                replies += _ok_line(self.guid)
+                self._mechanism = EXTERNAL  # what _on_auth and _external would do with this line
+                self._accept(self.peer_uid)
             elif self._state != "begin":
                 break
             elif line == b"BEGIN":
                 self.done = True
                 self.leftover = data[end + 2:]
-                return replies
+                return b"".join(self._output)
             elif line == b"NEGOTIATE_UNIX_FD":
                 self._on_negotiate_unix_fd("")
-                replies += b"".join(self._output)
-                self._output.clear()
             else:
                 break
             start = end + 2
+        replies = b"".join(self._output)
         if start == len(data):
             return replies
         return replies + super().receive_data(data[start:] if start else data)
